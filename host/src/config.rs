@@ -1,0 +1,622 @@
+//! The gateway's TOML configuration: the schema, `${VAR}` expansion, and the
+//! checks that span fields. Every refusal names the file, line and column and
+//! says in one sentence what to change.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration shipped in the binary, served when `config/gateway.toml`
+/// is not found next to the working directory.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/gateway.toml");
+
+/// A configuration refused, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: Option<AdminConfig>,
+    /// An echo upstream the gateway runs itself, for demos and tests.
+    pub echo: Option<EchoConfig>,
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub filters: BTreeMap<String, FilterConfig>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// The directory relative paths are resolved from (the config file's).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How long a client may take to send its request headers.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Millis,
+    /// Default time for the whole upstream exchange, per route overridable.
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: Millis,
+    /// Largest request head (request line plus headers), answered with 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header lines in a request, answered with 431.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Largest request body, answered with 413.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Keep the client's `X-Forwarded-*` and `X-Request-Id` (only behind a
+    /// trusted proxy); otherwise the gateway replaces them.
+    #[serde(default)]
+    pub trust_forwarded: bool,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace: Millis,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Where plugin files are found, relative to the config file.
+    #[serde(default = "defaults::plugin_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: defaults::plugin_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Bucket bounds, in seconds, of the request duration histograms.
+    #[serde(default = "defaults::duration_buckets")]
+    pub duration_buckets: Vec<f64>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            duration_buckets: defaults::duration_buckets(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Answer the client with the filter's `failure_status`.
+    FailClosed,
+    /// Skip the filter and go on with the chain.
+    FailOpen,
+}
+
+/// A filter: a plugin with its own settings. Several filters may share one
+/// plugin file with different `config` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The plugin's name: the file `<plugin>.wasm` in `[plugins] dir`.
+    pub plugin: Spanned<String>,
+    #[serde(default = "defaults::failure")]
+    pub failure: FailurePolicy,
+    /// The status answered under `fail-closed`.
+    #[serde(default = "defaults::failure_status")]
+    pub failure_status: u16,
+    /// The most time one call may take before it is interrupted.
+    #[serde(default = "defaults::filter_timeout")]
+    pub timeout: Millis,
+    /// The most linear memory one instance may grow to, in MiB.
+    #[serde(default = "defaults::memory_limit_mib")]
+    pub memory_limit_mib: u32,
+    /// Warm instances kept for reuse.
+    #[serde(default = "defaults::warm_instances")]
+    pub instances: usize,
+    /// The filter's own settings, handed to its `configure` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of each instance, tried in turn.
+    pub instances: Spanned<Vec<String>>,
+    /// How long to wait for a TCP connection.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Millis,
+    /// Idle keep-alive connections kept per instance.
+    #[serde(default = "defaults::max_idle")]
+    pub max_idle_per_instance: usize,
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Millis,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub id: Spanned<String>,
+    /// Exact host, or `*.example.com` for any subdomain; any host if absent.
+    pub host: Option<String>,
+    /// Matched on whole path segments of the normalised path.
+    #[serde(default = "defaults::path_prefix")]
+    pub path_prefix: Spanned<String>,
+    /// Allowed methods; any if absent.
+    pub methods: Option<Vec<String>>,
+    pub upstream: Spanned<String>,
+    /// Filter names, run in this order on the request and in reverse on the
+    /// response.
+    #[serde(default)]
+    pub filters: Vec<Spanned<String>>,
+    pub timeout: Option<Millis>,
+}
+
+/// A duration written as `250ms`, `10s` or `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis(pub Duration);
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(Millis)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration; write it like \"250ms\", \"10s\" or \"2m\"");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(bad()),
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn header_read_timeout() -> Millis {
+        Millis(Duration::from_secs(10))
+    }
+    pub fn request_timeout() -> Millis {
+        Millis(Duration::from_secs(30))
+    }
+    pub fn shutdown_grace() -> Millis {
+        Millis(Duration::from_secs(30))
+    }
+    pub fn max_header_bytes() -> usize {
+        16 * 1024
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_body_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn plugin_dir() -> PathBuf {
+        PathBuf::from("../plugins/dist")
+    }
+    pub fn duration_buckets() -> Vec<f64> {
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]
+    }
+    pub fn failure() -> FailurePolicy {
+        FailurePolicy::FailClosed
+    }
+    pub fn failure_status() -> u16 {
+        500
+    }
+    pub fn filter_timeout() -> Millis {
+        Millis(Duration::from_millis(50))
+    }
+    pub fn memory_limit_mib() -> u32 {
+        64
+    }
+    pub fn warm_instances() -> usize {
+        16
+    }
+    pub fn connect_timeout() -> Millis {
+        Millis(Duration::from_secs(2))
+    }
+    pub fn max_idle() -> usize {
+        64
+    }
+    pub fn idle_timeout() -> Millis {
+        Millis(Duration::from_secs(60))
+    }
+    pub fn path_prefix() -> Spanned<String> {
+        Spanned::new(0..0, "/".to_string())
+    }
+}
+
+/// The most memory a filter instance may be given; the engine reserves
+/// address space for this much per instance slot.
+pub const MAX_MEMORY_LIMIT_MIB: u32 = 256;
+
+/// Where the config text came from, for error positions.
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error_at(&self, offset: usize, message: impl Into<String>) -> ConfigError {
+        let (line, column) = line_col(self.text, offset);
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+    fn error_span<T>(&self, s: &Spanned<T>, message: impl Into<String>) -> ConfigError {
+        self.error_at(s.span().start, message)
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}` with environment values.
+/// Comment lines are left alone so a commented-out variable is no error.
+fn expand_env(
+    src: &Source<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(src.text.len());
+    let mut offset = 0;
+    for line in src.text.split_inclusive('\n') {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            offset += line.len();
+            continue;
+        }
+        let mut rest = line;
+        let mut at = offset;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or_else(|| {
+                src.error_at(
+                    at + start,
+                    "`${` is not closed; write `${NAME}` or `${NAME:-default}`",
+                )
+            })?;
+            let expr = &after[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(src.error_at(
+                    at + start,
+                    format!("`${{{expr}}}` is not a valid variable name"),
+                ));
+            }
+            match env(name).or_else(|| default.map(str::to_string)) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    return Err(src.error_at(
+                        at + start,
+                        format!(
+                            "environment variable `{name}` is not set; set it or give a default as `${{{name}:-value}}`"
+                        ),
+                    ));
+                }
+            }
+            let consumed = start + 2 + end + 1;
+            rest = &rest[consumed..];
+            at += consumed;
+        }
+        out.push_str(rest);
+        offset += line.len();
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Reads, expands, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&file, &text, base, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses config text; `file` names it in errors.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        base_dir: PathBuf,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let src = Source { file, text };
+        let expanded = expand_env(&src, env)?;
+        // Positions below refer to the expanded text; expansion keeps lines,
+        // so lines stay exact and columns shift only after a variable.
+        let src = Source {
+            file,
+            text: &expanded,
+        };
+        let mut config: Config = toml::from_str(&expanded).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            src.error_at(at, toml_message(&e))
+        })?;
+        config.base_dir = base_dir;
+        config.validate(&src)?;
+        Ok(config)
+    }
+
+    /// The plugin file a filter names.
+    pub fn plugin_path(&self, plugin: &str) -> PathBuf {
+        self.base_dir
+            .join(&self.plugins.dir)
+            .join(format!("{plugin}.wasm"))
+    }
+
+    fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        for (name, f) in &self.filters {
+            let plugin = f.plugin.get_ref();
+            if plugin.is_empty()
+                || !plugin
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                return Err(src.error_span(
+                    &f.plugin,
+                    format!("filter `{name}` names plugin `{plugin}`; a plugin name uses only letters, digits, `-` and `_`"),
+                ));
+            }
+            let path = self.plugin_path(plugin);
+            if !path.is_file() {
+                return Err(src.error_span(
+                    &f.plugin,
+                    format!(
+                        "filter `{name}` uses plugin `{plugin}`, but {} does not exist; build the plugin or fix the name",
+                        path.display()
+                    ),
+                ));
+            }
+            if !(100..=599).contains(&f.failure_status) {
+                return Err(src.error_span(
+                    &f.plugin,
+                    format!(
+                        "filter `{name}` has failure_status {}; use an HTTP status from 100 to 599",
+                        f.failure_status
+                    ),
+                ));
+            }
+            if f.memory_limit_mib == 0 || f.memory_limit_mib > MAX_MEMORY_LIMIT_MIB {
+                return Err(src.error_span(
+                    &f.plugin,
+                    format!(
+                        "filter `{name}` has memory_limit_mib {}; use 1 to {MAX_MEMORY_LIMIT_MIB}",
+                        f.memory_limit_mib
+                    ),
+                ));
+            }
+        }
+        for (name, u) in &self.upstreams {
+            if u.instances.get_ref().is_empty() {
+                return Err(src.error_span(
+                    &u.instances,
+                    format!("upstream `{name}` has no instances; list at least one `host:port`"),
+                ));
+            }
+            for addr in u.instances.get_ref() {
+                if parse_authority(addr).is_none() {
+                    return Err(src.error_span(
+                        &u.instances,
+                        format!("upstream `{name}` has instance `{addr}`, which is not `host:port`; write it like \"127.0.0.1:3000\""),
+                    ));
+                }
+            }
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for r in &self.routes {
+            let id = r.id.get_ref().as_str();
+            if let Some(first) = seen.insert(id, r.id.span().start) {
+                let (line, _) = line_col(src.text, first);
+                return Err(src.error_span(
+                    &r.id,
+                    format!(
+                        "route id `{id}` is already used on line {line}; give each route its own id"
+                    ),
+                ));
+            }
+            if !r.path_prefix.get_ref().starts_with('/') {
+                return Err(src.error_span(
+                    &r.path_prefix,
+                    format!(
+                        "route `{id}` has path_prefix `{}`; it must start with `/`",
+                        r.path_prefix.get_ref()
+                    ),
+                ));
+            }
+            let up = r.upstream.get_ref();
+            if !self.upstreams.contains_key(up) {
+                let known: Vec<&str> = self.upstreams.keys().map(String::as_str).collect();
+                return Err(src.error_span(
+                    &r.upstream,
+                    format!("route `{id}` sends to upstream `{up}`, which is not defined; define [upstreams.{up}] or use one of: {}", list_or_none(&known)),
+                ));
+            }
+            for f in &r.filters {
+                if !self.filters.contains_key(f.get_ref()) {
+                    let known: Vec<&str> = self.filters.keys().map(String::as_str).collect();
+                    return Err(src.error_span(
+                        f,
+                        format!("route `{id}` runs filter `{}`, which is not defined; define [filters.{}] or use one of: {}", f.get_ref(), f.get_ref(), list_or_none(&known)),
+                    ));
+                }
+            }
+            if let Some(methods) = &r.methods {
+                for m in methods {
+                    if http::Method::from_bytes(m.as_bytes()).is_err()
+                        || m.chars().any(|c| c.is_ascii_lowercase())
+                    {
+                        return Err(src.error_span(&r.id, format!("route `{id}` lists method `{m}`; write methods in capitals, like \"GET\"")));
+                    }
+                }
+            }
+        }
+        let b = &self.metrics.duration_buckets;
+        if b.is_empty()
+            || b.windows(2).any(|w| w[0] >= w[1])
+            || b.iter().any(|x| !x.is_finite() || *x <= 0.0)
+        {
+            return Err(src.error_at(
+                0,
+                "[metrics] duration_buckets must be positive and strictly increasing",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "(none defined)".to_string()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// `host:port` with a numeric port.
+pub fn parse_authority(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && !host.contains('/')).then_some((host, port))
+}
+
+/// toml's message, without its own rendering of the source line.
+fn toml_message(e: &toml::de::Error) -> String {
+    let m = e.message().trim().to_string();
+    if m.starts_with("unknown field") {
+        format!("{m}; remove it or correct its spelling")
+    } else if m.starts_with("invalid type") {
+        format!("{m}; change the value to that type")
+    } else if m.starts_with("missing field") {
+        format!("{m}; add it")
+    } else {
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "PORT").then(|| "8081".to_string())
+    }
+
+    #[test]
+    fn expands_variables_and_defaults() {
+        let c = Config::parse(
+            "t.toml",
+            "[server]\nlisten = \"127.0.0.1:${PORT}\"\n",
+            PathBuf::new(),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 8081);
+        let c = Config::parse(
+            "t.toml",
+            "[server]\nlisten = \"${ADDR:-127.0.0.1:9}\"\n",
+            PathBuf::new(),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9);
+    }
+
+    #[test]
+    fn missing_variable_names_it_with_position() {
+        let e = Config::parse(
+            "t.toml",
+            "[server]\nlisten = \"${NOPE}\"\n",
+            PathBuf::new(),
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (2, 11));
+        assert!(e.message.contains("`NOPE` is not set"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_col("ab\ncdé f", 9), (2, 6));
+    }
+}

@@ -1,0 +1,70 @@
+//! The `gateway` command.
+
+use clap::{Parser, Subcommand};
+use gateway::ConfigSource;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "An API gateway whose request filters are WebAssembly components"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a configuration (default: config/gateway.toml, or the copy
+    /// built into the binary when that file is absent).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Parse and validate a configuration and load every plugin, then exit.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "config/gateway.toml";
+
+fn source(path: Option<PathBuf>) -> ConfigSource {
+    match path {
+        Some(p) => ConfigSource::File(p),
+        None if std::path::Path::new(DEFAULT_CONFIG).is_file() => {
+            ConfigSource::File(DEFAULT_CONFIG.into())
+        }
+        None => ConfigSource::Embedded,
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run { config: None }) {
+        Command::Check { config } => gateway::check(&source(config)).map(|msg| println!("{msg}")),
+        Command::Run { config } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(gateway::run(source(config)))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! What the gateway lends a filter: the request and response resources and
+//! the `host` interface. Every import is bounded, so a hostile filter gets a
+//! refusal, never an unbounded allocation in the host.
+
+use super::bindings::gateway::filter::{host, types};
+use super::bindings::{HeaderStats, LogLevel};
+use crate::telemetry::Metrics;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use wasmtime::StoreLimits;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Largest header value a filter may set.
+pub const MAX_HEADER_VALUE: usize = 8 * 1024;
+/// Largest context key and value, and how many entries a request may carry.
+pub const MAX_CONTEXT_KEY: usize = 128;
+pub const MAX_CONTEXT_VALUE: usize = 4 * 1024;
+pub const MAX_CONTEXT_ENTRIES: usize = 64;
+/// Longest log message kept; the rest is cut.
+pub const MAX_LOG_MESSAGE: usize = 4 * 1024;
+
+/// What is fixed about a request once it is routed.
+#[derive(Debug)]
+pub struct RequestInfo {
+    pub route: Arc<str>,
+    pub client_addr: SocketAddr,
+    pub request_id: String,
+    pub scheme: &'static str,
+}
+
+/// The request while a filter looks at it.
+#[derive(Debug)]
+pub struct RequestState {
+    pub parts: http::request::Parts,
+    pub info: Arc<RequestInfo>,
+    pub context: Vec<(String, String)>,
+}
+
+/// The response while a filter looks at it.
+#[derive(Debug)]
+pub struct ResponseState {
+    pub parts: http::response::Parts,
+}
+
+/// The store data of one filter instance.
+pub struct HostState {
+    pub table: ResourceTable,
+    wasi: WasiCtx,
+    pub limits: StoreLimits,
+    pub filter: Arc<str>,
+    pub plugin: Arc<str>,
+    pub metrics: Arc<Metrics>,
+    /// The request being served, for the log.
+    pub request_id: Option<String>,
+}
+
+impl HostState {
+    pub fn new(
+        filter: Arc<str>,
+        plugin: Arc<str>,
+        metrics: Arc<Metrics>,
+        limits: StoreLimits,
+    ) -> HostState {
+        HostState {
+            table: ResourceTable::new(),
+            // No preopened directories, no environment, no network: a filter
+            // gets only what the world's own imports give.
+            wasi: WasiCtx::builder().build(),
+            limits,
+            filter,
+            plugin,
+            metrics,
+            request_id: None,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Headers a filter may not set: the gateway owns message framing and the
+/// connection, and `host` decides routing.
+pub fn is_protected(name: &HeaderName) -> bool {
+    crate::proxy::is_hop_by_hop(name)
+        || name == http::header::HOST
+        || name == http::header::CONTENT_LENGTH
+}
+
+fn header_name(name: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(name.as_bytes()).ok()
+}
+
+fn checked(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+    let n = header_name(name).ok_or_else(|| format!("`{name}` is not a valid header name"))?;
+    if is_protected(&n) {
+        return Err(format!(
+            "`{n}` is managed by the gateway and cannot be set by a filter"
+        ));
+    }
+    if value.len() > MAX_HEADER_VALUE {
+        return Err(format!(
+            "the value of `{n}` is {} bytes; the most a filter may set is {MAX_HEADER_VALUE}",
+            value.len()
+        ));
+    }
+    let v = HeaderValue::from_bytes(value)
+        .map_err(|_| format!("the value for `{n}` has characters not allowed in a header"))?;
+    Ok((n, v))
+}
+
+fn get_one(h: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+    h.get(name).map(|v| v.as_bytes().to_vec())
+}
+
+fn get_all(h: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    match header_name(name) {
+        Some(n) => h.get_all(n).iter().map(|v| v.as_bytes().to_vec()).collect(),
+        None => Vec::new(),
+    }
+}
+
+fn names(h: &HeaderMap) -> Vec<String> {
+    h.keys().map(|k| k.as_str().to_string()).collect()
+}
+
+pub fn stats(h: &HeaderMap) -> HeaderStats {
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    HeaderStats {
+        count: h.len() as u32,
+        bytes: bytes.min(u32::MAX as usize) as u32,
+    }
+}
+
+fn set(h: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), String> {
+    let (n, v) = checked(name, value)?;
+    h.insert(n, v);
+    Ok(())
+}
+
+fn append(h: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), String> {
+    let (n, v) = checked(name, value)?;
+    if h.get_all(&n).iter().count() >= 64 {
+        return Err(format!("`{n}` already has 64 values"));
+    }
+    h.append(n, v);
+    Ok(())
+}
+
+fn remove(h: &mut HeaderMap, name: &str) -> bool {
+    match header_name(name) {
+        Some(n) if !is_protected(&n) => h.remove(n).is_some(),
+        _ => false,
+    }
+}
+
+impl types::Host for HostState {}
+
+impl types::HostRequest for HostState {
+    fn method(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&r)?.parts.method.as_str().to_string())
+    }
+    fn path(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&r)?.parts.uri.path().to_string())
+    }
+    fn query(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&r)?.parts.uri.query().map(str::to_string))
+    }
+    fn authority(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
+        let p = &self.table.get(&r)?.parts;
+        Ok(crate::proxy::authority(p).map(str::to_string))
+    }
+    fn scheme(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&r)?.info.scheme.to_string())
+    }
+    fn client_addr(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&r)?.info.client_addr.to_string())
+    }
+    fn route(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&r)?.info.route.to_string())
+    }
+    fn request_id(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&r)?.info.request_id.clone())
+    }
+    fn header(
+        &mut self,
+        r: Resource<RequestState>,
+        name: String,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(get_one(&self.table.get(&r)?.parts.headers, &name))
+    }
+    fn header_all(
+        &mut self,
+        r: Resource<RequestState>,
+        name: String,
+    ) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(get_all(&self.table.get(&r)?.parts.headers, &name))
+    }
+    fn header_names(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Vec<String>> {
+        Ok(names(&self.table.get(&r)?.parts.headers))
+    }
+    fn header_stats(&mut self, r: Resource<RequestState>) -> wasmtime::Result<HeaderStats> {
+        Ok(stats(&self.table.get(&r)?.parts.headers))
+    }
+    fn set_header(
+        &mut self,
+        r: Resource<RequestState>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(set(
+            &mut self.table.get_mut(&r)?.parts.headers,
+            &name,
+            &value,
+        ))
+    }
+    fn append_header(
+        &mut self,
+        r: Resource<RequestState>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(append(
+            &mut self.table.get_mut(&r)?.parts.headers,
+            &name,
+            &value,
+        ))
+    }
+    fn remove_header(&mut self, r: Resource<RequestState>, name: String) -> wasmtime::Result<bool> {
+        Ok(remove(&mut self.table.get_mut(&r)?.parts.headers, &name))
+    }
+    fn get_context(
+        &mut self,
+        r: Resource<RequestState>,
+        key: String,
+    ) -> wasmtime::Result<Option<String>> {
+        let ctx = &self.table.get(&r)?.context;
+        Ok(ctx.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
+    }
+    fn set_context(
+        &mut self,
+        r: Resource<RequestState>,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<()> {
+        if key.len() > MAX_CONTEXT_KEY || value.len() > MAX_CONTEXT_VALUE {
+            wasmtime::bail!(
+                "set-context refused: key or value too long (limits {MAX_CONTEXT_KEY} and {MAX_CONTEXT_VALUE} bytes)"
+            );
+        }
+        let ctx = &mut self.table.get_mut(&r)?.context;
+        if let Some(entry) = ctx.iter_mut().find(|(k, _)| *k == key) {
+            entry.1 = value;
+        } else if ctx.len() >= MAX_CONTEXT_ENTRIES {
+            wasmtime::bail!(
+                "set-context refused: the request already carries {MAX_CONTEXT_ENTRIES} entries"
+            );
+        } else {
+            ctx.push((key, value));
+        }
+        Ok(())
+    }
+    fn drop(&mut self, _r: Resource<RequestState>) -> wasmtime::Result<()> {
+        // The gateway owns the request and takes it back after the call.
+        Ok(())
+    }
+}
+
+impl types::HostResponse for HostState {
+    fn status(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<u16> {
+        Ok(self.table.get(&r)?.parts.status.as_u16())
+    }
+    fn set_status(
+        &mut self,
+        r: Resource<ResponseState>,
+        status: u16,
+    ) -> wasmtime::Result<Result<(), String>> {
+        match http::StatusCode::from_u16(status) {
+            Ok(s) if (200..=599).contains(&status) => {
+                self.table.get_mut(&r)?.parts.status = s;
+                Ok(Ok(()))
+            }
+            _ => Ok(Err(format!(
+                "{status} is not a status a filter may set; use 200 to 599"
+            ))),
+        }
+    }
+    fn header(
+        &mut self,
+        r: Resource<ResponseState>,
+        name: String,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(get_one(&self.table.get(&r)?.parts.headers, &name))
+    }
+    fn header_all(
+        &mut self,
+        r: Resource<ResponseState>,
+        name: String,
+    ) -> wasmtime::Result<Vec<Vec<u8>>> {
+        Ok(get_all(&self.table.get(&r)?.parts.headers, &name))
+    }
+    fn header_names(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<Vec<String>> {
+        Ok(names(&self.table.get(&r)?.parts.headers))
+    }
+    fn header_stats(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<HeaderStats> {
+        Ok(stats(&self.table.get(&r)?.parts.headers))
+    }
+    fn set_header(
+        &mut self,
+        r: Resource<ResponseState>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(set(
+            &mut self.table.get_mut(&r)?.parts.headers,
+            &name,
+            &value,
+        ))
+    }
+    fn append_header(
+        &mut self,
+        r: Resource<ResponseState>,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok(append(
+            &mut self.table.get_mut(&r)?.parts.headers,
+            &name,
+            &value,
+        ))
+    }
+    fn remove_header(
+        &mut self,
+        r: Resource<ResponseState>,
+        name: String,
+    ) -> wasmtime::Result<bool> {
+        Ok(remove(&mut self.table.get_mut(&r)?.parts.headers, &name))
+    }
+    fn drop(&mut self, _r: Resource<ResponseState>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        let mut message = message;
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut cut = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("…");
+        }
+        let filter = &*self.filter;
+        let request_id = self.request_id.as_deref().unwrap_or("-");
+        match level {
+            LogLevel::Trace => tracing::trace!(filter, request_id, "{message}"),
+            LogLevel::Debug => tracing::debug!(filter, request_id, "{message}"),
+            LogLevel::Info => tracing::info!(filter, request_id, "{message}"),
+            LogLevel::Warn => tracing::warn!(filter, request_id, "{message}"),
+            LogLevel::Error => tracing::error!(filter, request_id, "{message}"),
+        }
+        Ok(())
+    }
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64))
+    }
+    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+        Ok(crate::clock::monotonic_ns())
+    }
+    fn counter_add(
+        &mut self,
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    ) -> wasmtime::Result<()> {
+        if !self
+            .metrics
+            .plugin_counter_add(&self.plugin, &name, &labels, value)
+        {
+            tracing::debug!(
+                filter = &*self.filter,
+                name,
+                "counter-add refused: bad name, label or value, or too many metrics"
+            );
+        }
+        Ok(())
+    }
+}

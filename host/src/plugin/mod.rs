@@ -1,0 +1,472 @@
+//! The wasm runtime: one engine for the process, plugins compiled once into
+//! pre-instantiated components, and per filter a pool of warm instances
+//! that every call borrows under a deadline and a memory limit.
+//!
+//! A failed call (trap, deadline, memory limit, invalid answer) discards the
+//! instance it ran on; the next call gets a fresh one. The caller applies
+//! the filter's failure policy.
+
+pub mod bindings;
+pub mod host;
+
+use crate::config::{FailurePolicy, FilterConfig};
+use crate::telemetry::{Metrics, shared};
+use bindings::{Action, Plugin, PluginPre, Reply};
+use host::{HostState, RequestState, ResponseState};
+use opentelemetry::KeyValue;
+use parking_lot::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+
+/// How often the epoch advances; call deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Instantiation and `configure` run under this deadline rather than the
+/// per-call one: a plugin's start-up may legitimately take longer.
+const SETUP_DEADLINE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid WebAssembly component: {reason}")]
+    Compile { path: PathBuf, reason: String },
+    #[error("{path} does not match the gateway:filter world: {reason}")]
+    World { path: PathBuf, reason: String },
+    #[error("filter `{filter}` could not start: {reason}")]
+    Instantiate { filter: String, reason: String },
+    #[error("filter `{filter}` refused its configuration: {reason}")]
+    Configure { filter: String, reason: String },
+}
+
+/// Why one call failed, with the label it is counted under.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// The process-wide wasm runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    metrics: Arc<Metrics>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(pooling: bool) -> wasmtime::Config {
+    let mut cfg = wasmtime::Config::new();
+    cfg.wasm_component_model(true);
+    // Deadlines without per-instruction fuel accounting: generated code only
+    // checks a counter that one ticker thread advances.
+    cfg.epoch_interruption(true);
+    if pooling {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        // Instances in use at once are bounded by worker threads times chain
+        // length, plus each filter's warm set; these totals leave room for
+        // a few dozen filters with their default warm counts.
+        pool.total_component_instances(1_000);
+        pool.total_core_instances(4_000);
+        pool.total_memories(1_000);
+        pool.total_tables(4_000);
+        // The largest memory a filter may be configured with; slots reserve
+        // address space, not memory.
+        pool.max_memory_size(crate::config::MAX_MEMORY_LIMIT_MIB as usize * 1024 * 1024);
+        // Keep a little of each freed slot's memory resident so reusing it is
+        // cheap, and decommit the rest.
+        pool.linear_memory_keep_resident(64 * 1024);
+        pool.table_keep_resident(16 * 1024);
+        cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+    cfg
+}
+
+impl Runtime {
+    pub fn new(metrics: Arc<Metrics>) -> anyhow::Result<Runtime> {
+        // The pooling allocator reserves address space up front; where that
+        // is refused (small virtual memory limits), fall back to on-demand
+        // allocation rather than refuse to start.
+        let engine = match Engine::new(&engine_config(true)) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(
+                    "pooling allocator unavailable ({e:#}); allocating instances on demand"
+                );
+                Engine::new(&engine_config(false))?
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (e, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })?;
+        Ok(Runtime {
+            engine,
+            linker,
+            metrics,
+            ticker_stop,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a plugin file and checks it against the world.
+    pub fn load(&self, name: &str, path: &Path) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.into(),
+            source,
+        })?;
+        self.load_bytes(name, path, &bytes)
+    }
+
+    pub fn load_bytes(
+        &self,
+        name: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
+            path: path.into(),
+            reason: format!("{e:#}"),
+        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+            .map_err(|e| PluginError::World {
+                path: path.into(),
+                reason: format!("{e:#}"),
+            })?;
+        Ok(Arc::new(LoadedPlugin {
+            name: name.into(),
+            path: path.into(),
+            pre,
+        }))
+    }
+
+    /// A filter: a loaded plugin with its settings. One instance is created
+    /// and configured now, so a bad configuration is refused at load.
+    pub fn filter(
+        &self,
+        name: &str,
+        plugin: Arc<LoadedPlugin>,
+        cfg: &FilterConfig,
+    ) -> Result<Filter, PluginError> {
+        let config_json = serde_json::to_string(&cfg.config).expect("a TOML table is valid JSON");
+        let name: Arc<str> = name.into();
+        self.metrics.declare_filter(&name, &plugin.name);
+        let attrs = |phase: &'static str| {
+            [
+                KeyValue::new("filter", shared(&name)),
+                KeyValue::new("plugin", shared(&plugin.name)),
+                KeyValue::new("phase", phase),
+            ]
+        };
+        let filter = Filter {
+            attrs_request: attrs("request"),
+            attrs_response: attrs("response"),
+            name: name.clone(),
+            plugin,
+            config_json,
+            policy: cfg.failure,
+            failure_status: http::StatusCode::from_u16(cfg.failure_status)
+                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+            deadline_ticks: ticks(cfg.timeout.0),
+            memory_limit: cfg.memory_limit_mib as usize * 1024 * 1024,
+            max_warm: cfg.instances,
+            warm: Mutex::new(Vec::new()),
+            engine: self.engine.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let first = filter.instantiate().map_err(|f| match f {
+            Setup::Configure(reason) => PluginError::Configure {
+                filter: name.to_string(),
+                reason,
+            },
+            Setup::Failed(reason) => PluginError::Instantiate {
+                filter: name.to_string(),
+                reason,
+            },
+        })?;
+        filter.warm.lock().push(first);
+        Ok(filter)
+    }
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64
+}
+
+/// A compiled plugin, ready to instantiate.
+pub struct LoadedPlugin {
+    pub name: Arc<str>,
+    pub path: PathBuf,
+    pre: PluginPre<HostState>,
+}
+
+struct Warm {
+    store: Store<HostState>,
+    bindings: Plugin,
+}
+
+enum Setup {
+    Configure(String),
+    Failed(String),
+}
+
+/// A configured filter and its warm instances.
+pub struct Filter {
+    pub name: Arc<str>,
+    pub plugin: Arc<LoadedPlugin>,
+    pub policy: FailurePolicy,
+    pub failure_status: http::StatusCode,
+    config_json: String,
+    deadline_ticks: u64,
+    memory_limit: usize,
+    max_warm: usize,
+    warm: Mutex<Vec<Warm>>,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    attrs_request: [KeyValue; 3],
+    attrs_response: [KeyValue; 3],
+}
+
+/// What a filter call decided.
+pub enum Decision {
+    Continue,
+    Respond(Reply),
+}
+
+impl Filter {
+    fn instantiate(&self) -> Result<Warm, Setup> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState::new(
+            self.name.clone(),
+            self.plugin.name.clone(),
+            self.metrics.clone(),
+            limits,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(ticks(SETUP_DEADLINE));
+        let bindings = self
+            .plugin
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| Setup::Failed(format!("{e:#}")))?;
+        match bindings
+            .gateway_filter_filter()
+            .call_configure(&mut store, &self.config_json)
+        {
+            Ok(Ok(())) => Ok(Warm { store, bindings }),
+            Ok(Err(reason)) => Err(Setup::Configure(reason)),
+            Err(e) => Err(Setup::Failed(format!("configure failed: {e:#}"))),
+        }
+    }
+
+    /// Instances kept warm right now.
+    pub fn warm_count(&self) -> usize {
+        self.warm.lock().len()
+    }
+
+    /// Runs `call` on a warm instance under the call deadline. The instance
+    /// goes back to the pool only if the call succeeded.
+    fn with_instance<R>(
+        &self,
+        phase_attrs: &[KeyValue; 3],
+        request_id: &str,
+        call: impl FnOnce(&mut Warm) -> Result<R, Failure>,
+    ) -> Result<R, Failure> {
+        let started = Instant::now();
+        self.metrics.plugin_calls.add(1, phase_attrs);
+        let pooled = self.warm.lock().pop();
+        let mut warm = match pooled {
+            Some(w) => w,
+            None => self.instantiate().map_err(|s| {
+                let detail = match s {
+                    Setup::Configure(r) | Setup::Failed(r) => r,
+                };
+                self.count_failure(phase_attrs, "instantiate");
+                Failure {
+                    reason: "instantiate",
+                    detail,
+                }
+            })?,
+        };
+        warm.store.data_mut().request_id = Some(request_id.to_string());
+        warm.store.set_epoch_deadline(self.deadline_ticks);
+        let result = call(&mut warm);
+        self.metrics
+            .plugin_duration
+            .record(started.elapsed().as_secs_f64(), &phase_attrs[..]);
+        match &result {
+            Ok(_) => {
+                warm.store.data_mut().request_id = None;
+                let mut pool = self.warm.lock();
+                if pool.len() < self.max_warm {
+                    pool.push(warm);
+                }
+            }
+            Err(f) => self.count_failure(phase_attrs, f.reason),
+        }
+        result
+    }
+
+    fn count_failure(&self, phase_attrs: &[KeyValue; 3], reason: &'static str) {
+        let mut attrs = phase_attrs.to_vec();
+        attrs.push(KeyValue::new("reason", reason));
+        self.metrics.plugin_failures.add(1, &attrs);
+    }
+
+    /// Calls `on-request`. The request is lent to the filter for the call
+    /// and always handed back, whatever the call's outcome.
+    pub fn on_request(&self, req: RequestState) -> (RequestState, Result<Decision, Failure>) {
+        let request_id = req.info.request_id.clone();
+        let mut slot = Some(req);
+        let result = self.with_instance(&self.attrs_request, &request_id, |w| {
+            let res = w
+                .store
+                .data_mut()
+                .table
+                .push(slot.take().expect("request present"))
+                .map_err(table_failure)?;
+            let borrowed = wasmtime::component::Resource::new_borrow(res.rep());
+            let out = w
+                .bindings
+                .gateway_filter_filter()
+                .call_on_request(&mut w.store, borrowed);
+            slot = Some(
+                w.store
+                    .data_mut()
+                    .table
+                    .delete(res)
+                    .map_err(table_failure)?,
+            );
+            decide(out)
+        });
+        (slot.expect("request handed back"), result)
+    }
+
+    /// Calls `on-response`, lending both the request and the response.
+    pub fn on_response(
+        &self,
+        req: RequestState,
+        resp: ResponseState,
+    ) -> (RequestState, ResponseState, Result<Decision, Failure>) {
+        let request_id = req.info.request_id.clone();
+        let mut slots = Some((req, resp));
+        let result = self.with_instance(&self.attrs_response, &request_id, |w| {
+            let (req, resp) = slots.take().expect("message present");
+            let table = &mut w.store.data_mut().table;
+            let rq = table.push(req).map_err(table_failure)?;
+            let rs = table.push(resp).map_err(table_failure)?;
+            let out = w.bindings.gateway_filter_filter().call_on_response(
+                &mut w.store,
+                wasmtime::component::Resource::new_borrow(rq.rep()),
+                wasmtime::component::Resource::new_borrow(rs.rep()),
+            );
+            let table = &mut w.store.data_mut().table;
+            let resp = table.delete(rs).map_err(table_failure)?;
+            let req = table.delete(rq).map_err(table_failure)?;
+            slots = Some((req, resp));
+            decide(out)
+        });
+        let (req, resp) = slots.expect("messages handed back");
+        (req, resp, result)
+    }
+}
+
+fn table_failure(e: wasmtime::component::ResourceTableError) -> Failure {
+    Failure {
+        reason: "trap",
+        detail: format!("resource table: {e}"),
+    }
+}
+
+fn decide(out: wasmtime::Result<Action>) -> Result<Decision, Failure> {
+    match out {
+        Ok(Action::Continue) => Ok(Decision::Continue),
+        Ok(Action::Respond(reply)) => validate_reply(&reply).map(|()| Decision::Respond(reply)),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// The largest body a filter may answer with.
+pub const MAX_REPLY_BODY: usize = 1024 * 1024;
+
+fn validate_reply(r: &Reply) -> Result<(), Failure> {
+    let invalid = |detail: String| Failure {
+        reason: "invalid-answer",
+        detail,
+    };
+    if !(200..=599).contains(&r.status) {
+        return Err(invalid(format!(
+            "answered with status {}, outside 200..=599",
+            r.status
+        )));
+    }
+    if r.body.len() > MAX_REPLY_BODY {
+        return Err(invalid(format!(
+            "answered with a {} byte body; the most is {MAX_REPLY_BODY}",
+            r.body.len()
+        )));
+    }
+    if r.headers.len() > 100 {
+        return Err(invalid(format!(
+            "answered with {} headers; the most is 100",
+            r.headers.len()
+        )));
+    }
+    for (name, value) in &r.headers {
+        let n = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid(format!("answered with an invalid header name {name:?}")))?;
+        if host::is_protected(&n) {
+            return Err(invalid(format!(
+                "answered with `{n}`, which the gateway manages"
+            )));
+        }
+        if value.len() > host::MAX_HEADER_VALUE || http::HeaderValue::from_bytes(value).is_err() {
+            return Err(invalid(format!(
+                "answered with an invalid or oversized value for `{n}`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sorts a failed call into the reason it is counted under.
+fn classify(e: wasmtime::Error) -> Failure {
+    let detail = format!("{e:#}");
+    let reason = match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "deadline",
+        Some(_) => "trap",
+        None if detail.contains("forcing trap when growing memory") => "memory",
+        None => "trap",
+    };
+    Failure { reason, detail }
+}

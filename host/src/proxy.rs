@@ -1,0 +1,499 @@
+//! The request pipeline, one phase after another:
+//!
+//! ```text
+//! normalise path → route → strip hop-by-hop, set forwarding headers
+//!   → filters on-request (config order; any may answer early)
+//!   → read body (bounded) → upstream (timeout) → strip hop-by-hop
+//!   → filters on-response (reverse order) → metrics
+//! ```
+//!
+//! Every refusal the gateway itself makes goes through [`local_reply`], so
+//! each has the same shape: a status, a one-line reason, the request id.
+
+use crate::Gateway;
+use crate::config::FailurePolicy;
+use crate::plugin::bindings::Reply;
+use crate::plugin::host::{RequestInfo, RequestState, ResponseState};
+use crate::plugin::{Decision, Failure, Filter};
+use crate::routing::normalize_path;
+use crate::telemetry::{method_label, status_class};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use opentelemetry::KeyValue;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_GATEWAY_ERROR: HeaderName = HeaderName::from_static("x-gateway-error");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus the obsolete ones clients still send.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection`
+/// header names (a client can name `X-Forwarded-For` there to have a naive
+/// proxy drop the real one). `Host` and `Content-Length` are never removed
+/// this way: the gateway sets them itself.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        h.remove(n);
+    }
+}
+
+/// The host the client asked for: the `Host` header, or the URI's authority
+/// (HTTP/2 and absolute-form requests).
+pub fn authority(p: &http::request::Parts) -> Option<&str> {
+    p.headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| p.uri.authority().map(|a| a.as_str()))
+}
+
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// An answer the gateway makes itself.
+pub fn local_reply(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "{message}\n"
+    )))));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(X_GATEWAY_ERROR, HeaderValue::from_static(code));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(X_REQUEST_ID, v);
+    }
+    r
+}
+
+fn reply_response(reply: Reply) -> Response<ProxyBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(reply.body))));
+    *r.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (n, v) in reply.headers {
+        // Validated when the filter answered.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_bytes(&v),
+        ) {
+            r.headers_mut().append(n, v);
+        }
+    }
+    r
+}
+
+fn failure_reply(filter: &Filter, failure: &Failure, request_id: &str) -> Response<ProxyBody> {
+    let msg = format!("filter {} failed ({})", filter.name, failure.reason);
+    local_reply(filter.failure_status, "filter-failed", &msg, request_id)
+}
+
+fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str) {
+    let policy = match filter.policy {
+        FailurePolicy::FailClosed => "fail-closed",
+        FailurePolicy::FailOpen => "fail-open",
+    };
+    tracing::warn!(
+        filter = &*filter.name,
+        plugin = &*filter.plugin.name,
+        phase,
+        reason = failure.reason,
+        policy,
+        request_id,
+        "filter call failed: {}",
+        failure.detail
+    );
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a crate::telemetry::Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(m: &'a crate::telemetry::Metrics) -> Self {
+        m.http_in_flight.add(1, &[]);
+        InFlight(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.http_in_flight.add(-1, &[]);
+    }
+}
+
+/// Serves one request end to end.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let _in_flight = InFlight::new(&gw.metrics);
+    let method = method_label(req.method());
+    let (route_label, resp) = pipeline(&gw, req, client).await;
+    let status = resp.status().as_u16();
+    gw.metrics.http_requests.add(
+        1,
+        &[
+            KeyValue::new("route", route_label.clone()),
+            KeyValue::new("method", method),
+            KeyValue::new("status_class", status_class(status)),
+        ],
+    );
+    gw.metrics.http_duration.record(
+        started.elapsed().as_secs_f64(),
+        &[KeyValue::new("route", route_label)],
+    );
+    resp
+}
+
+/// The route label for requests that matched none.
+const NO_ROUTE: &str = "-";
+
+async fn pipeline(
+    gw: &Gateway,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> (opentelemetry::Value, Response<ProxyBody>) {
+    let no_route = || opentelemetry::Value::from(NO_ROUTE);
+    let (mut parts, body) = req.into_parts();
+    let trust = gw.server.trust_forwarded;
+
+    let request_id = match parts
+        .headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) if trust && !id.is_empty() && id.len() <= 128 => id.to_string(),
+        _ => new_request_id(),
+    };
+
+    let path = match normalize_path(parts.uri.path()) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                no_route(),
+                local_reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad-path",
+                    &format!("bad request: {e}"),
+                    &request_id,
+                ),
+            );
+        }
+    };
+    let host = authority(&parts).map(str::to_string);
+    let Some(route) = gw.routes.find(host.as_deref(), &path, &parts.method) else {
+        return (
+            no_route(),
+            local_reply(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                "no route matches this request",
+                &request_id,
+            ),
+        );
+    };
+    let rt = &gw.route_runtime[route.index];
+    let label = rt.label.clone();
+
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && len > gw.server.max_body_bytes as u64
+    {
+        let msg = format!(
+            "request body of {len} bytes is over the limit of {}",
+            gw.server.max_body_bytes
+        );
+        return (
+            label,
+            local_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                &msg,
+                &request_id,
+            ),
+        );
+    }
+
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarding_headers(&mut parts.headers, client, host.as_deref(), trust);
+    parts.headers.insert(
+        X_REQUEST_ID,
+        HeaderValue::from_str(&request_id).expect("hex id"),
+    );
+    // The upstream gets the normalised path, so it acts on what filters saw.
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    parts.uri = match http::Uri::builder().path_and_query(pq).build() {
+        Ok(u) => u,
+        Err(_) => {
+            return (
+                label,
+                local_reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad-path",
+                    "bad request: invalid query",
+                    &request_id,
+                ),
+            );
+        }
+    };
+    if let Some(h) = &host
+        && !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+
+    let info = Arc::new(RequestInfo {
+        route: rt.id.clone(),
+        client_addr: client,
+        request_id: request_id.clone(),
+        scheme: "http",
+    });
+    let mut state = RequestState {
+        parts,
+        info,
+        context: Vec::new(),
+    };
+
+    // Filters on the way in. `passed` are those whose on-request continued:
+    // they, and only they, see the response on the way out.
+    let mut passed: Vec<&Arc<Filter>> = Vec::with_capacity(rt.filters.len());
+    let mut early: Option<Response<ProxyBody>> = None;
+    for f in &rt.filters {
+        let (s, outcome) = f.on_request(state);
+        state = s;
+        match outcome {
+            Ok(Decision::Continue) => passed.push(f),
+            Ok(Decision::Respond(reply)) => {
+                early = Some(reply_response(reply));
+                break;
+            }
+            Err(failure) => {
+                log_failure(f, "request", &failure, &request_id);
+                if f.policy == FailurePolicy::FailClosed {
+                    early = Some(failure_reply(f, &failure, &request_id));
+                    break;
+                }
+            }
+        }
+    }
+
+    let response = match early {
+        Some(r) => r,
+        None => match forward(gw, rt, &mut state, body, &request_id).await {
+            Ok(r) => r,
+            Err(r) => r,
+        },
+    };
+
+    // Filters on the way out, in reverse.
+    let (resp_parts, resp_body) = response.into_parts();
+    let mut resp_state = ResponseState { parts: resp_parts };
+    let mut body = resp_body;
+    for f in passed.iter().rev() {
+        let (rq, rs, outcome) = f.on_response(state, resp_state);
+        state = rq;
+        resp_state = rs;
+        let replacement = match outcome {
+            Ok(Decision::Continue) => None,
+            Ok(Decision::Respond(reply)) => Some(reply_response(reply)),
+            Err(failure) => {
+                log_failure(f, "response", &failure, &request_id);
+                (f.policy == FailurePolicy::FailClosed)
+                    .then(|| failure_reply(f, &failure, &request_id))
+            }
+        };
+        if let Some(r) = replacement {
+            let (p, b) = r.into_parts();
+            resp_state.parts = p;
+            body = b;
+        }
+    }
+    let mut parts = resp_state.parts;
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts.headers.insert(
+            X_REQUEST_ID,
+            HeaderValue::from_str(&request_id).expect("hex id"),
+        );
+    }
+    (label, Response::from_parts(parts, body))
+}
+
+fn set_forwarding_headers(h: &mut HeaderMap, client: SocketAddr, host: Option<&str>, trust: bool) {
+    let ip = client.ip().to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if trust => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    h.insert(
+        X_FORWARDED_FOR,
+        HeaderValue::from_str(&xff).expect("ascii address"),
+    );
+    if !(trust && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !(trust && h.contains_key(&X_FORWARDED_HOST)) {
+        match host.and_then(|v| HeaderValue::from_str(v).ok()) {
+            Some(v) => {
+                h.insert(X_FORWARDED_HOST, v);
+            }
+            None => {
+                h.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// Reads the body (bounded), sends the request upstream and returns its
+/// response, or the gateway's answer when that fails.
+async fn forward(
+    gw: &Gateway,
+    rt: &crate::RouteRuntime,
+    state: &mut RequestState,
+    body: Incoming,
+    request_id: &str,
+) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    let limit = gw.server.max_body_bytes;
+    let body = match tokio::time::timeout(rt.timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => {
+            return Err(local_reply(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "the request body did not arrive in time",
+                request_id,
+            ));
+        }
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            let msg = format!("request body is over the limit of {limit} bytes");
+            return Err(local_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                &msg,
+                request_id,
+            ));
+        }
+        Ok(Err(_)) => {
+            return Err(local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "the request body could not be read",
+                request_id,
+            ));
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+
+    let mut parts = state.parts.clone();
+    parts.version = http::Version::HTTP_11;
+    if body.is_empty() && parts.method != http::Method::POST && parts.method != http::Method::PUT {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    } else {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let upstream = &rt.upstream;
+    let instance = upstream.pick();
+    parts.uri = match upstream.uri_for(instance, &parts.uri) {
+        Some(u) => u,
+        None => {
+            return Err(local_reply(
+                StatusCode::BAD_GATEWAY,
+                "bad-upstream",
+                "the upstream address is invalid",
+                request_id,
+            ));
+        }
+    };
+    let req = Request::from_parts(parts, Full::new(body));
+    match tokio::time::timeout(rt.timeout, upstream.client.request(req)).await {
+        Err(_) => Err(local_reply(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            "the upstream did not answer in time",
+            request_id,
+        )),
+        Ok(Err(e)) => {
+            let what = if e.is_connect() {
+                "upstream-connect"
+            } else {
+                "upstream-error"
+            };
+            tracing::warn!(
+                upstream = &*upstream.name,
+                instance,
+                request_id,
+                "upstream request failed: {e:#}"
+            );
+            let msg = if e.is_connect() {
+                "the upstream could not be reached"
+            } else {
+                "the upstream failed to answer"
+            };
+            Err(local_reply(StatusCode::BAD_GATEWAY, what, msg, request_id))
+        }
+        Ok(Ok(resp)) => {
+            let (mut p, b) = resp.into_parts();
+            strip_hop_by_hop(&mut p.headers);
+            Ok(Response::from_parts(p, Either::Left(b)))
+        }
+    }
+}

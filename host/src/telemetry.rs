@@ -1,0 +1,217 @@
+//! Metrics: OpenTelemetry instruments exported in the Prometheus text format
+//! on the admin listener's `/metrics`.
+//!
+//! Names are given in full (`_total`, `_seconds`) rather than left to the
+//! exporter's suffixing, so what is written here is exactly what an operator
+//! queries.
+
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider, UpDownCounter};
+use opentelemetry::{KeyValue, StringValue};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Distinct label sets one plugin metric may have; more fold into one
+/// `overflow="true"` series so a bad label cannot blow up cardinality.
+pub const PLUGIN_SERIES_CAP: usize = 100;
+/// Distinct metrics one plugin may create.
+pub const PLUGIN_METRICS_CAP: usize = 32;
+
+/// Why a filter call failed, as counted in `gateway_plugin_failures_total`.
+pub const FAILURE_REASONS: &[&str] = &[
+    "trap",
+    "deadline",
+    "memory",
+    "invalid-answer",
+    "instantiate",
+];
+
+pub struct Metrics {
+    registry: prometheus::Registry,
+    _provider: SdkMeterProvider,
+    meter: Meter,
+    pub http_requests: Counter<u64>,
+    pub http_duration: Histogram<f64>,
+    pub http_in_flight: UpDownCounter<i64>,
+    pub plugin_calls: Counter<u64>,
+    pub plugin_failures: Counter<u64>,
+    pub plugin_duration: Histogram<f64>,
+    plugin_counters: Mutex<HashMap<String, PluginCounter>>,
+}
+
+struct PluginCounter {
+    counter: Counter<f64>,
+    series: HashSet<Vec<(String, String)>>,
+}
+
+/// An attribute value shared without copying the string on every request.
+pub fn shared(s: &Arc<str>) -> opentelemetry::Value {
+    opentelemetry::Value::String(StringValue::from(s.clone()))
+}
+
+impl Metrics {
+    pub fn new(duration_buckets: &[f64]) -> anyhow::Result<Metrics> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_units()
+            .without_counter_suffixes()
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()?;
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let meter = provider.meter("gateway");
+        let buckets = duration_buckets.to_vec();
+        Ok(Metrics {
+            http_requests: meter
+                .u64_counter("gateway_http_requests_total")
+                .with_description("HTTP requests answered, by route, method and status class")
+                .build(),
+            http_duration: meter
+                .f64_histogram("gateway_http_request_duration_seconds")
+                .with_description(
+                    "Time from receiving a request to sending the response head, by route",
+                )
+                .with_boundaries(buckets.clone())
+                .build(),
+            http_in_flight: meter
+                .i64_up_down_counter("gateway_http_requests_in_flight")
+                .with_description("Requests being handled right now")
+                .build(),
+            plugin_calls: meter
+                .u64_counter("gateway_plugin_calls_total")
+                .with_description("Calls into filter plugins, by filter, plugin and phase")
+                .build(),
+            plugin_failures: meter
+                .u64_counter("gateway_plugin_failures_total")
+                .with_description("Filter calls that failed, by filter, plugin, phase and reason")
+                .build(),
+            plugin_duration: meter
+                .f64_histogram("gateway_plugin_call_duration_seconds")
+                .with_description("Time spent in one filter call, by filter and phase")
+                .with_boundaries(vec![
+                    1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1,
+                ])
+                .build(),
+            plugin_counters: Mutex::new(HashMap::new()),
+            registry,
+            _provider: provider,
+            meter,
+        })
+    }
+
+    /// Creates the series a filter will use, at zero, so a scrape shows them
+    /// before the first request.
+    pub fn declare_filter(&self, filter: &Arc<str>, plugin: &Arc<str>) {
+        for phase in ["request", "response"] {
+            let base = [
+                KeyValue::new("filter", shared(filter)),
+                KeyValue::new("plugin", shared(plugin)),
+                KeyValue::new("phase", phase),
+            ];
+            self.plugin_calls.add(0, &base);
+            for reason in FAILURE_REASONS {
+                let mut attrs = base.to_vec();
+                attrs.push(KeyValue::new("reason", *reason));
+                self.plugin_failures.add(0, &attrs);
+            }
+        }
+    }
+
+    /// A plugin's own counter, `gateway_plugin_<plugin>_<name>_total`.
+    /// Returns false when the call was refused (bad name, too many metrics).
+    pub fn plugin_counter_add(
+        &self,
+        plugin: &str,
+        name: &str,
+        labels: &[(String, String)],
+        value: f64,
+    ) -> bool {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !valid(name) || !value.is_finite() || value < 0.0 || labels.len() > 8 {
+            return false;
+        }
+        if labels
+            .iter()
+            .any(|(k, v)| !valid(k) || k == "plugin" || k == "overflow" || v.len() > 128)
+        {
+            return false;
+        }
+        let full = format!("gateway_plugin_{}_{}_total", plugin.replace('-', "_"), name);
+        let mut counters = self.plugin_counters.lock();
+        if !counters.contains_key(&full) {
+            let per_plugin = counters
+                .keys()
+                .filter(|k| k.starts_with(&format!("gateway_plugin_{}_", plugin.replace('-', "_"))))
+                .count();
+            if per_plugin >= PLUGIN_METRICS_CAP {
+                return false;
+            }
+            let counter = self
+                .meter
+                .f64_counter(full.clone())
+                .with_description(format!("Counted by plugin {plugin}: {name}"))
+                .build();
+            counters.insert(
+                full.clone(),
+                PluginCounter {
+                    counter,
+                    series: HashSet::new(),
+                },
+            );
+        }
+        let pc = counters.get_mut(&full).expect("inserted above");
+        let mut key: Vec<(String, String)> = labels.to_vec();
+        key.sort();
+        let mut attrs = vec![KeyValue::new("plugin", plugin.to_string())];
+        if pc.series.contains(&key) || pc.series.len() < PLUGIN_SERIES_CAP {
+            pc.series.insert(key.clone());
+            attrs.extend(key.into_iter().map(|(k, v)| KeyValue::new(k, v)));
+        } else {
+            attrs.push(KeyValue::new("overflow", "true"));
+        }
+        pc.counter.add(value, &attrs);
+        true
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// "2xx", "4xx", ... for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The method as a bounded label: the standard ones by name, others as OTHER.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
