@@ -57,7 +57,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Loads every plugin, configures every filter and resolves every route.
-    pub fn build(
+    pub async fn build(
         config: Config,
         runtime: &Runtime,
         metrics: Arc<Metrics>,
@@ -74,7 +74,10 @@ impl Gateway {
                     p
                 }
             };
-            filters.insert(name.clone(), Arc::new(runtime.filter(name, plugin, fc)?));
+            filters.insert(
+                name.clone(),
+                Arc::new(runtime.filter(name, plugin, fc).await?),
+            );
         }
         let upstreams: HashMap<&str, Arc<Upstream>> = config
             .upstreams
@@ -141,12 +144,12 @@ pub fn load_config(source: &ConfigSource) -> Result<Config, config::ConfigError>
 }
 
 /// `gateway check`: parse, validate and load every plugin, then stop.
-pub fn check(source: &ConfigSource) -> anyhow::Result<String> {
+pub async fn check(source: &ConfigSource) -> anyhow::Result<String> {
     let config = load_config(source)?;
     let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
     let runtime = Runtime::new(metrics.clone())?;
     let routes = config.routes.len();
-    let gw = Gateway::build(config, &runtime, metrics)?;
+    let gw = Gateway::build(config, &runtime, metrics).await?;
     Ok(format!(
         "configuration OK: {} routes, {} filters loaded",
         routes,
@@ -173,7 +176,7 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
         tracing::info!("echo upstream on {}", l.local_addr()?);
         tokio::spawn(echo::serve(l));
     }
-    let gw = Gateway::build(config, &runtime, metrics.clone())?;
+    let gw = Gateway::build(config, &runtime, metrics.clone()).await?;
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(gw),
         metrics,

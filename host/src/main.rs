@@ -52,13 +52,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command.unwrap_or(Command::Run { config: None }) {
-        Command::Check { config } => gateway::check(&source(config)).map(|msg| println!("{msg}")),
-        Command::Run { config } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(gateway::run(source(config)))),
+        Command::Check { config } => runtime
+            .block_on(gateway::check(&source(config)))
+            .map(|msg| println!("{msg}")),
+        Command::Run { config } => runtime.block_on(gateway::run(source(config))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -315,7 +315,7 @@ async fn pipeline(
     let mut passed: Vec<&Arc<Filter>> = Vec::with_capacity(rt.filters.len());
     let mut early: Option<Response<ProxyBody>> = None;
     for f in &rt.filters {
-        let (s, outcome) = f.on_request(state);
+        let (s, outcome) = f.on_request(state).await;
         state = s;
         match outcome {
             Ok(Decision::Continue) => passed.push(f),
@@ -346,7 +346,7 @@ async fn pipeline(
     let mut resp_state = ResponseState { parts: resp_parts };
     let mut body = resp_body;
     for f in passed.iter().rev() {
-        let (rq, rs, outcome) = f.on_response(state, resp_state);
+        let (rq, rs, outcome) = f.on_response(state, resp_state).await;
         state = rq;
         resp_state = rs;
         let replacement = match outcome {

@@ -9,9 +9,13 @@ wasmtime::component::bindgen!({
         "gateway:filter/types.request": super::host::RequestState,
         "gateway:filter/types.response": super::host::ResponseState,
     },
+    // Host imports answer at once; exports are called asynchronously so
+    // WASI's own async host calls (a guest writing to stderr, say) never
+    // block a runtime thread.
     imports: { default: trappable },
+    exports: { default: async },
 });
 
 pub use exports::gateway::filter::filter::Guest;
-pub use gateway::filter::host::LogLevel;
-pub use gateway::filter::types::{Action, HeaderStats, Reply};
+pub use self::gateway::filter::host::LogLevel;
+pub use self::gateway::filter::types::{Action, HeaderStats, Reply};

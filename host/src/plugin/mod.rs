@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
@@ -108,7 +108,7 @@ impl Runtime {
             }
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (e, stop) = (engine.clone(), ticker_stop.clone());
@@ -168,7 +168,7 @@ impl Runtime {
 
     /// A filter: a loaded plugin with its settings. One instance is created
     /// and configured now, so a bad configuration is refused at load.
-    pub fn filter(
+    pub async fn filter(
         &self,
         name: &str,
         plugin: Arc<LoadedPlugin>,
@@ -200,7 +200,7 @@ impl Runtime {
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
         };
-        let first = filter.instantiate().map_err(|f| match f {
+        let first = filter.instantiate().await.map_err(|f| match f {
             Setup::Configure(reason) => PluginError::Configure {
                 filter: name.to_string(),
                 reason,
@@ -260,7 +260,7 @@ pub enum Decision {
 }
 
 impl Filter {
-    fn instantiate(&self) -> Result<Warm, Setup> {
+    async fn instantiate(&self) -> Result<Warm, Setup> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.memory_limit)
             .trap_on_grow_failure(true)
@@ -277,11 +277,13 @@ impl Filter {
         let bindings = self
             .plugin
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|e| Setup::Failed(format!("{e:#}")))?;
         match bindings
             .gateway_filter_filter()
             .call_configure(&mut store, &self.config_json)
+            .await
         {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(reason)) => Err(Setup::Configure(reason)),
@@ -294,20 +296,17 @@ impl Filter {
         self.warm.lock().len()
     }
 
-    /// Runs `call` on a warm instance under the call deadline. The instance
-    /// goes back to the pool only if the call succeeded.
-    fn with_instance<R>(
+    /// A warm instance armed with the call deadline, or a fresh one.
+    async fn checkout(
         &self,
         phase_attrs: &[KeyValue; 3],
         request_id: &str,
-        call: impl FnOnce(&mut Warm) -> Result<R, Failure>,
-    ) -> Result<R, Failure> {
-        let started = Instant::now();
+    ) -> Result<Warm, Failure> {
         self.metrics.plugin_calls.add(1, phase_attrs);
         let pooled = self.warm.lock().pop();
         let mut warm = match pooled {
             Some(w) => w,
-            None => self.instantiate().map_err(|s| {
+            None => self.instantiate().await.map_err(|s| {
                 let detail = match s {
                     Setup::Configure(r) | Setup::Failed(r) => r,
                 };
@@ -320,11 +319,22 @@ impl Filter {
         };
         warm.store.data_mut().request_id = Some(request_id.to_string());
         warm.store.set_epoch_deadline(self.deadline_ticks);
-        let result = call(&mut warm);
+        Ok(warm)
+    }
+
+    /// Records the call; the instance goes back to the pool only if the call
+    /// succeeded (a trapped instance may be in any state).
+    fn checkin<R>(
+        &self,
+        mut warm: Warm,
+        phase_attrs: &[KeyValue; 3],
+        started: Instant,
+        result: &Result<R, Failure>,
+    ) {
         self.metrics
             .plugin_duration
             .record(started.elapsed().as_secs_f64(), &phase_attrs[..]);
-        match &result {
+        match result {
             Ok(_) => {
                 warm.store.data_mut().request_id = None;
                 let mut pool = self.warm.lock();
@@ -334,7 +344,6 @@ impl Filter {
             }
             Err(f) => self.count_failure(phase_attrs, f.reason),
         }
-        result
     }
 
     fn count_failure(&self, phase_attrs: &[KeyValue; 3], reason: &'static str) {
@@ -345,66 +354,70 @@ impl Filter {
 
     /// Calls `on-request`. The request is lent to the filter for the call
     /// and always handed back, whatever the call's outcome.
-    pub fn on_request(&self, req: RequestState) -> (RequestState, Result<Decision, Failure>) {
-        let request_id = req.info.request_id.clone();
-        let mut slot = Some(req);
-        let result = self.with_instance(&self.attrs_request, &request_id, |w| {
-            let res = w
-                .store
-                .data_mut()
-                .table
-                .push(slot.take().expect("request present"))
-                .map_err(table_failure)?;
-            let borrowed = wasmtime::component::Resource::new_borrow(res.rep());
-            let out = w
-                .bindings
-                .gateway_filter_filter()
-                .call_on_request(&mut w.store, borrowed);
-            slot = Some(
-                w.store
-                    .data_mut()
-                    .table
-                    .delete(res)
-                    .map_err(table_failure)?,
-            );
-            decide(out)
-        });
-        (slot.expect("request handed back"), result)
+    pub async fn on_request(&self, req: RequestState) -> (RequestState, Result<Decision, Failure>) {
+        let started = Instant::now();
+        let attrs = &self.attrs_request;
+        let mut w = match self.checkout(attrs, &req.info.request_id).await {
+            Ok(w) => w,
+            Err(f) => return (req, Err(f)),
+        };
+        let res = w
+            .store
+            .data_mut()
+            .table
+            .push(req)
+            .expect("a filter's resource table has room");
+        let borrowed = Resource::new_borrow(res.rep());
+        let out = w
+            .bindings
+            .gateway_filter_filter()
+            .call_on_request(&mut w.store, borrowed)
+            .await;
+        let req = w
+            .store
+            .data_mut()
+            .table
+            .delete(res)
+            .expect("the request is still in the table");
+        let result = decide(out);
+        self.checkin(w, attrs, started, &result);
+        (req, result)
     }
 
     /// Calls `on-response`, lending both the request and the response.
-    pub fn on_response(
+    pub async fn on_response(
         &self,
         req: RequestState,
         resp: ResponseState,
     ) -> (RequestState, ResponseState, Result<Decision, Failure>) {
-        let request_id = req.info.request_id.clone();
-        let mut slots = Some((req, resp));
-        let result = self.with_instance(&self.attrs_response, &request_id, |w| {
-            let (req, resp) = slots.take().expect("message present");
-            let table = &mut w.store.data_mut().table;
-            let rq = table.push(req).map_err(table_failure)?;
-            let rs = table.push(resp).map_err(table_failure)?;
-            let out = w.bindings.gateway_filter_filter().call_on_response(
+        let started = Instant::now();
+        let attrs = &self.attrs_response;
+        let mut w = match self.checkout(attrs, &req.info.request_id).await {
+            Ok(w) => w,
+            Err(f) => return (req, resp, Err(f)),
+        };
+        let table = &mut w.store.data_mut().table;
+        let rq = table.push(req).expect("a filter's resource table has room");
+        let rs = table
+            .push(resp)
+            .expect("a filter's resource table has room");
+        let out = w
+            .bindings
+            .gateway_filter_filter()
+            .call_on_response(
                 &mut w.store,
-                wasmtime::component::Resource::new_borrow(rq.rep()),
-                wasmtime::component::Resource::new_borrow(rs.rep()),
-            );
-            let table = &mut w.store.data_mut().table;
-            let resp = table.delete(rs).map_err(table_failure)?;
-            let req = table.delete(rq).map_err(table_failure)?;
-            slots = Some((req, resp));
-            decide(out)
-        });
-        let (req, resp) = slots.expect("messages handed back");
+                Resource::new_borrow(rq.rep()),
+                Resource::new_borrow(rs.rep()),
+            )
+            .await;
+        let table = &mut w.store.data_mut().table;
+        let resp = table
+            .delete(rs)
+            .expect("the response is still in the table");
+        let req = table.delete(rq).expect("the request is still in the table");
+        let result = decide(out);
+        self.checkin(w, attrs, started, &result);
         (req, resp, result)
-    }
-}
-
-fn table_failure(e: wasmtime::component::ResourceTableError) -> Failure {
-    Failure {
-        reason: "trap",
-        detail: format!("resource table: {e}"),
     }
 }
 
