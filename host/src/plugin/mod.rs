@@ -55,6 +55,8 @@ pub struct Failure {
 /// The process-wide wasm runtime.
 pub struct Runtime {
     engine: Engine,
+    /// Whether instances come from the pooling allocator (else on demand).
+    pub pooling: bool,
     linker: Linker<HostState>,
     metrics: Arc<Metrics>,
     ticker_stop: Arc<AtomicBool>,
@@ -98,13 +100,11 @@ impl Runtime {
         // The pooling allocator reserves address space up front; where that
         // is refused (small virtual memory limits), fall back to on-demand
         // allocation rather than refuse to start.
-        let engine = match Engine::new(&engine_config(true)) {
-            Ok(e) => e,
+        let (engine, pooling) = match Engine::new(&engine_config(true)) {
+            Ok(e) => (e, true),
             Err(e) => {
-                tracing::warn!(
-                    "pooling allocator unavailable ({e:#}); allocating instances on demand"
-                );
-                Engine::new(&engine_config(false))?
+                tracing::warn!("pooling allocator unavailable ({e:#}); allocating instances on demand");
+                (Engine::new(&engine_config(false))?, false)
             }
         };
         let mut linker = Linker::new(&engine);
@@ -122,6 +122,7 @@ impl Runtime {
             })?;
         Ok(Runtime {
             engine,
+            pooling,
             linker,
             metrics,
             ticker_stop,

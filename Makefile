@@ -1,0 +1,39 @@
+# The two commands a newcomer needs:
+#   make run    build the plugins and the gateway, serve config/gateway.toml
+#   make test   install what the tests need, build everything, run every test
+CARGO ?= cargo
+PLUGIN_OUT := target/plugins/wasm32-wasip2/release
+# Plugins copied to plugins/dist, the folder the default config loads from.
+SHIPPED := headers
+
+.PHONY: setup plugins build run test bench bench-deps vs-nginx
+
+setup:
+	scripts/setup.sh
+
+plugins: setup
+	$(CARGO) build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/plugins
+	@mkdir -p plugins/dist
+	@for p in $(SHIPPED); do \
+	  cmp -s $(PLUGIN_OUT)/$$p.wasm plugins/dist/$$p.wasm || cp $(PLUGIN_OUT)/$$p.wasm plugins/dist/$$p.wasm; \
+	done
+
+build: plugins
+	$(CARGO) build --release
+
+run: build
+	$(CARGO) run --release --bin gateway -- run
+
+test: plugins
+	$(CARGO) test --release
+
+bench: plugins
+	$(CARGO) bench --bench filters
+
+bench-deps:
+	scripts/setup.sh --bench
+
+# The whole gateway against nginx on this machine (see benches/README.md).
+vs-nginx: build bench-deps
+	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/plain.toml
+	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/headers.toml
