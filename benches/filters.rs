@@ -3,7 +3,7 @@
 //!
 //! Needs the plugins built first (`make bench` does it).
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use gateway::config::FilterConfig;
 use gateway::plugin::host::{RequestInfo, RequestState, ResponseState};
 use gateway::plugin::{Decision, Filter, Runtime};
@@ -11,8 +11,13 @@ use gateway::telemetry::Metrics;
 use std::sync::Arc;
 
 fn plugin_path(name: &str) -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/plugins/wasm32-wasip2/release/{name}.wasm"));
-    assert!(p.is_file(), "{} is missing: run `make plugins` first", p.display());
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("target/plugins/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make plugins` first",
+        p.display()
+    );
     p
 }
 
@@ -51,17 +56,23 @@ fn response() -> ResponseState {
         .header("x-powered-by", "bench")
         .body(())
         .unwrap();
-    ResponseState { parts: resp.into_parts().0 }
+    ResponseState {
+        parts: resp.into_parts().0,
+    }
 }
 
 async fn filter(rt: &Runtime, name: &str, plugin: &str, config: &str) -> Arc<Filter> {
-    let cfg: FilterConfig = toml::from_str(&format!("plugin = \"{plugin}\"\n[config]\n{config}")).unwrap();
+    let cfg: FilterConfig =
+        toml::from_str(&format!("plugin = \"{plugin}\"\n[config]\n{config}")).unwrap();
     let loaded = rt.load(plugin, &plugin_path(plugin)).unwrap();
     Arc::new(rt.filter(name, loaded, &cfg).await.unwrap())
 }
 
 fn bench(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let metrics = Arc::new(Metrics::new(&[0.001, 0.01, 0.1]).unwrap());
     let rt = Runtime::new(metrics).unwrap();
     eprintln!("pooling allocator: {}", rt.pooling);
@@ -69,7 +80,15 @@ fn bench(c: &mut Criterion) {
         let headers = filter(&rt, "headers", "headers", "").await;
         let mut chain = vec![headers.clone()];
         for i in 0..3 {
-            chain.push(filter(&rt, &format!("probe{i}"), "probe", &format!("name = \"p{i}\"")).await);
+            chain.push(
+                filter(
+                    &rt,
+                    &format!("probe{i}"),
+                    "probe",
+                    &format!("name = \"p{i}\""),
+                )
+                .await,
+            );
         }
         (headers, chain)
     });
@@ -125,9 +144,10 @@ fn bench(c: &mut Criterion) {
         )
     });
 
-    c.bench_function("request and response built without filters (baseline)", |b| {
-        b.iter_batched(|| (), |()| (request(), response()), BatchSize::SmallInput)
-    });
+    c.bench_function(
+        "request and response built without filters (baseline)",
+        |b| b.iter_batched(|| (), |()| (request(), response()), BatchSize::SmallInput),
+    );
 }
 
 criterion_group!(benches, bench);

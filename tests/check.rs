@@ -12,10 +12,27 @@ fn check(body: &str) -> (bool, String, String) {
     build_plugins();
     let dir = tempdir::Dir::new();
     let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[plugins]\ndir = \"{}\"\n\n{body}", plugin_dir().display())).unwrap();
-    let out = Command::new(gateway_bin()).args(["check", "--config"]).arg(&path).env("GATEWAY_LOG", "error").output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "CONFIG");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), stderr.trim().to_string())
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[plugins]\ndir = \"{}\"\n\n{body}",
+            plugin_dir().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("GATEWAY_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "CONFIG");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        stderr.trim().to_string(),
+    )
 }
 
 const UPSTREAM: &str = "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n\n";
@@ -31,7 +48,9 @@ fn a_good_config_passes_and_loads_its_plugins() {
 
 #[test]
 fn unknown_key() {
-    let (ok, _, err) = check(&format!("{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"api\"\ntimeuot = \"1s\"\n"));
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"api\"\ntimeuot = \"1s\"\n"
+    ));
     assert!(!ok);
     assert_eq!(
         err,
@@ -41,21 +60,33 @@ fn unknown_key() {
 
 #[test]
 fn wrong_type() {
-    let (ok, _, err) = check(&format!("{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"api\"\nfilters = \"headers\"\n"));
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"api\"\nfilters = \"headers\"\n"
+    ));
     assert!(!ok);
-    assert_eq!(err, "error: CONFIG:13:11: invalid type: string \"headers\", expected a sequence; change the value to that type");
+    assert_eq!(
+        err,
+        "error: CONFIG:13:11: invalid type: string \"headers\", expected a sequence; change the value to that type"
+    );
 }
 
 #[test]
 fn bad_duration() {
-    let (ok, _, err) = check(&format!("{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"api\"\ntimeout = \"10\"\n"));
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"api\"\ntimeout = \"10\"\n"
+    ));
     assert!(!ok);
-    assert_eq!(err, "error: CONFIG:13:11: `10` is not a duration; write it like \"250ms\", \"10s\" or \"2m\"");
+    assert_eq!(
+        err,
+        "error: CONFIG:13:11: `10` is not a duration; write it like \"250ms\", \"10s\" or \"2m\""
+    );
 }
 
 #[test]
 fn missing_plugin() {
-    let (ok, _, err) = check(&format!("{UPSTREAM}[filters.auth]\nplugin = \"no-such-plugin\"\n"));
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[filters.auth]\nplugin = \"no-such-plugin\"\n"
+    ));
     assert!(!ok);
     let file = plugin_dir().join("no-such-plugin.wasm");
     assert_eq!(
@@ -73,12 +104,17 @@ fn duplicate_route_id() {
         "{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"api\"\n\n[[route]]\nid = \"api\"\npath_prefix = \"/v2\"\nupstream = \"api\"\n"
     ));
     assert!(!ok);
-    assert_eq!(err, "error: CONFIG:15:6: route id `api` is already used on line 11; give each route its own id");
+    assert_eq!(
+        err,
+        "error: CONFIG:15:6: route id `api` is already used on line 11; give each route its own id"
+    );
 }
 
 #[test]
 fn unknown_upstream() {
-    let (ok, _, err) = check(&format!("{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"payments\"\n"));
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"payments\"\n"
+    ));
     assert!(!ok);
     assert_eq!(
         err,
@@ -88,7 +124,9 @@ fn unknown_upstream() {
 
 #[test]
 fn unknown_filter() {
-    let (ok, _, err) = check(&format!("{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"api\"\nfilters = [\"auth\"]\n"));
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[[route]]\nid = \"api\"\nupstream = \"api\"\nfilters = [\"auth\"]\n"
+    ));
     assert!(!ok);
     assert_eq!(
         err,
@@ -98,7 +136,9 @@ fn unknown_filter() {
 
 #[test]
 fn missing_environment_variable() {
-    let (ok, _, err) = check(&format!("{UPSTREAM}[upstreams.db]\ninstances = [\"${{DB_ADDR_FOR_TEST}}\"]\n"));
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[upstreams.db]\ninstances = [\"${{DB_ADDR_FOR_TEST}}\"]\n"
+    ));
     assert!(!ok);
     assert_eq!(
         err,
@@ -119,14 +159,24 @@ fn plugin_that_refuses_its_config() {
         "{UPSTREAM}[filters.p]\nplugin = \"probe\"\n[filters.p.config]\nname = \"p\"\ntrap = \"configure\"\n"
     ));
     assert!(!ok);
-    assert_eq!(err, "error: filter `p` refused its configuration: probe p refuses its configuration on purpose");
+    assert_eq!(
+        err,
+        "error: filter `p` refused its configuration: probe p refuses its configuration on purpose"
+    );
 }
 
 #[test]
 fn header_filter_rejects_bad_settings() {
-    let (ok, _, err) = check(&format!("{UPSTREAM}[filters.h]\nplugin = \"headers\"\n[filters.h.config]\nmax_header_cuont = 3\n"));
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[filters.h]\nplugin = \"headers\"\n[filters.h.config]\nmax_header_cuont = 3\n"
+    ));
     assert!(!ok);
-    assert!(err.starts_with("error: filter `h` refused its configuration: headers: unknown field `max_header_cuont`"), "{err}");
+    assert!(
+        err.starts_with(
+            "error: filter `h` refused its configuration: headers: unknown field `max_header_cuont`"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -136,8 +186,15 @@ fn not_a_component() {
     std::fs::write(dir.path().join("junk.wasm"), b"\0asm not really").unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:0\"\n[plugins]\ndir = \"{}\"\n[filters.j]\nplugin = \"junk\"\n", dir.path().display())).unwrap();
-    let out = Command::new(gateway_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("junk.wasm is not a valid WebAssembly component"), "{err}");
+    assert!(
+        err.contains("junk.wasm is not a valid WebAssembly component"),
+        "{err}"
+    );
 }

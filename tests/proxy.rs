@@ -576,3 +576,49 @@ fn sigterm_lets_an_in_flight_request_finish() {
     assert!(status.success(), "exit status {status}");
     assert!(gw.log().contains("SIGTERM received; draining"));
 }
+
+#[test]
+fn a_looping_or_memory_hungry_filter_fails_only_its_own_step() {
+    let up = Upstream::start("up");
+    let gw = Gateway::start(&format!(
+        "{}{}{}[filters.spin]\nplugin = \"probe\"\ntimeout = \"20ms\"\n[filters.spin.config]\nname = \"spin\"\nmisbehave = \"loop\"\n\n\
+         [filters.hog]\nplugin = \"probe\"\nmemory_limit_mib = 8\n[filters.hog.config]\nname = \"hog\"\nmisbehave = \"memory\"\n\n\
+         [[route]]\nid = \"spin\"\npath_prefix = \"/spin\"\nupstream = \"up\"\nfilters = [\"spin\"]\n\n\
+         [[route]]\nid = \"hog\"\npath_prefix = \"/hog\"\nupstream = \"up\"\nfilters = [\"hog\"]\n\n\
+         [[route]]\nid = \"fine\"\npath_prefix = \"/fine\"\nupstream = \"up\"\nfilters = [\"ok\"]\n",
+        upstream_block("up", &up),
+        probe("ok", ""),
+        "",
+    ));
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r = gw.get("/spin", &[]);
+        assert_eq!(r.status, 500);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the deadline stopped the loop"
+        );
+        assert_eq!(gw.get("/hog", &[]).status, 500);
+        // The other route, and its filter, are untouched.
+        let r = gw.get("/fine", &[]);
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.count(), 2);
+    let m = gw.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_plugin_failures_total",
+            &[("filter", "spin"), ("reason", "deadline")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_plugin_failures_total",
+            &[("filter", "hog"), ("reason", "memory")]
+        ),
+        Some(2.0)
+    );
+}

@@ -16,6 +16,6 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use exports::gateway::filter::filter::Guest;
 pub use self::gateway::filter::host::LogLevel;
 pub use self::gateway::filter::types::{Action, HeaderStats, Reply};
+pub use exports::gateway::filter::filter::Guest;

@@ -103,7 +103,9 @@ impl Runtime {
         let (engine, pooling) = match Engine::new(&engine_config(true)) {
             Ok(e) => (e, true),
             Err(e) => {
-                tracing::warn!("pooling allocator unavailable ({e:#}); allocating instances on demand");
+                tracing::warn!(
+                    "pooling allocator unavailable ({e:#}); allocating instances on demand"
+                );
                 (Engine::new(&engine_config(false))?, false)
             }
         };

@@ -19,6 +19,8 @@ struct Config {
     answer: Option<u16>,
     /// "configure", "request" or "response": trap (panic) in that phase.
     trap: Option<String>,
+    /// "loop": spin forever on request; "memory": allocate until refused.
+    misbehave: Option<String>,
     /// Set this context key to the filter's name on the way in.
     set_context: Option<String>,
     /// Copy this context key into the `x-context` request header.
@@ -60,6 +62,22 @@ impl Guest for Probe {
         let c = config();
         if c.trap.as_deref() == Some("request") {
             panic!("probe {} traps on request", c.name);
+        }
+        match c.misbehave.as_deref() {
+            Some("loop") => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            Some("memory") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            _ => {}
         }
         let _ = req.set_header("x-chain", &mark(req.header("x-chain"), &c.name));
         if let Some(key) = &c.set_context {
