@@ -10,7 +10,7 @@ use hyper::{Request, Response};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -193,7 +193,7 @@ pub struct Gateway {
 }
 
 pub mod tempdir {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     /// A directory removed when dropped.
     pub struct Dir(PathBuf);
     impl Dir {
@@ -455,8 +455,4 @@ pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> 
                 .all(|(k, v)| set.get(k) == Some(v))
                 .then(|| value.parse().ok())?
         })
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
