@@ -193,7 +193,7 @@ pub struct Gateway {
 }
 
 pub mod tempdir {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     /// A directory removed when dropped.
     pub struct Dir(PathBuf);
     impl Dir {
