@@ -335,7 +335,7 @@ async fn pipeline(
 
     let response = match early {
         Some(r) => r,
-        None => match forward(gw, rt, &mut state, body, &request_id).await {
+        None => match forward(gw, rt, &mut state, body, &request_id, !passed.is_empty()).await {
             Ok(r) => r,
             Err(r) => r,
         },
@@ -407,6 +407,7 @@ async fn forward(
     state: &mut RequestState,
     body: Incoming,
     request_id: &str,
+    response_filters: bool,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let limit = gw.server.max_body_bytes;
     let body = match tokio::time::timeout(rt.timeout, Limited::new(body, limit).collect()).await {
@@ -441,7 +442,13 @@ async fn forward(
         Ok(Ok(c)) => c.to_bytes(),
     };
 
-    let mut parts = state.parts.clone();
+    // Filters on the way out are shown the request as it was sent; without
+    // any, the request moves upstream without a copy.
+    let mut parts = if response_filters {
+        state.parts.clone()
+    } else {
+        std::mem::replace(&mut state.parts, Request::new(()).into_parts().0)
+    };
     parts.version = http::Version::HTTP_11;
     if body.is_empty() && parts.method != http::Method::POST && parts.method != http::Method::PUT {
         parts.headers.remove(header::CONTENT_LENGTH);
