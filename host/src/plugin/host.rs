@@ -52,8 +52,8 @@ pub struct HostState {
     pub filter: Arc<str>,
     pub plugin: Arc<str>,
     pub metrics: Arc<Metrics>,
-    /// The request being served, for the log.
-    pub request_id: Option<String>,
+    /// The request being served, for the log (shared, not copied, per call).
+    pub request: Option<Arc<RequestInfo>>,
 }
 
 impl HostState {
@@ -72,7 +72,7 @@ impl HostState {
             filter,
             plugin,
             metrics,
-            request_id: None,
+            request: None,
         }
     }
 }
@@ -360,7 +360,7 @@ impl host::Host for HostState {
             message.push_str("…");
         }
         let filter = &*self.filter;
-        let request_id = self.request_id.as_deref().unwrap_or("-");
+        let request_id = self.request.as_ref().map_or("-", |r| r.request_id.as_str());
         match level {
             LogLevel::Trace => tracing::trace!(filter, request_id, "{message}"),
             LogLevel::Debug => tracing::debug!(filter, request_id, "{message}"),

@@ -12,7 +12,7 @@ pub mod host;
 use crate::config::{FailurePolicy, FilterConfig};
 use crate::telemetry::{Metrics, shared};
 use bindings::{Action, Plugin, PluginPre, Reply};
-use host::{HostState, RequestState, ResponseState};
+use host::{HostState, RequestInfo, RequestState, ResponseState};
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
@@ -303,7 +303,7 @@ impl Filter {
     async fn checkout(
         &self,
         phase_attrs: &[KeyValue; 3],
-        request_id: &str,
+        request: &Arc<RequestInfo>,
     ) -> Result<Warm, Failure> {
         self.metrics.plugin_calls.add(1, phase_attrs);
         let pooled = self.warm.lock().pop();
@@ -320,7 +320,7 @@ impl Filter {
                 }
             })?,
         };
-        warm.store.data_mut().request_id = Some(request_id.to_string());
+        warm.store.data_mut().request = Some(request.clone());
         warm.store.set_epoch_deadline(self.deadline_ticks);
         Ok(warm)
     }
@@ -339,7 +339,7 @@ impl Filter {
             .record(started.elapsed().as_secs_f64(), &phase_attrs[..]);
         match result {
             Ok(_) => {
-                warm.store.data_mut().request_id = None;
+                warm.store.data_mut().request = None;
                 let mut pool = self.warm.lock();
                 if pool.len() < self.max_warm {
                     pool.push(warm);
@@ -360,7 +360,7 @@ impl Filter {
     pub async fn on_request(&self, req: RequestState) -> (RequestState, Result<Decision, Failure>) {
         let started = Instant::now();
         let attrs = &self.attrs_request;
-        let mut w = match self.checkout(attrs, &req.info.request_id).await {
+        let mut w = match self.checkout(attrs, &req.info).await {
             Ok(w) => w,
             Err(f) => return (req, Err(f)),
         };
@@ -395,7 +395,7 @@ impl Filter {
     ) -> (RequestState, ResponseState, Result<Decision, Failure>) {
         let started = Instant::now();
         let attrs = &self.attrs_response;
-        let mut w = match self.checkout(attrs, &req.info.request_id).await {
+        let mut w = match self.checkout(attrs, &req.info).await {
             Ok(w) => w,
             Err(f) => return (req, resp, Err(f)),
         };
