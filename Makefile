@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PLUGIN_OUT := target/plugins/wasm32-wasip2/release
 # Plugins copied to plugins/dist, the folder the default config loads from.
-SHIPPED := headers
+SHIPPED := headers ratelimit auth tenant
 
 .PHONY: setup plugins build run test bench bench-deps vs-nginx
 
@@ -25,6 +25,7 @@ run: build
 	$(CARGO) run --release --bin gateway -- run
 
 test: plugins
+	$(CARGO) test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native
 	$(CARGO) test --release
 
 bench: plugins

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need and a fresh machine lacks:
-# the wasm32-wasip2 Rust target, and (with --bench) nginx and wrk for the
-# comparison benchmark. Safe to run again: it only installs what is missing.
+# the wasm32-wasip2 Rust target, redis-server (the shared-state tests start
+# their own), and (with --bench) nginx and wrk for the comparison benchmark. Safe to run again: it only installs what is missing.
 set -euo pipefail
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
@@ -11,6 +11,7 @@ fi
 
 need_apt=()
 want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
+want redis-server redis-server
 if [[ "${1:-}" == "--bench" ]]; then
   want nginx nginx-light
   want wrk wrk

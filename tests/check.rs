@@ -198,3 +198,64 @@ fn not_a_component() {
         "{err}"
     );
 }
+
+fn ratelimit_with(limit_fields: &str) -> String {
+    format!(
+        "{UPSTREAM}[filters.rl]\nplugin = \"ratelimit\"\n[[filters.rl.config.limits]]\nname = \"x\"\nrequests = 1\n{limit_fields}\n"
+    )
+}
+
+#[test]
+fn rate_limit_settings_are_checked() {
+    let (ok, _, err) = check(&ratelimit_with("window = \"1y\""));
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: filter `rl` refused its configuration: ratelimit: limit \"x\" has window \"1y\"; write it like \"1s\", \"10m\" or \"1h\" (at most \"1d\")"
+    );
+    let (ok, _, err) = check(&ratelimit_with("window = \"1s\"\nkey = \"cookie:x\""));
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: filter `rl` refused its configuration: ratelimit: limit \"x\" has key \"cookie:x\"; use \"client\", \"route\", \"header:<name>\" or \"context:<key>\""
+    );
+    let (ok, _, err) = check(&ratelimit_with("window = \"1s\""));
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn redis_state_needs_a_redis_url() {
+    let (ok, _, err) = check("[state]\nbackend = \"redis\"\n");
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: CONFIG:8:11: [state] backend \"redis\" needs a `url`, like \"redis://127.0.0.1:6379\""
+    );
+    let (ok, _, err) = check("[state]\nbackend = \"redis\"\nurl = \"http://x\"\n");
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: CONFIG:9:7: [state] url `http://x` is not a Redis URL; write it like \"redis://127.0.0.1:6379/0\""
+    );
+    let (ok, _, err) = check("[state]\nbackend = \"etcd\"\n");
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: CONFIG:8:11: unknown variant `etcd`, expected `memory` or `redis`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_filter_file_that_cannot_be_read_is_named() {
+    let (ok, _, err) = check(
+        "[filters.h]\nplugin = \"headers\"\n[filters.h.config_files]\nallow = \"nope.json\"\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: CONFIG:10:9: filter `h` reads ")
+            && err.ends_with(
+                "nope.json for `allow`, but it cannot be read (No such file or directory (os error 2)); fix the path (relative to the config file)"
+            ),
+        "{err}"
+    );
+}

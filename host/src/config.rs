@@ -46,6 +46,9 @@ pub struct Config {
     pub plugins: PluginsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Where plugins keep shared counters.
+    #[serde(default)]
+    pub state: StateConfig,
     #[serde(default)]
     pub filters: BTreeMap<String, FilterConfig>,
     #[serde(default)]
@@ -130,6 +133,52 @@ impl Default for MetricsConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// In this process only: each replica counts for itself.
+    Memory,
+    /// One Redis shared by every replica.
+    Redis,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    #[serde(default = "defaults::state_backend")]
+    pub backend: Spanned<StateBackend>,
+    /// `redis://[user:password@]host:port[/db]`, for the Redis backend.
+    pub url: Option<Spanned<String>>,
+    /// Prepended to every Redis key, so several gateways' deployments can
+    /// share one Redis without sharing counters.
+    #[serde(default = "defaults::state_prefix")]
+    pub prefix: String,
+    /// The longest one state call may take, connecting included; past it
+    /// the filter is told the state is unavailable.
+    #[serde(default = "defaults::state_timeout")]
+    pub timeout: Millis,
+    /// Redis connections kept open.
+    #[serde(default = "defaults::state_pool_size")]
+    pub pool_size: Spanned<usize>,
+    /// The most counters the memory backend holds; past it new counters
+    /// are refused until old ones expire.
+    #[serde(default = "defaults::state_max_entries")]
+    pub max_entries: Spanned<usize>,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: defaults::state_backend(),
+            url: None,
+            prefix: defaults::state_prefix(),
+            timeout: defaults::state_timeout(),
+            pool_size: defaults::state_pool_size(),
+            max_entries: defaults::state_max_entries(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailurePolicy {
     /// Answer the client with the filter's `failure_status`.
@@ -162,6 +211,11 @@ pub struct FilterConfig {
     /// The filter's own settings, handed to its `configure` as JSON.
     #[serde(default)]
     pub config: toml::Table,
+    /// Files the gateway reads for the filter, which has no filesystem of
+    /// its own: each `key = "path"` puts the file's text into `config` under
+    /// `key` (a JWKS document, say). Paths are relative to the config file.
+    #[serde(default)]
+    pub config_files: BTreeMap<String, Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,10 +330,28 @@ mod defaults {
     pub fn idle_timeout() -> Millis {
         Millis(Duration::from_secs(60))
     }
+    pub fn state_backend() -> Spanned<StateBackend> {
+        Spanned::new(0..0, StateBackend::Memory)
+    }
+    pub fn state_prefix() -> String {
+        "gateway".to_string()
+    }
+    pub fn state_timeout() -> Millis {
+        Millis(Duration::from_millis(25))
+    }
+    pub fn state_pool_size() -> Spanned<usize> {
+        Spanned::new(0..0, 8)
+    }
+    pub fn state_max_entries() -> Spanned<usize> {
+        Spanned::new(0..0, 1_000_000)
+    }
     pub fn path_prefix() -> Spanned<String> {
         Spanned::new(0..0, "/".to_string())
     }
 }
+
+/// The largest file `config_files` may hand a filter.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 
 /// The most memory a filter instance may be given; the engine reserves
 /// address space for this much per instance slot.
@@ -407,6 +479,7 @@ impl Config {
         })?;
         config.base_dir = base_dir;
         config.validate(&src)?;
+        config.read_filter_files(&src)?;
         Ok(config)
     }
 
@@ -417,7 +490,75 @@ impl Config {
             .join(format!("{plugin}.wasm"))
     }
 
+    /// Inlines each filter's `config_files` into its `config` table.
+    fn read_filter_files(&mut self, src: &Source<'_>) -> Result<(), ConfigError> {
+        for (name, f) in &mut self.filters {
+            for (key, path) in &f.config_files {
+                if f.config.contains_key(key) {
+                    return Err(src.error_span(
+                        path,
+                        format!("filter `{name}` sets `{key}` both in config and in config_files; keep one"),
+                    ));
+                }
+                let full = self.base_dir.join(path.get_ref());
+                let too_big = std::fs::metadata(&full)
+                    .map(|m| m.len() > MAX_CONFIG_FILE_BYTES)
+                    .unwrap_or(false);
+                if too_big {
+                    return Err(src.error_span(
+                        path,
+                        format!(
+                            "filter `{name}` reads {} for `{key}`, which is over {} KiB; a filter's config file must be smaller",
+                            full.display(),
+                            MAX_CONFIG_FILE_BYTES / 1024
+                        ),
+                    ));
+                }
+                let text = std::fs::read_to_string(&full).map_err(|e| {
+                    src.error_span(
+                        path,
+                        format!(
+                            "filter `{name}` reads {} for `{key}`, but it cannot be read ({e}); fix the path (relative to the config file)",
+                            full.display()
+                        ),
+                    )
+                })?;
+                f.config.insert(key.clone(), toml::Value::String(text));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        if *self.state.backend.get_ref() == StateBackend::Redis {
+            match &self.state.url {
+                None => {
+                    return Err(src.error_span(
+                        &self.state.backend,
+                        "[state] backend \"redis\" needs a `url`, like \"redis://127.0.0.1:6379\"",
+                    ));
+                }
+                Some(url) if !url.get_ref().starts_with("redis://") => {
+                    return Err(src.error_span(
+                        url,
+                        format!(
+                            "[state] url `{}` is not a Redis URL; write it like \"redis://127.0.0.1:6379/0\"",
+                            url.get_ref()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for (what, n) in [
+            ("pool_size", &self.state.pool_size),
+            ("max_entries", &self.state.max_entries),
+        ] {
+            if *n.get_ref() == 0 {
+                return Err(src.error_span(n, format!("[state] {what} must be at least 1")));
+            }
+        }
+
         for (name, f) in &self.filters {
             let plugin = f.plugin.get_ref();
             if plugin.is_empty()

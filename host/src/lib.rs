@@ -2,7 +2,8 @@
 //!
 //! `config` reads the TOML, `routing` normalises paths and picks routes,
 //! `proxy` runs the request pipeline, `plugin` hosts the filters,
-//! `upstream` forwards, `telemetry` counts, `server` and `admin` listen.
+//! `upstream` forwards, `state` keeps plugins' shared counters, `telemetry`
+//! counts, `server` and `admin` listen.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,6 +13,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod upstream;
 
@@ -147,7 +149,8 @@ pub fn load_config(source: &ConfigSource) -> Result<Config, config::ConfigError>
 pub async fn check(source: &ConfigSource) -> anyhow::Result<String> {
     let config = load_config(source)?;
     let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
-    let runtime = Runtime::new(metrics.clone())?;
+    let state = Arc::new(state::State::from_config(&config.state, metrics.clone()));
+    let runtime = Runtime::with_state(metrics.clone(), state)?;
     let routes = config.routes.len();
     let gw = Gateway::build(config, &runtime, metrics).await?;
     Ok(format!(
@@ -161,7 +164,9 @@ pub async fn check(source: &ConfigSource) -> anyhow::Result<String> {
 pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
     let config = load_config(&source)?;
     let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
-    let runtime = Runtime::new(metrics.clone())?;
+    let state = Arc::new(state::State::from_config(&config.state, metrics.clone()));
+    tracing::info!("plugin state in {}", state.backend());
+    let runtime = Runtime::with_state(metrics.clone(), state)?;
     let listen = config.server.listen;
     let grace = config.server.shutdown_grace.0;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub plugin_calls: Counter<u64>,
     pub plugin_failures: Counter<u64>,
     pub plugin_duration: Histogram<f64>,
+    pub state_calls: Counter<u64>,
+    pub state_duration: Histogram<f64>,
     plugin_counters: Mutex<HashMap<String, PluginCounter>>,
 }
 
@@ -94,6 +96,19 @@ impl Metrics {
                     1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1,
                 ])
                 .build(),
+            state_calls: meter
+                .u64_counter("gateway_state_calls_total")
+                .with_description(
+                    "Shared-state calls from filters, by backend and result (ok, unavailable, invalid)",
+                )
+                .build(),
+            state_duration: meter
+                .f64_histogram("gateway_state_call_duration_seconds")
+                .with_description("Time one shared-state call took, by backend")
+                .with_boundaries(vec![
+                    1e-6, 1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 2.5e-2, 0.1,
+                ])
+                .build(),
             plugin_counters: Mutex::new(HashMap::new()),
             registry,
             _provider: provider,
@@ -116,6 +131,19 @@ impl Metrics {
                 attrs.push(KeyValue::new("reason", *reason));
                 self.plugin_failures.add(0, &attrs);
             }
+        }
+    }
+
+    /// The state backend's series, at zero.
+    pub fn declare_state(&self, backend: &'static str) {
+        for result in ["ok", "unavailable", "invalid"] {
+            self.state_calls.add(
+                0,
+                &[
+                    KeyValue::new("backend", backend),
+                    KeyValue::new("result", result),
+                ],
+            );
         }
     }
 

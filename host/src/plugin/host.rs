@@ -2,8 +2,11 @@
 //! the `host` interface. Every import is bounded, so a hostile filter gets a
 //! refusal, never an unbounded allocation in the host.
 
+use super::bindings::gateway::filter::state;
 use super::bindings::gateway::filter::{host, types};
 use super::bindings::{HeaderStats, LogLevel};
+use super::bindings::{StateCounter, StateCounterOp, WitStateError};
+use crate::state::{CounterOp, State, StateError};
 use crate::telemetry::Metrics;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
@@ -52,6 +55,7 @@ pub struct HostState {
     pub filter: Arc<str>,
     pub plugin: Arc<str>,
     pub metrics: Arc<Metrics>,
+    pub state: Arc<State>,
     /// The request being served, for the log (shared, not copied, per call).
     pub request: Option<Arc<RequestInfo>>,
 }
@@ -61,6 +65,7 @@ impl HostState {
         filter: Arc<str>,
         plugin: Arc<str>,
         metrics: Arc<Metrics>,
+        state: Arc<State>,
         limits: StoreLimits,
     ) -> HostState {
         HostState {
@@ -72,6 +77,7 @@ impl HostState {
             filter,
             plugin,
             metrics,
+            state,
             request: None,
         }
     }
@@ -395,5 +401,62 @@ impl host::Host for HostState {
             );
         }
         Ok(())
+    }
+}
+
+impl HostState {
+    async fn state_add(&mut self, ops: Vec<CounterOp>) -> Result<Vec<StateCounter>, WitStateError> {
+        match self.state.add(&self.filter, &ops).await {
+            Ok(out) => Ok(out
+                .into_iter()
+                .map(|c| StateCounter {
+                    value: c.value,
+                    ttl_ms: c.ttl_ms,
+                })
+                .collect()),
+            Err(StateError::Unavailable(m)) => Err(WitStateError::Unavailable(m)),
+            Err(StateError::Invalid(m)) => Err(WitStateError::Invalid(m)),
+        }
+    }
+}
+
+fn op(key: String, delta: i64, window_ms: u64) -> CounterOp {
+    CounterOp {
+        key,
+        delta,
+        window: std::time::Duration::from_millis(window_ms),
+    }
+}
+
+impl state::Host for HostState {
+    async fn counter_add(
+        &mut self,
+        key: String,
+        delta: i64,
+        window_ms: u64,
+    ) -> wasmtime::Result<Result<StateCounter, WitStateError>> {
+        Ok(self
+            .state_add(vec![op(key, delta, window_ms)])
+            .await
+            .map(|mut v| v.remove(0)))
+    }
+
+    async fn counter_add_many(
+        &mut self,
+        ops: Vec<StateCounterOp>,
+    ) -> wasmtime::Result<Result<Vec<StateCounter>, WitStateError>> {
+        // Refuse an oversized list before copying its keys.
+        if ops.len() > crate::state::MAX_OPS {
+            return Ok(Err(WitStateError::Invalid(format!(
+                "{} operations in one call; send at most {}",
+                ops.len(),
+                crate::state::MAX_OPS
+            ))));
+        }
+        let ops = ops
+            .into_iter()
+            .map(|o| op(o.key, o.delta, o.window_ms))
+            .collect();
+        Ok(self.state_add(ops).await)
     }
 }

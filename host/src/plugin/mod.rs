@@ -10,6 +10,7 @@ pub mod bindings;
 pub mod host;
 
 use crate::config::{FailurePolicy, FilterConfig};
+use crate::state::State;
 use crate::telemetry::{Metrics, shared};
 use bindings::{Action, Plugin, PluginPre, Reply};
 use host::{HostState, RequestInfo, RequestState, ResponseState};
@@ -59,6 +60,7 @@ pub struct Runtime {
     pub pooling: bool,
     linker: Linker<HostState>,
     metrics: Arc<Metrics>,
+    state: Arc<State>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -96,7 +98,13 @@ fn engine_config(pooling: bool) -> wasmtime::Config {
 }
 
 impl Runtime {
+    /// A runtime whose filters share in-memory state.
     pub fn new(metrics: Arc<Metrics>) -> anyhow::Result<Runtime> {
+        let state = Arc::new(State::memory(metrics.clone()));
+        Runtime::with_state(metrics, state)
+    }
+
+    pub fn with_state(metrics: Arc<Metrics>, state: Arc<State>) -> anyhow::Result<Runtime> {
         // The pooling allocator reserves address space up front; where that
         // is refused (small virtual memory limits), fall back to on-demand
         // allocation rather than refuse to start.
@@ -127,6 +135,7 @@ impl Runtime {
             pooling,
             linker,
             metrics,
+            state,
             ticker_stop,
         })
     }
@@ -202,6 +211,7 @@ impl Runtime {
             warm: Mutex::new(Vec::new()),
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
+            state: self.state.clone(),
         };
         let first = filter.instantiate().await.map_err(|f| match f {
             Setup::Configure(reason) => PluginError::Configure {
@@ -252,6 +262,7 @@ pub struct Filter {
     warm: Mutex<Vec<Warm>>,
     engine: Engine,
     metrics: Arc<Metrics>,
+    state: Arc<State>,
     attrs_request: [KeyValue; 3],
     attrs_response: [KeyValue; 3],
 }
@@ -272,6 +283,7 @@ impl Filter {
             self.name.clone(),
             self.plugin.name.clone(),
             self.metrics.clone(),
+            self.state.clone(),
             limits,
         );
         let mut store = Store::new(&self.engine, state);

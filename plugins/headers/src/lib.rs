@@ -102,20 +102,30 @@ fn lower_all(names: impl IntoIterator<Item = String>) -> Vec<String> {
 fn parse(config: &str) -> Result<Settings, String> {
     let c: Config = serde_json::from_str(config).map_err(|e| format!("headers: {e}"))?;
     let defaults = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let strip = c.strip_request.unwrap_or_else(|| defaults(DEFAULT_STRIP_REQUEST));
-    let check = |what: &str, m: &BTreeMap<String, String>| -> Result<Vec<(String, Vec<u8>)>, String> {
-        m.iter()
-            .map(|(k, v)| {
-                if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
-                    return Err(format!("headers: {what} has an invalid header name {k:?}"));
-                }
-                Ok((k.to_ascii_lowercase(), v.clone().into_bytes()))
-            })
-            .collect()
-    };
+    let strip = c
+        .strip_request
+        .unwrap_or_else(|| defaults(DEFAULT_STRIP_REQUEST));
+    let check =
+        |what: &str, m: &BTreeMap<String, String>| -> Result<Vec<(String, Vec<u8>)>, String> {
+            m.iter()
+                .map(|(k, v)| {
+                    if k.is_empty()
+                        || !k
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+                    {
+                        return Err(format!("headers: {what} has an invalid header name {k:?}"));
+                    }
+                    Ok((k.to_ascii_lowercase(), v.clone().into_bytes()))
+                })
+                .collect()
+        };
     Ok(Settings {
         strip_request: lower_all(strip.into_iter().chain(c.strip_request_extra)),
-        remove_response: lower_all(c.remove_response.unwrap_or_else(|| defaults(DEFAULT_REMOVE_RESPONSE))),
+        remove_response: lower_all(
+            c.remove_response
+                .unwrap_or_else(|| defaults(DEFAULT_REMOVE_RESPONSE)),
+        ),
         add_request: check("add_request", &c.add_request)?,
         add_response: check("add_response", &c.add_response)?,
         max_header_count: c.max_header_count,
@@ -130,7 +140,10 @@ fn settings() -> &'static Settings {
 fn removed(phase: &str, name: &str) {
     host::counter_add(
         "headers_removed",
-        &[("phase".into(), phase.into()), ("header".into(), name.into())],
+        &[
+            ("phase".into(), phase.into()),
+            ("header".into(), name.into()),
+        ],
         1.0,
     );
 }

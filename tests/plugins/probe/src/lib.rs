@@ -52,7 +52,10 @@ impl Guest for Probe {
     fn configure(config: String) -> Result<(), String> {
         let c: Config = serde_json::from_str(&config).map_err(|e| format!("probe: {e}"))?;
         if c.trap.as_deref() == Some("configure") {
-            return Err(format!("probe {} refuses its configuration on purpose", c.name));
+            return Err(format!(
+                "probe {} refuses its configuration on purpose",
+                c.name
+            ));
         }
         let _ = CONFIG.set(c);
         Ok(())

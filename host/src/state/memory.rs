@@ -1,0 +1,222 @@
+//! The in-memory state backend: counters in shards, each behind its own
+//! lock, so requests on different keys rarely wait for each other. Expired
+//! counters are dropped lazily, a shard at a time, and the total is capped so
+//! a flood of distinct keys (one per spoofed client, say) cannot exhaust
+//! memory.
+
+use super::{Counter, CounterOp, StateError};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const SHARDS: usize = 64;
+/// A shard drops its expired counters at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+struct Entry {
+    value: i64,
+    expires: Instant,
+}
+
+struct Shard {
+    map: HashMap<Box<str>, Entry>,
+    next_sweep: Instant,
+}
+
+pub struct MemoryStore {
+    shards: Vec<Mutex<Shard>>,
+    hasher: RandomState,
+    entries: AtomicUsize,
+    max_entries: usize,
+    /// When the store, full, last swept every shard (ms since `epoch`).
+    last_full_sweep_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl MemoryStore {
+    pub fn new(max_entries: usize) -> MemoryStore {
+        let now = Instant::now();
+        MemoryStore {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::new(),
+                        next_sweep: now + SWEEP_EVERY,
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
+            entries: AtomicUsize::new(0),
+            max_entries,
+            last_full_sweep_ms: AtomicU64::new(0),
+            epoch: now,
+        }
+    }
+
+    /// Counters held right now, expired ones not yet swept included.
+    pub fn len(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        self.hasher.hash_one(key) as usize % SHARDS
+    }
+
+    /// Drops expired counters from one locked shard.
+    fn sweep(&self, shard: &mut Shard, now: Instant) {
+        let before = shard.map.len();
+        shard.map.retain(|_, e| e.expires > now);
+        self.entries
+            .fetch_sub(before - shard.map.len(), Ordering::Relaxed);
+        shard.next_sweep = now + SWEEP_EVERY;
+    }
+
+    /// When the store is full, expired counters may sit in shards nobody
+    /// touches; sweep them all, one lock at a time, at most every 100 ms.
+    fn sweep_all_if_full(&self) {
+        if self.entries.load(Ordering::Relaxed) < self.max_entries {
+            return;
+        }
+        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_full_sweep_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < 100
+            || self
+                .last_full_sweep_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        for shard in &self.shards {
+            self.sweep(&mut shard.lock(), Instant::now());
+        }
+    }
+
+    pub fn add(&self, filter: &str, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
+        self.sweep_all_if_full();
+        let keys: Vec<String> = ops
+            .iter()
+            .map(|op| format!("{filter}\u{0}{}", op.key))
+            .collect();
+        let shard_ids: Vec<usize> = keys.iter().map(|k| self.shard_of(k)).collect();
+        // Several keys in one call are updated under all their shards' locks,
+        // taken in index order so two calls never wait on each other in a
+        // cycle: the call is atomic, as the Redis backend's script is.
+        let mut order = shard_ids.clone();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<_> = order.iter().map(|&i| (i, self.shards[i].lock())).collect();
+        let now = Instant::now();
+        for (_, shard) in &mut guards {
+            if now >= shard.next_sweep {
+                self.sweep(shard, now);
+            }
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        for ((op, key), sid) in ops.iter().zip(keys).zip(shard_ids) {
+            let shard = &mut guards
+                .iter_mut()
+                .find(|(i, _)| *i == sid)
+                .expect("every shard of the call is locked")
+                .1;
+            let entry = match shard.map.get_mut(key.as_str()) {
+                Some(e) if e.expires > now => e,
+                Some(e) => {
+                    // Expired but not yet swept: it starts a new window.
+                    *e = Entry {
+                        value: 0,
+                        expires: now + op.window,
+                    };
+                    e
+                }
+                None => {
+                    if self.entries.load(Ordering::Relaxed) >= self.max_entries {
+                        return Err(StateError::Invalid(format!(
+                            "the memory state holds its maximum of {} counters; raise [state] max_entries or shorten windows",
+                            self.max_entries
+                        )));
+                    }
+                    self.entries.fetch_add(1, Ordering::Relaxed);
+                    shard.map.entry(key.into_boxed_str()).or_insert(Entry {
+                        value: 0,
+                        expires: now + op.window,
+                    })
+                }
+            };
+            entry.value = entry.value.saturating_add(op.delta);
+            out.push(Counter {
+                value: entry.value,
+                ttl_ms: entry.expires.saturating_duration_since(now).as_millis() as u64,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(key: &str, delta: i64, ms: u64) -> CounterOp {
+        CounterOp {
+            key: key.into(),
+            delta,
+            window: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn counts_within_a_window_and_restarts_after_it() {
+        let m = MemoryStore::new(100);
+        for n in 1..=3 {
+            let c = m.add("f", &[op("k", 1, 50)]).unwrap()[0];
+            assert_eq!(c.value, n);
+            assert!(c.ttl_ms <= 50);
+        }
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(m.add("f", &[op("k", 1, 50)]).unwrap()[0].value, 1);
+    }
+
+    #[test]
+    fn later_adds_do_not_move_the_expiry() {
+        let m = MemoryStore::new(100);
+        m.add("f", &[op("k", 1, 80)]).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        let c = m.add("f", &[op("k", 1, 80)]).unwrap()[0];
+        assert_eq!(c.value, 2);
+        assert!(c.ttl_ms <= 41, "ttl {} should have shrunk", c.ttl_ms);
+    }
+
+    #[test]
+    fn filters_do_not_share_keys_and_many_ops_answer_in_order() {
+        let m = MemoryStore::new(100);
+        m.add("a", &[op("k", 5, 1000)]).unwrap();
+        let out = m
+            .add("b", &[op("k", 1, 1000), op("j", 0, 1000), op("k", 2, 1000)])
+            .unwrap();
+        let values: Vec<i64> = out.iter().map(|c| c.value).collect();
+        assert_eq!(values, [1, 0, 3]);
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_keys_until_old_ones_expire() {
+        let m = MemoryStore::new(2);
+        m.add("f", &[op("a", 1, 30)]).unwrap();
+        m.add("f", &[op("b", 1, 30)]).unwrap();
+        assert!(matches!(
+            m.add("f", &[op("c", 1, 30)]),
+            Err(StateError::Invalid(_))
+        ));
+        // Existing keys still count while the store is full.
+        assert_eq!(m.add("f", &[op("a", 1, 30)]).unwrap()[0].value, 2);
+        std::thread::sleep(Duration::from_millis(110));
+        assert_eq!(m.add("f", &[op("c", 1, 30)]).unwrap()[0].value, 1);
+        assert_eq!(m.len(), 1);
+    }
+}

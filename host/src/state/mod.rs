@@ -1,0 +1,218 @@
+//! Shared state for plugins: windowed counters that every instance of a
+//! filter sees, kept in this process (`memory`) or in one Redis that every
+//! gateway replica shares (`redis`).
+//!
+//! A counter is created by the first add, lives for its window and then
+//! reads zero again; later adds do not move its expiry. Filters build fixed
+//! and sliding window limits from that (see plugins/ratelimit). Keys are
+//! namespaced by filter name here, so a filter can neither read nor reset
+//! another filter's counters.
+
+pub mod memory;
+pub mod redis;
+
+use crate::config::{StateBackend, StateConfig};
+use crate::telemetry::Metrics;
+use opentelemetry::KeyValue;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Most operations one call may carry.
+pub const MAX_OPS: usize = 16;
+/// Longest key a filter may use, in bytes.
+pub const MAX_KEY: usize = 256;
+/// Longest window: a day. Longer limits belong in a billing system.
+pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// One counter update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterOp {
+    pub key: String,
+    pub delta: i64,
+    pub window: Duration,
+}
+
+/// A counter after an update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    pub value: i64,
+    pub ttl_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The backend did not answer in time or at all; a retry later may work.
+    #[error("state unavailable: {0}")]
+    Unavailable(String),
+    /// The call was malformed or the backend refused it; retrying will not help.
+    #[error("state call refused: {0}")]
+    Invalid(String),
+}
+
+impl StateError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StateError::Unavailable(_) => "unavailable",
+            StateError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+enum Backend {
+    Memory(memory::MemoryStore),
+    Redis(redis::RedisStore),
+}
+
+/// The state store the runtime lends every filter.
+pub struct State {
+    backend: Backend,
+    label: &'static str,
+    metrics: Arc<Metrics>,
+    /// When an error was last logged (ms since `epoch`), so an outage
+    /// writes one line a second rather than one per request.
+    last_error_log_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl State {
+    /// The in-memory store with default limits, for tools and tests that
+    /// have no config.
+    pub fn memory(metrics: Arc<Metrics>) -> State {
+        State::from_config(&StateConfig::default(), metrics)
+    }
+
+    /// Builds the configured backend. The Redis backend connects lazily and
+    /// reconnects by itself, so a gateway starts even while Redis is down.
+    pub fn from_config(cfg: &StateConfig, metrics: Arc<Metrics>) -> State {
+        let (backend, label) = match cfg.backend.get_ref() {
+            StateBackend::Memory => (
+                Backend::Memory(memory::MemoryStore::new(*cfg.max_entries.get_ref())),
+                "memory",
+            ),
+            StateBackend::Redis => (
+                Backend::Redis(redis::RedisStore::new(
+                    cfg.url.as_ref().map_or("", |u| u.get_ref()),
+                    &cfg.prefix,
+                    cfg.timeout.0,
+                    *cfg.pool_size.get_ref(),
+                )),
+                "redis",
+            ),
+        };
+        metrics.declare_state(label);
+        State {
+            backend,
+            label,
+            metrics,
+            last_error_log_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.label
+    }
+
+    /// Applies `ops` for `filter` atomically, answering in order.
+    pub async fn add(&self, filter: &str, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
+        let started = Instant::now();
+        let out = match validate(ops) {
+            Err(e) => Err(e),
+            Ok(()) => match &self.backend {
+                Backend::Memory(m) => m.add(filter, ops),
+                Backend::Redis(r) => r.add(filter, ops).await,
+            },
+        };
+        let result = match &out {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.metrics.state_calls.add(
+            1,
+            &[
+                KeyValue::new("backend", self.label),
+                KeyValue::new("result", result),
+            ],
+        );
+        self.metrics.state_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[KeyValue::new("backend", self.label)],
+        );
+        if let Err(e) = &out {
+            self.log_error(filter, e);
+        }
+        out
+    }
+
+    fn log_error(&self, filter: &str, e: &StateError) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_error_log_ms.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .last_error_log_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                filter,
+                backend = self.label,
+                "{e} (further state errors this second are counted, not logged)"
+            );
+        }
+    }
+}
+
+fn validate(ops: &[CounterOp]) -> Result<(), StateError> {
+    if ops.is_empty() || ops.len() > MAX_OPS {
+        return Err(StateError::Invalid(format!(
+            "{} operations in one call; send 1 to {MAX_OPS}",
+            ops.len()
+        )));
+    }
+    for op in ops {
+        if op.key.is_empty() || op.key.len() > MAX_KEY {
+            return Err(StateError::Invalid(format!(
+                "a key must be 1 to {MAX_KEY} bytes, not {}",
+                op.key.len()
+            )));
+        }
+        if op.window.is_zero() || op.window > MAX_WINDOW {
+            return Err(StateError::Invalid(format!(
+                "window of {} ms for `{}`; use 1 ms to one day",
+                op.window.as_millis(),
+                op.key
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(key: &str, delta: i64, ms: u64) -> CounterOp {
+        CounterOp {
+            key: key.into(),
+            delta,
+            window: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn malformed_calls_are_refused_before_any_backend() {
+        assert!(matches!(validate(&[]), Err(StateError::Invalid(_))));
+        assert!(matches!(
+            validate(&[op("", 1, 10)]),
+            Err(StateError::Invalid(_))
+        ));
+        assert!(matches!(
+            validate(&[op("k", 1, 0)]),
+            Err(StateError::Invalid(_))
+        ));
+        let many: Vec<_> = (0..=MAX_OPS).map(|i| op(&i.to_string(), 1, 10)).collect();
+        assert!(matches!(validate(&many), Err(StateError::Invalid(_))));
+        assert!(validate(&[op("k", 1, 10)]).is_ok());
+    }
+}

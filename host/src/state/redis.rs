@@ -1,0 +1,165 @@
+//! The Redis state backend, for counters shared by every gateway replica.
+//!
+//! Every call is one round trip: a Lua script increments each key, gives a
+//! new key its expiry and reads the remaining time, atomically (Redis runs a
+//! script alone). Connections are multiplexed (many requests in flight on
+//! each) and kept in a small set used in turn; each one reconnects by
+//! itself. While Redis is unreachable, calls fail at once for a short
+//! pause instead of each waiting out the timeout, and the filter's own
+//! policy decides what a request gets.
+
+use super::{Counter, CounterOp, StateError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// After a failure, calls fail fast for this long before one tries again.
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(200);
+
+/// KEYS are the counters; ARGV holds a (delta, window in ms) pair per key.
+/// Answers a flat list of (value, ttl in ms) pairs.
+const SCRIPT: &str = r#"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('INCRBY', key, ARGV[2 * i - 1])
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    redis.call('PEXPIRE', key, ARGV[2 * i])
+    ttl = tonumber(ARGV[2 * i])
+  end
+  out[2 * i - 1] = value
+  out[2 * i] = ttl
+end
+return out
+"#;
+
+pub struct RedisStore {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    /// Built on first use, inside the runtime the connections belong to.
+    pool: OnceLock<Result<Vec<ConnectionManager>, String>>,
+    pool_size: usize,
+    next: AtomicUsize,
+    script: redis::Script,
+    /// Calls fail fast until this instant (ns since `epoch`); 0 when healthy.
+    paused_until_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl RedisStore {
+    pub fn new(url: &str, prefix: &str, timeout: Duration, pool_size: usize) -> RedisStore {
+        RedisStore {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+            timeout,
+            pool: OnceLock::new(),
+            pool_size,
+            next: AtomicUsize::new(0),
+            script: redis::Script::new(SCRIPT),
+            paused_until_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn connections(&self) -> Result<&[ConnectionManager], StateError> {
+        let pool = self.pool.get_or_init(|| {
+            let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.timeout))
+                .set_response_timeout(Some(self.timeout))
+                // One quick retry; beyond that the pause below takes over, so
+                // a dead Redis costs requests nothing but a failed call.
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(5))
+                .set_max_delay(Duration::from_millis(50));
+            (0..self.pool_size)
+                .map(|_| {
+                    ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                        .map_err(|e| e.to_string())
+                })
+                .collect()
+        });
+        pool.as_deref()
+            .map_err(|e| StateError::Invalid(format!("redis url: {e}")))
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    pub async fn add(&self, filter: &str, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
+        let paused = self.paused_until_ns.load(Ordering::Relaxed);
+        if paused != 0 && self.now_ns() < paused {
+            return Err(StateError::Unavailable(
+                "redis is unreachable; retrying shortly".into(),
+            ));
+        }
+        let conns = self.connections()?;
+        let conn = &conns[self.next.fetch_add(1, Ordering::Relaxed) % conns.len()];
+        let mut call = self.script.prepare_invoke();
+        for op in ops {
+            call.key(format!("{}:{filter}:{}", self.prefix, op.key));
+            call.arg(op.delta).arg(op.window.as_millis() as u64);
+        }
+        let attempt = async {
+            let first = call.invoke_async::<Vec<i64>>(&mut conn.clone()).await;
+            match first {
+                // A connection Redis dropped (a restart, say) is replaced as
+                // soon as it fails; one retry on its replacement keeps a
+                // recovered Redis from failing one call per pooled
+                // connection. The call rarely ran before the drop, so the
+                // retry seldom counts twice.
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                    call.invoke_async::<Vec<i64>>(&mut conn.clone()).await
+                }
+                other => other,
+            }
+        };
+        let values = match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) if is_refusal(&e) => {
+                return Err(StateError::Invalid(format!("redis refused the call: {e}")));
+            }
+            Ok(Err(e)) => return Err(self.unavailable(format!("redis: {e}"))),
+            Err(_) => {
+                return Err(self.unavailable(format!(
+                    "redis did not answer within {} ms",
+                    self.timeout.as_millis()
+                )));
+            }
+        };
+        if self.paused_until_ns.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!("redis state backend answers again");
+        }
+        if values.len() != ops.len() * 2 {
+            return Err(StateError::Invalid(format!(
+                "redis answered {} values for {} counters",
+                values.len(),
+                ops.len()
+            )));
+        }
+        Ok(values
+            .chunks_exact(2)
+            .map(|p| Counter {
+                value: p[0],
+                ttl_ms: p[1].max(0) as u64,
+            })
+            .collect())
+    }
+
+    fn unavailable(&self, why: String) -> StateError {
+        self.paused_until_ns.store(
+            self.now_ns() + PAUSE_AFTER_FAILURE.as_nanos() as u64,
+            Ordering::Relaxed,
+        );
+        StateError::Unavailable(why)
+    }
+}
+
+/// Errors Redis answered (a key holding a non-integer, say), as opposed to
+/// failing to answer: those are not an outage.
+fn is_refusal(e: &redis::RedisError) -> bool {
+    !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal())
+}

@@ -1,0 +1,441 @@
+//! The rate-limit filter: several limits per route, each counting requests
+//! per client address, header value (an API key), context value (a tenant
+//! or subject an auth filter set) or route, over a fixed or sliding window.
+//! Counters live in the gateway's shared state, so replicas that share a
+//! Redis enforce one limit together.
+//!
+//! A refused request gets 429 with `Retry-After`; every response carries
+//! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` for the
+//! limit closest to refusing.
+
+wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+
+mod window;
+
+use exports::gateway::filter::filter::Guest;
+use gateway::filter::host::{self, LogLevel};
+use gateway::filter::state::{self, CounterOp};
+use gateway::filter::types::{Action, Reply, Request, Response};
+use serde::Deserialize;
+use std::sync::OnceLock;
+use window::{Algorithm, Verdict};
+
+/// The context entry that carries a request's verdict to `on_response`,
+/// which may run on another instance.
+const CONTEXT_KEY: &str = "ratelimit";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    limits: Vec<LimitConfig>,
+    /// What a request gets when the shared state cannot be reached:
+    /// `allow` lets it through uncounted, `deny` refuses it.
+    #[serde(default)]
+    on_state_error: OnStateError,
+    /// The status of a request refused because the state is unavailable.
+    #[serde(default = "default_state_error_status")]
+    state_error_status: u16,
+    /// Send the RateLimit-* headers on allowed responses too.
+    #[serde(default = "default_true")]
+    headers: bool,
+}
+
+#[derive(Deserialize, Clone, Copy, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum OnStateError {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitConfig {
+    /// Names the limit in metrics and in the counter keys.
+    name: String,
+    /// Requests allowed per window.
+    requests: u32,
+    /// "500ms", "1s", "10m", "1h", "1d".
+    window: String,
+    /// What is counted: "client", "route", "header:<name>", "context:<key>".
+    #[serde(default = "default_key")]
+    key: String,
+    #[serde(default)]
+    algorithm: Algorithm,
+    /// Only these route ids; every route the filter runs on if absent.
+    routes: Option<Vec<String>>,
+    /// Count each route separately (true) or all routes together.
+    #[serde(default = "default_true")]
+    per_route: bool,
+    /// When the key's header or context value is absent: count by client
+    /// address instead (`client`, so leaving the header out is no way
+    /// around the limit) or skip this limit (`skip`).
+    #[serde(default)]
+    when_missing: WhenMissing,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "lowercase")]
+enum WhenMissing {
+    #[default]
+    Client,
+    Skip,
+}
+
+fn default_key() -> String {
+    "client".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_state_error_status() -> u16 {
+    503
+}
+
+enum KeySource {
+    Client,
+    Route,
+    Header(String),
+    Context(String),
+}
+
+struct Limit {
+    name: String,
+    requests: u32,
+    window_ms: u64,
+    key: KeySource,
+    algorithm: Algorithm,
+    routes: Option<Vec<String>>,
+    per_route: bool,
+    when_missing: WhenMissing,
+}
+
+struct Settings {
+    limits: Vec<Limit>,
+    on_state_error: OnStateError,
+    state_error_status: u16,
+    headers: bool,
+}
+
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+fn parse_window(s: &str) -> Option<u64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = s[..split].parse().ok()?;
+    let unit = match &s[split..] {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    let ms = n.checked_mul(unit)?;
+    (1..=86_400_000).contains(&ms).then_some(ms)
+}
+
+fn parse(config: &str) -> Result<Settings, String> {
+    let c: Config = serde_json::from_str(config).map_err(|e| format!("ratelimit: {e}"))?;
+    if c.limits.is_empty() {
+        return Err("ratelimit: `limits` is empty; add at least one [[limits]]".into());
+    }
+    if !(400..=599).contains(&c.state_error_status) {
+        return Err(format!(
+            "ratelimit: state_error_status {} is not a 4xx or 5xx status",
+            c.state_error_status
+        ));
+    }
+    let mut limits = Vec::new();
+    for l in c.limits {
+        let valid_name = !l.name.is_empty()
+            && l.name.len() <= 64
+            && l.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !valid_name {
+            return Err(format!(
+                "ratelimit: limit name {:?} must be 1 to 64 letters, digits, `-` or `_`",
+                l.name
+            ));
+        }
+        if limits.iter().any(|x: &Limit| x.name == l.name) {
+            return Err(format!("ratelimit: two limits are named {:?}", l.name));
+        }
+        if l.requests == 0 {
+            return Err(format!(
+                "ratelimit: limit {:?} allows 0 requests; use at least 1 (or remove the route)",
+                l.name
+            ));
+        }
+        let window_ms = parse_window(&l.window).ok_or_else(|| {
+            format!(
+                "ratelimit: limit {:?} has window {:?}; write it like \"1s\", \"10m\" or \"1h\" (at most \"1d\")",
+                l.name, l.window
+            )
+        })?;
+        let key = match l.key.as_str() {
+            "client" => KeySource::Client,
+            "route" => KeySource::Route,
+            k => match k.split_once(':') {
+                Some(("header", h)) if !h.is_empty() => KeySource::Header(h.to_ascii_lowercase()),
+                Some(("context", c)) if !c.is_empty() => KeySource::Context(c.to_string()),
+                _ => {
+                    return Err(format!(
+                        "ratelimit: limit {:?} has key {:?}; use \"client\", \"route\", \"header:<name>\" or \"context:<key>\"",
+                        l.name, l.key
+                    ));
+                }
+            },
+        };
+        limits.push(Limit {
+            name: l.name,
+            requests: l.requests,
+            window_ms,
+            key,
+            algorithm: l.algorithm,
+            routes: l.routes,
+            per_route: l.per_route,
+            when_missing: l.when_missing,
+        });
+    }
+    Ok(Settings {
+        limits,
+        on_state_error: c.on_state_error,
+        state_error_status: c.state_error_status,
+        headers: c.headers,
+    })
+}
+
+fn settings() -> &'static Settings {
+    SETTINGS.get().expect("configure runs before any request")
+}
+
+/// The client's IP without the port: one client, many connections.
+fn client_ip(addr: &str) -> &str {
+    match addr.rsplit_once(':') {
+        Some((ip, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            ip.trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => addr,
+    }
+}
+
+/// FNV-1a: a stable hash, so every replica derives the same key, and
+/// API keys or tokens never appear in the state store as themselves.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The counter key of `limit` for this request, or None to skip it.
+fn key_for(limit: &Limit, req: &Request, route: &str) -> Option<String> {
+    let client = || format!("ip={}", client_ip(&req.client_addr()));
+    let value = match &limit.key {
+        KeySource::Client => client(),
+        KeySource::Route => "route".to_string(),
+        KeySource::Header(h) => match req.header(h) {
+            Some(v) => format!("h={:016x}", fnv1a(&v)),
+            None => match limit.when_missing {
+                WhenMissing::Client => client(),
+                WhenMissing::Skip => return None,
+            },
+        },
+        KeySource::Context(k) => match req.get_context(k) {
+            Some(v) => format!("c={:016x}", fnv1a(v.as_bytes())),
+            None => match limit.when_missing {
+                WhenMissing::Client => client(),
+                WhenMissing::Skip => return None,
+            },
+        },
+    };
+    let scope = if limit.per_route { route } else { "*" };
+    Some(format!("{}:{scope}:{value}", limit.name))
+}
+
+fn count(route: &str, limit: &str, result: &str) {
+    host::counter_add(
+        "requests",
+        &[
+            ("route".into(), route.into()),
+            ("limit".into(), limit.into()),
+            ("result".into(), result.into()),
+        ],
+        1.0,
+    );
+}
+
+/// The headers for the verdict closest to refusing.
+fn rate_headers(v: &Verdict) -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("ratelimit-limit".into(), v.limit.to_string().into_bytes()),
+        (
+            "ratelimit-remaining".into(),
+            v.remaining.to_string().into_bytes(),
+        ),
+        ("ratelimit-reset".into(), v.reset_s.to_string().into_bytes()),
+    ]
+}
+
+struct RateLimit;
+
+impl Guest for RateLimit {
+    fn configure(config: String) -> Result<(), String> {
+        let s = parse(&config)?;
+        let _ = SETTINGS.set(s);
+        Ok(())
+    }
+
+    fn on_request(req: &Request) -> Action {
+        let s = settings();
+        let route = req.route();
+        let now_ms = host::now_ms();
+        // Every applicable limit's counters go to the state in one call.
+        let mut applied: Vec<(&Limit, usize)> = Vec::new();
+        let mut ops: Vec<CounterOp> = Vec::new();
+        for limit in &s.limits {
+            if let Some(routes) = &limit.routes {
+                if !routes.iter().any(|r| *r == route) {
+                    continue;
+                }
+            }
+            let Some(key) = key_for(limit, req, &route) else {
+                continue;
+            };
+            applied.push((limit, ops.len()));
+            ops.extend(limit.algorithm.ops(&key, limit.window_ms, now_ms));
+        }
+        if applied.is_empty() {
+            return Action::Continue;
+        }
+        let counters = match state::counter_add_many(&ops) {
+            Ok(c) => c,
+            Err(e) => {
+                let decision = match s.on_state_error {
+                    OnStateError::Allow => "allow",
+                    OnStateError::Deny => "deny",
+                };
+                host::counter_add(
+                    "state_errors",
+                    &[
+                        ("route".into(), route.clone()),
+                        ("decision".into(), decision.into()),
+                    ],
+                    1.0,
+                );
+                host::log(
+                    LogLevel::Warn,
+                    &format!("rate limits not checked ({e:?}); on_state_error = {decision}"),
+                );
+                return match s.on_state_error {
+                    OnStateError::Allow => Action::Continue,
+                    OnStateError::Deny => Action::Respond(Reply {
+                        status: s.state_error_status,
+                        headers: vec![
+                            ("content-type".into(), b"application/json".to_vec()),
+                            ("retry-after".into(), b"1".to_vec()),
+                        ],
+                        body: br#"{"error":"rate_limit_unavailable"}"#.to_vec(),
+                    }),
+                };
+            }
+        };
+        let verdicts: Vec<(&Limit, Verdict)> = applied
+            .iter()
+            .map(|(limit, at)| {
+                let v = limit.algorithm.verdict(
+                    &counters[*at..],
+                    limit.requests,
+                    limit.window_ms,
+                    now_ms,
+                );
+                (*limit, v)
+            })
+            .collect();
+        let refused = verdicts.iter().find(|(_, v)| !v.allowed);
+        for (limit, v) in &verdicts {
+            let result = if !v.allowed {
+                "rejected"
+            } else if refused.is_some() {
+                // Counted, but another limit refused the request.
+                "allowed_other_rejected"
+            } else {
+                "allowed"
+            };
+            count(&route, &limit.name, result);
+        }
+        if let Some((limit, v)) = refused {
+            host::log(
+                LogLevel::Debug,
+                &format!(
+                    "limit {} refused the request; retry in {} s",
+                    limit.name, v.retry_after_s
+                ),
+            );
+            let mut headers = rate_headers(v);
+            headers.push((
+                "retry-after".into(),
+                v.retry_after_s.to_string().into_bytes(),
+            ));
+            headers.push(("content-type".into(), b"application/json".to_vec()));
+            return Action::Respond(Reply {
+                status: 429,
+                headers,
+                body: format!(
+                    "{{\"error\":\"rate_limited\",\"limit\":\"{}\",\"retry_after\":{}}}",
+                    limit.name, v.retry_after_s
+                )
+                .into_bytes(),
+            });
+        }
+        if s.headers {
+            // The tightest limit: fewest requests left, then longest to reset.
+            if let Some((_, v)) = verdicts
+                .iter()
+                .min_by_key(|(_, v)| (v.remaining, std::cmp::Reverse(v.reset_s)))
+            {
+                req.set_context(
+                    CONTEXT_KEY,
+                    &format!("{} {} {}", v.limit, v.remaining, v.reset_s),
+                );
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_response(req: &Request, resp: &Response) -> Action {
+        if let Some(v) = req.get_context(CONTEXT_KEY) {
+            let mut parts = v.split(' ');
+            for name in ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] {
+                if let Some(p) = parts.next() {
+                    let _ = resp.set_header(name, p.as_bytes());
+                }
+            }
+        }
+        Action::Continue
+    }
+}
+
+export!(RateLimit);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_with_units_and_bounds() {
+        assert_eq!(parse_window("250ms"), Some(250));
+        assert_eq!(parse_window("10s"), Some(10_000));
+        assert_eq!(parse_window("1h"), Some(3_600_000));
+        assert_eq!(parse_window("1d"), Some(86_400_000));
+        assert_eq!(parse_window("2d"), None);
+        assert_eq!(parse_window("0s"), None);
+        assert_eq!(parse_window("5"), None);
+    }
+
+    #[test]
+    fn client_ip_drops_the_port() {
+        assert_eq!(client_ip("10.1.2.3:5555"), "10.1.2.3");
+        assert_eq!(client_ip("[::1]:80"), "::1");
+    }
+}

@@ -1,0 +1,347 @@
+//! The tenant filter: finds the request's tenant (from the context an auth
+//! filter set, a trusted header, or the subdomain), refuses a request whose
+//! tenant does not own the route, removes every client-sent copy of the
+//! tenant header and sets the trusted one for the upstream.
+
+wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+
+mod config;
+
+use config::{Settings, Source, Unlisted, valid_tenant};
+use exports::gateway::filter::filter::Guest;
+use gateway::filter::host::{self, LogLevel};
+use gateway::filter::types::{Action, Reply, Request, Response};
+use std::sync::OnceLock;
+
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+fn settings() -> &'static Settings {
+    SETTINGS.get().expect("configure runs before any request")
+}
+
+/// A tenant and where it came from.
+struct Found {
+    tenant: String,
+    source: Source,
+}
+
+/// Why a request is refused.
+enum Refusal {
+    /// A source yielded something that is not a tenant id.
+    Invalid { source: Source },
+    /// Two sources (or two copies of the header) name different tenants.
+    Conflict { first: Found, other: Found },
+    /// No source yielded a tenant, and one is required.
+    NoTenant,
+    /// The route lists its owners and the tenant is not one of them.
+    NotOwner { tenant: String },
+    /// The path names another tenant (or none) at `{tenant}`.
+    PathMismatch {
+        tenant: String,
+        in_path: Option<String>,
+    },
+    /// The route is not in `routes` and `unlisted_routes = "deny"`.
+    Unlisted { tenant: Option<String> },
+}
+
+impl Refusal {
+    /// The `reason` label of the counters.
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Invalid { .. } => "invalid",
+            Refusal::Conflict { .. } => "conflict",
+            Refusal::NoTenant => "no_tenant",
+            Refusal::NotOwner { .. } => "not_owner",
+            Refusal::PathMismatch { .. } => "path_mismatch",
+            Refusal::Unlisted { .. } => "unlisted_route",
+        }
+    }
+
+    fn cross_tenant(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Conflict { .. } | Refusal::NotOwner { .. } | Refusal::PathMismatch { .. }
+        )
+    }
+
+    /// The tenant the request counts against: the one that would have won,
+    /// never an unvalidated value (it becomes a metric label).
+    fn tenant(&self) -> &str {
+        match self {
+            Refusal::Conflict { first, .. } => &first.tenant,
+            Refusal::NotOwner { tenant } | Refusal::PathMismatch { tenant, .. } => tenant,
+            Refusal::Unlisted { tenant: Some(t) } => t,
+            Refusal::Invalid { .. } | Refusal::NoTenant | Refusal::Unlisted { tenant: None } => "-",
+        }
+    }
+
+    /// The answer. Every cross-tenant refusal reads the same, so a prober
+    /// does not learn which check stopped it.
+    fn reply(&self) -> Reply {
+        let (status, body): (u16, &[u8]) = match self {
+            Refusal::Invalid { .. } => {
+                (400, br#"{"error":"bad_request","reason":"invalid_tenant"}"#)
+            }
+            Refusal::NoTenant => (403, br#"{"error":"forbidden","reason":"no_tenant"}"#),
+            Refusal::Unlisted { .. } => (
+                403,
+                br#"{"error":"forbidden","reason":"route_not_allowed"}"#,
+            ),
+            _ => (403, br#"{"error":"forbidden","reason":"cross_tenant"}"#),
+        };
+        Reply {
+            status,
+            headers: vec![
+                ("content-type".into(), b"application/json".to_vec()),
+                ("cache-control".into(), b"no-store".to_vec()),
+            ],
+            body: body.to_vec(),
+        }
+    }
+
+    /// One log line; only validated tenant ids and the route id go in it.
+    fn describe(&self, route: &str) -> String {
+        match self {
+            Refusal::Invalid { source } => {
+                format!(
+                    "refused on route {route:?}: the {} source gave an invalid tenant id",
+                    source.name()
+                )
+            }
+            Refusal::Conflict { first, other } => format!(
+                "cross-tenant request refused on route {route:?}: {} says {:?}, {} says {:?}",
+                first.source.name(),
+                first.tenant,
+                other.source.name(),
+                other.tenant
+            ),
+            Refusal::NoTenant => format!("refused on route {route:?}: no tenant"),
+            Refusal::NotOwner { tenant } => {
+                format!(
+                    "cross-tenant request refused on route {route:?}: tenant {tenant:?} does not own it"
+                )
+            }
+            Refusal::PathMismatch { tenant, in_path } => match in_path {
+                Some(p) => format!(
+                    "cross-tenant request refused on route {route:?}: tenant {tenant:?}, path names tenant {p:?}"
+                ),
+                None => format!(
+                    "cross-tenant request refused on route {route:?}: tenant {tenant:?}, path has no tenant id where the template wants one"
+                ),
+            },
+            Refusal::Unlisted { .. } => {
+                format!("refused: route {route:?} is not listed in `routes`")
+            }
+        }
+    }
+}
+
+fn validated(v: String, source: Source) -> Result<String, Refusal> {
+    if valid_tenant(&v) {
+        Ok(v)
+    } else {
+        Err(Refusal::Invalid { source })
+    }
+}
+
+/// The first label under `suffix` (`.api.example.com`) of an authority,
+/// port and a final dot removed, lower case. A deeper name such as
+/// `a.acme.api.example.com` yields `a.acme`, which is not a tenant id and is
+/// refused rather than guessed at.
+fn subdomain_of(authority: &str, suffix: &str) -> Option<String> {
+    if authority.starts_with('[') {
+        return None; // an IPv6 literal has no subdomain
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let label = host.strip_suffix(suffix)?;
+    (!label.is_empty()).then(|| label.to_string())
+}
+
+/// What one source says.
+fn read(s: &Settings, req: &Request, source: Source) -> Result<Option<String>, Refusal> {
+    match source {
+        Source::Context => req
+            .get_context(&s.context_key)
+            .map(|v| validated(v, source))
+            .transpose(),
+        Source::Header => {
+            let mut tenant: Option<String> = None;
+            for raw in req.header_all(&s.header) {
+                let v = validated(String::from_utf8(raw).unwrap_or_default(), source)?;
+                match &tenant {
+                    None => tenant = Some(v),
+                    Some(t) if *t == v => {}
+                    // Two different copies: someone added one.
+                    Some(t) => {
+                        return Err(Refusal::Conflict {
+                            first: Found {
+                                tenant: t.clone(),
+                                source,
+                            },
+                            other: Found { tenant: v, source },
+                        });
+                    }
+                }
+            }
+            Ok(tenant)
+        }
+        Source::Subdomain => {
+            let suffix = s.subdomain_suffix.as_deref().expect("checked in configure");
+            req.authority()
+                .and_then(|a| subdomain_of(&a, suffix))
+                .map(|v| validated(v, source))
+                .transpose()
+        }
+    }
+}
+
+/// Asks every source, so that a later one contradicting the winner is caught
+/// rather than ignored.
+fn resolve(s: &Settings, req: &Request) -> Result<Option<Found>, Refusal> {
+    let mut winner: Option<Found> = None;
+    for &source in &s.sources {
+        let Some(tenant) = read(s, req, source)? else {
+            continue;
+        };
+        match &winner {
+            None => winner = Some(Found { tenant, source }),
+            Some(w) if w.tenant == tenant => {}
+            Some(w) => {
+                return Err(Refusal::Conflict {
+                    first: Found {
+                        tenant: w.tenant.clone(),
+                        source: w.source,
+                    },
+                    other: Found { tenant, source },
+                });
+            }
+        }
+    }
+    Ok(winner)
+}
+
+fn authorize(s: &Settings, route: &str, path: &str, found: Option<&Found>) -> Result<(), Refusal> {
+    let owner = s.routes.get(route);
+    let unlisted = || match s.unlisted {
+        Unlisted::Allow => Ok(()),
+        Unlisted::Deny => Err(Refusal::Unlisted {
+            tenant: found.map(|f| f.tenant.clone()),
+        }),
+    };
+    let Some(f) = found else {
+        // A listed route has owners to check, which no tenant can pass.
+        if s.require_tenant || owner.is_some() {
+            return Err(Refusal::NoTenant);
+        }
+        return unlisted();
+    };
+    let Some(owner) = owner else {
+        return unlisted();
+    };
+    if let Some(ts) = &owner.tenants
+        && ts.binary_search(&f.tenant).is_err()
+    {
+        return Err(Refusal::NotOwner {
+            tenant: f.tenant.clone(),
+        });
+    }
+    if let Some(t) = &owner.template {
+        // Exact comparison is enough: the gateway has resolved dot segments
+        // and decoded unreserved escapes, and a segment that still holds an
+        // escape contains `%`, which no tenant id does.
+        let in_path = t.tenant_in(path);
+        if in_path != Some(f.tenant.as_str()) {
+            return Err(Refusal::PathMismatch {
+                tenant: f.tenant.clone(),
+                in_path: in_path.filter(|p| valid_tenant(p)).map(str::to_string),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn count_request(tenant: &str, route: &str, result: &str) {
+    host::counter_add(
+        "requests",
+        &[
+            ("tenant".into(), tenant.into()),
+            ("route".into(), route.into()),
+            ("result".into(), result.into()),
+        ],
+        1.0,
+    );
+}
+
+fn refuse(route: &str, r: Refusal) -> Action {
+    let reason = ("reason".to_string(), r.reason().to_string());
+    let route_label = ("route".to_string(), route.to_string());
+    if r.cross_tenant() {
+        host::counter_add("cross_tenant", &[route_label.clone(), reason.clone()], 1.0);
+        host::log(LogLevel::Info, &r.describe(route));
+    } else {
+        host::log(LogLevel::Debug, &r.describe(route));
+    }
+    host::counter_add("refused", &[route_label, reason], 1.0);
+    count_request(r.tenant(), route, "refused");
+    Action::Respond(r.reply())
+}
+
+struct Tenant;
+
+impl Guest for Tenant {
+    fn configure(config: String) -> Result<(), String> {
+        let s = config::parse(&config)?;
+        // The gateway configures each instance exactly once.
+        let _ = SETTINGS.set(s);
+        Ok(())
+    }
+
+    fn on_request(req: &Request) -> Action {
+        let s = settings();
+        let route = req.route();
+        // The header is read (when it is a source) before it is removed.
+        let found = match resolve(s, req) {
+            Ok(f) => f,
+            Err(r) => return refuse(&route, r),
+        };
+        // Whatever the client sent under either name must not reach the
+        // upstream, which trusts `upstream_header` to come from us.
+        req.remove_header(&s.header);
+        req.remove_header(&s.upstream_header);
+        if let Err(r) = authorize(s, &route, &req.path(), found.as_ref()) {
+            return refuse(&route, r);
+        }
+        let Some(f) = found else {
+            count_request("-", &route, "allowed");
+            return Action::Continue;
+        };
+        if let Err(e) = req.set_header(&s.upstream_header, f.tenant.as_bytes()) {
+            // Forwarding without the trusted header would hand the upstream
+            // a request it cannot attribute; stop instead.
+            host::log(
+                LogLevel::Error,
+                &format!("could not set {}: {e}", s.upstream_header),
+            );
+            return Action::Respond(Reply {
+                status: 500,
+                headers: vec![("content-type".into(), b"application/json".to_vec())],
+                body: br#"{"error":"internal","reason":"tenant_header"}"#.to_vec(),
+            });
+        }
+        if f.source != Source::Context {
+            req.set_context(&s.context_key, &f.tenant);
+        }
+        count_request(&f.tenant, &route, "allowed");
+        Action::Continue
+    }
+
+    fn on_response(_req: &Request, _resp: &Response) -> Action {
+        Action::Continue
+    }
+}
+
+export!(Tenant);
