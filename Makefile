@@ -38,3 +38,4 @@ bench-deps:
 vs-nginx: build bench-deps
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/plain.toml
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/headers.toml
+	../shared/bench/vs-nginx.sh -p '/?api_key=bench-key-0123456789' -- target/release/gateway run --config benches/vs-nginx/plugins.toml

@@ -1,7 +1,9 @@
-//! What a filter costs on the request path: one call on a warm instance,
-//! and a chain of four filters through both phases.
+//! What a filter costs on the request path: one call on a warm instance of
+//! each shipped plugin, the rate limiter on the memory and on a real Redis
+//! state, and chains through both phases.
 //!
-//! Needs the plugins built first (`make bench` does it).
+//! Needs the plugins built first (`make bench` does it) and, for the Redis
+//! figure, `redis-server` (`make setup` installs it).
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use gateway::config::FilterConfig;
@@ -33,6 +35,7 @@ fn request() -> RequestState {
         .header("x-request-id", "0123456789abcdef0123456789abcdef")
         .header("x-forwarded-for", "127.0.0.1")
         .header("cookie", "session=1234")
+        .header("x-api-key", BENCH_KEY)
         .body(())
         .unwrap();
     let (parts, ()) = req.into_parts();
@@ -66,6 +69,182 @@ async fn filter(rt: &Runtime, name: &str, plugin: &str, config: &str) -> Arc<Fil
         toml::from_str(&format!("plugin = \"{plugin}\"\n[config]\n{config}")).unwrap();
     let loaded = rt.load(plugin, &plugin_path(plugin)).unwrap();
     Arc::new(rt.filter(name, loaded, &cfg).await.unwrap())
+}
+
+/// The API key the bench requests carry, and the auth filter's entry for it.
+const BENCH_KEY: &str = "bench-key-0123456789";
+
+fn auth_config() -> String {
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(BENCH_KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "[[api_keys]]\nsha256 = \"{hash}\"\nsubject = \"bench\"\ntenant = \"acme\"\nscopes = [\"orders\"]\n"
+    )
+}
+
+const TENANT_CONFIG: &str = "[routes.api]\ntenants = [\"acme\", \"globex\"]\n";
+
+/// Two limits, as a production route has: a burst and a sustained rate,
+/// both far above what the bench sends so every call is allowed.
+const RATELIMIT_CONFIG: &str = "[[limits]]\nname = \"burst\"\nrequests = 4000000000\nwindow = \"1s\"\n[[limits]]\nname = \"hourly\"\nrequests = 4000000000\nwindow = \"1h\"\nkey = \"header:x-api-key\"\n";
+
+fn with_tenant(mut req: RequestState) -> RequestState {
+    req.context.push(("tenant".into(), "acme".into()));
+    req
+}
+
+/// A `redis-server` on a free loopback port, killed on drop.
+struct RedisServer(std::process::Child, u16);
+
+impl RedisServer {
+    fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--port",
+            ])
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(RedisServer(child, port));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn on_request_bench(
+    c: &mut Criterion,
+    tokio: &tokio::runtime::Runtime,
+    name: &str,
+    f: &Arc<Filter>,
+    make: fn() -> RequestState,
+) {
+    c.bench_function(name, |b| {
+        b.to_async(tokio).iter_batched(
+            make,
+            |req| {
+                let f = f.clone();
+                async move {
+                    let (req, out) = f.on_request(req).await;
+                    assert!(matches!(out, Ok(Decision::Continue)), "{}", f.name);
+                    req
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn shipped(c: &mut Criterion) {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = Arc::new(Metrics::new(&[0.001, 0.01, 0.1]).unwrap());
+    let rt = Runtime::new(metrics.clone()).unwrap();
+    let (headers, auth, tenant, ratelimit) = tokio.block_on(async {
+        (
+            filter(&rt, "headers", "headers", "").await,
+            filter(&rt, "auth", "auth", &auth_config()).await,
+            filter(&rt, "tenant", "tenant", TENANT_CONFIG).await,
+            filter(&rt, "ratelimit", "ratelimit", RATELIMIT_CONFIG).await,
+        )
+    });
+    on_request_bench(c, &tokio, "auth filter on-request, API key", &auth, request);
+    on_request_bench(
+        c,
+        &tokio,
+        "tenant filter on-request, owner check",
+        &tenant,
+        || with_tenant(request()),
+    );
+    on_request_bench(
+        c,
+        &tokio,
+        "ratelimit filter on-request, two sliding limits, memory state",
+        &ratelimit,
+        request,
+    );
+
+    let chain = [headers, auth, tenant, ratelimit];
+    c.bench_function(
+        "the four shipped plugins, on-request and on-response",
+        |b| {
+            b.to_async(&tokio).iter_batched(
+                || (request(), response()),
+                |(mut req, mut resp)| {
+                    let chain = chain.clone();
+                    async move {
+                        for f in &chain {
+                            let (r, out) = f.on_request(req).await;
+                            assert!(matches!(out, Ok(Decision::Continue)), "{}", f.name);
+                            req = r;
+                        }
+                        for f in chain.iter().rev() {
+                            let (r, s, out) = f.on_response(req, resp).await;
+                            assert!(matches!(out, Ok(Decision::Continue)), "{}", f.name);
+                            req = r;
+                            resp = s;
+                        }
+                        resp
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+
+    let Some(redis) = RedisServer::start() else {
+        eprintln!("redis-server not found: skipping the Redis state figure (make setup)");
+        return;
+    };
+    let cfg: gateway::config::StateConfig = toml::from_str(&format!(
+        "backend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\ntimeout = \"1s\"",
+        redis.1
+    ))
+    .unwrap();
+    let redis_rt = tokio.block_on(async {
+        let state = Arc::new(gateway::state::State::from_config(&cfg, metrics.clone()));
+        Runtime::with_state(metrics.clone(), state).unwrap()
+    });
+    let limited = tokio.block_on(filter(
+        &redis_rt,
+        "ratelimit",
+        "ratelimit",
+        RATELIMIT_CONFIG,
+    ));
+    on_request_bench(
+        c,
+        &tokio,
+        "ratelimit filter on-request, two sliding limits, Redis state on loopback",
+        &limited,
+        request,
+    );
 }
 
 fn bench(c: &mut Criterion) {
@@ -150,5 +329,5 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, shipped);
 criterion_main!(benches);

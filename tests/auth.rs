@@ -375,6 +375,7 @@ fn invalid_tokens_are_refused_with_their_reason_and_counted() {
             "alg_not_allowed",
         ),
         ("two segments", format!("{h}.{p}"), "malformed"),
+        ("empty token", String::new(), "malformed"),
         (
             "header not JSON",
             format!("{}.{p}.{s}", b64url(b"nope")),

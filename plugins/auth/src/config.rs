@@ -236,10 +236,12 @@ fn parse_inner(config: &str) -> Result<Settings, String> {
         ));
     }
     let api_key_header = check_header_name("api_key_header", &c.api_key_header)?;
-    if let Some(q) = &c.api_key_query {
-        if q.is_empty() || q.contains(['&', '=']) {
-            return Err(format!("api_key_query {q:?} is not a query parameter name"));
-        }
+    if let Some(q) = c
+        .api_key_query
+        .as_ref()
+        .filter(|q| q.is_empty() || q.contains(['&', '=']))
+    {
+        return Err(format!("api_key_query {q:?} is not a query parameter name"));
     }
 
     let mut api_keys = HashMap::new();
@@ -250,7 +252,7 @@ fn parse_inner(config: &str) -> Result<Settings, String> {
             return Err(format!("api_keys[{i}]: subject must not be empty"));
         }
         check_scopes(&format!("{what}: scopes"), &k.scopes)?;
-        let identity = Identity::new(Some(k.subject), k.tenant, sorted(k.scopes))
+        let identity = Identity::new(Some(k.subject), k.tenant, k.scopes)
             .map_err(|e| format!("{what}: {e}"))?;
         if api_keys.insert(digest, Arc::new(identity)).is_some() {
             return Err(format!(

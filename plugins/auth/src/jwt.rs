@@ -215,7 +215,7 @@ fn scopes(claims: &Map<String, Value>, names: &[String]) -> Result<Vec<String>, 
     else {
         return Ok(Vec::new());
     };
-    let mut out: Vec<String> = match v {
+    Ok(match v {
         Value::String(s) => s.split_ascii_whitespace().map(str::to_string).collect(),
         Value::Array(items) => {
             let mut out = Vec::with_capacity(items.len());
@@ -233,8 +233,5 @@ fn scopes(claims: &Map<String, Value>, names: &[String]) -> Result<Vec<String>, 
                 "the scope claim is not a string or array",
             ));
         }
-    };
-    out.sort();
-    out.dedup();
-    Ok(out)
+    })
 }

@@ -42,8 +42,10 @@ impl Identity {
     fn new(
         subject: Option<String>,
         tenant: Option<String>,
-        scopes: Vec<String>,
+        mut scopes: Vec<String>,
     ) -> Result<Identity, String> {
+        scopes.sort();
+        scopes.dedup();
         let scope_text = scopes.join(" ");
         for (what, v) in [
             ("subject", subject.as_deref().unwrap_or("")),
@@ -176,7 +178,7 @@ fn credential(req: &Request, s: &Settings) -> Credential {
             if bearer {
                 return match std::str::from_utf8(&v[6..]).map(str::trim) {
                     Ok(t) if !t.is_empty() => Credential::Bearer(t.to_string()),
-                    _ => Credential::Malformed(Method::Jwt, "empty bearer token"),
+                    _ => Credential::Malformed(Method::Jwt, "empty or non-UTF-8 bearer token"),
                 };
             }
         }
@@ -229,9 +231,9 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Digit by digit: from_str_radix would also take "%+f".
+                let digit = |j: usize| (*b.get(j)? as char).to_digit(16);
+                out.push((digit(i + 1)? << 4 | digit(i + 2)?) as u8);
                 i += 3;
             }
             b'+' => {
