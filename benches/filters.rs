@@ -81,15 +81,15 @@ fn auth_config() -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!(
-        "[[api_keys]]\nsha256 = \"{hash}\"\nsubject = \"bench\"\ntenant = \"acme\"\nscopes = [\"orders\"]\n"
+        "[[config.api_keys]]\nsha256 = \"{hash}\"\nsubject = \"bench\"\ntenant = \"acme\"\nscopes = [\"orders\"]\n"
     )
 }
 
-const TENANT_CONFIG: &str = "[routes.api]\ntenants = [\"acme\", \"globex\"]\n";
+const TENANT_CONFIG: &str = "[config.routes.api]\ntenants = [\"acme\", \"globex\"]\n";
 
 /// Two limits, as a production route has: a burst and a sustained rate,
 /// both far above what the bench sends so every call is allowed.
-const RATELIMIT_CONFIG: &str = "[[limits]]\nname = \"burst\"\nrequests = 4000000000\nwindow = \"1s\"\n[[limits]]\nname = \"hourly\"\nrequests = 4000000000\nwindow = \"1h\"\nkey = \"header:x-api-key\"\n";
+const RATELIMIT_CONFIG: &str = "[[config.limits]]\nname = \"burst\"\nrequests = 4000000000\nwindow = \"1s\"\n[[config.limits]]\nname = \"hourly\"\nrequests = 4000000000\nwindow = \"1h\"\nkey = \"header:x-api-key\"\n";
 
 fn with_tenant(mut req: RequestState) -> RequestState {
     req.context.push(("tenant".into(), "acme".into()));
