@@ -628,7 +628,9 @@ fn strip_credentials_removes_them_before_the_upstream() {
     let gw = Gateway::start(&format!(
         "{}{}[[route]]\nid = \"r\"\nupstream = \"up\"\nfilters = [\"auth\"]\n",
         upstream_block(&up),
-        auth_filter("auth", "strip_credentials = true"),
+        // A key in the query cannot be stripped, so that source is off here.
+        auth_filter("auth", "strip_credentials = true")
+            .replace("api_key_query = \"api_key\"\n", ""),
     ));
     let t = sign(Algorithm::HS256, Some("hs"), &claims(json!({})));
     let r = gw.get("/", &[("authorization", &bearer(&t)), ("x-kept", "yes")]);
@@ -744,6 +746,17 @@ fn check_accepts_a_good_config_and_refuses_bad_ones_clearly() {
         (
             "[[filters.auth.config.jwt.keys]]\nalg = \"HS256\"\nsecret = \"short\"\n".into(),
             "jwt.keys[0]: an HS256 secret must be at least 32 bytes (RFC 7518 §3.2); this one is 5".into(),
+        ),
+        (
+            format!(
+                "strip_credentials = true\napi_key_query = \"k\"\n[[filters.auth.config.api_keys]]\nsha256 = \"{}\"\nsubject = \"svc\"\n",
+                sha256_hex("k")
+            ),
+            "strip_credentials cannot remove a key sent in the query string; remove api_key_query or strip_credentials".into(),
+        ),
+        (
+            "[filters.auth.config.jwt]\nleeway = 3600\n[[filters.auth.config.jwt.keys]]\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n".into(),
+            "jwt.leeway is 3600 s; clock skew worth allowing is seconds, at most 300".into(),
         ),
         (
             "cache_sise = 10\n".into(),

@@ -224,6 +224,37 @@ fn rate_limit_settings_are_checked() {
 }
 
 #[test]
+fn rate_limits_must_fit_one_state_call() {
+    let limits: String = (0..9)
+        .map(|i| {
+            format!(
+                "[[filters.rl.config.limits]]\nname = \"l{i}\"\nrequests = 1\nwindow = \"1s\"\n"
+            )
+        })
+        .collect();
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[filters.rl]\nplugin = \"ratelimit\"\n{limits}"
+    ));
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: filter `rl` refused its configuration: ratelimit: these limits need 18 counters per request, over the 16 one state call carries; use fewer limits or fixed windows"
+    );
+}
+
+#[test]
+fn filter_names_keep_to_a_safe_character_set() {
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[filters.\"rl:a\"]\nplugin = \"headers\"\n"
+    ));
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: CONFIG:11:10: filter name `rl:a` may use only letters, digits, `-` and `_`"
+    );
+}
+
+#[test]
 fn redis_state_needs_a_redis_url() {
     let (ok, _, err) = check("[state]\nbackend = \"redis\"\n");
     assert!(!ok);

@@ -294,3 +294,27 @@ fn two_gateways_on_one_redis_enforce_one_limit_and_survive_an_outage() {
     expect.push(429);
     assert_eq!(statuses, expect, "the shared limit holds again");
 }
+
+#[test]
+fn a_sliding_limit_on_redis_counts_in_one_key_per_window() {
+    let up = Upstream::start("app");
+    let redis = Redis::start();
+    let gw = Gateway::start(&format!(
+        "[state]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"gw\"\n\n{}{}{}",
+        redis.url(),
+        upstream_block(&up),
+        ratelimit("rl", "", &limit("smooth", 3, "2s", "")),
+        route("api", "/", "\"rl\""),
+    ));
+    next_window(2000);
+    let statuses: Vec<u16> = (0..4).map(|_| gw.get("/x", &[]).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // Reading the previous window's counter created nothing: one key, for
+    // this window, holding every request, and expiring after two windows.
+    let keys = redis.cli(&["--scan", "--pattern", "gw:rl:*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(redis.cli(&["GET", keys[0]]).trim(), "4");
+    let ttl: u64 = redis.cli(&["PTTL", keys[0]]).trim().parse().unwrap();
+    assert!((3000..=4000).contains(&ttl), "ttl {ttl}");
+}

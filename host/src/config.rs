@@ -550,6 +550,9 @@ impl Config {
                 Some(_) => {}
             }
         }
+        if self.state.timeout.0.is_zero() {
+            return Err(src.error_span(&self.state.backend, "[state] timeout must be at least 1ms"));
+        }
         for (what, n) in [
             ("pool_size", &self.state.pool_size),
             ("max_entries", &self.state.max_entries),
@@ -560,6 +563,18 @@ impl Config {
         }
 
         for (name, f) in &self.filters {
+            // Filter names prefix shared-state keys and label metrics, so
+            // they keep to a character set neither can confuse.
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                return Err(src.error_span(
+                    &f.plugin,
+                    format!("filter name `{name}` may use only letters, digits, `-` and `_`"),
+                ));
+            }
             let plugin = f.plugin.get_ref();
             if plugin.is_empty()
                 || !plugin

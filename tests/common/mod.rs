@@ -500,6 +500,17 @@ impl Redis {
         }
     }
 
+    /// Runs `redis-cli` against this server and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli (installed with redis-server)");
+        assert!(out.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Kills the server, as a crash or a network cut would look.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

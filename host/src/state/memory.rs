@@ -125,6 +125,16 @@ impl MemoryStore {
                 .find(|(i, _)| *i == sid)
                 .expect("every shard of the call is locked")
                 .1;
+            let live = shard.map.get(key.as_str()).is_some_and(|e| e.expires > now);
+            if op.delta == 0 && !live {
+                // A read of a missing counter creates nothing, so reading
+                // (a sliding window's previous counter) cannot fill the store.
+                out.push(Counter {
+                    value: 0,
+                    ttl_ms: 0,
+                });
+                continue;
+            }
             let entry = match shard.map.get_mut(key.as_str()) {
                 Some(e) if e.expires > now => e,
                 Some(e) => {
@@ -202,6 +212,17 @@ mod tests {
             .unwrap();
         let values: Vec<i64> = out.iter().map(|c| c.value).collect();
         assert_eq!(values, [1, 0, 3]);
+    }
+
+    #[test]
+    fn reading_a_missing_counter_creates_nothing() {
+        let m = MemoryStore::new(100);
+        let c = m.add("f", &[op("k", 0, 1000)]).unwrap()[0];
+        assert_eq!((c.value, c.ttl_ms), (0, 0));
+        assert!(m.is_empty());
+        m.add("f", &[op("k", 2, 1000)]).unwrap();
+        assert_eq!(m.add("f", &[op("k", 0, 1000)]).unwrap()[0].value, 2);
+        assert_eq!(m.len(), 1);
     }
 
     #[test]

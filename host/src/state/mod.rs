@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 pub const MAX_OPS: usize = 16;
 /// Longest key a filter may use, in bytes.
 pub const MAX_KEY: usize = 256;
-/// Longest window: a day. Longer limits belong in a billing system.
-pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest window: two days, so a sliding limit over a day (whose counters
+/// live two windows) fits. Longer limits belong in a billing system.
+pub const MAX_WINDOW: Duration = Duration::from_secs(2 * 24 * 60 * 60);
 
 /// One counter update.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +180,7 @@ fn validate(ops: &[CounterOp]) -> Result<(), StateError> {
         }
         if op.window.is_zero() || op.window > MAX_WINDOW {
             return Err(StateError::Invalid(format!(
-                "window of {} ms for `{}`; use 1 ms to one day",
+                "window of {} ms for `{}`; use 1 ms to two days",
                 op.window.as_millis(),
                 op.key
             )));

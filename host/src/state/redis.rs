@@ -18,15 +18,24 @@ use std::time::{Duration, Instant};
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(200);
 
 /// KEYS are the counters; ARGV holds a (delta, window in ms) pair per key.
-/// Answers a flat list of (value, ttl in ms) pairs.
+/// Answers a flat list of (value, ttl in ms) pairs. A zero delta only
+/// reads and creates nothing, as in the memory backend.
 const SCRIPT: &str = r#"
 local out = {}
 for i, key in ipairs(KEYS) do
-  local value = redis.call('INCRBY', key, ARGV[2 * i - 1])
-  local ttl = redis.call('PTTL', key)
-  if ttl < 0 then
-    redis.call('PEXPIRE', key, ARGV[2 * i])
-    ttl = tonumber(ARGV[2 * i])
+  local delta = tonumber(ARGV[2 * i - 1])
+  local value, ttl
+  if delta == 0 then
+    value = tonumber(redis.call('GET', key)) or 0
+    ttl = redis.call('PTTL', key)
+    if ttl < 0 then ttl = 0 end
+  else
+    value = redis.call('INCRBY', key, delta)
+    ttl = redis.call('PTTL', key)
+    if ttl < 0 then
+      redis.call('PEXPIRE', key, ARGV[2 * i])
+      ttl = tonumber(ARGV[2 * i])
+    end
   end
   out[2 * i - 1] = value
   out[2 * i] = ttl
@@ -109,9 +118,9 @@ impl RedisStore {
                 // A connection Redis dropped (a restart, say) is replaced as
                 // soon as it fails; one retry on its replacement keeps a
                 // recovered Redis from failing one call per pooled
-                // connection. The call rarely ran before the drop, so the
-                // retry seldom counts twice.
-                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                // connection. A dropped connection (unlike a slow answer)
+                // rarely ran the script, so the retry seldom counts twice.
+                Err(e) if e.is_connection_dropped() && !e.is_timeout() => {
                     call.invoke_async::<Vec<i64>>(&mut conn.clone()).await
                 }
                 other => other,
@@ -158,8 +167,10 @@ impl RedisStore {
     }
 }
 
-/// Errors Redis answered (a key holding a non-integer, say), as opposed to
-/// failing to answer: those are not an outage.
+/// Errors that retrying cannot cure (a key holding a non-integer, a bad
+/// script), as opposed to an outage, a failover or a loading replica
+/// (LOADING, READONLY, MASTERDOWN, TRYAGAIN), which are unavailability.
 fn is_refusal(e: &redis::RedisError) -> bool {
-    !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal())
+    matches!(e.retry_method(), redis::RetryMethod::NoRetry)
+        && !(e.is_io_error() || e.is_timeout() || e.is_connection_refusal())
 }

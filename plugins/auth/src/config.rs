@@ -86,6 +86,9 @@ fn default_api_key_header() -> String {
 fn default_cache_size() -> usize {
     1024
 }
+/// Most clock skew the filter will allow: beyond minutes, `exp` means little.
+const MAX_LEEWAY_S: u32 = 300;
+
 fn default_leeway() -> u32 {
     30
 }
@@ -243,6 +246,14 @@ fn parse_inner(config: &str) -> Result<Settings, String> {
     {
         return Err(format!("api_key_query {q:?} is not a query parameter name"));
     }
+    if c.strip_credentials && c.api_key_query.is_some() {
+        // A filter cannot rewrite the query string, so the key would reach
+        // the upstream anyway: refuse rather than promise what cannot hold.
+        return Err(
+            "strip_credentials cannot remove a key sent in the query string; remove api_key_query or strip_credentials"
+                .into(),
+        );
+    }
 
     let mut api_keys = HashMap::new();
     for (i, k) in c.api_keys.into_iter().enumerate() {
@@ -354,6 +365,12 @@ fn jwt_settings(jwt: Option<JwtConfig>, jwks: Option<String>) -> Result<JwtSetti
                 "{what} is empty, so no token could pass; list the accepted values or remove it"
             ));
         }
+    }
+    if jwt.leeway > MAX_LEEWAY_S {
+        return Err(format!(
+            "jwt.leeway is {} s; clock skew worth allowing is seconds, at most {MAX_LEEWAY_S}",
+            jwt.leeway
+        ));
     }
     if jwt.scope_claims.is_empty() {
         return Err("jwt.scope_claims is empty; name the claim that carries scopes".into());

@@ -24,6 +24,9 @@ use window::{Algorithm, Verdict};
 /// which may run on another instance.
 const CONTEXT_KEY: &str = "ratelimit";
 
+/// The most counter operations one state call may carry (the WIT's limit).
+const MAX_STATE_OPS: usize = 16;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
@@ -145,6 +148,21 @@ fn parse(config: &str) -> Result<Settings, String> {
             c.state_error_status
         ));
     }
+    // Every limit's counters travel in one state call, which carries at
+    // most 16 operations: a fixed limit takes one, a sliding limit two.
+    let ops: usize = c
+        .limits
+        .iter()
+        .map(|l| match l.algorithm {
+            Algorithm::Fixed => 1,
+            Algorithm::Sliding => 2,
+        })
+        .sum();
+    if ops > MAX_STATE_OPS {
+        return Err(format!(
+            "ratelimit: these limits need {ops} counters per request, over the {MAX_STATE_OPS} one state call carries; use fewer limits or fixed windows"
+        ));
+    }
     let mut limits = Vec::new();
     for l in c.limits {
         let valid_name = !l.name.is_empty()
@@ -210,13 +228,26 @@ fn settings() -> &'static Settings {
     SETTINGS.get().expect("configure runs before any request")
 }
 
-/// The client's IP without the port: one client, many connections.
-fn client_ip(addr: &str) -> &str {
-    match addr.rsplit_once(':') {
+/// The client as counted: its IPv4 address, or its IPv6 /64 (one host
+/// usually holds a whole /64, so counting single addresses would let it
+/// rotate through billions of keys). The port is dropped: one client, many
+/// connections.
+fn client_key(addr: &str) -> String {
+    let ip = match addr.rsplit_once(':') {
         Some((ip, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
             ip.trim_start_matches('[').trim_end_matches(']')
         }
         _ => addr,
+    };
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Ok(std::net::IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map_or(ip.to_string(), |v4| v4.to_string()),
+        _ => ip.to_string(),
     }
 }
 
@@ -230,7 +261,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The counter key of `limit` for this request, or None to skip it.
 fn key_for(limit: &Limit, req: &Request, route: &str) -> Option<String> {
-    let client = || format!("ip={}", client_ip(&req.client_addr()));
+    let client = || format!("ip={}", client_key(&req.client_addr()));
     let value = match &limit.key {
         KeySource::Client => client(),
         KeySource::Route => "route".to_string(),
@@ -404,6 +435,11 @@ impl Guest for RateLimit {
     }
 
     fn on_response(req: &Request, resp: &Response) -> Action {
+        // A 429 carries the headers of the limit that refused it; another
+        // rate-limit filter earlier in the chain must not overwrite them.
+        if resp.status() == 429 {
+            return Action::Continue;
+        }
         if let Some(v) = req.get_context(CONTEXT_KEY) {
             let mut parts = v.split(' ');
             for name in ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"] {
@@ -434,8 +470,13 @@ mod tests {
     }
 
     #[test]
-    fn client_ip_drops_the_port() {
-        assert_eq!(client_ip("10.1.2.3:5555"), "10.1.2.3");
-        assert_eq!(client_ip("[::1]:80"), "::1");
+    fn clients_are_counted_by_ipv4_address_or_ipv6_slash_64() {
+        assert_eq!(client_key("10.1.2.3:5555"), "10.1.2.3");
+        assert_eq!(client_key("[2001:db8:1:2:aaaa::1]:80"), "2001:db8:1:2::/64");
+        assert_eq!(
+            client_key("[2001:db8:1:2:bbbb::9]:81"),
+            client_key("[2001:db8:1:2:aaaa::1]:80")
+        );
+        assert_eq!(client_key("[::ffff:10.0.0.1]:80"), "10.0.0.1");
     }
 }
