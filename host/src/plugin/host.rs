@@ -2,6 +2,7 @@
 //! the `host` interface. Every import is bounded, so a hostile filter gets a
 //! refusal, never an unbounded allocation in the host.
 
+use super::bindings::gateway::filter::crypto::{self, P256PublicKey, RsaPublicKey};
 use super::bindings::gateway::filter::state;
 use super::bindings::gateway::filter::{host, types};
 use super::bindings::{HeaderStats, LogLevel};
@@ -458,5 +459,116 @@ impl state::Host for HostState {
             .map(|o| op(o.key, o.delta, o.window_ms))
             .collect();
         Ok(self.state_add(ops).await)
+    }
+}
+
+/// Largest message a filter may ask to verify: a JWT's signed part is far
+/// smaller; the cap keeps one call's host CPU bounded.
+pub const MAX_SIGNED_MESSAGE: usize = 64 * 1024;
+
+impl crypto::Host for HostState {
+    fn verify_rs256(
+        &mut self,
+        key: RsaPublicKey,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> wasmtime::Result<bool> {
+        if message.len() > MAX_SIGNED_MESSAGE {
+            return Ok(false);
+        }
+        let key = ring::signature::RsaPublicKeyComponents { n: key.n, e: key.e };
+        Ok(key
+            .verify(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                &message,
+                &signature,
+            )
+            .is_ok())
+    }
+
+    fn verify_es256(
+        &mut self,
+        key: P256PublicKey,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> wasmtime::Result<bool> {
+        if message.len() > MAX_SIGNED_MESSAGE || key.x.len() != 32 || key.y.len() != 32 {
+            return Ok(false);
+        }
+        let mut point = [0u8; 65];
+        point[0] = 0x04;
+        point[1..33].copy_from_slice(&key.x);
+        point[33..].copy_from_slice(&key.y);
+        let key = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            point,
+        );
+        Ok(key.verify(&message, &signature).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+
+    fn host_state() -> HostState {
+        let metrics = Arc::new(Metrics::new(&[0.1]).unwrap());
+        let state = Arc::new(State::memory(metrics.clone()));
+        HostState::new(
+            "f".into(),
+            "p".into(),
+            metrics,
+            state,
+            StoreLimits::default(),
+        )
+    }
+
+    #[test]
+    fn es256_checks_are_real_and_bounded() {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = pair.public_key().as_ref();
+        let key = || P256PublicKey {
+            x: point[1..33].to_vec(),
+            y: point[33..].to_vec(),
+        };
+        let mut h = host_state();
+        let sign = |m: &[u8]| pair.sign(&rng, m).unwrap().as_ref().to_vec();
+        let message = b"header.payload".to_vec();
+        let sig = sign(&message);
+        use crypto::Host;
+        assert!(h.verify_es256(key(), message.clone(), sig.clone()).unwrap());
+        let mut tampered = sig.clone();
+        tampered[10] ^= 1;
+        assert!(!h.verify_es256(key(), message.clone(), tampered).unwrap());
+        assert!(
+            !h.verify_es256(key(), b"header.other".to_vec(), sig)
+                .unwrap()
+        );
+        let short = P256PublicKey {
+            x: vec![1; 31],
+            y: vec![1; 32],
+        };
+        assert!(!h.verify_es256(short, message, vec![0; 64]).unwrap());
+        let big = vec![b'a'; MAX_SIGNED_MESSAGE + 1];
+        let big_sig = sign(&big);
+        assert!(
+            !h.verify_es256(key(), big, big_sig).unwrap(),
+            "over the cap is refused even when the signature is good"
+        );
+    }
+
+    #[test]
+    fn rs256_refuses_garbage_keys_without_panicking() {
+        use crypto::Host;
+        let mut h = host_state();
+        let key = RsaPublicKey {
+            n: vec![0xff; 16],
+            e: vec![1, 0, 1],
+        };
+        assert!(!h.verify_rs256(key, b"m".to_vec(), vec![0; 256]).unwrap());
     }
 }

@@ -1,11 +1,12 @@
 //! Verification keys: from PEM, from a shared secret, or from a JWKS
-//! document. Every key is parsed completely here, at configure time:
-//! jsonwebtoken only decodes key bytes when it verifies, so a damaged key
-//! would otherwise load fine and then refuse every token as a bad signature.
+//! document. Every key is parsed completely here, at configure time, into
+//! the form the verifier takes (the secret's bytes, or the public key's
+//! numbers for the gateway's `crypto` interface), so a damaged key is
+//! refused at load instead of failing every token later.
 
+use crate::gateway::filter::crypto::{P256PublicKey, RsaPublicKey as RsaNumbers};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::pkcs8::DecodePublicKey;
@@ -31,14 +32,14 @@ impl Alg {
             _ => None,
         }
     }
+}
 
-    pub fn algorithm(self) -> Algorithm {
-        match self {
-            Alg::HS256 => Algorithm::HS256,
-            Alg::RS256 => Algorithm::RS256,
-            Alg::ES256 => Algorithm::ES256,
-        }
-    }
+/// What a key verifies with: an HS256 secret stays in the filter; RSA and
+/// P-256 public keys go to the gateway, which verifies natively.
+pub enum Material {
+    Secret(Vec<u8>),
+    Rsa(RsaNumbers),
+    P256(P256PublicKey),
 }
 
 /// One key a token may be signed with. A key verifies only tokens of its own
@@ -47,7 +48,7 @@ impl Alg {
 pub struct Key {
     pub kid: Option<String>,
     pub alg: Alg,
-    pub key: DecodingKey,
+    pub key: Material,
 }
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
@@ -55,17 +56,17 @@ const MIN_SECRET_BYTES: usize = 32;
 /// RSA keys under 2048 bits are breakable with public means (NIST SP 800-131A).
 const MIN_RSA_BITS: usize = 2048;
 
-pub fn from_secret(secret: &str) -> Result<DecodingKey, String> {
+pub fn from_secret(secret: &str) -> Result<Material, String> {
     if secret.len() < MIN_SECRET_BYTES {
         return Err(format!(
             "an HS256 secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2); this one is {}",
             secret.len()
         ));
     }
-    Ok(DecodingKey::from_secret(secret.as_bytes()))
+    Ok(Material::Secret(secret.as_bytes().to_vec()))
 }
 
-pub fn from_pem(alg: Alg, pem: &str) -> Result<DecodingKey, String> {
+pub fn from_pem(alg: Alg, pem: &str) -> Result<Material, String> {
     if pem.contains("PRIVATE KEY") {
         return Err(
             "`pem` holds a private key; give the public key (`openssl pkey -pubout`)".into(),
@@ -82,24 +83,31 @@ pub fn from_pem(alg: Alg, pem: &str) -> Result<DecodingKey, String> {
         Alg::ES256 => {
             let key = p256::PublicKey::from_public_key_pem(pem)
                 .map_err(|e| format!("`pem` is not a P-256 public key in PEM ({e})"))?;
-            Ok(DecodingKey::from_ec_der(
-                key.to_encoded_point(false).as_bytes(),
-            ))
+            let point = key.to_encoded_point(false);
+            Ok(p256_material(point.as_bytes()))
         }
     }
 }
 
-fn rsa_key(key: &RsaPublicKey) -> Result<DecodingKey, String> {
+/// The coordinates of an uncompressed SEC1 point (0x04 || x || y).
+fn p256_material(point: &[u8]) -> Material {
+    Material::P256(P256PublicKey {
+        x: point[1..33].to_vec(),
+        y: point[33..65].to_vec(),
+    })
+}
+
+fn rsa_key(key: &RsaPublicKey) -> Result<Material, String> {
     let bits = key.n().bits();
     if bits < MIN_RSA_BITS {
         return Err(format!(
             "the RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"
         ));
     }
-    Ok(DecodingKey::from_rsa_raw_components(
-        &key.n().to_bytes_be(),
-        &key.e().to_bytes_be(),
-    ))
+    Ok(Material::Rsa(RsaNumbers {
+        n: key.n().to_bytes_be(),
+        e: key.e().to_bytes_be(),
+    }))
 }
 
 /// The members of a JWK this filter reads; the rest (`x5c`, `key_ops`, …)
@@ -163,7 +171,7 @@ pub fn from_jwks(text: &str) -> Result<Vec<Key>, String> {
                 let point = [&[0x04][..], &x, &y].concat();
                 p256::PublicKey::from_sec1_bytes(&point)
                     .map_err(|_| format!("{name}: `x` and `y` are not a point on P-256"))?;
-                (Alg::ES256, DecodingKey::from_ec_der(&point))
+                (Alg::ES256, p256_material(&point))
             }
             _ => continue,
         };
