@@ -10,7 +10,6 @@ use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const HS_SECRET: &str = "test-only-hs256-secret-of-at-least-32-bytes";
@@ -672,30 +671,12 @@ fn a_cached_token_is_refused_once_it_expires() {
 /// Runs `gateway check` on a config with one auth filter whose `config`
 /// table is `config`; returns (success, stderr).
 fn check(config: &str) -> (bool, String) {
-    build_plugins();
-    let dir = tempdir::Dir::new();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[plugins]\ndir = \"{}\"\n\n\
-             [upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n\n\
-             [[route]]\nid = \"api\"\nupstream = \"api\"\nfilters = [\"auth\"]\n\n\
-             [filters.auth]\nplugin = \"auth\"\n[filters.auth.config]\n{config}",
-            plugin_dir().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(gateway_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .env("GATEWAY_LOG", "error")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    )
+    let (ok, _, err) = check_config(&format!(
+        "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n\n\
+         [[route]]\nid = \"api\"\nupstream = \"api\"\nfilters = [\"auth\"]\n\n\
+         [filters.auth]\nplugin = \"auth\"\n[filters.auth.config]\n{config}"
+    ));
+    (ok, err)
 }
 
 #[test]

@@ -6,33 +6,8 @@ mod common;
 use common::*;
 use std::process::Command;
 
-/// Runs `gateway check` on `body` (after a valid preamble) and returns
-/// (success, stdout, stderr with the temp path replaced by `CONFIG`).
 fn check(body: &str) -> (bool, String, String) {
-    build_plugins();
-    let dir = tempdir::Dir::new();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[plugins]\ndir = \"{}\"\n\n{body}",
-            plugin_dir().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(gateway_bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .env("GATEWAY_LOG", "error")
-        .output()
-        .unwrap();
-    let stderr =
-        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "CONFIG");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        stderr.trim().to_string(),
-    )
+    check_config(body)
 }
 
 const UPSTREAM: &str = "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n\n";

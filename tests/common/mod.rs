@@ -237,6 +237,37 @@ pub fn preamble(listen: SocketAddr, admin: SocketAddr) -> String {
     )
 }
 
+/// Runs `gateway check` on a config of `[server]` and `[plugins]` followed by
+/// `body`, and returns (success, stdout, stderr), with the temporary config
+/// path in stderr replaced by `CONFIG` so messages can be matched exactly.
+/// The body starts on line 7.
+pub fn check_config(body: &str) -> (bool, String, String) {
+    build_plugins();
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[plugins]\ndir = \"{}\"\n\n{body}",
+            plugin_dir().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("GATEWAY_LOG", "error")
+        .output()
+        .unwrap();
+    let stderr =
+        String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "CONFIG");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        stderr.trim().to_string(),
+    )
+}
+
 pub fn gateway_bin() -> &'static str {
     env!("CARGO_BIN_EXE_gateway")
 }
