@@ -147,11 +147,14 @@ impl Metrics {
         }
     }
 
-    /// A plugin's own counter, `gateway_plugin_<plugin>_<name>_total`.
-    /// Returns false when the call was refused (bad name, too many metrics).
+    /// A plugin's own counter, `gateway_plugin_<plugin>_<name>_total`,
+    /// labelled with the filter that counted it, so two filters of one
+    /// plugin (two rate limiters, say) keep apart. Returns false when the
+    /// call was refused (bad name, too many metrics).
     pub fn plugin_counter_add(
         &self,
         plugin: &str,
+        filter: &str,
         name: &str,
         labels: &[(String, String)],
         value: f64,
@@ -165,10 +168,9 @@ impl Metrics {
         if !valid(name) || !value.is_finite() || value < 0.0 || labels.len() > 8 {
             return false;
         }
-        if labels
-            .iter()
-            .any(|(k, v)| !valid(k) || k == "plugin" || k == "overflow" || v.len() > 128)
-        {
+        if labels.iter().any(|(k, v)| {
+            !valid(k) || ["plugin", "filter", "overflow"].contains(&k.as_str()) || v.len() > 128
+        }) {
             return false;
         }
         let full = format!("gateway_plugin_{}_{}_total", plugin.replace('-', "_"), name);
@@ -196,12 +198,14 @@ impl Metrics {
         }
         let pc = counters.get_mut(&full).expect("inserted above");
         let mut key: Vec<(String, String)> = labels.to_vec();
+        key.push(("filter".to_string(), filter.to_string()));
         key.sort();
         let mut attrs = vec![KeyValue::new("plugin", plugin.to_string())];
         if pc.series.contains(&key) || pc.series.len() < PLUGIN_SERIES_CAP {
             pc.series.insert(key.clone());
             attrs.extend(key.into_iter().map(|(k, v)| KeyValue::new(k, v)));
         } else {
+            attrs.push(KeyValue::new("filter", filter.to_string()));
             attrs.push(KeyValue::new("overflow", "true"));
         }
         pc.counter.add(value, &attrs);
@@ -241,5 +245,48 @@ pub fn method_label(m: &http::Method) -> &'static str {
         http::Method::CONNECT => "CONNECT",
         http::Method::TRACE => "TRACE",
         _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn plugin_counters_keep_filters_apart_and_cap_their_series() {
+        let m = Metrics::new(&[0.1]).unwrap();
+        let l = labels(&[("limit", "a")]);
+        assert!(m.plugin_counter_add("ratelimit", "rl-api", "requests", &l, 2.0));
+        assert!(m.plugin_counter_add("ratelimit", "rl-admin", "requests", &l, 1.0));
+        let out = m.render();
+        assert!(
+            out.contains(r#"gateway_plugin_ratelimit_requests_total{filter="rl-api",limit="a",plugin="ratelimit"} 2"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"gateway_plugin_ratelimit_requests_total{filter="rl-admin",limit="a",plugin="ratelimit"} 1"#),
+            "{out}"
+        );
+        // The gateway's own labels cannot be forged by a plugin.
+        for reserved in ["filter", "plugin", "overflow"] {
+            let forged = labels(&[(reserved, "x")]);
+            assert!(!m.plugin_counter_add("ratelimit", "rl-api", "requests", &forged, 1.0));
+        }
+        for i in 0..PLUGIN_SERIES_CAP + 5 {
+            let l = labels(&[("k", &i.to_string())]);
+            assert!(m.plugin_counter_add("p", "f", "many", &l, 1.0));
+        }
+        assert!(
+            m.render().contains(
+                r#"gateway_plugin_p_many_total{filter="f",overflow="true",plugin="p"} 5"#
+            )
+        );
     }
 }

@@ -393,7 +393,7 @@ impl host::Host for HostState {
     ) -> wasmtime::Result<()> {
         if !self
             .metrics
-            .plugin_counter_add(&self.plugin, &name, &labels, value)
+            .plugin_counter_add(&self.plugin, &self.filter, &name, &labels, value)
         {
             tracing::debug!(
                 filter = &*self.filter,
