@@ -625,11 +625,14 @@ fn anonymous_route_passes_without_credentials_but_checks_given_ones() {
 fn strip_credentials_removes_them_before_the_upstream() {
     let up = Upstream::start("up");
     let gw = Gateway::start(&format!(
-        "{}{}[[route]]\nid = \"r\"\nupstream = \"up\"\nfilters = [\"auth\"]\n",
+        "{}{}[[route]]\nid = \"r\"\nupstream = \"up\"\nfilters = [\"auth\"]\n{}",
         upstream_block(&up),
         // A key in the query cannot be stripped, so that source is off here.
         auth_filter("auth", "strip_credentials = true")
             .replace("api_key_query = \"api_key\"\n", ""),
+        // The routes the filter's settings name must exist.
+        "[[route]]\nid = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"up\"\n\
+         [[route]]\nid = \"public\"\npath_prefix = \"/public\"\nupstream = \"up\"\n",
     ));
     let t = sign(Algorithm::HS256, Some("hs"), &claims(json!({})));
     let r = gw.get("/", &[("authorization", &bearer(&t)), ("x-kept", "yes")]);
@@ -738,6 +741,13 @@ fn check_accepts_a_good_config_and_refuses_bad_ones_clearly() {
         (
             "[filters.auth.config.jwt]\nleeway = 3600\n[[filters.auth.config.jwt.keys]]\nalg = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n".into(),
             "jwt.leeway is 3600 s; clock skew worth allowing is seconds, at most 300".into(),
+        ),
+        (
+            format!(
+                "[[filters.auth.config.api_keys]]\nsha256 = \"{}\"\nsubject = \"svc\"\n[filters.auth.config.routes.admn]\nscopes = [\"admin\"]\n",
+                sha256_hex("k")
+            ),
+            "route `admn` is not in the gateway's config; the routes are: api".into(),
         ),
         (
             "cache_sise = 10\n".into(),

@@ -194,6 +194,12 @@ fn rate_limit_settings_are_checked() {
         err,
         "error: filter `rl` refused its configuration: ratelimit: limit \"x\" has key \"cookie:x\"; use \"client\", \"route\", \"header:<name>\" or \"context:<key>\""
     );
+    let (ok, _, err) = check(&ratelimit_with("window = \"1s\"\nroutes = [\"apl\"]"));
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: filter `rl` refused its configuration: ratelimit: route `apl` is not in the gateway's config; the routes are: (none)"
+    );
     let (ok, _, err) = check(&ratelimit_with("window = \"1s\""));
     assert!(ok, "{err}");
 }

@@ -571,7 +571,7 @@ fn a_verified_token_for_one_tenant_cannot_reach_another() {
 /// `gateway check` on a config with a tenant filter; the error line.
 fn check(config: &str) -> String {
     check_config(&format!(
-        "[upstreams.up]\ninstances = [\"127.0.0.1:3000\"]\n\n{}",
+        "[upstreams.up]\ninstances = [\"127.0.0.1:3000\"]\n\n[[route]]\nid = \"x\"\nupstream = \"up\"\n\n{}",
         tenant_filter(config)
     ))
     .2
@@ -585,6 +585,11 @@ fn mistakes_in_the_config_are_refused_at_load() {
         check("[routes.x]\ntenants = [\"acme\"]"),
         "",
         "a good config"
+    );
+    assert_eq!(
+        check("[routes.y]\ntenants = [\"acme\"]"),
+        refused("route `y` is not in the gateway's config; the routes are: x"),
+        "a misspelt route id would leave the real route unguarded"
     );
     assert_eq!(
         check("sources = [\"subdomain\"]"),

@@ -66,6 +66,11 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         let mut plugins: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
         let mut filters: HashMap<String, Arc<Filter>> = HashMap::new();
+        let route_ids: Arc<[String]> = config
+            .routes
+            .iter()
+            .map(|r| r.id.get_ref().clone())
+            .collect();
         for (name, fc) in &config.filters {
             let plugin_name = fc.plugin.get_ref();
             let plugin = match plugins.get(plugin_name) {
@@ -78,7 +83,7 @@ impl Gateway {
             };
             filters.insert(
                 name.clone(),
-                Arc::new(runtime.filter(name, plugin, fc).await?),
+                Arc::new(runtime.filter(name, plugin, fc, route_ids.clone()).await?),
             );
         }
         let upstreams: HashMap<&str, Arc<Upstream>> = config

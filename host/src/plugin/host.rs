@@ -57,6 +57,8 @@ pub struct HostState {
     pub plugin: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub state: Arc<State>,
+    /// Every route id in the configuration the filter was loaded with.
+    pub route_ids: Arc<[String]>,
     /// The request being served, for the log (shared, not copied, per call).
     pub request: Option<Arc<RequestInfo>>,
 }
@@ -67,6 +69,7 @@ impl HostState {
         plugin: Arc<str>,
         metrics: Arc<Metrics>,
         state: Arc<State>,
+        route_ids: Arc<[String]>,
         limits: StoreLimits,
     ) -> HostState {
         HostState {
@@ -79,6 +82,7 @@ impl HostState {
             plugin,
             metrics,
             state,
+            route_ids,
             request: None,
         }
     }
@@ -377,6 +381,9 @@ impl host::Host for HostState {
         }
         Ok(())
     }
+    fn route_ids(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.route_ids.to_vec())
+    }
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
         Ok(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -520,6 +527,7 @@ mod tests {
             "p".into(),
             metrics,
             state,
+            Arc::from(Vec::new()),
             StoreLimits::default(),
         )
     }

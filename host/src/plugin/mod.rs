@@ -180,11 +180,14 @@ impl Runtime {
 
     /// A filter: a loaded plugin with its settings. One instance is created
     /// and configured now, so a bad configuration is refused at load.
+    /// `route_ids` are the configuration's routes, which `configure` may
+    /// check its settings against.
     pub async fn filter(
         &self,
         name: &str,
         plugin: Arc<LoadedPlugin>,
         cfg: &FilterConfig,
+        route_ids: Arc<[String]>,
     ) -> Result<Filter, PluginError> {
         let config_json = serde_json::to_string(&cfg.config).expect("a TOML table is valid JSON");
         let name: Arc<str> = name.into();
@@ -212,6 +215,7 @@ impl Runtime {
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             state: self.state.clone(),
+            route_ids,
         };
         let first = filter.instantiate().await.map_err(|f| match f {
             Setup::Configure(reason) => PluginError::Configure {
@@ -263,6 +267,7 @@ pub struct Filter {
     engine: Engine,
     metrics: Arc<Metrics>,
     state: Arc<State>,
+    route_ids: Arc<[String]>,
     attrs_request: [KeyValue; 3],
     attrs_response: [KeyValue; 3],
 }
@@ -284,6 +289,7 @@ impl Filter {
             self.plugin.name.clone(),
             self.metrics.clone(),
             self.state.clone(),
+            self.route_ids.clone(),
             limits,
         );
         let mut store = Store::new(&self.engine, state);

@@ -339,6 +339,7 @@ struct Auth;
 impl Guest for Auth {
     fn configure(config: String) -> Result<(), String> {
         let s = config::parse(&config)?;
+        filter_sdk::check_route_ids("auth", s.routes.keys(), &host::route_ids())?;
         TOKENS.set(Lru::new(s.cache_size));
         // A second configure on the same instance keeps the first settings;
         // the gateway gives each instance exactly one.

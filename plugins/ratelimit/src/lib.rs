@@ -313,6 +313,11 @@ struct RateLimit;
 impl Guest for RateLimit {
     fn configure(config: String) -> Result<(), String> {
         let s = parse(&config)?;
+        filter_sdk::check_route_ids(
+            "ratelimit",
+            s.limits.iter().flat_map(|l| l.routes.iter().flatten()),
+            &host::route_ids(),
+        )?;
         let _ = SETTINGS.set(s);
         Ok(())
     }

@@ -295,6 +295,7 @@ struct Tenant;
 impl Guest for Tenant {
     fn configure(config: String) -> Result<(), String> {
         let s = config::parse(&config)?;
+        filter_sdk::check_route_ids("tenant", s.routes.keys(), &host::route_ids())?;
         // The gateway configures each instance exactly once.
         let _ = SETTINGS.set(s);
         Ok(())
