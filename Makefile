@@ -34,7 +34,8 @@ bench: plugins
 bench-deps:
 	scripts/setup.sh --bench
 
-# The whole gateway against nginx on this machine (see benches/README.md).
+# The whole gateway against nginx on this machine: plain, with the header
+# filter, and with all four shipped plugins (see README.md, Benchmarks).
 vs-nginx: build bench-deps
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/plain.toml
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/headers.toml
