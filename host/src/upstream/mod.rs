@@ -1,5 +1,10 @@
 //! Upstreams: named groups of instances reached over pooled keep-alive
-//! connections.
+//! connections. `balancer` picks an instance, `breaker` keeps requests off
+//! a failing one, `budget` bounds how much retries may add.
+
+pub mod balancer;
+pub mod breaker;
+pub mod budget;
 
 use crate::config::UpstreamConfig;
 use bytes::Bytes;
