@@ -221,8 +221,18 @@ pub struct FilterConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `host:port` of each instance, tried in turn.
-    pub instances: Spanned<Vec<String>>,
+    /// Each instance as `"host:port"` or `{ address = "host:port", weight = 3 }`.
+    pub instances: Spanned<Vec<InstanceConfig>>,
+    /// How an instance is picked for each try.
+    #[serde(default)]
+    pub strategy: crate::upstream::balancer::Strategy,
+    /// The circuit breaker every instance gets.
+    #[serde(default)]
+    pub breaker: crate::upstream::breaker::BreakerConfig,
+    /// What counts as a failure for the breakers: `connect`, `timeout`,
+    /// `reset`, `5xx`, or a status code such as `"429"`.
+    #[serde(default = "defaults::failure_on")]
+    pub failure_on: Spanned<Vec<String>>,
     /// How long to wait for a TCP connection.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Millis,
@@ -231,6 +241,61 @@ pub struct UpstreamConfig {
     pub max_idle_per_instance: usize,
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Millis,
+}
+
+/// One upstream instance: an address, with a weight for `weighted`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum InstanceConfig {
+    Address(String),
+    Weighted {
+        address: String,
+        #[serde(default = "defaults::weight")]
+        weight: u32,
+    },
+}
+
+impl InstanceConfig {
+    pub fn address(&self) -> &str {
+        match self {
+            InstanceConfig::Address(a) | InstanceConfig::Weighted { address: a, .. } => a,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            InstanceConfig::Address(_) => 1,
+            InstanceConfig::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+/// When and how a route retries a failed try.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Tries in all, the first included.
+    #[serde(default = "defaults::retry_attempts")]
+    pub attempts: u32,
+    /// What is retried: `connect`, `reset`, `timeout`, or status codes.
+    #[serde(default = "defaults::retry_on")]
+    pub on: Vec<String>,
+    /// Retry methods that are not idempotent too (POST, PATCH). A connect
+    /// failure is retried whatever the method: nothing was sent.
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// Back-off before try n is random in [0, min(max, base * 2^n)).
+    #[serde(default = "defaults::backoff_base")]
+    pub backoff_base: Millis,
+    #[serde(default = "defaults::backoff_max")]
+    pub backoff_max: Millis,
+    /// Retries may add at most this share of the route's recent requests...
+    #[serde(default = "defaults::budget_ratio")]
+    pub budget_ratio: f64,
+    /// ...plus this many per second.
+    #[serde(default = "defaults::budget_floor")]
+    pub budget_floor_per_second: f64,
+    #[serde(default = "defaults::budget_window")]
+    pub budget_window: Millis,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,7 +314,12 @@ pub struct RouteConfig {
     /// response.
     #[serde(default)]
     pub filters: Vec<Spanned<String>>,
+    /// The whole exchange with the upstream, every try and back-off included.
     pub timeout: Option<Millis>,
+    /// One try; the overall `timeout` when absent.
+    pub try_timeout: Option<Millis>,
+    /// Retries; none when absent.
+    pub retry: Option<Spanned<RetryConfig>>,
 }
 
 /// A duration written as `250ms`, `10s` or `2m`.
@@ -344,6 +414,40 @@ mod defaults {
     }
     pub fn state_max_entries() -> Spanned<usize> {
         Spanned::new(0..0, 1_000_000)
+    }
+    pub fn failure_on() -> Spanned<Vec<String>> {
+        Spanned::new(
+            0..0,
+            ["connect", "timeout", "reset", "5xx"]
+                .map(String::from)
+                .to_vec(),
+        )
+    }
+    pub fn weight() -> u32 {
+        1
+    }
+    pub fn retry_attempts() -> u32 {
+        2
+    }
+    pub fn retry_on() -> Vec<String> {
+        ["connect", "reset", "timeout", "502", "503", "504"]
+            .map(String::from)
+            .to_vec()
+    }
+    pub fn backoff_base() -> Millis {
+        Millis(Duration::from_millis(25))
+    }
+    pub fn backoff_max() -> Millis {
+        Millis(Duration::from_millis(250))
+    }
+    pub fn budget_ratio() -> f64 {
+        0.2
+    }
+    pub fn budget_floor() -> f64 {
+        1.0
+    }
+    pub fn budget_window() -> Millis {
+        Millis(Duration::from_secs(10))
     }
     pub fn path_prefix() -> Spanned<String> {
         Spanned::new(0..0, "/".to_string())
@@ -622,13 +726,21 @@ impl Config {
                     format!("upstream `{name}` has no instances; list at least one `host:port`"),
                 ));
             }
-            for addr in u.instances.get_ref() {
+            for addr in u.instances.get_ref().iter().map(InstanceConfig::address) {
                 if parse_authority(addr).is_none() {
                     return Err(src.error_span(
                         &u.instances,
                         format!("upstream `{name}` has instance `{addr}`, which is not `host:port`; write it like \"127.0.0.1:3000\""),
                     ));
                 }
+            }
+        }
+        for (name, u) in &self.upstreams {
+            if let Some(bad) = u.failure_on.get_ref().iter().find(|f| !is_outcome(f, true)) {
+                return Err(src.error_span(
+                    &u.failure_on,
+                    format!("upstream `{name}` lists `{bad}` in failure_on; use connect, timeout, reset, 5xx or a status code"),
+                ));
             }
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -669,6 +781,27 @@ impl Config {
                     ));
                 }
             }
+            if let Some(retry) = &r.retry {
+                let rc = retry.get_ref();
+                if let Some(bad) = rc.on.iter().find(|o| !is_outcome(o, false)) {
+                    return Err(src.error_span(
+                        retry,
+                        format!("route `{id}` retries on `{bad}`; use connect, reset, timeout or a status code"),
+                    ));
+                }
+                if rc.attempts == 0 || rc.attempts > 10 {
+                    return Err(src.error_span(
+                        retry,
+                        format!("route `{id}` has retry attempts = {}; use 1 to 10 (tries in all, the first included)", rc.attempts),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&rc.budget_ratio) || rc.budget_floor_per_second < 0.0 {
+                    return Err(src.error_span(
+                        retry,
+                        format!("route `{id}` has a retry budget_ratio outside 0 to 1 or a negative budget_floor_per_second"),
+                    ));
+                }
+            }
             if let Some(methods) = &r.methods {
                 for m in methods {
                     if http::Method::from_bytes(m.as_bytes()).is_err()
@@ -691,6 +824,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A failure or retry condition: a kind of error, or a status code.
+fn is_outcome(s: &str, allow_class: bool) -> bool {
+    matches!(s, "connect" | "timeout" | "reset")
+        || (allow_class && s == "5xx")
+        || s.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c))
 }
 
 fn list_or_none(names: &[&str]) -> String {

@@ -45,6 +45,8 @@ pub struct RouteRuntime {
     pub filters: Vec<Arc<Filter>>,
     pub upstream: Arc<Upstream>,
     pub timeout: Duration,
+    pub try_timeout: Duration,
+    pub retry: Option<upstream::RetryPolicy>,
 }
 
 /// Everything a request is served with. Replaced whole on reload; requests
@@ -89,7 +91,7 @@ impl Gateway {
         let upstreams: HashMap<&str, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|(n, u)| (n.as_str(), Arc::new(Upstream::new(n, u))))
+            .map(|(n, u)| (n.as_str(), Arc::new(Upstream::new(n, u, metrics.clone()))))
             .collect();
         let route_runtime = config
             .routes
@@ -106,6 +108,15 @@ impl Gateway {
                         .collect(),
                     upstream: upstreams[r.upstream.get_ref().as_str()].clone(),
                     timeout: r.timeout.unwrap_or(config.server.request_timeout).0,
+                    try_timeout: r
+                        .try_timeout
+                        .or(r.timeout)
+                        .unwrap_or(config.server.request_timeout)
+                        .0,
+                    retry: r
+                        .retry
+                        .as_ref()
+                        .map(|c| upstream::RetryPolicy::new(c.get_ref())),
                 }
             })
             .collect();

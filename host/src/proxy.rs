@@ -17,6 +17,7 @@ use crate::plugin::host::{RequestInfo, RequestState, ResponseState};
 use crate::plugin::{Decision, Failure, Filter};
 use crate::routing::normalize_path;
 use crate::telemetry::{method_label, status_class};
+use crate::upstream::Failed;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -458,46 +459,47 @@ async fn forward(
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     let upstream = &rt.upstream;
-    let instance = upstream.pick();
-    parts.uri = match upstream.uri_for(instance, &parts.uri) {
-        Some(u) => u,
-        None => {
-            return Err(local_reply(
-                StatusCode::BAD_GATEWAY,
-                "bad-upstream",
-                "the upstream address is invalid",
-                request_id,
-            ));
-        }
+    let exchange = crate::upstream::Exchange {
+        route: &rt.label,
+        retry: rt.retry.as_ref(),
+        try_timeout: rt.try_timeout,
+        deadline: std::time::Instant::now() + rt.timeout,
+        request_id,
     };
-    let req = Request::from_parts(parts, Full::new(body));
-    match tokio::time::timeout(rt.timeout, upstream.client.request(req)).await {
-        Err(_) => Err(local_reply(
+    match upstream.send(&exchange, parts, body).await {
+        Err(Failed::Unavailable(code)) => {
+            let msg = match code {
+                "all-breakers-open" => {
+                    "every instance of the upstream is failing; try again shortly"
+                }
+                _ => "no upstream instance can take the request",
+            };
+            Err(local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                msg,
+                request_id,
+            ))
+        }
+        Err(Failed::Timeout) => Err(local_reply(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream-timeout",
             "the upstream did not answer in time",
             request_id,
         )),
-        Ok(Err(e)) => {
-            let what = if e.is_connect() {
-                "upstream-connect"
-            } else {
-                "upstream-error"
-            };
-            tracing::warn!(
-                upstream = &*upstream.name,
-                instance,
-                request_id,
-                "upstream request failed: {e:#}"
-            );
-            let msg = if e.is_connect() {
-                "the upstream could not be reached"
-            } else {
-                "the upstream failed to answer"
-            };
-            Err(local_reply(StatusCode::BAD_GATEWAY, what, msg, request_id))
-        }
-        Ok(Ok(resp)) => {
+        Err(Failed::Connect(_)) => Err(local_reply(
+            StatusCode::BAD_GATEWAY,
+            "upstream-connect",
+            "the upstream could not be reached",
+            request_id,
+        )),
+        Err(Failed::Error(_)) => Err(local_reply(
+            StatusCode::BAD_GATEWAY,
+            "upstream-error",
+            "the upstream failed to answer",
+            request_id,
+        )),
+        Ok(resp) => {
             let (mut p, b) = resp.into_parts();
             strip_hop_by_hop(&mut p.headers);
             Ok(Response::from_parts(p, Either::Left(b)))

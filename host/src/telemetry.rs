@@ -5,7 +5,7 @@
 //! exporter's suffixing, so what is written here is exactly what an operator
 //! queries.
 
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider, UpDownCounter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider, UpDownCounter};
 use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use parking_lot::Mutex;
@@ -38,6 +38,11 @@ pub struct Metrics {
     pub plugin_failures: Counter<u64>,
     pub plugin_duration: Histogram<f64>,
     pub state_calls: Counter<u64>,
+    pub upstream_requests: Counter<u64>,
+    pub upstream_retries: Counter<u64>,
+    pub upstream_unavailable: Counter<u64>,
+    pub breaker_transitions: Counter<u64>,
+    pub breaker_state: Gauge<i64>,
     pub state_duration: Histogram<f64>,
     plugin_counters: Mutex<HashMap<String, PluginCounter>>,
 }
@@ -108,6 +113,28 @@ impl Metrics {
                 .with_boundaries(vec![
                     1e-6, 1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 2.5e-2, 0.1,
                 ])
+                .build(),
+            upstream_requests: meter
+                .u64_counter("gateway_upstream_requests_total")
+                .with_description(
+                    "Tries sent to upstream instances, by upstream, instance and outcome (status class, connect_error, timeout, reset)",
+                )
+                .build(),
+            upstream_retries: meter
+                .u64_counter("gateway_upstream_retries_total")
+                .with_description("Retries by route: sent, or refused by the retry budget (budget_exhausted)")
+                .build(),
+            upstream_unavailable: meter
+                .u64_counter("gateway_upstream_unavailable_total")
+                .with_description("Requests no instance could take, answered 503, by upstream and reason")
+                .build(),
+            breaker_transitions: meter
+                .u64_counter("gateway_circuit_breaker_transitions_total")
+                .with_description("Circuit breaker state changes, by upstream, instance, from, to and reason")
+                .build(),
+            breaker_state: meter
+                .i64_gauge("gateway_circuit_breaker_state")
+                .with_description("Circuit breaker state per instance: 0 closed, 1 half-open, 2 open")
                 .build(),
             plugin_counters: Mutex::new(HashMap::new()),
             registry,

@@ -6,25 +6,150 @@ pub mod balancer;
 pub mod breaker;
 pub mod budget;
 
-use crate::config::UpstreamConfig;
+use crate::config::{RetryConfig, UpstreamConfig};
+use crate::telemetry::Metrics;
+use balancer::{Balancer, Endpoint};
+use breaker::{Admit, Breaker, Transition};
+use budget::RetryBudget;
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opentelemetry::KeyValue;
+use rand::Rng;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
 
+/// A set of try outcomes, as `failure_on` and `retry.on` list them.
+#[derive(Debug, Clone, Default)]
+pub struct Outcomes {
+    connect: bool,
+    timeout: bool,
+    reset: bool,
+    any_5xx: bool,
+    codes: Vec<u16>,
+}
+
+impl Outcomes {
+    /// From names already checked by the config: `connect`, `timeout`,
+    /// `reset`, `5xx` and status codes.
+    pub fn parse(list: &[String]) -> Outcomes {
+        let mut o = Outcomes::default();
+        for s in list {
+            match s.as_str() {
+                "connect" => o.connect = true,
+                "timeout" => o.timeout = true,
+                "reset" => o.reset = true,
+                "5xx" => o.any_5xx = true,
+                code => o.codes.extend(code.parse::<u16>().ok()),
+            }
+        }
+        o
+    }
+
+    pub fn matches(&self, t: TryOutcome) -> bool {
+        match t {
+            TryOutcome::Connect => self.connect,
+            TryOutcome::Timeout => self.timeout,
+            TryOutcome::Reset => self.reset,
+            TryOutcome::Status(s) => (self.any_5xx && s >= 500) || self.codes.contains(&s),
+        }
+    }
+}
+
+/// How one try ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryOutcome {
+    Status(u16),
+    /// No connection: nothing was sent.
+    Connect,
+    Timeout,
+    /// The connection failed after the request went out.
+    Reset,
+}
+
+impl TryOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            TryOutcome::Status(s) => crate::telemetry::status_class(s),
+            TryOutcome::Connect => "connect_error",
+            TryOutcome::Timeout => "timeout",
+            TryOutcome::Reset => "reset",
+        }
+    }
+}
+
+/// Why the exchange failed without an upstream response.
+#[derive(Debug)]
+pub enum Failed {
+    /// No instance could take the request; the reason is the
+    /// `x-gateway-error` code.
+    Unavailable(&'static str),
+    Connect(String),
+    Timeout,
+    Error(String),
+}
+
+/// A route's retry policy, with its budget.
+pub struct RetryPolicy {
+    attempts: u32,
+    on: Outcomes,
+    non_idempotent: bool,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    budget: RetryBudget,
+}
+
+impl RetryPolicy {
+    pub fn new(c: &RetryConfig) -> RetryPolicy {
+        RetryPolicy {
+            attempts: c.attempts.max(1),
+            on: Outcomes::parse(&c.on),
+            non_idempotent: c.non_idempotent,
+            backoff_base: c.backoff_base.0,
+            backoff_max: c.backoff_max.0,
+            budget: RetryBudget::new(c.budget_ratio, c.budget_floor_per_second, c.budget_window.0),
+        }
+    }
+
+    /// Full jitter: anywhere from nothing to the capped exponential.
+    fn backoff(&self, retry: u32) -> Duration {
+        let cap = self
+            .backoff_base
+            .saturating_mul(1u32 << retry.min(16))
+            .min(self.backoff_max);
+        if cap.is_zero() {
+            return cap;
+        }
+        Duration::from_micros(rand::rng().random_range(0..cap.as_micros().max(1) as u64))
+    }
+}
+
+/// What `send` needs to know about the route.
+pub struct Exchange<'a> {
+    pub route: &'a opentelemetry::Value,
+    pub retry: Option<&'a RetryPolicy>,
+    pub try_timeout: Duration,
+    pub deadline: Instant,
+    pub request_id: &'a str,
+}
+
 pub struct Upstream {
     pub name: Arc<str>,
-    instances: Vec<String>,
-    next: AtomicUsize,
+    balancer: Balancer,
+    breakers: Vec<Breaker>,
+    failure_on: Outcomes,
     pub client: UpstreamClient,
+    /// `upstream` and `instance` labels per instance.
+    labels: Vec<[KeyValue; 2]>,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    pub fn new(name: &str, cfg: &UpstreamConfig) -> Upstream {
+    pub fn new(name: &str, cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(cfg.connect_timeout.0));
         connector.set_nodelay(true);
@@ -34,18 +159,45 @@ impl Upstream {
             .pool_idle_timeout(cfg.idle_timeout.0)
             .pool_max_idle_per_host(cfg.max_idle_per_instance)
             .build(connector);
-        Upstream {
-            name: name.into(),
-            instances: cfg.instances.get_ref().clone(),
-            next: AtomicUsize::new(0),
-            client,
+        let instances = cfg.instances.get_ref();
+        let endpoints = instances
+            .iter()
+            .map(|i| Endpoint::new(i.address(), i.weight()))
+            .collect();
+        let name: Arc<str> = name.into();
+        let labels: Vec<[KeyValue; 2]> = instances
+            .iter()
+            .map(|i| {
+                [
+                    KeyValue::new("upstream", crate::telemetry::shared(&name)),
+                    KeyValue::new("instance", i.address().to_string()),
+                ]
+            })
+            .collect();
+        for l in &labels {
+            metrics.breaker_state.record(0, l);
         }
-    }
-
-    /// The next instance, in turn.
-    pub fn pick(&self) -> &str {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.instances.len();
-        &self.instances[i]
+        for reason in ["all-breakers-open", "no-instance"] {
+            metrics.upstream_unavailable.add(
+                0,
+                &[
+                    KeyValue::new("upstream", crate::telemetry::shared(&name)),
+                    KeyValue::new("reason", reason),
+                ],
+            );
+        }
+        Upstream {
+            balancer: Balancer::new(cfg.strategy, endpoints),
+            breakers: instances
+                .iter()
+                .map(|_| Breaker::new(cfg.breaker.clone()))
+                .collect(),
+            failure_on: Outcomes::parse(cfg.failure_on.get_ref()),
+            client,
+            labels,
+            metrics,
+            name,
+        }
     }
 
     /// The absolute URI for sending `origin` (path and query) to `instance`.
@@ -57,5 +209,173 @@ impl Upstream {
             .path_and_query(pq)
             .build()
             .ok()
+    }
+
+    fn note(&self, i: usize, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        let l = &self.labels[i];
+        tracing::warn!(
+            upstream = &*self.name,
+            instance = &*self.balancer.endpoints()[i].addr,
+            "circuit breaker {} -> {} ({})",
+            t.from.label(),
+            t.to.label(),
+            t.reason
+        );
+        let mut attrs = l.to_vec();
+        attrs.push(KeyValue::new("from", t.from.label()));
+        attrs.push(KeyValue::new("to", t.to.label()));
+        attrs.push(KeyValue::new("reason", t.reason));
+        self.metrics.breaker_transitions.add(1, &attrs);
+        let level = match t.to {
+            breaker::State::Closed => 0,
+            breaker::State::HalfOpen => 1,
+            breaker::State::Open => 2,
+        };
+        self.metrics.breaker_state.record(level, l);
+    }
+
+    /// Sends the request: picks an instance its breaker admits, tries, and
+    /// retries within the route's policy and budget on another instance.
+    pub async fn send(
+        &self,
+        x: &Exchange<'_>,
+        parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<http::Response<Incoming>, Failed> {
+        let idempotent = matches!(
+            parts.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::PUT
+                | http::Method::DELETE
+                | http::Method::TRACE
+        );
+        let attempts = x.retry.map_or(1, |r| r.attempts);
+        if let Some(r) = x.retry {
+            r.budget.request(Instant::now());
+        }
+        let mut tried: Vec<usize> = Vec::new();
+        let mut parts = Some(parts);
+        let mut attempt = 0u32;
+        loop {
+            let now = Instant::now();
+            let eligible = |i: usize| self.breakers[i].pickable(now);
+            let mut pick = self.balancer.pick(eligible, &tried);
+            if pick.is_none() && !tried.is_empty() {
+                // Every other instance was tried: the same one again beats
+                // giving up while the route still allows tries.
+                tried.clear();
+                pick = self.balancer.pick(eligible, &tried);
+            }
+            let Some(i) = pick else {
+                let reason = if (0..self.breakers.len()).all(|i| !self.breakers[i].pickable(now)) {
+                    "all-breakers-open"
+                } else {
+                    "no-instance"
+                };
+                self.metrics.upstream_unavailable.add(
+                    1,
+                    &[
+                        KeyValue::new("upstream", crate::telemetry::shared(&self.name)),
+                        KeyValue::new("reason", reason),
+                    ],
+                );
+                return Err(Failed::Unavailable(reason));
+            };
+            let (admit, t) = self.breakers[i].admit(now);
+            self.note(i, t);
+            if admit == Admit::No {
+                tried.push(i);
+                continue;
+            }
+            let endpoint = &self.balancer.endpoints()[i];
+            let last_try = attempt + 1 >= attempts;
+            let mut p = if last_try {
+                parts.take().expect("parts are kept until the last try")
+            } else {
+                parts
+                    .as_ref()
+                    .expect("parts are kept until the last try")
+                    .clone()
+            };
+            p.uri = match self.uri_for(&endpoint.addr, &p.uri) {
+                Some(u) => u,
+                None => {
+                    return Err(Failed::Error(format!(
+                        "bad instance address {}",
+                        endpoint.addr
+                    )));
+                }
+            };
+            let req = http::Request::from_parts(p, Full::new(body.clone()));
+            let left = x.deadline.saturating_duration_since(now);
+            let budget = x.try_timeout.min(left);
+            let started = Instant::now();
+            let result = {
+                let _in_flight = endpoint.start();
+                tokio::time::timeout(budget, self.client.request(req)).await
+            };
+            let (outcome, result) = match result {
+                Err(_) => (TryOutcome::Timeout, Err(Failed::Timeout)),
+                Ok(Err(e)) if e.is_connect() => {
+                    (TryOutcome::Connect, Err(Failed::Connect(format!("{e:#}"))))
+                }
+                Ok(Err(e)) => (TryOutcome::Reset, Err(Failed::Error(format!("{e:#}")))),
+                Ok(Ok(resp)) => (TryOutcome::Status(resp.status().as_u16()), Ok(resp)),
+            };
+            endpoint.record_latency(started.elapsed());
+            let failed = self.failure_on.matches(outcome);
+            let t = self.breakers[i].record(Instant::now(), admit, !failed);
+            self.note(i, t);
+            let mut attrs = self.labels[i].to_vec();
+            attrs.push(KeyValue::new("outcome", outcome.label()));
+            self.metrics.upstream_requests.add(1, &attrs);
+            if let Err(e) = &result {
+                tracing::warn!(
+                    upstream = &*self.name,
+                    instance = &*endpoint.addr,
+                    request_id = x.request_id,
+                    "try {} failed: {e:?}",
+                    attempt + 1
+                );
+            }
+
+            let Some(policy) = x.retry else { return result };
+            let wanted = !last_try
+                && policy.on.matches(outcome)
+                && (idempotent || policy.non_idempotent || outcome == TryOutcome::Connect)
+                && Instant::now() < x.deadline;
+            if !wanted {
+                return result;
+            }
+            if !policy.budget.try_retry(Instant::now()) {
+                self.metrics.upstream_retries.add(
+                    1,
+                    &[
+                        KeyValue::new("route", x.route.clone()),
+                        KeyValue::new("result", "budget_exhausted"),
+                    ],
+                );
+                return result;
+            }
+            self.metrics.upstream_retries.add(
+                1,
+                &[
+                    KeyValue::new("route", x.route.clone()),
+                    KeyValue::new("result", "sent"),
+                ],
+            );
+            drop(result);
+            tokio::time::sleep(
+                policy
+                    .backoff(attempt)
+                    .min(x.deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+            tried.push(i);
+            attempt += 1;
+        }
     }
 }
