@@ -1,0 +1,224 @@
+//! End-to-end behaviour of upstream clusters: balancing strategies over
+//! real loopback instances, circuit breakers that open, fail fast and close
+//! through half-open, retries that land on another instance, and the retry
+//! budget that bounds load during a total outage.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+/// A loopback address nothing listens on: every connect is refused.
+fn dead_instance() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+fn route(extra: &str) -> String {
+    format!("[[route]]\nid = \"api\"\nupstream = \"app\"\n{extra}\n")
+}
+
+fn series_sum(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn round_robin_and_weighted_spread_as_configured() {
+    let ups: Vec<Upstream> = ["a", "b", "c"].iter().map(|n| Upstream::start(n)).collect();
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\", \"{}\", \"{}\"]\n\n{}",
+        ups[0].addr,
+        ups[1].addr,
+        ups[2].addr,
+        route("")
+    ));
+    for _ in 0..300 {
+        assert_eq!(gw.get("/x", &[]).status, 200);
+    }
+    let counts: Vec<usize> = ups.iter().map(Upstream::count).collect();
+    assert!(
+        counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+        "{counts:?}"
+    );
+
+    let (a, b) = (Upstream::start("a"), Upstream::start("b"));
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\nstrategy = \"weighted\"\ninstances = [{{ address = \"{}\", weight = 3 }}, {{ address = \"{}\", weight = 1 }}]\n\n{}",
+        a.addr,
+        b.addr,
+        route("")
+    ));
+    for _ in 0..400 {
+        assert_eq!(gw.get("/x", &[]).status, 200);
+    }
+    assert_eq!((a.count(), b.count()), (300, 100));
+}
+
+#[test]
+fn a_breaker_opens_fails_fast_and_closes_through_half_open() {
+    let up = Upstream::start("app");
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\"]\n[upstreams.app.breaker]\nconsecutive_failures = 3\nfailure_rate = 0.0\ncool_down = \"300ms\"\nhalf_open_probes = 1\nsuccesses_to_close = 2\n\n{}",
+        up.addr,
+        route("")
+    ));
+    for _ in 0..3 {
+        assert_eq!(gw.get("/status/500", &[]).status, 500);
+    }
+    // Open: answered at once, the instance untouched.
+    let before = up.count();
+    for _ in 0..5 {
+        let r = gw.get("/status/200", &[]);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("x-gateway-error"), Some("all-breakers-open"));
+    }
+    assert_eq!(up.count(), before, "an open breaker sends nothing");
+    let scrape = gw.metrics();
+    let instance = up.addr.to_string();
+    let labels = |from: &'static str, to: &'static str, reason: &'static str| {
+        vec![
+            ("instance", instance.clone()),
+            ("from", from.to_string()),
+            ("to", to.to_string()),
+            ("reason", reason.to_string()),
+        ]
+    };
+    let count = |scrape: &str, l: Vec<(&str, String)>| {
+        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        metric(scrape, "gateway_circuit_breaker_transitions_total", &l)
+    };
+    assert_eq!(
+        count(&scrape, labels("closed", "open", "consecutive_failures")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "gateway_circuit_breaker_state",
+            &[("instance", &instance)]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "gateway_upstream_unavailable_total",
+            &[("reason", "all-breakers-open")]
+        ),
+        Some(5.0)
+    );
+
+    // After the cool-down, probes go through and two successes close it.
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(gw.get("/status/200", &[]).status, 200);
+    assert_eq!(gw.get("/status/200", &[]).status, 200);
+    assert_eq!(gw.get("/status/200", &[]).status, 200);
+    let scrape = gw.metrics();
+    assert_eq!(
+        count(&scrape, labels("open", "half_open", "cool_down_elapsed")),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(&scrape, labels("half_open", "closed", "probes_succeeded")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "gateway_circuit_breaker_state",
+            &[("instance", &instance)]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        gw.log()
+            .contains("circuit breaker closed -> open (consecutive_failures)")
+    );
+}
+
+#[test]
+fn a_retry_lands_on_another_instance() {
+    let good = Upstream::start("good");
+    let dead = dead_instance();
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{dead}\", \"{}\"]\n\n{}",
+        good.addr,
+        route("[route.retry]\nattempts = 2\nbackoff_base = \"1ms\"")
+    ));
+    for _ in 0..10 {
+        let r = gw.get("/x", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-upstream"), Some("good"));
+    }
+    let scrape = gw.metrics();
+    let retried = metric(
+        &scrape,
+        "gateway_upstream_retries_total",
+        &[("route", "api"), ("result", "sent")],
+    )
+    .unwrap();
+    assert!(retried >= 1.0, "{retried}");
+    assert!(
+        metric(
+            &scrape,
+            "gateway_upstream_requests_total",
+            &[("instance", &dead), ("outcome", "connect_error")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    // A POST is retried after a connect failure too: nothing was sent.
+    let r = gw.request("POST", "/x", &[], b"{}");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn during_a_total_outage_the_budget_bounds_retries() {
+    let (d1, d2) = (dead_instance(), dead_instance());
+    // Breakers off, so every request reaches the retry logic; 20% budget
+    // and no floor, so the bound is exact.
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{d1}\", \"{d2}\"]\n[upstreams.app.breaker]\nconsecutive_failures = 0\nfailure_rate = 0.0\n\n{}",
+        route(
+            "[route.retry]\nattempts = 4\nbackoff_base = \"1ms\"\nbudget_ratio = 0.2\nbudget_floor_per_second = 0.0"
+        )
+    ));
+    let clients = 50;
+    let started = Instant::now();
+    for _ in 0..clients {
+        assert_eq!(gw.get("/x", &[]).status, 502);
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let scrape = gw.metrics();
+    let tries = series_sum(
+        &scrape,
+        "gateway_upstream_requests_total",
+        &[("upstream", "app")],
+    );
+    let sent = metric(
+        &scrape,
+        "gateway_upstream_retries_total",
+        &[("result", "sent")],
+    )
+    .unwrap_or(0.0);
+    let refused = metric(
+        &scrape,
+        "gateway_upstream_retries_total",
+        &[("result", "budget_exhausted")],
+    )
+    .unwrap();
+    assert_eq!(tries, clients as f64 + sent);
+    assert!(
+        tries <= clients as f64 * 1.2,
+        "{tries} tries for {clients} requests: over the 20% budget"
+    );
+    assert!(sent >= 9.0, "the budget is used: {sent}");
+    assert!(refused >= 40.0, "{refused}");
+}
