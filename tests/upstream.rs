@@ -222,3 +222,74 @@ fn during_a_total_outage_the_budget_bounds_retries() {
     assert!(sent >= 9.0, "the budget is used: {sent}");
     assert!(refused >= 40.0, "{refused}");
 }
+
+#[test]
+fn health_checks_remove_and_restore_instances_and_gate_readiness() {
+    let a = Upstream::start("a");
+    let b = Upstream::start("b");
+    let b_addr = b.addr;
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\", \"{}\"]\n[upstreams.app.health]\npath = \"/status/200\"\ninterval = \"50ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\nrequired = true\n\n{}",
+        a.addr,
+        b_addr,
+        route("")
+    ));
+    let ready = |gw: &Gateway| {
+        raw(
+            gw.admin,
+            b"GET /ready HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+    };
+    assert_eq!(ready(&gw).status, 200);
+    // b goes away: after two failed checks every request goes to a.
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(
+        &gw.metrics(),
+        "gateway_upstream_healthy",
+        &[("instance", &b_addr.to_string())],
+    ) != Some(0.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "b never marked unhealthy:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..20 {
+        let r = gw.get("/x", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-upstream"), Some("a"));
+    }
+    assert_eq!(ready(&gw).status, 200, "a is still healthy");
+    // a goes too: no healthy instance, 503 with the reason, /ready fails.
+    let a_addr = a.addr;
+    drop(a);
+    while metric(
+        &gw.metrics(),
+        "gateway_upstream_healthy",
+        &[("instance", &a_addr.to_string())],
+    ) != Some(0.0)
+    {
+        assert!(Instant::now() < deadline, "a never marked unhealthy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = gw.get("/x", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-gateway-error"), Some("no-healthy-instance"));
+    let r = ready(&gw);
+    assert_eq!(r.status, 503);
+    assert!(r.body_text().contains("app"), "{}", r.body_text());
+    // b comes back: checks restore it, and readiness with it.
+    let b = Upstream::start_on("b", b_addr);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.get("/x", &[]).status != 200 {
+        assert!(Instant::now() < deadline, "b never restored:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ready(&gw).status, 200);
+    assert!(b.count() >= 1);
+    assert!(gw.log().contains("health check: instance is now unhealthy"));
+    assert!(gw.log().contains("health check: instance is now healthy"));
+}

@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` for Prometheus, `/health` (the process is
-//! up) and `/ready` (it has a loaded configuration and is not draining).
+//! up) and `/ready` (it has a loaded configuration, is not draining, and
+//! every upstream whose health is `required` has a healthy instance).
 
 use crate::Shared;
 use bytes::Bytes;
@@ -40,7 +41,28 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "text/plain",
             "draining\n".into(),
         ),
-        "/ready" => text(StatusCode::OK, "text/plain", "ready\n".into()),
+        "/ready" => {
+            let gw = shared.current();
+            let mut down: Vec<&str> = gw
+                .upstreams
+                .iter()
+                .filter(|(_, u)| u.required_and_down())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            down.sort();
+            if down.is_empty() {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!(
+                        "no healthy instance in required upstream(s): {}\n",
+                        down.join(", ")
+                    ),
+                )
+            }
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",

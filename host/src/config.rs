@@ -233,6 +233,8 @@ pub struct UpstreamConfig {
     /// `reset`, `5xx`, or a status code such as `"429"`.
     #[serde(default = "defaults::failure_on")]
     pub failure_on: Spanned<Vec<String>>,
+    /// Active health checks; none when absent.
+    pub health: Option<crate::upstream::health::HealthConfig>,
     /// How long to wait for a TCP connection.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Millis,

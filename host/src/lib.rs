@@ -56,6 +56,7 @@ pub struct Gateway {
     pub routes: routing::RouteTable,
     pub route_runtime: Vec<RouteRuntime>,
     pub filters: HashMap<String, Arc<Filter>>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -88,11 +89,14 @@ impl Gateway {
                 Arc::new(runtime.filter(name, plugin, fc, route_ids.clone()).await?),
             );
         }
-        let upstreams: HashMap<&str, Arc<Upstream>> = config
+        let upstreams: HashMap<String, Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|(n, u)| (n.as_str(), Arc::new(Upstream::new(n, u, metrics.clone()))))
+            .map(|(n, u)| (n.clone(), Arc::new(Upstream::new(n, u, metrics.clone()))))
             .collect();
+        for u in upstreams.values() {
+            u.start_health_checks();
+        }
         let route_runtime = config
             .routes
             .iter()
@@ -106,7 +110,7 @@ impl Gateway {
                         .iter()
                         .map(|f| filters[f.get_ref()].clone())
                         .collect(),
-                    upstream: upstreams[r.upstream.get_ref().as_str()].clone(),
+                    upstream: upstreams[r.upstream.get_ref()].clone(),
                     timeout: r.timeout.unwrap_or(config.server.request_timeout).0,
                     try_timeout: r
                         .try_timeout
@@ -124,6 +128,7 @@ impl Gateway {
             routes: routing::RouteTable::new(&config.routes),
             route_runtime,
             filters,
+            upstreams,
             metrics,
             server: config.server,
         })

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub upstream_unavailable: Counter<u64>,
     pub breaker_transitions: Counter<u64>,
     pub breaker_state: Gauge<i64>,
+    pub upstream_healthy: Gauge<i64>,
+    pub health_transitions: Counter<u64>,
     pub state_duration: Histogram<f64>,
     plugin_counters: Mutex<HashMap<String, PluginCounter>>,
 }
@@ -135,6 +137,14 @@ impl Metrics {
             breaker_state: meter
                 .i64_gauge("gateway_circuit_breaker_state")
                 .with_description("Circuit breaker state per instance: 0 closed, 1 half-open, 2 open")
+                .build(),
+            upstream_healthy: meter
+                .i64_gauge("gateway_upstream_healthy")
+                .with_description("Active health check verdict per instance: 1 healthy, 0 unhealthy")
+                .build(),
+            health_transitions: meter
+                .u64_counter("gateway_upstream_health_transitions_total")
+                .with_description("Instances taken out of or brought back into rotation by health checks")
                 .build(),
             plugin_counters: Mutex::new(HashMap::new()),
             registry,

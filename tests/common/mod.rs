@@ -133,14 +133,18 @@ async fn upstream_answer(
 
 impl Upstream {
     pub fn start(name: &str) -> Upstream {
+        Upstream::start_on(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Starts an upstream on a given address: to bring one back on the
+    /// port it had before it was stopped (dropped).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Upstream {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind(addr)).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (n, s) = (name.to_string(), seen.clone());

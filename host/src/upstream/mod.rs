@@ -5,6 +5,7 @@
 pub mod balancer;
 pub mod breaker;
 pub mod budget;
+pub mod health;
 
 use crate::config::{RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;
@@ -146,6 +147,18 @@ pub struct Upstream {
     /// `upstream` and `instance` labels per instance.
     labels: Vec<[KeyValue; 2]>,
     metrics: Arc<Metrics>,
+    health: Vec<health::Health>,
+    health_cfg: Option<health::HealthConfig>,
+    /// The health checker, stopped when the upstream is dropped.
+    checker: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(t) = self.checker.lock().take() {
+            t.abort();
+        }
+    }
 }
 
 impl Upstream {
@@ -177,7 +190,7 @@ impl Upstream {
         for l in &labels {
             metrics.breaker_state.record(0, l);
         }
-        for reason in ["all-breakers-open", "no-instance"] {
+        for reason in ["all-breakers-open", "no-healthy-instance", "no-instance"] {
             metrics.upstream_unavailable.add(
                 0,
                 &[
@@ -197,7 +210,77 @@ impl Upstream {
             labels,
             metrics,
             name,
+            health: instances
+                .iter()
+                .map(|_| health::Health::default())
+                .collect(),
+            health_cfg: cfg.health.clone(),
+            checker: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Starts the active health checks, if configured. The task holds only
+    /// a weak reference, so dropping the upstream (a reload) stops it.
+    pub fn start_health_checks(self: &Arc<Self>) {
+        let Some(cfg) = self.health_cfg.clone() else {
+            return;
+        };
+        for l in &self.labels {
+            self.metrics.upstream_healthy.record(1, l);
+        }
+        let weak = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(cfg.interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(up) = weak.upgrade() else { return };
+                let checks = up.balancer.endpoints().iter().map(|e| {
+                    let uri = format!("http://{}{}", e.addr, cfg.path);
+                    let up = &up;
+                    let cfg = &cfg;
+                    async move {
+                        let req = http::Request::get(uri)
+                            .header(http::header::USER_AGENT, "gateway-health-check")
+                            .body(Full::new(Bytes::new()));
+                        let Ok(req) = req else { return false };
+                        match tokio::time::timeout(cfg.timeout.0, up.client.request(req)).await {
+                            Ok(Ok(resp)) => cfg.passes(resp.status().as_u16()),
+                            _ => false,
+                        }
+                    }
+                });
+                let results = futures_util::future::join_all(checks).await;
+                for (i, passed) in results.into_iter().enumerate() {
+                    if let Some(now_healthy) = up.health[i].record(&cfg, passed) {
+                        let e = &up.balancer.endpoints()[i];
+                        tracing::warn!(
+                            upstream = &*up.name,
+                            instance = &*e.addr,
+                            "health check: instance is now {}",
+                            if now_healthy { "healthy" } else { "unhealthy" }
+                        );
+                        up.metrics
+                            .upstream_healthy
+                            .record(now_healthy as i64, &up.labels[i]);
+                        let mut attrs = up.labels[i].to_vec();
+                        attrs.push(KeyValue::new(
+                            "to",
+                            if now_healthy { "healthy" } else { "unhealthy" },
+                        ));
+                        up.metrics.health_transitions.add(1, &attrs);
+                    }
+                }
+            }
+        });
+        *self.checker.lock() = Some(task);
+    }
+
+    /// Whether `/ready` must fail: health is required and no instance is
+    /// healthy.
+    pub fn required_and_down(&self) -> bool {
+        self.health_cfg.as_ref().is_some_and(|c| c.required)
+            && !self.health.iter().any(health::Health::is_healthy)
     }
 
     /// The absolute URI for sending `origin` (path and query) to `instance`.
@@ -261,7 +344,7 @@ impl Upstream {
         let mut attempt = 0u32;
         loop {
             let now = Instant::now();
-            let eligible = |i: usize| self.breakers[i].pickable(now);
+            let eligible = |i: usize| self.health[i].is_healthy() && self.breakers[i].pickable(now);
             let mut pick = self.balancer.pick(eligible, &tried);
             if pick.is_none() && !tried.is_empty() {
                 // Every other instance was tried: the same one again beats
@@ -270,7 +353,9 @@ impl Upstream {
                 pick = self.balancer.pick(eligible, &tried);
             }
             let Some(i) = pick else {
-                let reason = if (0..self.breakers.len()).all(|i| !self.breakers[i].pickable(now)) {
+                let reason = if !self.health.iter().any(health::Health::is_healthy) {
+                    "no-healthy-instance"
+                } else if (0..self.breakers.len()).all(|i| !self.breakers[i].pickable(now)) {
                     "all-breakers-open"
                 } else {
                     "no-instance"
