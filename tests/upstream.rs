@@ -293,3 +293,74 @@ fn health_checks_remove_and_restore_instances_and_gate_readiness() {
     assert!(gw.log().contains("health check: instance is now unhealthy"));
     assert!(gw.log().contains("health check: instance is now healthy"));
 }
+
+#[test]
+fn outliers_are_ejected_for_growing_times_but_never_the_whole_cluster() {
+    let good = Upstream::start("good");
+    let dead = dead_instance();
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{dead}\", \"{}\"]\n[upstreams.app.breaker]\nconsecutive_failures = 0\nfailure_rate = 0.0\n[upstreams.app.outlier]\nconsecutive_gateway_failures = 2\nbase_ejection_time = \"500ms\"\nmax_ejected_percent = 50\n\n{}",
+        good.addr,
+        route("")
+    ));
+    let ejections = |gw: &Gateway| {
+        metric(
+            &gw.metrics(),
+            "gateway_upstream_ejections_total",
+            &[
+                ("instance", &dead),
+                ("reason", "consecutive_gateway_failures"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    // Round robin: dead, good, dead -> the second failure in a row ejects.
+    let first: Vec<u16> = (0..4).map(|_| gw.get("/x", &[]).status).collect();
+    assert_eq!(first, [502, 200, 502, 200]);
+    assert_eq!(ejections(&gw), 1.0);
+    for _ in 0..20 {
+        assert_eq!(
+            gw.get("/x", &[]).status,
+            200,
+            "the ejected instance gets nothing"
+        );
+    }
+    // Back after 500 ms, failing again: ejected again, for twice as long.
+    std::thread::sleep(Duration::from_millis(550));
+    let mut failures = 0;
+    for _ in 0..6 {
+        if gw.get("/x", &[]).status == 502 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2);
+    assert_eq!(ejections(&gw), 2.0);
+    std::thread::sleep(Duration::from_millis(550));
+    assert!(
+        (0..6).all(|_| gw.get("/x", &[]).status == 200),
+        "the second ejection lasts 1 s"
+    );
+    assert!(
+        gw.log()
+            .contains("ejected for 1000 ms (consecutive_gateway_failures)")
+    );
+
+    // With every instance failing, at most half the cluster is ejected.
+    let (d1, d2) = (dead_instance(), dead_instance());
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{d1}\", \"{d2}\"]\n[upstreams.app.breaker]\nconsecutive_failures = 0\nfailure_rate = 0.0\n[upstreams.app.outlier]\nconsecutive_gateway_failures = 1\nbase_ejection_time = \"10s\"\n\n{}",
+        route("")
+    ));
+    for _ in 0..6 {
+        assert_eq!(
+            gw.get("/x", &[]).status,
+            502,
+            "never 503: one instance stays in"
+        );
+    }
+    assert_eq!(
+        series_sum(&gw.metrics(), "gateway_upstream_ejections_total", &[]),
+        1.0
+    );
+    assert!(gw.log().contains("not ejected"));
+}

@@ -235,6 +235,8 @@ pub struct UpstreamConfig {
     pub failure_on: Spanned<Vec<String>>,
     /// Active health checks; none when absent.
     pub health: Option<crate::upstream::health::HealthConfig>,
+    /// Passive outlier ejection; none when absent.
+    pub outlier: Option<crate::upstream::outlier::OutlierConfig>,
     /// How long to wait for a TCP connection.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: Millis,

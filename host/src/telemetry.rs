@@ -45,6 +45,7 @@ pub struct Metrics {
     pub breaker_state: Gauge<i64>,
     pub upstream_healthy: Gauge<i64>,
     pub health_transitions: Counter<u64>,
+    pub outlier_ejections: Counter<u64>,
     pub state_duration: Histogram<f64>,
     plugin_counters: Mutex<HashMap<String, PluginCounter>>,
 }
@@ -145,6 +146,10 @@ impl Metrics {
             health_transitions: meter
                 .u64_counter("gateway_upstream_health_transitions_total")
                 .with_description("Instances taken out of or brought back into rotation by health checks")
+                .build(),
+            outlier_ejections: meter
+                .u64_counter("gateway_upstream_ejections_total")
+                .with_description("Instances ejected by passive outlier detection, by upstream, instance and reason")
                 .build(),
             plugin_counters: Mutex::new(HashMap::new()),
             registry,

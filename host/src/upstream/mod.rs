@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod breaker;
 pub mod budget;
 pub mod health;
+pub mod outlier;
 
 use crate::config::{RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;
@@ -149,6 +150,8 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     health: Vec<health::Health>,
     health_cfg: Option<health::HealthConfig>,
+    outliers: Vec<outlier::Outlier>,
+    outlier_cfg: Option<outlier::OutlierConfig>,
     /// The health checker, stopped when the upstream is dropped.
     checker: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -215,6 +218,11 @@ impl Upstream {
                 .map(|_| health::Health::default())
                 .collect(),
             health_cfg: cfg.health.clone(),
+            outliers: instances
+                .iter()
+                .map(|_| outlier::Outlier::default())
+                .collect(),
+            outlier_cfg: cfg.outlier.clone(),
             checker: parking_lot::Mutex::new(None),
         }
     }
@@ -274,6 +282,36 @@ impl Upstream {
             }
         });
         *self.checker.lock() = Some(task);
+    }
+
+    /// Feeds passive outlier detection; ejects the instance when it crosses
+    /// a threshold and the cluster can spare it.
+    fn note_outlier(&self, i: usize, outcome: TryOutcome) {
+        let Some(cfg) = &self.outlier_cfg else { return };
+        let Some(reason) = self.outliers[i].record(cfg, outcome) else {
+            return;
+        };
+        let now = Instant::now();
+        let out = self.outliers.iter().filter(|o| o.ejected(now)).count();
+        if out >= outlier::max_ejected(cfg, self.outliers.len()) {
+            tracing::warn!(
+                upstream = &*self.name,
+                instance = &*self.balancer.endpoints()[i].addr,
+                "not ejected ({reason}): {out} of {} instances are out already",
+                self.outliers.len()
+            );
+            return;
+        }
+        let d = self.outliers[i].eject(cfg, now);
+        tracing::warn!(
+            upstream = &*self.name,
+            instance = &*self.balancer.endpoints()[i].addr,
+            "ejected for {} ms ({reason})",
+            d.as_millis()
+        );
+        let mut attrs = self.labels[i].to_vec();
+        attrs.push(KeyValue::new("reason", reason));
+        self.metrics.outlier_ejections.add(1, &attrs);
     }
 
     /// Whether `/ready` must fail: health is required and no instance is
@@ -344,7 +382,11 @@ impl Upstream {
         let mut attempt = 0u32;
         loop {
             let now = Instant::now();
-            let eligible = |i: usize| self.health[i].is_healthy() && self.breakers[i].pickable(now);
+            let eligible = |i: usize| {
+                self.health[i].is_healthy()
+                    && !self.outliers[i].ejected(now)
+                    && self.breakers[i].pickable(now)
+            };
             let mut pick = self.balancer.pick(eligible, &tried);
             if pick.is_none() && !tried.is_empty() {
                 // Every other instance was tried: the same one again beats
@@ -353,7 +395,9 @@ impl Upstream {
                 pick = self.balancer.pick(eligible, &tried);
             }
             let Some(i) = pick else {
-                let reason = if !self.health.iter().any(health::Health::is_healthy) {
+                let reason = if !(0..self.health.len())
+                    .any(|i| self.health[i].is_healthy() && !self.outliers[i].ejected(now))
+                {
                     "no-healthy-instance"
                 } else if (0..self.breakers.len()).all(|i| !self.breakers[i].pickable(now)) {
                     "all-breakers-open"
@@ -411,6 +455,7 @@ impl Upstream {
                 Ok(Ok(resp)) => (TryOutcome::Status(resp.status().as_u16()), Ok(resp)),
             };
             endpoint.record_latency(started.elapsed());
+            self.note_outlier(i, outcome);
             let failed = self.failure_on.matches(outcome);
             let t = self.breakers[i].record(Instant::now(), admit, !failed);
             self.note(i, t);
