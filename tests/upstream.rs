@@ -364,3 +364,55 @@ fn outliers_are_ejected_for_growing_times_but_never_the_whole_cluster() {
     );
     assert!(gw.log().contains("not ejected"));
 }
+
+#[test]
+fn keep_alive_load_reuses_pooled_connections() {
+    let up = Upstream::start("app");
+    let gw = std::sync::Arc::new(Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\"]\nmax_idle_per_instance = 32\n\n{}",
+        up.addr,
+        route("")
+    )));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                for _ in 0..60 {
+                    assert_eq!(gw.get("/x", &[]).status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let scrape = gw.metrics();
+    let hits = metric(
+        &scrape,
+        "gateway_upstream_pool_requests_total",
+        &[("result", "hit")],
+    )
+    .unwrap();
+    let misses = metric(
+        &scrape,
+        "gateway_upstream_pool_requests_total",
+        &[("result", "miss")],
+    )
+    .unwrap();
+    let opened = metric(&scrape, "gateway_upstream_connections_opened_total", &[]).unwrap();
+    assert_eq!(hits + misses, 480.0);
+    assert!(hits / 480.0 > 0.9, "reuse {hits}/480");
+    assert!(
+        misses >= 1.0 && misses <= opened,
+        "{misses} misses, {opened} opened"
+    );
+    assert!(
+        metric(
+            &scrape,
+            "gateway_upstream_connect_duration_seconds_count",
+            &[("upstream", "app")]
+        )
+        .unwrap()
+            >= opened
+    );
+}

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub upstream_healthy: Gauge<i64>,
     pub health_transitions: Counter<u64>,
     pub outlier_ejections: Counter<u64>,
+    pub pool_requests: Counter<u64>,
+    pub connections_opened: Counter<u64>,
+    pub connect_duration: Histogram<f64>,
     pub state_duration: Histogram<f64>,
     plugin_counters: Mutex<HashMap<String, PluginCounter>>,
 }
@@ -150,6 +153,19 @@ impl Metrics {
             outlier_ejections: meter
                 .u64_counter("gateway_upstream_ejections_total")
                 .with_description("Instances ejected by passive outlier detection, by upstream, instance and reason")
+                .build(),
+            pool_requests: meter
+                .u64_counter("gateway_upstream_pool_requests_total")
+                .with_description("Answered tries by whether they reused a pooled connection (hit) or a new one (miss)")
+                .build(),
+            connections_opened: meter
+                .u64_counter("gateway_upstream_connections_opened_total")
+                .with_description("Connections opened to upstream instances")
+                .build(),
+            connect_duration: meter
+                .f64_histogram("gateway_upstream_connect_duration_seconds")
+                .with_description("Time to open one upstream connection, by upstream")
+                .with_boundaries(vec![1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0])
                 .build(),
             plugin_counters: Mutex::new(HashMap::new()),
             registry,

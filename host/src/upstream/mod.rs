@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod budget;
 pub mod health;
 pub mod outlier;
+pub mod pool;
 
 use crate::config::{RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;
@@ -23,7 +24,7 @@ use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+pub type UpstreamClient = Client<pool::CountingConnector, Full<Bytes>>;
 
 /// A set of try outcomes, as `failure_on` and `retry.on` list them.
 #[derive(Debug, Clone, Default)]
@@ -148,6 +149,7 @@ pub struct Upstream {
     /// `upstream` and `instance` labels per instance.
     labels: Vec<[KeyValue; 2]>,
     metrics: Arc<Metrics>,
+    pool: Arc<pool::PoolStats>,
     health: Vec<health::Health>,
     health_cfg: Option<health::HealthConfig>,
     outliers: Vec<outlier::Outlier>,
@@ -170,11 +172,6 @@ impl Upstream {
         connector.set_connect_timeout(Some(cfg.connect_timeout.0));
         connector.set_nodelay(true);
         connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.idle_timeout.0)
-            .pool_max_idle_per_host(cfg.max_idle_per_instance)
-            .build(connector);
         let instances = cfg.instances.get_ref();
         let endpoints = instances
             .iter()
@@ -193,6 +190,18 @@ impl Upstream {
         for l in &labels {
             metrics.breaker_state.record(0, l);
         }
+        let addrs: Vec<String> = instances.iter().map(|i| i.address().to_string()).collect();
+        let pool = Arc::new(pool::PoolStats::new(
+            &addrs,
+            labels.clone(),
+            KeyValue::new("upstream", crate::telemetry::shared(&name)),
+            metrics.clone(),
+        ));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.idle_timeout.0)
+            .pool_max_idle_per_host(cfg.max_idle_per_instance)
+            .build(pool::CountingConnector::new(connector, pool.clone()));
         for reason in ["all-breakers-open", "no-healthy-instance", "no-instance"] {
             metrics.upstream_unavailable.add(
                 0,
@@ -213,6 +222,7 @@ impl Upstream {
             labels,
             metrics,
             name,
+            pool,
             health: instances
                 .iter()
                 .map(|_| health::Health::default())
@@ -452,7 +462,15 @@ impl Upstream {
                     (TryOutcome::Connect, Err(Failed::Connect(format!("{e:#}"))))
                 }
                 Ok(Err(e)) => (TryOutcome::Reset, Err(Failed::Error(format!("{e:#}")))),
-                Ok(Ok(resp)) => (TryOutcome::Status(resp.status().as_u16()), Ok(resp)),
+                Ok(Ok(resp)) => {
+                    if let Some(info) = resp
+                        .extensions()
+                        .get::<hyper_util::client::legacy::connect::HttpInfo>()
+                    {
+                        self.pool.answered(i, info.local_addr());
+                    }
+                    (TryOutcome::Status(resp.status().as_u16()), Ok(resp))
+                }
             };
             endpoint.record_latency(started.elapsed());
             self.note_outlier(i, outcome);
