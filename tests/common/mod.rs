@@ -84,7 +84,7 @@ impl Seen {
 
 /// A real HTTP upstream on loopback. It answers 200 with `x-upstream: NAME`
 /// and records every request. Paths ask for behaviour: `/slow/MS` waits,
-/// `/status/N` answers N, `/leaky` answers with headers a gateway must
+/// `/status/N` answers N (the two combine as `/slow/MS/status/N`), `/leaky` answers with headers a gateway must
 /// scrub.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -112,10 +112,16 @@ async fn upstream_answer(
         body,
     });
     let mut resp = Response::builder().header("x-upstream", &name);
-    if let Some(ms) = path.strip_prefix("/slow/") {
+    // Behaviours combine: `/slow/300/status/503` waits, then fails.
+    if let Some(rest) = path.strip_prefix("/slow/") {
+        let ms = rest.split('/').next().unwrap_or("0");
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
-    if let Some(code) = path.strip_prefix("/status/") {
+    if let Some(at) = path.find("/status/") {
+        let code = path[at + "/status/".len()..]
+            .split('/')
+            .next()
+            .unwrap_or("");
         resp = resp.status(code.parse::<u16>().unwrap_or(500));
     }
     if path == "/leaky" {
