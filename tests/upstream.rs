@@ -416,3 +416,71 @@ fn keep_alive_load_reuses_pooled_connections() {
             >= opened
     );
 }
+
+#[test]
+fn a_full_instance_is_skipped_and_a_full_cluster_answers_503() {
+    let up = Upstream::start("app");
+    let gw = std::sync::Arc::new(Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\"]\nmax_connections_per_instance = 2\n\n{}",
+        up.addr,
+        route("")
+    )));
+    let threads: Vec<_> = (0..4)
+        .map(|k| {
+            let gw = gw.clone();
+            std::thread::spawn(move || {
+                // Staggered a little so the first two hold the slots.
+                std::thread::sleep(Duration::from_millis(k * 100));
+                let r = gw.get("/slow/1500", &[]);
+                (r.status, r.header("x-gateway-error").map(str::to_string))
+            })
+        })
+        .collect();
+    let mut answers: Vec<(u16, Option<String>)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    answers.sort();
+    assert_eq!(
+        answers,
+        [
+            (200, None),
+            (200, None),
+            (503, Some("pool-exhausted".into())),
+            (503, Some("pool-exhausted".into()))
+        ]
+    );
+    assert_eq!(
+        metric(
+            &gw.metrics(),
+            "gateway_upstream_unavailable_total",
+            &[("reason", "pool-exhausted")]
+        ),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn an_h2c_cluster_speaks_http2_to_its_instances() {
+    let up = Upstream::start("app");
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\"]\nprotocol = \"h2c\"\n\n{}",
+        up.addr,
+        route("")
+    ));
+    for _ in 0..3 {
+        assert_eq!(gw.get("/x", &[]).status, 200);
+    }
+    assert!(
+        up.seen().iter().all(|s| s.version == "HTTP/2.0"),
+        "{:?}",
+        up.seen()
+    );
+    // One multiplexed connection carries them all.
+    assert_eq!(
+        metric(
+            &gw.metrics(),
+            "gateway_upstream_connections_opened_total",
+            &[]
+        ),
+        Some(1.0)
+    );
+}

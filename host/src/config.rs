@@ -245,6 +245,22 @@ pub struct UpstreamConfig {
     pub max_idle_per_instance: usize,
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Millis,
+    /// Requests in flight to one instance at once (with HTTP/1.1, the
+    /// connections in use); past it the instance is skipped, and when every
+    /// instance is full the answer is 503 `pool-exhausted`.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections_per_instance: u32,
+    /// `http1`, or `h2c` for HTTP/2 without TLS (prior knowledge).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2c,
 }
 
 /// One upstream instance: an address, with a weight for `weighted`.
@@ -426,6 +442,9 @@ mod defaults {
                 .map(String::from)
                 .to_vec(),
         )
+    }
+    pub fn max_connections() -> u32 {
+        1024
     }
     pub fn weight() -> u32 {
         1

@@ -66,6 +66,8 @@ pub fn free_port() -> u16 {
 pub struct Seen {
     pub method: String,
     pub uri: String,
+    /// "HTTP/1.1" or "HTTP/2.0".
+    pub version: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -104,6 +106,7 @@ async fn upstream_answer(
     seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
+        version: format!("{:?}", parts.version),
         headers: parts
             .headers
             .iter()
@@ -164,9 +167,12 @@ impl Upstream {
                     let svc = hyper::service::service_fn(move |req| {
                         upstream_answer(n.clone(), s.clone(), req)
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    // HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
                 });
             }
         });

@@ -77,6 +77,16 @@ impl Endpoint {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self)
     }
+
+    /// Like `start`, but only while fewer than `max` are in flight.
+    pub fn try_start(&self, max: u32) -> Option<InFlight<'_>> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(self))
+    }
 }
 
 /// A request in flight to an endpoint; dropping it ends the count.

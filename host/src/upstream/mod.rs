@@ -145,6 +145,7 @@ pub struct Upstream {
     balancer: Balancer,
     breakers: Vec<Breaker>,
     failure_on: Outcomes,
+    max_in_flight: u32,
     pub client: UpstreamClient,
     /// `upstream` and `instance` labels per instance.
     labels: Vec<[KeyValue; 2]>,
@@ -201,8 +202,14 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.idle_timeout.0)
             .pool_max_idle_per_host(cfg.max_idle_per_instance)
+            .http2_only(cfg.protocol == crate::config::UpstreamProtocol::H2c)
             .build(pool::CountingConnector::new(connector, pool.clone()));
-        for reason in ["all-breakers-open", "no-healthy-instance", "no-instance"] {
+        for reason in [
+            "all-breakers-open",
+            "no-healthy-instance",
+            "pool-exhausted",
+            "no-instance",
+        ] {
             metrics.upstream_unavailable.add(
                 0,
                 &[
@@ -218,6 +225,7 @@ impl Upstream {
                 .map(|_| Breaker::new(cfg.breaker.clone()))
                 .collect(),
             failure_on: Outcomes::parse(cfg.failure_on.get_ref()),
+            max_in_flight: cfg.max_connections_per_instance.max(1),
             client,
             labels,
             metrics,
@@ -390,15 +398,20 @@ impl Upstream {
         let mut tried: Vec<usize> = Vec::new();
         let mut parts = Some(parts);
         let mut attempt = 0u32;
+        // Whether this try already went back over tried instances: once per
+        // try, so a cluster that cannot take the request ends the loop.
+        let mut retried_tried = false;
         loop {
             let now = Instant::now();
             let eligible = |i: usize| {
                 self.health[i].is_healthy()
                     && !self.outliers[i].ejected(now)
                     && self.breakers[i].pickable(now)
+                    && self.balancer.endpoints()[i].in_flight() < self.max_in_flight
             };
             let mut pick = self.balancer.pick(eligible, &tried);
-            if pick.is_none() && !tried.is_empty() {
+            if pick.is_none() && !tried.is_empty() && !retried_tried {
+                retried_tried = true;
                 // Every other instance was tried: the same one again beats
                 // giving up while the route still allows tries.
                 tried.clear();
@@ -411,6 +424,13 @@ impl Upstream {
                     "no-healthy-instance"
                 } else if (0..self.breakers.len()).all(|i| !self.breakers[i].pickable(now)) {
                     "all-breakers-open"
+                } else if self
+                    .balancer
+                    .endpoints()
+                    .iter()
+                    .all(|e| e.in_flight() >= self.max_in_flight)
+                {
+                    "pool-exhausted"
                 } else {
                     "no-instance"
                 };
@@ -423,13 +443,19 @@ impl Upstream {
                 );
                 return Err(Failed::Unavailable(reason));
             };
+            let endpoint = &self.balancer.endpoints()[i];
+            // The slot first, so a breaker probe is not spent on a try that
+            // cannot be sent; picks race, so the limit is checked again here.
+            let Some(slot) = endpoint.try_start(self.max_in_flight) else {
+                tried.push(i);
+                continue;
+            };
             let (admit, t) = self.breakers[i].admit(now);
             self.note(i, t);
             if admit == Admit::No {
                 tried.push(i);
                 continue;
             }
-            let endpoint = &self.balancer.endpoints()[i];
             let last_try = attempt + 1 >= attempts;
             let mut p = if last_try {
                 parts.take().expect("parts are kept until the last try")
@@ -452,10 +478,8 @@ impl Upstream {
             let left = x.deadline.saturating_duration_since(now);
             let budget = x.try_timeout.min(left);
             let started = Instant::now();
-            let result = {
-                let _in_flight = endpoint.start();
-                tokio::time::timeout(budget, self.client.request(req)).await
-            };
+            let result = tokio::time::timeout(budget, self.client.request(req)).await;
+            drop(slot);
             let (outcome, result) = match result {
                 Err(_) => (TryOutcome::Timeout, Err(Failed::Timeout)),
                 Ok(Err(e)) if e.is_connect() => {
@@ -524,6 +548,7 @@ impl Upstream {
             .await;
             tried.push(i);
             attempt += 1;
+            retried_tried = false;
         }
     }
 }
