@@ -39,7 +39,7 @@ fn round_robin_and_weighted_spread_as_configured() {
         ups[2].addr,
         route("")
     ));
-    for _ in 0..300 {
+    for _ in 0..3000 {
         assert_eq!(gw.get("/x", &[]).status, 200);
     }
     let counts: Vec<usize> = ups.iter().map(Upstream::count).collect();
@@ -55,10 +55,10 @@ fn round_robin_and_weighted_spread_as_configured() {
         b.addr,
         route("")
     ));
-    for _ in 0..400 {
+    for _ in 0..2000 {
         assert_eq!(gw.get("/x", &[]).status, 200);
     }
-    assert_eq!((a.count(), b.count()), (300, 100));
+    assert_eq!((a.count(), b.count()), (1500, 500));
 }
 
 #[test]
@@ -483,4 +483,132 @@ fn an_h2c_cluster_speaks_http2_to_its_instances() {
         ),
         Some(1.0)
     );
+}
+
+#[test]
+fn random_spreads_and_p2c_steers_away_from_a_slow_instance() {
+    let ups: Vec<Upstream> = ["a", "b"].iter().map(|n| Upstream::start(n)).collect();
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\nstrategy = \"random\"\ninstances = [\"{}\", \"{}\"]\n\n{}",
+        ups[0].addr,
+        ups[1].addr,
+        route("")
+    ));
+    for _ in 0..2000 {
+        assert_eq!(gw.get("/x", &[]).status, 200);
+    }
+    for u in &ups {
+        assert!((900..=1100).contains(&u.count()), "{}", u.count());
+    }
+
+    // P2C: one instance answers in 20 ms, the other at once; the latency
+    // average steers most traffic to the fast one.
+    let (slow, slow_count) = slow_instance(Duration::from_millis(20));
+    let fast = Upstream::start("fast");
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\nstrategy = \"p2c\"\ninstances = [\"{slow}\", \"{}\"]\n\n{}",
+        fast.addr,
+        route("")
+    ));
+    for _ in 0..300 {
+        assert_eq!(gw.get("/x", &[]).status, 200);
+    }
+    let slow_n = slow_count.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        slow_n < 30 && fast.count() > 270,
+        "slow {slow_n}, fast {}",
+        fast.count()
+    );
+}
+
+/// An HTTP/1.1 server that answers every request after `delay`, counting
+/// them; keep-alive, one thread per connection.
+fn slow_instance(
+    delay: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(10_000) {
+            let Ok(s) = s else { continue };
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                for _ in 0..100_000 {
+                    // Read one request head (no bodies here).
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(delay);
+                    if w.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-upstream: slow\r\n\r\nok\n",
+                    )
+                    .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// A server that accepts connections and closes them unanswered, as a
+/// crashing instance does mid-request.
+fn resetting_instance() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(10_000) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            drop(s);
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_instance_closing_connections_mid_request_is_retried_elsewhere() {
+    let good = Upstream::start("good");
+    let bad = resetting_instance();
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{bad}\", \"{}\"]\n\n{}",
+        good.addr,
+        route("[route.retry]\nattempts = 2\nbackoff_base = \"1ms\"")
+    ));
+    for _ in 0..10 {
+        assert_eq!(gw.get("/x", &[]).status, 200);
+    }
+    let resets = metric(
+        &gw.metrics(),
+        "gateway_upstream_requests_total",
+        &[("instance", &bad.to_string()), ("outcome", "reset")],
+    )
+    .unwrap();
+    assert!(resets >= 1.0, "{resets}");
+    // Without retries the client sees the failure as a 502.
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{bad}\"]\n\n{}",
+        route("")
+    ));
+    let r = gw.get("/x", &[]);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-gateway-error"), Some("upstream-error"));
 }

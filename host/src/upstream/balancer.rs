@@ -36,6 +36,8 @@ pub struct Endpoint {
     in_flight: AtomicU32,
     /// Exponentially weighted moving average of answer times, in µs.
     latency_ewma_us: AtomicU64,
+    /// When the last sample came (µs since the process's monotonic start).
+    last_sample_us: AtomicU64,
 }
 
 /// How much a new latency sample moves the average (out of 1).
@@ -43,6 +45,14 @@ const EWMA_WEIGHT: f64 = 0.3;
 /// The latency assumed before an instance has answered once: optimistic,
 /// so new instances get traffic and a sample.
 const INITIAL_LATENCY_US: u64 = 1_000;
+/// How fast an old latency average fades (its time constant), so an
+/// instance that was slow once is tried again later rather than starved
+/// forever by P2C (linkerd's peak-EWMA decays the same way).
+const LATENCY_DECAY: Duration = Duration::from_secs(10);
+
+fn now_us() -> u64 {
+    crate::clock::monotonic_ns() / 1_000
+}
 
 impl Endpoint {
     pub fn new(addr: impl Into<String>, weight: u32) -> Endpoint {
@@ -51,6 +61,7 @@ impl Endpoint {
             weight: weight.max(1),
             in_flight: AtomicU32::new(0),
             latency_ewma_us: AtomicU64::new(INITIAL_LATENCY_US),
+            last_sample_us: AtomicU64::new(now_us()),
         }
     }
 
@@ -70,6 +81,14 @@ impl Endpoint {
         let new = EWMA_WEIGHT * sample + (1.0 - EWMA_WEIGHT) * old;
         self.latency_ewma_us
             .store(new.round().max(1.0) as u64, Ordering::Relaxed);
+        self.last_sample_us.store(now_us(), Ordering::Relaxed);
+    }
+
+    /// The average, faded by the time since its last sample.
+    fn decayed_latency_us(&self, now_us: u64) -> f64 {
+        let age = now_us.saturating_sub(self.last_sample_us.load(Ordering::Relaxed)) as f64;
+        let avg = self.latency_ewma_us.load(Ordering::Relaxed) as f64;
+        avg * (-age / LATENCY_DECAY.as_micros() as f64).exp()
     }
 
     /// Counts a request in flight until the guard drops.
@@ -187,7 +206,12 @@ impl Balancer {
                             b += 1;
                         }
                         let (a, b) = (candidates[a], candidates[b]);
-                        Some(if self.load(a) <= self.load(b) { a } else { b })
+                        let now = now_us();
+                        Some(if self.load(a, now) <= self.load(b, now) {
+                            a
+                        } else {
+                            b
+                        })
                     }
                 }
             }
@@ -195,9 +219,9 @@ impl Balancer {
     }
 
     /// P2C's cost of sending one more request to `i`.
-    fn load(&self, i: usize) -> f64 {
+    fn load(&self, i: usize, now_us: u64) -> f64 {
         let e = &self.endpoints[i];
-        (e.in_flight() as f64 + 1.0) * e.latency_ewma_us.load(Ordering::Relaxed) as f64
+        (e.in_flight() as f64 + 1.0) * e.decayed_latency_us(now_us)
     }
 }
 
@@ -300,6 +324,16 @@ mod tests {
             }
             assert_eq!(b.pick(|i| i == 1, &[1]), None, "{s:?}");
         }
+    }
+
+    #[test]
+    fn an_old_latency_average_fades() {
+        let e = Endpoint::new("a:1", 1);
+        e.record_latency(Duration::from_millis(50));
+        let t = now_us();
+        let fresh = e.decayed_latency_us(t);
+        let later = e.decayed_latency_us(t + LATENCY_DECAY.as_micros() as u64 * 3);
+        assert!(later < fresh / 10.0, "{fresh} -> {later}");
     }
 
     #[test]
