@@ -36,7 +36,9 @@ pub struct Endpoint {
     in_flight: AtomicU32,
     /// Exponentially weighted moving average of answer times, in µs.
     latency_ewma_us: AtomicU64,
-    /// When the last sample came (µs since the process's monotonic start).
+    /// When the last sample came (µs since the process's monotonic start);
+    /// 0 before the first, when the initial guess stands undecayed so that
+    /// new instances compare equal.
     last_sample_us: AtomicU64,
 }
 
@@ -61,7 +63,7 @@ impl Endpoint {
             weight: weight.max(1),
             in_flight: AtomicU32::new(0),
             latency_ewma_us: AtomicU64::new(INITIAL_LATENCY_US),
-            last_sample_us: AtomicU64::new(now_us()),
+            last_sample_us: AtomicU64::new(0),
         }
     }
 
@@ -81,13 +83,18 @@ impl Endpoint {
         let new = EWMA_WEIGHT * sample + (1.0 - EWMA_WEIGHT) * old;
         self.latency_ewma_us
             .store(new.round().max(1.0) as u64, Ordering::Relaxed);
-        self.last_sample_us.store(now_us(), Ordering::Relaxed);
+        self.last_sample_us
+            .store(now_us().max(1), Ordering::Relaxed);
     }
 
     /// The average, faded by the time since its last sample.
     fn decayed_latency_us(&self, now_us: u64) -> f64 {
-        let age = now_us.saturating_sub(self.last_sample_us.load(Ordering::Relaxed)) as f64;
         let avg = self.latency_ewma_us.load(Ordering::Relaxed) as f64;
+        let last = self.last_sample_us.load(Ordering::Relaxed);
+        if last == 0 {
+            return avg;
+        }
+        let age = now_us.saturating_sub(last) as f64;
         avg * (-age / LATENCY_DECAY.as_micros() as f64).exp()
     }
 
