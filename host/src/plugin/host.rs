@@ -428,14 +428,6 @@ impl HostState {
     }
 }
 
-fn op(key: String, delta: i64, window_ms: u64) -> CounterOp {
-    CounterOp {
-        key,
-        delta,
-        window: std::time::Duration::from_millis(window_ms),
-    }
-}
-
 impl state::Host for HostState {
     async fn counter_add(
         &mut self,
@@ -444,7 +436,7 @@ impl state::Host for HostState {
         window_ms: u64,
     ) -> wasmtime::Result<Result<StateCounter, WitStateError>> {
         Ok(self
-            .state_add(vec![op(key, delta, window_ms)])
+            .state_add(vec![CounterOp::new(key, delta, window_ms)])
             .await
             .map(|mut v| v.remove(0)))
     }
@@ -463,7 +455,7 @@ impl state::Host for HostState {
         }
         let ops = ops
             .into_iter()
-            .map(|o| op(o.key, o.delta, o.window_ms))
+            .map(|o| CounterOp::new(o.key, o.delta, o.window_ms))
             .collect();
         Ok(self.state_add(ops).await)
     }

@@ -174,11 +174,7 @@ mod tests {
     use super::*;
 
     fn op(key: &str, delta: i64, ms: u64) -> CounterOp {
-        CounterOp {
-            key: key.into(),
-            delta,
-            window: Duration::from_millis(ms),
-        }
+        CounterOp::new(key, delta, ms)
     }
 
     #[test]

@@ -34,6 +34,16 @@ pub struct CounterOp {
     pub window: Duration,
 }
 
+impl CounterOp {
+    pub fn new(key: impl Into<String>, delta: i64, window_ms: u64) -> CounterOp {
+        CounterOp {
+            key: key.into(),
+            delta,
+            window: Duration::from_millis(window_ms),
+        }
+    }
+}
+
 /// A counter after an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
@@ -194,11 +204,7 @@ mod tests {
     use super::*;
 
     fn op(key: &str, delta: i64, ms: u64) -> CounterOp {
-        CounterOp {
-            key: key.into(),
-            delta,
-            window: Duration::from_millis(ms),
-        }
+        CounterOp::new(key, delta, ms)
     }
 
     #[test]
