@@ -1,8 +1,10 @@
 //! The admin listener: `/metrics` for Prometheus, `/health` (the process is
-//! up) and `/ready` (it has a loaded configuration, is not draining, and
-//! every upstream whose health is `required` has a healthy instance).
+//! up), `/ready` (it has a loaded configuration, is not draining, and
+//! every upstream whose health is `required` has a healthy instance),
+//! `POST /admin/reload` and `/admin/plugins` (what is loaded, and how the
+//! last reload went).
 
-use crate::Shared;
+use crate::reload::Reloader;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -21,7 +23,39 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .expect("valid response")
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut s = serde_json::to_string_pretty(&body).expect("JSON values serialise");
+    s.push('\n');
+    text(status, "application/json", s)
+}
+
+async fn route(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let shared = &reloader.shared;
+    if req.uri().path() == "/admin/reload" {
+        if req.method() != Method::POST {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST\n".into(),
+            );
+        }
+        // 200 with what changed, or 422 with why the files were refused;
+        // either way the gateway keeps serving.
+        return match reloader.reload("admin").await {
+            Ok((generation, changes)) => json(
+                StatusCode::OK,
+                serde_json::json!({"result": "success", "generation": generation, "changes": changes}),
+            ),
+            Err(error) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({
+                    "result": "failure",
+                    "generation": shared.current().generation,
+                    "error": error,
+                }),
+            ),
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -30,6 +64,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         );
     }
     match req.uri().path() {
+        "/admin/plugins" => json(StatusCode::OK, reloader.describe()),
         "/metrics" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -66,21 +101,22 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /metrics, /health or /ready\n".into(),
+            "not found; try /metrics, /health, /ready, /admin/plugins or POST /admin/reload\n"
+                .into(),
         ),
     }
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        let reloader = reloader.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let r = route(&shared, &req);
-                async move { Ok::<_, std::convert::Infallible>(r) }
+                let reloader = reloader.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&reloader, &req).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)

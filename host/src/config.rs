@@ -49,6 +49,9 @@ pub struct Config {
     /// Where plugins keep shared counters.
     #[serde(default)]
     pub state: StateConfig,
+    /// How file changes are taken up while serving.
+    #[serde(default)]
+    pub reload: ReloadConfig,
     #[serde(default)]
     pub filters: BTreeMap<String, FilterConfig>,
     #[serde(default)]
@@ -60,7 +63,7 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -88,19 +91,19 @@ pub struct ServerConfig {
     pub shutdown_grace: Millis,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EchoConfig {
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Where plugin files are found, relative to the config file.
@@ -116,7 +119,29 @@ impl Default for PluginsConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the config file, a plugin file or a filter's
+    /// `config_files` change. SIGHUP and `POST /admin/reload` work either way.
+    #[serde(default = "defaults::watch")]
+    pub watch: bool,
+    /// How long the files must stay unchanged before a reload starts, so a
+    /// burst of writes (an editor, a copy) makes one reload.
+    #[serde(default = "defaults::debounce")]
+    pub debounce: Millis,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: defaults::watch(),
+            debounce: defaults::debounce(),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Bucket bounds, in seconds, of the request duration histograms.
@@ -141,7 +166,7 @@ pub enum StateBackend {
     Redis,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     #[serde(default = "defaults::state_backend")]
@@ -189,7 +214,7 @@ pub enum FailurePolicy {
 
 /// A filter: a plugin with its own settings. Several filters may share one
 /// plugin file with different `config` tables.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// The plugin's name: the file `<plugin>.wasm` in `[plugins] dir`.
@@ -218,7 +243,7 @@ pub struct FilterConfig {
     pub config_files: BTreeMap<String, Spanned<PathBuf>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Each instance as `"host:port"` or `{ address = "host:port", weight = 3 }`.
@@ -264,7 +289,7 @@ pub enum UpstreamProtocol {
 }
 
 /// One upstream instance: an address, with a weight for `weighted`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum InstanceConfig {
     Address(String),
@@ -290,7 +315,7 @@ impl InstanceConfig {
 }
 
 /// When and how a route retries a failed try.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Tries in all, the first included.
@@ -318,7 +343,7 @@ pub struct RetryConfig {
     pub budget_window: Millis,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub id: Spanned<String>,
@@ -387,6 +412,12 @@ mod defaults {
     }
     pub fn max_body_bytes() -> usize {
         1024 * 1024
+    }
+    pub fn watch() -> bool {
+        true
+    }
+    pub fn debounce() -> Millis {
+        Millis(Duration::from_millis(100))
     }
     pub fn plugin_dir() -> PathBuf {
         PathBuf::from("../plugins/dist")

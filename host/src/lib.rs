@@ -3,7 +3,8 @@
 //! `config` reads the TOML, `routing` normalises paths and picks routes,
 //! `proxy` runs the request pipeline, `plugin` hosts the filters,
 //! `upstream` forwards, `state` keeps plugins' shared counters, `telemetry`
-//! counts, `server` and `admin` listen.
+//! counts, `server` and `admin` listen, `reload` swaps in new
+//! configurations and plugin versions while serving.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod echo;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod state;
@@ -21,7 +23,8 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use config::{Config, ServerConfig};
 use plugin::{Filter, LoadedPlugin, Runtime};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -46,7 +49,10 @@ pub struct RouteRuntime {
     pub upstream: Arc<Upstream>,
     pub timeout: Duration,
     pub try_timeout: Duration,
-    pub retry: Option<upstream::RetryPolicy>,
+    /// Shared with the next configuration while the route's retry settings
+    /// stay the same, so the retry budget carries over a reload.
+    pub retry: Option<Arc<upstream::RetryPolicy>>,
+    retry_config: Option<config::RetryConfig>,
 }
 
 /// Everything a request is served with. Replaced whole on reload; requests
@@ -58,50 +64,118 @@ pub struct Gateway {
     pub filters: HashMap<String, Arc<Filter>>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub metrics: Arc<Metrics>,
+    /// Counts the configurations applied since start-up (0 is the first).
+    pub generation: u64,
+    /// The plugin versions the filters run.
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// The files this configuration was read from, which the watcher
+    /// follows: plugin files and filters' `config_files`.
+    pub plugin_files: Vec<PathBuf>,
+    pub config_files: Vec<PathBuf>,
+    /// What was built from which settings, for the next reload to compare.
+    filter_configs: BTreeMap<String, config::FilterConfig>,
+    upstream_configs: BTreeMap<String, config::UpstreamConfig>,
+    route_ids: Arc<[String]>,
 }
 
 impl Gateway {
     /// Loads every plugin, configures every filter and resolves every route.
+    /// With `previous` (a reload), what did not change is taken from it; see
+    /// the `reload` module.
     pub async fn build(
         config: Config,
         runtime: &Runtime,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Gateway> {
-        let mut plugins: HashMap<String, Arc<LoadedPlugin>> = HashMap::new();
+        cache: &mut reload::PluginCache,
+        previous: Option<&Gateway>,
+    ) -> Result<(Gateway, reload::BuildReport), plugin::PluginError> {
+        let mut report = reload::BuildReport::default();
+        let mut plugins: BTreeMap<String, Arc<LoadedPlugin>> = BTreeMap::new();
         let mut filters: HashMap<String, Arc<Filter>> = HashMap::new();
         let route_ids: Arc<[String]> = config
             .routes
             .iter()
             .map(|r| r.id.get_ref().clone())
             .collect();
+        let route_ids = match previous {
+            Some(p) if p.route_ids == route_ids => p.route_ids.clone(),
+            _ => route_ids,
+        };
         for (name, fc) in &config.filters {
             let plugin_name = fc.plugin.get_ref();
             let plugin = match plugins.get(plugin_name) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = runtime.load(plugin_name, &config.plugin_path(plugin_name))?;
+                    let (p, compiled) = cache
+                        .get(runtime, plugin_name, &config.plugin_path(plugin_name))
+                        .await?;
+                    if compiled {
+                        report.plugins_compiled.push(plugin_name.clone());
+                    } else {
+                        report.plugins_reused.push(plugin_name.clone());
+                    }
                     plugins.insert(plugin_name.clone(), p.clone());
                     p
                 }
             };
-            filters.insert(
-                name.clone(),
-                Arc::new(runtime.filter(name, plugin, fc, route_ids.clone()).await?),
-            );
+            let kept = previous.and_then(|p| {
+                let f = p.filters.get(name)?;
+                (Arc::ptr_eq(&f.plugin, &plugin)
+                    && p.filter_configs.get(name) == Some(fc)
+                    && Arc::ptr_eq(&p.route_ids, &route_ids))
+                .then(|| f.clone())
+            });
+            let filter = match kept {
+                Some(f) => {
+                    report.filters_kept.push(name.clone());
+                    f
+                }
+                None => {
+                    report.filters_configured.push(name.clone());
+                    Arc::new(runtime.filter(name, plugin, fc, route_ids.clone()).await?)
+                }
+            };
+            filters.insert(name.clone(), filter);
         }
-        let upstreams: HashMap<String, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|(n, u)| (n.clone(), Arc::new(Upstream::new(n, u, metrics.clone()))))
-            .collect();
-        for u in upstreams.values() {
-            u.start_health_checks();
+        // Upstreams last: nothing after this can fail, so a refused reload
+        // never starts a health checker.
+        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+        for (n, u) in &config.upstreams {
+            let before =
+                previous.and_then(|p| Some((p.upstreams.get(n)?, p.upstream_configs.get(n)?)));
+            let up = match before {
+                Some((up, cfg)) if cfg == u => {
+                    report.upstreams_kept.push(n.clone());
+                    up.clone()
+                }
+                _ => {
+                    if before.is_some() {
+                        report.upstreams_renewed.push(n.clone());
+                    }
+                    let up = Arc::new(Upstream::renewed(
+                        n,
+                        u,
+                        metrics.clone(),
+                        before.map(|(up, cfg)| (&**up, cfg)),
+                    ));
+                    up.start_health_checks();
+                    up
+                }
+            };
+            upstreams.insert(n.clone(), up);
         }
         let route_runtime = config
             .routes
             .iter()
             .map(|r| {
                 let id: Arc<str> = r.id.get_ref().as_str().into();
+                let retry_config = r.retry.as_ref().map(|c| c.get_ref().clone());
+                let kept_retry = previous.and_then(|p| {
+                    p.route_runtime
+                        .iter()
+                        .find(|old| old.id == id && old.retry_config == retry_config)
+                        .and_then(|old| old.retry.clone())
+                });
                 RouteRuntime {
                     label: telemetry::shared(&id),
                     id,
@@ -117,21 +191,52 @@ impl Gateway {
                         .or(r.timeout)
                         .unwrap_or(config.server.request_timeout)
                         .0,
-                    retry: r
-                        .retry
-                        .as_ref()
-                        .map(|c| upstream::RetryPolicy::new(c.get_ref())),
+                    retry: kept_retry.or_else(|| {
+                        retry_config
+                            .as_ref()
+                            .map(|c| Arc::new(upstream::RetryPolicy::new(c)))
+                    }),
+                    retry_config,
                 }
             })
             .collect();
-        Ok(Gateway {
-            routes: routing::RouteTable::new(&config.routes),
-            route_runtime,
-            filters,
-            upstreams,
-            metrics,
-            server: config.server,
-        })
+        let plugin_files = plugins.keys().map(|p| config.plugin_path(p)).collect();
+        let config_files = config
+            .filters
+            .values()
+            .flat_map(|f| f.config_files.values())
+            .map(|p| config.base_dir.join(p.get_ref()))
+            .collect();
+        let Config {
+            server,
+            filters: filter_configs,
+            upstreams: upstream_configs,
+            routes,
+            ..
+        } = config;
+        Ok((
+            Gateway {
+                routes: routing::RouteTable::new(&routes),
+                route_runtime,
+                filters,
+                upstreams,
+                metrics,
+                server,
+                generation: 0,
+                plugins: plugins.into_values().collect(),
+                plugin_files,
+                config_files,
+                filter_configs,
+                upstream_configs,
+                route_ids,
+            },
+            report,
+        ))
+    }
+
+    /// The plugin versions in use.
+    pub fn plugin_versions(&self) -> Vec<Arc<LoadedPlugin>> {
+        self.plugins.clone()
     }
 }
 
@@ -143,8 +248,21 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub fn new(gw: Gateway, metrics: Arc<Metrics>) -> Shared {
+        Shared {
+            current: ArcSwap::from_pointee(gw),
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
+
     pub fn current(&self) -> Arc<Gateway> {
         self.current.load_full()
+    }
+
+    /// Makes `gw` the configuration new requests are served with.
+    pub fn swap(&self, gw: Gateway) {
+        self.current.store(Arc::new(gw));
     }
 }
 
@@ -173,7 +291,8 @@ pub async fn check(source: &ConfigSource) -> anyhow::Result<String> {
     let state = Arc::new(state::State::from_config(&config.state, metrics.clone()));
     let runtime = Runtime::with_state(metrics.clone(), state)?;
     let routes = config.routes.len();
-    let gw = Gateway::build(config, &runtime, metrics).await?;
+    let mut cache = reload::PluginCache::default();
+    let (gw, _) = Gateway::build(config, &runtime, metrics, &mut cache, None).await?;
     Ok(format!(
         "configuration OK: {} routes, {} filters loaded",
         routes,
@@ -181,13 +300,14 @@ pub async fn check(source: &ConfigSource) -> anyhow::Result<String> {
     ))
 }
 
-/// `gateway run`: serve until SIGTERM or SIGINT, then drain.
+/// `gateway run`: serve until SIGTERM or SIGINT, then drain; reload on
+/// file changes, SIGHUP and `POST /admin/reload`.
 pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
     let config = load_config(&source)?;
     let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
     let state = Arc::new(state::State::from_config(&config.state, metrics.clone()));
     tracing::info!("plugin state in {}", state.backend());
-    let runtime = Runtime::with_state(metrics.clone(), state)?;
+    let runtime = Arc::new(Runtime::with_state(metrics.clone(), state)?);
     let listen = config.server.listen;
     let grace = config.server.shutdown_grace.0;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
@@ -202,12 +322,8 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
         tracing::info!("echo upstream on {}", l.local_addr()?);
         tokio::spawn(echo::serve(l));
     }
-    let gw = Gateway::build(config, &runtime, metrics.clone()).await?;
-    let shared = Arc::new(Shared {
-        current: ArcSwap::from_pointee(gw),
-        metrics,
-        draining: AtomicBool::new(false),
-    });
+    let reloader = reload::Reloader::start(source, config, runtime.clone(), metrics).await?;
+    let shared = reloader.shared.clone();
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -218,8 +334,20 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr} for [admin]"))?;
         tracing::info!("admin listening on {}", l.local_addr()?);
-        tokio::spawn(admin::serve(l, shared.clone()));
+        tokio::spawn(admin::serve(l, reloader.clone()));
     }
+    let watcher = tokio::spawn(reloader.clone().watch());
+    let hangups = {
+        let reloader = reloader.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received; reloading");
+                let _ = reloader.reload("sighup").await;
+            }
+        })
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signals = {
@@ -238,6 +366,9 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
     };
     server::serve(listener, shared, stop_rx, grace).await;
     signals.abort();
+    hangups.abort();
+    watcher.abort();
+    drop(reloader);
     drop(runtime);
     Ok(())
 }

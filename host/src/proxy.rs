@@ -461,7 +461,7 @@ async fn forward(
     let upstream = &rt.upstream;
     let exchange = crate::upstream::Exchange {
         route: &rt.label,
-        retry: rt.retry.as_ref(),
+        retry: rt.retry.as_deref(),
         try_timeout: rt.try_timeout,
         deadline: std::time::Instant::now() + rt.timeout,
         request_id,

@@ -39,7 +39,11 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let builder = Arc::new(builder(&shared.current().server));
+    // Rebuilt when a reload brings new limits; connections keep the limits
+    // they were accepted with. Only the settings are held here, not the
+    // configuration, which must be free to drop after its last request.
+    let mut built_for = shared.current().server.clone();
+    let mut conn_builder = Arc::new(builder(&built_for));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -55,12 +59,18 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let now = shared.current();
+                if now.server != built_for {
+                    built_for = now.server.clone();
+                    conn_builder = Arc::new(builder(&built_for));
+                }
+                drop(now);
                 let shared = shared.clone();
                 let svc = service_fn(move |req| {
                     let gw = shared.current();
                     async move { Ok::<_, std::convert::Infallible>(crate::proxy::handle(gw, req, peer).await) }
                 });
-                let b = builder.clone();
+                let b = conn_builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let conn = b.serve_connection(TokioIo::new(stream), svc);

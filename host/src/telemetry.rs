@@ -50,6 +50,7 @@ pub struct Metrics {
     pub connections_opened: Counter<u64>,
     pub connect_duration: Histogram<f64>,
     pub state_duration: Histogram<f64>,
+    pub reloads: Counter<u64>,
     plugin_counters: Mutex<HashMap<String, PluginCounter>>,
 }
 
@@ -167,11 +168,27 @@ impl Metrics {
                 .with_description("Time to open one upstream connection, by upstream")
                 .with_boundaries(vec![1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0])
                 .build(),
+            reloads: meter
+                .u64_counter("gateway_reloads_total")
+                .with_description("Configuration and plugin reloads, by result (success, failure)")
+                .build(),
             plugin_counters: Mutex::new(HashMap::new()),
             registry,
             _provider: provider,
             meter,
         })
+    }
+
+    /// Creates both reload series at zero, so an alert on failures has a
+    /// series to compare against from the start.
+    pub fn declare_reloads(&self) {
+        self.reloads.add(0, &[KeyValue::new("result", "success")]);
+        self.reloads.add(0, &[KeyValue::new("result", "failure")]);
+    }
+
+    pub fn count_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.add(1, &[KeyValue::new("result", result)]);
     }
 
     /// Creates the series a filter will use, at zero, so a scrape shows them

@@ -85,7 +85,8 @@ impl Seen {
 }
 
 /// A real HTTP upstream on loopback. It answers 200 with `x-upstream: NAME`
-/// and records every request. Paths ask for behaviour: `/slow/MS` waits,
+/// and records every request. Paths ask for behaviour (anywhere in the
+/// path): `/slow/MS` waits,
 /// `/status/N` answers N (the two combine as `/slow/MS/status/N`), `/leaky` answers with headers a gateway must
 /// scrub.
 pub struct Upstream {
@@ -115,9 +116,10 @@ async fn upstream_answer(
         body,
     });
     let mut resp = Response::builder().header("x-upstream", &name);
-    // Behaviours combine: `/slow/300/status/503` waits, then fails.
-    if let Some(rest) = path.strip_prefix("/slow/") {
-        let ms = rest.split('/').next().unwrap_or("0");
+    // Behaviours combine: `/slow/300/status/503` waits, then fails; either
+    // may follow a route's prefix (`/api/slow/300`).
+    if let Some(at) = path.find("/slow/") {
+        let ms = path[at + "/slow/".len()..].split('/').next().unwrap_or("0");
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
     if let Some(at) = path.find("/status/") {
@@ -292,15 +294,25 @@ impl Gateway {
     /// Starts a gateway with `preamble()` followed by `body`, and waits
     /// until it answers.
     pub fn start(body: &str) -> Gateway {
+        Gateway::start_with(tempdir::Dir::new(), |addr, admin| {
+            format!("{}{body}", preamble(addr, admin))
+        })
+    }
+
+    /// Starts a gateway in `dir` on the whole configuration `config` makes
+    /// from the proxy and admin addresses, written to `dir/gateway.toml`.
+    pub fn start_with(
+        dir: tempdir::Dir,
+        config: impl FnOnce(SocketAddr, SocketAddr) -> String,
+    ) -> Gateway {
         build_plugins();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dir = tempdir::Dir::new();
-        let config = dir.path().join("gateway.toml");
-        std::fs::write(&config, format!("{}{body}", preamble(addr, admin))).unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config(addr, admin)).unwrap();
         let child = Command::new(gateway_bin())
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(&path)
             .env("GATEWAY_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(
@@ -327,6 +339,20 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         gw
+    }
+
+    /// The configuration file the gateway runs from.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    /// A request to the admin listener.
+    pub fn admin(&self, method: &str, path: &str) -> RawResponse {
+        raw(
+            self.admin,
+            format!("{method} {path} HTTP/1.1\r\nhost: admin\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
     }
 
     pub fn log(&self) -> String {
@@ -367,11 +393,7 @@ impl Gateway {
     }
 
     pub fn metrics(&self) -> String {
-        raw(
-            self.admin,
-            b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
-        )
-        .body_text()
+        self.admin("GET", "/metrics").body_text()
     }
 
     pub fn signal(&self, sig: i32) {

@@ -18,7 +18,7 @@ use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
@@ -29,21 +29,53 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// per-call one: a plugin's start-up may legitimately take longer.
 const SETUP_DEADLINE: Duration = Duration::from_secs(2);
 
+/// Why a plugin could not be loaded or a filter configured; each names the
+/// plugin it concerns, for the admin endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     #[error("cannot read plugin {path}: {source}")]
     Read {
+        plugin: Arc<str>,
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{path} is not a valid WebAssembly component: {reason}")]
-    Compile { path: PathBuf, reason: String },
+    Compile {
+        plugin: Arc<str>,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{path} does not match the gateway:filter world: {reason}")]
-    World { path: PathBuf, reason: String },
+    World {
+        plugin: Arc<str>,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("filter `{filter}` could not start: {reason}")]
-    Instantiate { filter: String, reason: String },
+    Instantiate {
+        plugin: Arc<str>,
+        filter: String,
+        reason: String,
+    },
     #[error("filter `{filter}` refused its configuration: {reason}")]
-    Configure { filter: String, reason: String },
+    Configure {
+        plugin: Arc<str>,
+        filter: String,
+        reason: String,
+    },
+}
+
+impl PluginError {
+    /// The plugin the error is about.
+    pub fn plugin(&self) -> &str {
+        match self {
+            PluginError::Read { plugin, .. }
+            | PluginError::Compile { plugin, .. }
+            | PluginError::World { plugin, .. }
+            | PluginError::Instantiate { plugin, .. }
+            | PluginError::Configure { plugin, .. } => plugin,
+        }
+    }
 }
 
 /// Why one call failed, with the label it is counted under.
@@ -146,10 +178,7 @@ impl Runtime {
 
     /// Compiles a plugin file and checks it against the world.
     pub fn load(&self, name: &str, path: &Path) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let bytes = read_plugin(name, path)?;
         self.load_bytes(name, path, &bytes)
     }
 
@@ -159,7 +188,36 @@ impl Runtime {
         path: &Path,
         bytes: &[u8],
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Compile {
+        let component = Component::new(&self.engine, bytes);
+        self.prepare(name, path, content_hash(bytes), component)
+    }
+
+    /// Like `load_bytes`, but compiles on a blocking thread: compiling takes
+    /// tens to hundreds of milliseconds, which must not stall the async
+    /// workers serving requests during a reload.
+    pub async fn compile(
+        &self,
+        name: &str,
+        path: &Path,
+        bytes: Vec<u8>,
+        sha256: String,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let engine = self.engine.clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .unwrap_or_else(|e| Err(wasmtime::Error::msg(format!("compiler thread: {e}"))));
+        self.prepare(name, path, sha256, component)
+    }
+
+    fn prepare(
+        &self,
+        name: &str,
+        path: &Path,
+        sha256: String,
+        component: wasmtime::Result<Component>,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let component = component.map_err(|e| PluginError::Compile {
+            plugin: name.into(),
             path: path.into(),
             reason: format!("{e:#}"),
         })?;
@@ -168,12 +226,17 @@ impl Runtime {
             .instantiate_pre(&component)
             .and_then(PluginPre::new)
             .map_err(|e| PluginError::World {
+                plugin: name.into(),
                 path: path.into(),
                 reason: format!("{e:#}"),
             })?;
         Ok(Arc::new(LoadedPlugin {
             name: name.into(),
             path: path.into(),
+            sha256,
+            loaded_at: std::time::SystemTime::now(),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             pre,
         }))
     }
@@ -219,10 +282,12 @@ impl Runtime {
         };
         let first = filter.instantiate().await.map_err(|f| match f {
             Setup::Configure(reason) => PluginError::Configure {
+                plugin: filter.plugin.name.clone(),
                 filter: name.to_string(),
                 reason,
             },
             Setup::Failed(reason) => PluginError::Instantiate {
+                plugin: filter.plugin.name.clone(),
                 filter: name.to_string(),
                 reason,
             },
@@ -236,10 +301,35 @@ fn ticks(d: Duration) -> u64 {
     (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64
 }
 
-/// A compiled plugin, ready to instantiate.
+/// Reads a plugin file, refusing what cannot be a plugin before hashing
+/// or compiling it.
+pub fn read_plugin(name: &str, path: &Path) -> Result<Vec<u8>, PluginError> {
+    std::fs::read(path).map_err(|source| PluginError::Read {
+        plugin: name.into(),
+        path: path.into(),
+        source,
+    })
+}
+
+/// The SHA-256 of a plugin file, in hex: what identifies a version.
+pub fn content_hash(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A compiled plugin, ready to instantiate: one version of one file.
 pub struct LoadedPlugin {
     pub name: Arc<str>,
     pub path: PathBuf,
+    /// SHA-256 of the file this was compiled from.
+    pub sha256: String,
+    pub loaded_at: std::time::SystemTime,
+    /// Calls and failed calls to this version, over all its filters.
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
     pre: PluginPre<HostState>,
 }
 
@@ -324,6 +414,7 @@ impl Filter {
         request: &Arc<RequestInfo>,
     ) -> Result<Warm, Failure> {
         self.metrics.plugin_calls.add(1, phase_attrs);
+        self.plugin.calls.fetch_add(1, Ordering::Relaxed);
         let pooled = self.warm.lock().pop();
         let mut warm = match pooled {
             Some(w) => w,
@@ -368,6 +459,7 @@ impl Filter {
     }
 
     fn count_failure(&self, phase_attrs: &[KeyValue; 3], reason: &'static str) {
+        self.plugin.failures.fetch_add(1, Ordering::Relaxed);
         let mut attrs = phase_attrs.to_vec();
         attrs.push(KeyValue::new("reason", reason));
         self.metrics.plugin_failures.add(1, &attrs);

@@ -6,6 +6,7 @@
 use parking_lot::Mutex;
 use rand::Rng;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -126,14 +127,16 @@ impl Drop for InFlight<'_> {
 
 pub struct Balancer {
     strategy: Strategy,
-    endpoints: Vec<Endpoint>,
+    /// Shared with the next configuration when an instance stays, so its
+    /// in-flight count and latency average carry over a reload.
+    endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
     /// Smooth weighted round robin's running weights.
     current: Mutex<Vec<i64>>,
 }
 
 impl Balancer {
-    pub fn new(strategy: Strategy, endpoints: Vec<Endpoint>) -> Balancer {
+    pub fn new(strategy: Strategy, endpoints: Vec<Arc<Endpoint>>) -> Balancer {
         let n = endpoints.len();
         Balancer {
             strategy,
@@ -143,7 +146,7 @@ impl Balancer {
         }
     }
 
-    pub fn endpoints(&self) -> &[Endpoint] {
+    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
     }
 
@@ -242,7 +245,7 @@ mod tests {
             weights
                 .iter()
                 .enumerate()
-                .map(|(i, w)| Endpoint::new(format!("10.0.0.{i}:80"), *w))
+                .map(|(i, w)| Arc::new(Endpoint::new(format!("10.0.0.{i}:80"), *w)))
                 .collect(),
         )
     }

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Failures in a row that open the breaker; 0 turns this trigger off.

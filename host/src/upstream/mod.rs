@@ -131,6 +131,15 @@ impl RetryPolicy {
     }
 }
 
+/// The `gateway_upstream_breaker_state` gauge's value for a state.
+fn breaker_level(s: breaker::State) -> i64 {
+    match s {
+        breaker::State::Closed => 0,
+        breaker::State::HalfOpen => 1,
+        breaker::State::Open => 2,
+    }
+}
+
 /// What `send` needs to know about the route.
 pub struct Exchange<'a> {
     pub route: &'a opentelemetry::Value,
@@ -143,7 +152,7 @@ pub struct Exchange<'a> {
 pub struct Upstream {
     pub name: Arc<str>,
     balancer: Balancer,
-    breakers: Vec<Breaker>,
+    breakers: Vec<Arc<Breaker>>,
     failure_on: Outcomes,
     max_in_flight: u32,
     pub client: UpstreamClient,
@@ -151,9 +160,10 @@ pub struct Upstream {
     labels: Vec<[KeyValue; 2]>,
     metrics: Arc<Metrics>,
     pool: Arc<pool::PoolStats>,
-    health: Vec<health::Health>,
+    pools: Vec<Arc<pool::InstancePool>>,
+    health: Vec<Arc<health::Health>>,
     health_cfg: Option<health::HealthConfig>,
-    outliers: Vec<outlier::Outlier>,
+    outliers: Vec<Arc<outlier::Outlier>>,
     outlier_cfg: Option<outlier::OutlierConfig>,
     /// The health checker, stopped when the upstream is dropped.
     checker: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -169,16 +179,23 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub fn new(name: &str, cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout.0));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let instances = cfg.instances.get_ref();
-        let endpoints = instances
-            .iter()
-            .map(|i| Endpoint::new(i.address(), i.weight()))
-            .collect();
+        Upstream::renewed(name, cfg, metrics, None)
+    }
+
+    /// The upstream for a new configuration. From `previous` (the running
+    /// upstream of that name and the configuration it was built from) it
+    /// keeps what the change leaves meaningful: the client and its pooled
+    /// connections when the connection settings are the same, and for each
+    /// instance still listed its balancer record, breaker, health and
+    /// outlier state when their settings are the same.
+    pub fn renewed(
+        name: &str,
+        cfg: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+        previous: Option<(&Upstream, &UpstreamConfig)>,
+    ) -> Upstream {
         let name: Arc<str> = name.into();
+        let instances = cfg.instances.get_ref();
         let labels: Vec<[KeyValue; 2]> = instances
             .iter()
             .map(|i| {
@@ -188,22 +205,98 @@ impl Upstream {
                 ]
             })
             .collect();
-        for l in &labels {
-            metrics.breaker_state.record(0, l);
+        let same_connections = |old: &UpstreamConfig| {
+            old.connect_timeout == cfg.connect_timeout
+                && old.idle_timeout == cfg.idle_timeout
+                && old.max_idle_per_instance == cfg.max_idle_per_instance
+                && old.protocol == cfg.protocol
+        };
+        let kept_client = previous.filter(|(_, old)| same_connections(old));
+        let (client, pool) = match kept_client {
+            Some((up, _)) => (up.client.clone(), up.pool.clone()),
+            None => {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(cfg.connect_timeout.0));
+                connector.set_nodelay(true);
+                connector.enforce_http(true);
+                let pool = Arc::new(pool::PoolStats::new(
+                    KeyValue::new("upstream", crate::telemetry::shared(&name)),
+                    metrics.clone(),
+                ));
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(cfg.idle_timeout.0)
+                    .pool_max_idle_per_host(cfg.max_idle_per_instance)
+                    .http2_only(cfg.protocol == crate::config::UpstreamProtocol::H2c)
+                    .build(pool::CountingConnector::new(connector, pool.clone()));
+                (client, pool)
+            }
+        };
+        // For each instance, the index it had before, if it is still listed.
+        let before: Vec<Option<usize>> = instances
+            .iter()
+            .map(|i| {
+                previous.and_then(|(up, _)| {
+                    up.balancer
+                        .endpoints()
+                        .iter()
+                        .position(|e| *e.addr == *i.address())
+                })
+            })
+            .collect();
+        let carried = |same: bool, i: usize| -> Option<(&Upstream, usize)> {
+            match (same, previous, before[i]) {
+                (true, Some((up, _)), Some(j)) => Some((up, j)),
+                _ => None,
+            }
+        };
+        let old_cfg = previous.map(|(_, c)| c);
+        let same_breaker = old_cfg.is_some_and(|o| o.breaker == cfg.breaker);
+        let same_health = old_cfg.is_some_and(|o| o.health == cfg.health);
+        let same_outlier = old_cfg.is_some_and(|o| o.outlier == cfg.outlier);
+        let n = instances.len();
+        let endpoints: Vec<Arc<Endpoint>> = (0..n)
+            .map(|i| {
+                let inst = &instances[i];
+                carried(true, i)
+                    .map(|(up, j)| up.balancer.endpoints()[j].clone())
+                    .filter(|e| e.weight == inst.weight().max(1))
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(inst.address(), inst.weight())))
+            })
+            .collect();
+        let breakers: Vec<Arc<Breaker>> = (0..n)
+            .map(|i| match carried(same_breaker, i) {
+                Some((up, j)) => up.breakers[j].clone(),
+                None => Arc::new(Breaker::new(cfg.breaker.clone())),
+            })
+            .collect();
+        let health: Vec<Arc<health::Health>> = (0..n)
+            .map(|i| match carried(same_health, i) {
+                Some((up, j)) => up.health[j].clone(),
+                None => Arc::default(),
+            })
+            .collect();
+        let outliers: Vec<Arc<outlier::Outlier>> = (0..n)
+            .map(|i| match carried(same_outlier, i) {
+                Some((up, j)) => up.outliers[j].clone(),
+                None => Arc::default(),
+            })
+            .collect();
+        let pools: Vec<Arc<pool::InstancePool>> = (0..n)
+            .map(|i| match (kept_client, before[i]) {
+                (Some((up, _)), Some(j)) => up.pools[j].clone(),
+                _ => Arc::new(pool::InstancePool::new(labels[i].clone(), &metrics)),
+            })
+            .collect();
+        pool.set_instances(
+            instances
+                .iter()
+                .zip(&pools)
+                .map(|(i, p)| (i.address().to_string(), p.clone())),
+        );
+        for (l, b) in labels.iter().zip(&breakers) {
+            metrics.breaker_state.record(breaker_level(b.state()), l);
         }
-        let addrs: Vec<String> = instances.iter().map(|i| i.address().to_string()).collect();
-        let pool = Arc::new(pool::PoolStats::new(
-            &addrs,
-            labels.clone(),
-            KeyValue::new("upstream", crate::telemetry::shared(&name)),
-            metrics.clone(),
-        ));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.idle_timeout.0)
-            .pool_max_idle_per_host(cfg.max_idle_per_instance)
-            .http2_only(cfg.protocol == crate::config::UpstreamProtocol::H2c)
-            .build(pool::CountingConnector::new(connector, pool.clone()));
         for reason in [
             "all-breakers-open",
             "no-healthy-instance",
@@ -220,10 +313,7 @@ impl Upstream {
         }
         Upstream {
             balancer: Balancer::new(cfg.strategy, endpoints),
-            breakers: instances
-                .iter()
-                .map(|_| Breaker::new(cfg.breaker.clone()))
-                .collect(),
+            breakers,
             failure_on: Outcomes::parse(cfg.failure_on.get_ref()),
             max_in_flight: cfg.max_connections_per_instance.max(1),
             client,
@@ -231,15 +321,10 @@ impl Upstream {
             metrics,
             name,
             pool,
-            health: instances
-                .iter()
-                .map(|_| health::Health::default())
-                .collect(),
+            pools,
+            health,
             health_cfg: cfg.health.clone(),
-            outliers: instances
-                .iter()
-                .map(|_| outlier::Outlier::default())
-                .collect(),
+            outliers,
             outlier_cfg: cfg.outlier.clone(),
             checker: parking_lot::Mutex::new(None),
         }
@@ -251,8 +336,10 @@ impl Upstream {
         let Some(cfg) = self.health_cfg.clone() else {
             return;
         };
-        for l in &self.labels {
-            self.metrics.upstream_healthy.record(1, l);
+        for (l, h) in self.labels.iter().zip(&self.health) {
+            self.metrics
+                .upstream_healthy
+                .record(h.is_healthy() as i64, l);
         }
         let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
@@ -336,7 +423,7 @@ impl Upstream {
     /// healthy.
     pub fn required_and_down(&self) -> bool {
         self.health_cfg.as_ref().is_some_and(|c| c.required)
-            && !self.health.iter().any(health::Health::is_healthy)
+            && !self.health.iter().any(|h| h.is_healthy())
     }
 
     /// The absolute URI for sending `origin` (path and query) to `instance`.
@@ -366,12 +453,7 @@ impl Upstream {
         attrs.push(KeyValue::new("to", t.to.label()));
         attrs.push(KeyValue::new("reason", t.reason));
         self.metrics.breaker_transitions.add(1, &attrs);
-        let level = match t.to {
-            breaker::State::Closed => 0,
-            breaker::State::HalfOpen => 1,
-            breaker::State::Open => 2,
-        };
-        self.metrics.breaker_state.record(level, l);
+        self.metrics.breaker_state.record(breaker_level(t.to), l);
     }
 
     /// Sends the request: picks an instance its breaker admits, tries, and
@@ -491,7 +573,7 @@ impl Upstream {
                         .extensions()
                         .get::<hyper_util::client::legacy::connect::HttpInfo>()
                     {
-                        self.pool.answered(i, info.local_addr());
+                        self.pool.answered(&self.pools[i], info.local_addr());
                     }
                     (TryOutcome::Status(resp.status().as_u16()), Ok(resp))
                 }

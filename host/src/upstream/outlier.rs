@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
     /// 5xx answers or failures to reach the instance, in a row (0: off).

@@ -6,6 +6,7 @@
 //! is forgotten when its new connection opens.
 
 use crate::telemetry::Metrics;
+use arc_swap::ArcSwap;
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -24,67 +25,74 @@ use tokio::net::TcpStream;
 /// (counting one miss too many per live connection, once).
 const MAX_REMEMBERED: usize = 4096;
 
+/// One instance's connections as the counters see them. Shared across
+/// reloads with the connection pool it describes.
+pub struct InstancePool {
+    used: Mutex<HashSet<SocketAddr>>,
+    labels: [KeyValue; 2],
+}
+
+impl InstancePool {
+    pub fn new(labels: [KeyValue; 2], metrics: &Metrics) -> InstancePool {
+        for result in ["hit", "miss"] {
+            let mut attrs = labels.to_vec();
+            attrs.push(KeyValue::new("result", result));
+            metrics.pool_requests.add(0, &attrs);
+        }
+        InstancePool {
+            used: Mutex::new(HashSet::new()),
+            labels,
+        }
+    }
+}
+
+/// The pool of one upstream's client: which instance each new connection
+/// belongs to. A reload that keeps the client swaps in the new instances.
 pub struct PoolStats {
-    by_authority: HashMap<String, usize>,
-    used: Vec<Mutex<HashSet<SocketAddr>>>,
-    labels: Vec<[KeyValue; 2]>,
+    by_authority: ArcSwap<HashMap<String, Arc<InstancePool>>>,
     upstream: [KeyValue; 1],
     metrics: Arc<Metrics>,
 }
 
 impl PoolStats {
-    pub fn new(
-        addrs: &[String],
-        labels: Vec<[KeyValue; 2]>,
-        upstream: KeyValue,
-        metrics: Arc<Metrics>,
-    ) -> PoolStats {
-        for l in &labels {
-            for result in ["hit", "miss"] {
-                let mut attrs = l.to_vec();
-                attrs.push(KeyValue::new("result", result));
-                metrics.pool_requests.add(0, &attrs);
-            }
-        }
+    pub fn new(upstream: KeyValue, metrics: Arc<Metrics>) -> PoolStats {
         PoolStats {
-            by_authority: addrs
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (a.clone(), i))
-                .collect(),
-            used: addrs.iter().map(|_| Mutex::new(HashSet::new())).collect(),
-            labels,
+            by_authority: ArcSwap::from_pointee(HashMap::new()),
             upstream: [upstream],
             metrics,
         }
+    }
+
+    /// The instances new connections are counted under, by address.
+    pub fn set_instances(&self, instances: impl IntoIterator<Item = (String, Arc<InstancePool>)>) {
+        self.by_authority
+            .store(Arc::new(instances.into_iter().collect()));
     }
 
     fn opened(&self, uri: &Uri, local: Option<SocketAddr>, took: std::time::Duration) {
         self.metrics
             .connect_duration
             .record(took.as_secs_f64(), &self.upstream);
-        let Some(i) = uri
-            .authority()
-            .and_then(|a| self.by_authority.get(a.as_str()))
-        else {
+        let map = self.by_authority.load();
+        let Some(inst) = uri.authority().and_then(|a| map.get(a.as_str())) else {
             return;
         };
-        self.metrics.connections_opened.add(1, &self.labels[*i]);
+        self.metrics.connections_opened.add(1, &inst.labels);
         if let Some(local) = local {
-            self.used[*i].lock().remove(&local);
+            inst.used.lock().remove(&local);
         }
     }
 
-    /// Counts one answered try on instance `i` as a hit or a miss.
-    pub fn answered(&self, i: usize, local: SocketAddr) {
+    /// Counts one answered try on `inst` as a hit or a miss.
+    pub fn answered(&self, inst: &InstancePool, local: SocketAddr) {
         let fresh = {
-            let mut used = self.used[i].lock();
+            let mut used = inst.used.lock();
             if used.len() >= MAX_REMEMBERED {
                 used.clear();
             }
             used.insert(local)
         };
-        let mut attrs = self.labels[i].to_vec();
+        let mut attrs = inst.labels.to_vec();
         attrs.push(KeyValue::new("result", if fresh { "miss" } else { "hit" }));
         self.metrics.pool_requests.add(1, &attrs);
     }

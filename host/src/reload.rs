@@ -1,0 +1,556 @@
+//! Hot reload: a new configuration and new plugin files taken up while the
+//! gateway serves, without a restart and without failing a request.
+//!
+//! A reload builds the whole next [`Gateway`] off the request path and then
+//! swaps it in at once; requests in flight finish on the one they started
+//! with, which is dropped (with its filters' instances) when the last of
+//! them ends. What did not change is carried over rather than rebuilt:
+//! plugins by content hash, filters whose plugin, settings and routes are
+//! the same (with their warm instances), upstreams whose settings are the
+//! same (and, when only some settings changed, the connection pool and each
+//! remaining instance's breaker, health and outlier state). A reload that
+//! fails at any step changes nothing and says why in the log, in
+//! `gateway_reloads_total{result="failure"}` and on `/admin/plugins`.
+//!
+//! Reloads come from a file watcher (the config file, the plugin files and
+//! `config_files` it names), from SIGHUP and from `POST /admin/reload`.
+
+use crate::config::Config;
+use crate::plugin::{LoadedPlugin, PluginError, Runtime, content_hash, read_plugin};
+use crate::{ConfigSource, Gateway, Shared, load_config};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Compiled plugins by name and content hash. Versions in use are always
+/// kept; of the others, the most recently used few stay, so flipping back
+/// and forth between two versions compiles each once.
+#[derive(Default)]
+pub struct PluginCache {
+    entries: HashMap<(String, String), Cached>,
+    uses: u64,
+}
+
+struct Cached {
+    plugin: Arc<LoadedPlugin>,
+    last_used: u64,
+}
+
+/// Versions not in use that the cache keeps.
+const SPARE_VERSIONS: usize = 8;
+
+impl PluginCache {
+    /// The plugin `name` as its file now reads, compiled only if this
+    /// content has not been seen; `true` when it was compiled now.
+    pub async fn get(
+        &mut self,
+        runtime: &Runtime,
+        name: &str,
+        path: &Path,
+    ) -> Result<(Arc<LoadedPlugin>, bool), PluginError> {
+        let bytes = read_plugin(name, path)?;
+        let hash = content_hash(&bytes);
+        self.uses += 1;
+        let key = (name.to_string(), hash);
+        if let Some(c) = self.entries.get_mut(&key) {
+            c.last_used = self.uses;
+            // A version compiled from another path (the plugin folder
+            // moved) is the same code; reuse it.
+            return Ok((c.plugin.clone(), false));
+        }
+        let plugin = runtime.compile(name, path, bytes, key.1.clone()).await?;
+        self.entries.insert(
+            key,
+            Cached {
+                plugin: plugin.clone(),
+                last_used: self.uses,
+            },
+        );
+        Ok((plugin, true))
+    }
+
+    /// Drops versions no longer needed: all but those in `in_use` and the
+    /// most recently used spares.
+    pub fn trim(&mut self, in_use: &[Arc<LoadedPlugin>]) {
+        let used = |p: &Arc<LoadedPlugin>| in_use.iter().any(|u| Arc::ptr_eq(u, p));
+        let mut spare: Vec<(u64, (String, String))> = self
+            .entries
+            .iter()
+            .filter(|(_, c)| !used(&c.plugin))
+            .map(|(k, c)| (c.last_used, k.clone()))
+            .collect();
+        spare.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (_, k) in spare.into_iter().skip(SPARE_VERSIONS) {
+            self.entries.remove(&k);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// What a build reused and what it made anew, for the log and the admin
+/// endpoint.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct BuildReport {
+    pub plugins_compiled: Vec<String>,
+    pub plugins_reused: Vec<String>,
+    pub filters_configured: Vec<String>,
+    pub filters_kept: Vec<String>,
+    pub upstreams_kept: Vec<String>,
+    pub upstreams_renewed: Vec<String>,
+}
+
+/// Settings a running gateway cannot change: its sockets, its state
+/// backend, its histogram buckets and its watcher. A reload that changes
+/// them applies the rest and says these wait for a restart.
+struct RestartOnly {
+    listen: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
+    echo: Option<std::net::SocketAddr>,
+    state: String,
+    buckets: Vec<f64>,
+    reload: crate::config::ReloadConfig,
+}
+
+impl RestartOnly {
+    fn of(c: &Config) -> RestartOnly {
+        RestartOnly {
+            listen: c.server.listen,
+            admin: c.admin.as_ref().map(|a| a.listen),
+            echo: c.echo.as_ref().map(|e| e.listen),
+            state: format!(
+                "{:?} {:?} {} {:?} {} {}",
+                c.state.backend.get_ref(),
+                c.state.url.as_ref().map(|u| u.get_ref()),
+                c.state.prefix,
+                c.state.timeout,
+                c.state.pool_size.get_ref(),
+                c.state.max_entries.get_ref()
+            ),
+            buckets: c.metrics.duration_buckets.clone(),
+            reload: c.reload.clone(),
+        }
+    }
+
+    fn differences(&self, new: &RestartOnly) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        if self.listen != new.listen {
+            d.push("[server] listen");
+        }
+        if self.admin != new.admin {
+            d.push("[admin] listen");
+        }
+        if self.echo != new.echo {
+            d.push("[echo] listen");
+        }
+        if self.state != new.state {
+            d.push("[state]");
+        }
+        if self.buckets != new.buckets {
+            d.push("[metrics] duration_buckets");
+        }
+        if self.reload != new.reload {
+            d.push("[reload]");
+        }
+        d
+    }
+}
+
+/// One reload attempt, as the admin endpoint shows it.
+#[derive(Clone)]
+struct Attempt {
+    at: SystemTime,
+    trigger: &'static str,
+    took: Duration,
+    outcome: Result<BuildReport, String>,
+    needs_restart: Vec<&'static str>,
+}
+
+#[derive(Default)]
+struct Status {
+    last: Option<Attempt>,
+    last_success: Option<SystemTime>,
+    /// The last error per plugin, kept until a version of it loads.
+    plugin_errors: HashMap<String, (SystemTime, String)>,
+}
+
+struct Builder {
+    cache: PluginCache,
+    restart_only: RestartOnly,
+}
+
+/// Builds and swaps in new configurations, one at a time.
+pub struct Reloader {
+    pub shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
+    source: ConfigSource,
+    builder: tokio::sync::Mutex<Builder>,
+    status: Mutex<Status>,
+    /// Earlier configurations, alive while requests still hold them.
+    retired: Mutex<Vec<Weak<Gateway>>>,
+    watch: crate::config::ReloadConfig,
+}
+
+/// What `reload` answers: the new generation, or why nothing changed.
+pub type ReloadResult = Result<(u64, BuildReport), String>;
+
+impl Reloader {
+    /// The first build, at start-up: the configuration must load.
+    pub async fn start(
+        source: ConfigSource,
+        config: Config,
+        runtime: Arc<Runtime>,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> anyhow::Result<Arc<Reloader>> {
+        let watch = config.reload.clone();
+        let mut builder = Builder {
+            cache: PluginCache::default(),
+            restart_only: RestartOnly::of(&config),
+        };
+        let (gw, _) =
+            Gateway::build(config, &runtime, metrics.clone(), &mut builder.cache, None).await?;
+        builder.cache.trim(&gw.plugin_versions());
+        metrics.declare_reloads();
+        let shared = Arc::new(Shared::new(gw, metrics));
+        Ok(Arc::new(Reloader {
+            shared,
+            runtime,
+            source,
+            builder: tokio::sync::Mutex::new(builder),
+            status: Mutex::new(Status {
+                last_success: Some(SystemTime::now()),
+                ..Status::default()
+            }),
+            retired: Mutex::new(Vec::new()),
+            watch,
+        }))
+    }
+
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    /// Reads the configuration and plugins again and swaps them in; on any
+    /// error the running configuration stays. Reloads run one at a time.
+    pub async fn reload(&self, trigger: &'static str) -> ReloadResult {
+        let mut builder = self.builder.lock().await;
+        let started = Instant::now();
+        let metrics = self.shared.metrics.clone();
+        let config = match load_config(&self.source) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.to_string();
+                self.failed(trigger, started, None, &msg);
+                return Err(msg);
+            }
+        };
+        let needs_restart = builder.restart_only.differences(&RestartOnly::of(&config));
+        let previous = self.shared.current();
+        let built = Gateway::build(
+            config,
+            &self.runtime,
+            metrics.clone(),
+            &mut builder.cache,
+            Some(&previous),
+        )
+        .await;
+        let (mut gw, report) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                let msg = e.to_string();
+                self.failed(trigger, started, Some(e.plugin()), &msg);
+                return Err(msg);
+            }
+        };
+        gw.generation = previous.generation + 1;
+        let generation = gw.generation;
+        builder.cache.trim(&gw.plugin_versions());
+        {
+            let mut status = self.status.lock();
+            for p in &gw.plugins {
+                status.plugin_errors.remove(&*p.name);
+            }
+        }
+        self.shared.swap(gw);
+        {
+            let mut retired = self.retired.lock();
+            retired.retain(|w| w.strong_count() > 0);
+            retired.push(Arc::downgrade(&previous));
+        }
+        drop(previous);
+        metrics.count_reload(true);
+        let took = started.elapsed();
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                "reload #{generation}: {} changed; that takes a restart, the rest is applied",
+                needs_restart.join(", ")
+            );
+        }
+        tracing::info!(
+            trigger,
+            "reload #{generation} applied in {} ms: plugins compiled {:?}, reused {:?}; filters configured {:?}, kept {:?}; upstreams renewed {:?}, kept {:?}",
+            took.as_millis(),
+            report.plugins_compiled,
+            report.plugins_reused,
+            report.filters_configured,
+            report.filters_kept,
+            report.upstreams_renewed,
+            report.upstreams_kept,
+        );
+        let mut status = self.status.lock();
+        status.last_success = Some(SystemTime::now());
+        status.last = Some(Attempt {
+            at: SystemTime::now(),
+            trigger,
+            took,
+            outcome: Ok(report.clone()),
+            needs_restart,
+        });
+        Ok((generation, report))
+    }
+
+    fn failed(&self, trigger: &'static str, started: Instant, plugin: Option<&str>, msg: &str) {
+        tracing::error!(
+            trigger,
+            "reload refused, the running configuration stays: {msg}"
+        );
+        self.shared.metrics.count_reload(false);
+        let now = SystemTime::now();
+        let mut status = self.status.lock();
+        if let Some(p) = plugin {
+            status
+                .plugin_errors
+                .insert(p.to_string(), (now, msg.to_string()));
+        }
+        status.last = Some(Attempt {
+            at: now,
+            trigger,
+            took: started.elapsed(),
+            outcome: Err(msg.to_string()),
+            needs_restart: Vec::new(),
+        });
+    }
+
+    /// Earlier configurations still held by requests in flight.
+    pub fn retired_alive(&self) -> usize {
+        let mut retired = self.retired.lock();
+        retired.retain(|w| w.strong_count() > 0);
+        retired.len()
+    }
+
+    /// `/admin/plugins`: per plugin its file, version, load time, warm
+    /// instances, calls and failures and last reload error, and the last
+    /// reload.
+    pub fn describe(&self) -> Value {
+        let gw = self.shared.current();
+        let status = self.status.lock();
+        let mut plugins: Vec<Value> = gw
+            .plugins
+            .iter()
+            .map(|p| {
+                let filters: Vec<&Arc<crate::plugin::Filter>> = gw
+                    .filters
+                    .values()
+                    .filter(|f| Arc::ptr_eq(&f.plugin, p))
+                    .collect();
+                let mut names: Vec<&str> = filters.iter().map(|f| &*f.name).collect();
+                names.sort_unstable();
+                json!({
+                    "name": &*p.name,
+                    "file": p.path.display().to_string(),
+                    "sha256": p.sha256,
+                    "loaded_at": rfc3339(p.loaded_at),
+                    "filters": names,
+                    "instances_warm": filters.iter().map(|f| f.warm_count()).sum::<usize>(),
+                    "calls": p.calls.load(std::sync::atomic::Ordering::Relaxed),
+                    "failures": p.failures.load(std::sync::atomic::Ordering::Relaxed),
+                    "last_reload_error": status.plugin_errors.get(&*p.name).map(|(at, msg)| json!({
+                        "at": rfc3339(*at),
+                        "error": msg,
+                    })),
+                })
+            })
+            .collect();
+        // A plugin whose first version failed to load has no entry above;
+        // its error must still show.
+        for (name, (at, msg)) in &status.plugin_errors {
+            if !gw.plugins.iter().any(|p| &*p.name == name) {
+                plugins.push(json!({
+                    "name": name,
+                    "last_reload_error": {"at": rfc3339(*at), "error": msg},
+                }));
+            }
+        }
+        json!({
+            "generation": gw.generation,
+            "config": match &self.source {
+                ConfigSource::File(p) => p.display().to_string(),
+                ConfigSource::Embedded => "<embedded>".to_string(),
+            },
+            "retired_generations_alive": self.retired_alive(),
+            "last_successful_reload": status.last_success.map(rfc3339),
+            "last_reload": status.last.as_ref().map(attempt_json),
+            "plugins": plugins,
+        })
+    }
+
+    /// Runs the watcher until the process ends; returns at once (after a
+    /// log line) when the configuration is not a file or watching fails.
+    pub async fn watch(self: Arc<Self>) {
+        if matches!(self.source, ConfigSource::Embedded) || !self.watch.watch {
+            return;
+        }
+        if let Err(e) = self.watch_loop().await {
+            tracing::error!(
+                "file watcher stopped, reload with SIGHUP or POST /admin/reload: {e:#}"
+            );
+        }
+    }
+
+    async fn watch_loop(&self) -> anyhow::Result<()> {
+        use notify::Watcher;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            let _ = tx.send(ev);
+        })?;
+        let mut watched: HashSet<PathBuf> = HashSet::new();
+        loop {
+            let targets = self.watch_targets();
+            let dirs: HashSet<PathBuf> = targets
+                .iter()
+                .filter_map(|p| p.parent().map(Path::to_path_buf))
+                .collect();
+            for d in watched.difference(&dirs) {
+                let _ = watcher.unwatch(d);
+            }
+            watched.retain(|d| dirs.contains(d));
+            for d in &dirs {
+                if !watched.contains(d) {
+                    match watcher.watch(d, notify::RecursiveMode::NonRecursive) {
+                        Ok(()) => {
+                            watched.insert(d.clone());
+                        }
+                        // Retried on the next event or reload.
+                        Err(e) => tracing::warn!("cannot watch {}: {e}", d.display()),
+                    }
+                }
+            }
+            // Wait for a change to a file the configuration depends on.
+            loop {
+                let Some(ev) = rx.recv().await else {
+                    anyhow::bail!("the watcher's channel closed");
+                };
+                if let Some(path) = relevant(&ev, &targets) {
+                    tracing::debug!("{} changed", path.display());
+                    break;
+                }
+            }
+            // Editors and copies write in bursts: wait for a quiet spell, but
+            // not forever while a file keeps changing.
+            let first = Instant::now();
+            let quiet = self.watch.debounce.0;
+            let mut quiet_until = first + quiet;
+            loop {
+                let deadline = quiet_until.min(first + DEBOUNCE_MAX.max(quiet));
+                tokio::select! {
+                    ev = rx.recv() => {
+                        let Some(ev) = ev else { anyhow::bail!("the watcher's channel closed") };
+                        if relevant(&ev, &targets).is_some() {
+                            quiet_until = Instant::now() + quiet;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline.into()) => break,
+                }
+            }
+            // A failed reload (a half-copied file, say) is logged and
+            // counted; the next write to the file tries again.
+            let _ = self.reload("watch").await;
+        }
+    }
+
+    /// The files whose change triggers a reload: the config file, each
+    /// plugin file the running configuration loads and each of its
+    /// filters' `config_files`.
+    fn watch_targets(&self) -> Vec<PathBuf> {
+        let ConfigSource::File(config) = &self.source else {
+            return Vec::new();
+        };
+        let gw = self.shared.current();
+        let mut targets = vec![config.clone()];
+        targets.extend(gw.plugin_files.iter().cloned());
+        targets.extend(gw.config_files.iter().cloned());
+        targets
+            .into_iter()
+            .map(|p| std::path::absolute(&p).unwrap_or(p))
+            .collect()
+    }
+}
+
+/// The longest a stream of changes delays a reload.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+
+/// The watched file an event is about, if it is one that may change its
+/// content: writes, creations, renames, removals and touches, but not
+/// reads (the gateway's own reads of the files would loop).
+fn relevant<'a>(ev: &notify::Result<notify::Event>, targets: &'a [PathBuf]) -> Option<&'a Path> {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+    let ev = match ev {
+        Ok(ev) => ev,
+        Err(e) => {
+            tracing::warn!("file watcher: {e}");
+            return None;
+        }
+    };
+    let changes = match ev.kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        _ => false,
+    };
+    if !changes {
+        return None;
+    }
+    ev.paths
+        .iter()
+        .find_map(|p| {
+            targets.iter().find(|t| {
+                *t == p
+                // A Kubernetes ConfigMap volume swaps a `..data` symlink
+                // beside the files rather than writing them.
+                || (p.file_name().is_some_and(|n| n == "..data") && t.parent() == p.parent())
+            })
+        })
+        .map(PathBuf::as_path)
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn attempt_json(a: &Attempt) -> Value {
+    let mut v = json!({
+        "at": rfc3339(a.at),
+        "trigger": a.trigger,
+        "took_ms": a.took.as_secs_f64() * 1000.0,
+        "result": if a.outcome.is_ok() { "success" } else { "failure" },
+    });
+    match &a.outcome {
+        Ok(report) => {
+            v["changes"] = serde_json::to_value(report).unwrap_or(Value::Null);
+            v["needs_restart"] = json!(a.needs_restart);
+        }
+        Err(msg) => v["error"] = json!(msg),
+    }
+    v
+}
