@@ -6,7 +6,7 @@ PLUGIN_OUT := target/plugins/wasm32-wasip2/release
 # Plugins copied to plugins/dist, the folder the default config loads from.
 SHIPPED := headers ratelimit auth tenant
 
-.PHONY: setup plugins build run test bench bench-deps vs-nginx
+.PHONY: setup plugins build run test bench bench-deps vs-nginx soak-reload
 
 setup:
 	scripts/setup.sh
@@ -40,3 +40,8 @@ vs-nginx: build bench-deps
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/plain.toml
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/headers.toml
 	../shared/bench/vs-nginx.sh -p '/?api_key=bench-key-0123456789' -- target/release/gateway run --config benches/vs-nginx/plugins.toml
+
+# A thousand reloads, each compiling a new plugin version, against resident
+# memory (opt-in: it takes a minute or two).
+soak-reload: plugins
+	$(CARGO) test --release --test reload -- --ignored --nocapture
