@@ -595,7 +595,9 @@ fn a_reload_keeps_pools_breakers_and_health_of_what_did_not_change() {
     let spare = Upstream::start("spare");
     let sick = Upstream::start("sick");
     let f = Fixture::start(&app, false);
-    let clusters = |flaky_instances: &str, app_connect: &str, extra_route: bool| {
+    // `strategy` changes sick and steady without touching their connection,
+    // health or breaker settings.
+    let clusters = |flaky_instances: &str, app_connect: &str, extra_route: bool, strategy: &str| {
         format!(
             r#"
 [upstreams.flaky]
@@ -605,10 +607,12 @@ breaker = {{ consecutive_failures = 2, cool_down = "60s", max_cool_down = "60s" 
 
 [upstreams.sick]
 instances = ["{sick}"]
+strategy = "{strategy}"
 health = {{ path = "/status/503", interval = "500ms", unhealthy_threshold = 2, healthy_threshold = 2 }}
 
 [upstreams.steady]
 instances = ["{app}"]
+strategy = "{strategy}"
 connect_timeout = "{app_connect}"
 
 [[route]]
@@ -636,7 +640,7 @@ upstream = "steady"
         )
     };
     let flaky_only = format!("\"{}\"", flaky.addr);
-    f.write_config(&clusters(&flaky_only, "1s", false));
+    f.write_config(&clusters(&flaky_only, "1s", false, "round_robin"));
     assert_eq!(f.reload().0, 200);
 
     // Open flaky's breaker, let health checks find `sick` down, and pool a
@@ -657,7 +661,7 @@ upstream = "steady"
     assert_eq!(opened(&f.gw.metrics(), &app), 1.0);
 
     // An unrelated change: every upstream is kept whole.
-    f.write_config(&clusters(&flaky_only, "1s", true));
+    f.write_config(&clusters(&flaky_only, "1s", true, "round_robin"));
     let (status, body) = f.reload();
     assert_eq!(status, 200, "{body}");
     let kept = body["changes"]["upstreams_kept"].as_array().unwrap().len();
@@ -682,7 +686,7 @@ upstream = "steady"
     // had keeps its open breaker while the new one takes the traffic.
     let flaky_seen = flaky.count();
     let both = format!("\"{}\", \"{}\"", flaky.addr, spare.addr);
-    f.write_config(&clusters(&both, "1s", true));
+    f.write_config(&clusters(&both, "1s", true, "round_robin"));
     let (_, body) = f.reload();
     assert_eq!(body["changes"]["upstreams_renewed"][0], "flaky", "{body}");
     for _ in 0..4 {
@@ -695,8 +699,26 @@ upstream = "steady"
     assert_eq!(breaker(&scrape, &flaky), 2.0, "open");
     assert_eq!(breaker(&scrape, &spare), 0.0, "closed");
 
+    // sick and steady renewed with the same health and connection settings:
+    // sick is still known down at once (a fresh record would call it
+    // healthy until two checks failed) and steady's connection is reused.
+    f.write_config(&clusters(&both, "1s", true, "random"));
+    let (_, body) = f.reload();
+    let renewed = &body["changes"]["upstreams_renewed"];
+    assert_eq!(renewed, &serde_json::json!(["sick", "steady"]), "{body}");
+    assert_eq!(
+        f.gw.get("/sick", &[]).header("x-gateway-error"),
+        Some("no-healthy-instance")
+    );
+    assert_eq!(f.gw.get("/steady", &[]).status, 200);
+    assert_eq!(
+        opened(&f.gw.metrics(), &app),
+        1.0,
+        "the pool was not carried over"
+    );
+
     // New connection settings for steady: a new pool, a new connection.
-    f.write_config(&clusters(&both, "2s", true));
+    f.write_config(&clusters(&both, "2s", true, "random"));
     assert_eq!(f.reload().0, 200);
     assert_eq!(f.gw.get("/steady", &[]).status, 200);
     assert_eq!(opened(&f.gw.metrics(), &app), 2.0);

@@ -554,3 +554,64 @@ fn attempt_json(a: &Attempt) -> Value {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, MetadataKind, ModifyKind,
+        RenameMode,
+    };
+
+    fn ev(kind: EventKind, path: &str) -> notify::Result<notify::Event> {
+        Ok(notify::Event::new(kind).add_path(PathBuf::from(path)))
+    }
+
+    #[test]
+    fn only_changes_to_watched_files_count() {
+        let targets = [
+            PathBuf::from("/etc/gw/gateway.toml"),
+            PathBuf::from("/srv/plugins/auth.wasm"),
+        ];
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let hit = |kind, path| relevant(&ev(kind, path), &targets).is_some();
+        assert!(hit(write, "/etc/gw/gateway.toml"));
+        assert!(hit(write, "/srv/plugins/auth.wasm"));
+        assert!(hit(
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            "/srv/plugins/auth.wasm"
+        ));
+        assert!(hit(
+            EventKind::Create(CreateKind::File),
+            "/srv/plugins/auth.wasm"
+        ));
+        assert!(hit(
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            "/etc/gw/gateway.toml"
+        ));
+        // `touch` asks for a reload; the gateway's own reads must not.
+        assert!(hit(
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::WriteTime)),
+            "/etc/gw/gateway.toml"
+        ));
+        assert!(!hit(
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+            "/etc/gw/gateway.toml"
+        ));
+        assert!(!hit(
+            EventKind::Access(AccessKind::Open(AccessMode::Read)),
+            "/srv/plugins/auth.wasm"
+        ));
+        assert!(!hit(
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            "/srv/plugins/auth.wasm"
+        ));
+        // Files beside the watched ones: a temporary file, another plugin.
+        assert!(!hit(write, "/etc/gw/.gateway.toml.swp"));
+        assert!(!hit(write, "/srv/plugins/other.wasm"));
+        // A ConfigMap's `..data` swap beside the config, but not elsewhere.
+        assert!(hit(EventKind::Create(CreateKind::Any), "/etc/gw/..data"));
+        assert!(!hit(EventKind::Create(CreateKind::Any), "/tmp/..data"));
+        assert!(relevant(&Err(notify::Error::generic("gone")), &targets).is_none());
+    }
+}
