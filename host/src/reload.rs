@@ -178,7 +178,7 @@ struct Attempt {
 #[derive(Default)]
 struct Status {
     last: Option<Attempt>,
-    last_success: Option<SystemTime>,
+    running_since: Option<SystemTime>,
     /// The last error per plugin, kept until a version of it loads.
     plugin_errors: HashMap<String, (SystemTime, String)>,
 }
@@ -227,7 +227,7 @@ impl Reloader {
             source,
             builder: tokio::sync::Mutex::new(builder),
             status: Mutex::new(Status {
-                last_success: Some(SystemTime::now()),
+                running_since: Some(SystemTime::now()),
                 ..Status::default()
             }),
             retired: Mutex::new(Vec::new()),
@@ -307,7 +307,7 @@ impl Reloader {
             report.upstreams_kept,
         );
         let mut status = self.status.lock();
-        status.last_success = Some(SystemTime::now());
+        status.running_since = Some(SystemTime::now());
         status.last = Some(Attempt {
             at: SystemTime::now(),
             trigger,
@@ -397,7 +397,7 @@ impl Reloader {
                 ConfigSource::Embedded => "<embedded>".to_string(),
             },
             "retired_generations_alive": self.retired_alive(),
-            "last_successful_reload": status.last_success.map(rfc3339),
+            "running_since": status.running_since.map(rfc3339),
             "last_reload": status.last.as_ref().map(attempt_json),
             "plugins": plugins,
         })
