@@ -69,7 +69,11 @@ async fn filter(rt: &Runtime, name: &str, plugin: &str, config: &str) -> Arc<Fil
         toml::from_str(&format!("plugin = \"{plugin}\"\n[config]\n{config}")).unwrap();
     let loaded = rt.load(plugin, &plugin_path(plugin)).unwrap();
     let routes: std::sync::Arc<[String]> = std::sync::Arc::from(vec!["api".to_string()]);
-    Arc::new(rt.filter(name, loaded, &cfg, routes).await.unwrap())
+    Arc::new(
+        rt.filter(name, loaded, &cfg, std::path::Path::new("."), routes)
+            .await
+            .unwrap(),
+    )
 }
 
 /// The API key the bench requests carry, and the auth filter's entry for it.

@@ -146,7 +146,11 @@ async fn filter(rt: &Runtime, name: &str, config: &str) -> Arc<Filter> {
     let cfg: FilterConfig = toml::from_str(config).unwrap();
     let loaded = rt.load("auth", &plugin_path()).unwrap();
     let routes: std::sync::Arc<[String]> = std::sync::Arc::from(vec!["api".to_string()]);
-    Arc::new(rt.filter(name, loaded, &cfg, routes).await.unwrap())
+    Arc::new(
+        rt.filter(name, loaded, &cfg, std::path::Path::new("."), routes)
+            .await
+            .unwrap(),
+    )
 }
 
 /// One warm call; the request is built outside the measured time. Panics

@@ -212,6 +212,14 @@ pub enum FailurePolicy {
     FailOpen,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Pooled,
+    Request,
+}
+
 /// A filter: a plugin with its own settings. Several filters may share one
 /// plugin file with different `config` tables.
 #[derive(Debug, PartialEq, Deserialize)]
@@ -230,9 +238,24 @@ pub struct FilterConfig {
     /// The most linear memory one instance may grow to, in MiB.
     #[serde(default = "defaults::memory_limit_mib")]
     pub memory_limit_mib: u32,
-    /// Warm instances kept for reuse.
+    /// Warm instances kept for reuse (under `request` isolation: fresh
+    /// instances made ready ahead).
     #[serde(default = "defaults::warm_instances")]
     pub instances: usize,
+    /// `pooled`: instances are reused from call to call. `request`: every
+    /// call runs on a fresh instance, so nothing a call leaves in the
+    /// instance's memory reaches another request.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Environment variables the filter may read, by name; their values are
+    /// taken from the gateway's environment when the filter is configured.
+    /// None by default.
+    #[serde(default = "defaults::no_env")]
+    pub env: Spanned<Vec<String>>,
+    /// Directories the filter may read (never write): `"/guest/path" =
+    /// "host/path"`, host paths relative to the config file. None by default.
+    #[serde(default)]
+    pub dirs: BTreeMap<String, Spanned<PathBuf>>,
     /// The filter's own settings, handed to its `configure` as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -438,6 +461,9 @@ mod defaults {
     }
     pub fn memory_limit_mib() -> u32 {
         64
+    }
+    pub fn no_env() -> Spanned<Vec<String>> {
+        Spanned::new(0..0, Vec::new())
     }
     pub fn warm_instances() -> usize {
         16
@@ -762,6 +788,35 @@ impl Config {
                         f.failure_status
                     ),
                 ));
+            }
+            if let Some(bad) = f
+                .env
+                .get_ref()
+                .iter()
+                .find(|v| v.is_empty() || v.contains('=') || v.contains('\0'))
+            {
+                return Err(src.error_span(
+                    &f.env,
+                    format!("filter `{name}` grants environment variable {bad:?}, which is not a variable name"),
+                ));
+            }
+            for (guest, host) in &f.dirs {
+                if !guest.starts_with('/') {
+                    return Err(src.error_span(
+                        host,
+                        format!("filter `{name}` grants directory `{guest}`; the path the filter sees must start with `/`"),
+                    ));
+                }
+                let full = self.base_dir.join(host.get_ref());
+                if !full.is_dir() {
+                    return Err(src.error_span(
+                        host,
+                        format!(
+                            "filter `{name}` is granted {}, which is not a directory",
+                            full.display()
+                        ),
+                    ));
+                }
             }
             if f.memory_limit_mib == 0 || f.memory_limit_mib > MAX_MEMORY_LIMIT_MIB {
                 return Err(src.error_span(

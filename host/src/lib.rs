@@ -132,7 +132,11 @@ impl Gateway {
                 }
                 None => {
                     report.filters_configured.push(name.clone());
-                    Arc::new(runtime.filter(name, plugin, fc, route_ids.clone()).await?)
+                    Arc::new(
+                        runtime
+                            .filter(name, plugin, fc, &config.base_dir, route_ids.clone())
+                            .await?,
+                    )
                 }
             };
             filters.insert(name.clone(), filter);

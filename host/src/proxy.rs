@@ -14,7 +14,7 @@ use crate::Gateway;
 use crate::config::FailurePolicy;
 use crate::plugin::bindings::Reply;
 use crate::plugin::host::{RequestInfo, RequestState, ResponseState};
-use crate::plugin::{Decision, Failure, Filter};
+use crate::plugin::{Decision, Failure, Filter, Held};
 use crate::routing::normalize_path;
 use crate::telemetry::{method_label, status_class};
 use crate::upstream::Failed;
@@ -313,13 +313,16 @@ async fn pipeline(
 
     // Filters on the way in. `passed` are those whose on-request continued:
     // they, and only they, see the response on the way out.
-    let mut passed: Vec<&Arc<Filter>> = Vec::with_capacity(rt.filters.len());
+    // Under request isolation a filter's instance is held from one phase to
+    // the other.
+    let mut passed: Vec<(&Arc<Filter>, Option<Held>)> = Vec::with_capacity(rt.filters.len());
     let mut early: Option<Response<ProxyBody>> = None;
     for f in &rt.filters {
-        let (s, outcome) = f.on_request(state).await;
+        let (s, outcome, held) = f.on_request_held(state).await;
+        f.replenish_later();
         state = s;
         match outcome {
-            Ok(Decision::Continue) => passed.push(f),
+            Ok(Decision::Continue) => passed.push((f, held)),
             Ok(Decision::Respond(reply)) => {
                 early = Some(reply_response(reply));
                 break;
@@ -346,8 +349,8 @@ async fn pipeline(
     let (resp_parts, resp_body) = response.into_parts();
     let mut resp_state = ResponseState { parts: resp_parts };
     let mut body = resp_body;
-    for f in passed.iter().rev() {
-        let (rq, rs, outcome) = f.on_response(state, resp_state).await;
+    for (f, held) in passed.into_iter().rev() {
+        let (rq, rs, outcome) = f.on_response_held(state, resp_state, held).await;
         state = rq;
         resp_state = rs;
         let replacement = match outcome {

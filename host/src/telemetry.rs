@@ -23,6 +23,7 @@ pub const FAILURE_REASONS: &[&str] = &[
     "trap",
     "deadline",
     "memory",
+    "stack-overflow",
     "invalid-answer",
     "instantiate",
 ];

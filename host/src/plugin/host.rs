@@ -24,6 +24,17 @@ pub const MAX_CONTEXT_VALUE: usize = 4 * 1024;
 pub const MAX_CONTEXT_ENTRIES: usize = 64;
 /// Longest log message kept; the rest is cut.
 pub const MAX_LOG_MESSAGE: usize = 4 * 1024;
+/// Log lines one filter call may write; the rest are dropped and counted in
+/// one line at the end of the call, so a looping filter cannot flood the log.
+pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
+/// Shared-state calls one filter call may make (each may be a Redis round
+/// trip); past it they are refused as invalid.
+pub const MAX_STATE_CALLS_PER_CALL: u32 = 16;
+/// Header fields a message may reach through a filter's edits, and the
+/// bytes its names and values may total: a filter adding headers in a loop
+/// is refused, not allowed to grow the message without bound.
+pub const MAX_HEADER_FIELDS: usize = 256;
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 /// What is fixed about a request once it is routed.
 #[derive(Debug)]
@@ -61,6 +72,16 @@ pub struct HostState {
     pub route_ids: Arc<[String]>,
     /// The request being served, for the log (shared, not copied, per call).
     pub request: Option<Arc<RequestInfo>>,
+    /// What the current call has used of its per-call budgets.
+    pub budget: CallBudget,
+}
+
+/// Counts against the per-call limits on host calls; reset for every call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallBudget {
+    pub log_lines: u32,
+    pub log_dropped: u32,
+    pub state_calls: u32,
 }
 
 impl HostState {
@@ -71,12 +92,11 @@ impl HostState {
         state: Arc<State>,
         route_ids: Arc<[String]>,
         limits: StoreLimits,
+        grants: &Grants,
     ) -> HostState {
         HostState {
             table: ResourceTable::new(),
-            // No preopened directories, no environment, no network: a filter
-            // gets only what the world's own imports give.
-            wasi: WasiCtx::builder().build(),
+            wasi: grants.wasi(),
             limits,
             filter,
             plugin,
@@ -84,7 +104,44 @@ impl HostState {
             state,
             route_ids,
             request: None,
+            budget: CallBudget::default(),
         }
+    }
+}
+
+/// What a filter's configuration grants it beyond the world's imports.
+/// Nothing by default: no files, no environment, no network, no standard
+/// input; standard output and error go nowhere.
+#[derive(Debug, Default, Clone)]
+pub struct Grants {
+    /// Environment variables, read when the filter is configured.
+    pub env: Vec<(String, String)>,
+    /// Directories readable (never writable) by the filter: (host, guest).
+    pub dirs: Vec<(std::path::PathBuf, String)>,
+}
+
+impl Grants {
+    fn wasi(&self) -> WasiCtx {
+        let mut b = WasiCtx::builder();
+        // No sockets: TCP, UDP and name lookup off, and every address
+        // refused should one be turned on. These are wasmtime-wasi's
+        // defaults; stated here so that a change of default cannot open
+        // the network to filters.
+        b.allow_tcp(false);
+        b.allow_udp(false);
+        b.allow_ip_name_lookup(false);
+        b.socket_addr_check(|_, _| Box::pin(async { false }));
+        for (k, v) in &self.env {
+            b.env(k, v);
+        }
+        for (host, guest) in &self.dirs {
+            // Checked at configuration load; a directory removed since is
+            // left out rather than failing the instance.
+            if let Err(e) = b.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly) {
+                tracing::warn!("cannot grant {}: {e:#}", host.display());
+            }
+        }
+        b.build()
     }
 }
 
@@ -150,8 +207,27 @@ pub fn stats(h: &HeaderMap) -> HeaderStats {
     }
 }
 
+/// Refuses an edit that would take the message past the field or byte caps.
+/// `replaces` is whether the edit replaces the name's values (set) rather
+/// than adding one (append).
+fn room_for(h: &HeaderMap, n: &HeaderName, v: &HeaderValue, replaces: bool) -> Result<(), String> {
+    let adds_field = !(replaces && h.contains_key(n));
+    if adds_field && h.len() >= MAX_HEADER_FIELDS {
+        return Err(format!(
+            "the message already has {} header fields; a filter may take it to at most {MAX_HEADER_FIELDS}",
+            h.len()
+        ));
+    }
+    let bytes = stats(h).bytes as usize;
+    if bytes + n.as_str().len() + v.len() > MAX_HEADER_BLOCK {
+        return Err(format!("the headers would exceed {MAX_HEADER_BLOCK} bytes"));
+    }
+    Ok(())
+}
+
 fn set(h: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), String> {
     let (n, v) = checked(name, value)?;
+    room_for(h, &n, &v, true)?;
     h.insert(n, v);
     Ok(())
 }
@@ -161,6 +237,7 @@ fn append(h: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), String> {
     if h.get_all(&n).iter().count() >= 64 {
         return Err(format!("`{n}` already has 64 values"));
     }
+    room_for(h, &n, &v, false)?;
     h.append(n, v);
     Ok(())
 }
@@ -361,6 +438,11 @@ impl types::HostResponse for HostState {
 
 impl host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        if self.budget.log_lines >= MAX_LOG_LINES_PER_CALL {
+            self.budget.log_dropped += 1;
+            return Ok(());
+        }
+        self.budget.log_lines += 1;
         let mut message = message;
         if message.len() > MAX_LOG_MESSAGE {
             let mut cut = MAX_LOG_MESSAGE;
@@ -414,6 +496,12 @@ impl host::Host for HostState {
 
 impl HostState {
     async fn state_add(&mut self, ops: Vec<CounterOp>) -> Result<Vec<StateCounter>, WitStateError> {
+        if self.budget.state_calls >= MAX_STATE_CALLS_PER_CALL {
+            return Err(WitStateError::Invalid(format!(
+                "more than {MAX_STATE_CALLS_PER_CALL} state calls in one filter call"
+            )));
+        }
+        self.budget.state_calls += 1;
         match self.state.add(&self.filter, &ops).await {
             Ok(out) => Ok(out
                 .into_iter()
@@ -521,6 +609,7 @@ mod tests {
             state,
             Arc::from(Vec::new()),
             StoreLimits::default(),
+            &Grants::default(),
         )
     }
 

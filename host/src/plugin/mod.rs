@@ -9,7 +9,7 @@
 pub mod bindings;
 pub mod host;
 
-use crate::config::{FailurePolicy, FilterConfig};
+use crate::config::{FailurePolicy, FilterConfig, Isolation};
 use crate::state::State;
 use crate::telemetry::{Metrics, shared};
 use bindings::{Action, Plugin, PluginPre, Reply};
@@ -90,6 +90,7 @@ pub struct Runtime {
     engine: Engine,
     /// Whether instances come from the pooling allocator (else on demand).
     pub pooling: bool,
+    guards: Guards,
     linker: Linker<HostState>,
     metrics: Arc<Metrics>,
     state: Arc<State>,
@@ -102,12 +103,32 @@ impl Drop for Runtime {
     }
 }
 
-fn engine_config(pooling: bool) -> wasmtime::Config {
+/// The limits every call runs under. Both are always on in the gateway;
+/// turning them off exists to measure what they cost (`cargo bench --bench
+/// sandbox`).
+#[derive(Debug, Clone, Copy)]
+pub struct Guards {
+    /// Interrupt a call at its deadline.
+    pub deadlines: bool,
+    /// Cap each instance's linear memory.
+    pub memory_limits: bool,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            deadlines: true,
+            memory_limits: true,
+        }
+    }
+}
+
+fn engine_config(pooling: bool, guards: Guards) -> wasmtime::Config {
     let mut cfg = wasmtime::Config::new();
     cfg.wasm_component_model(true);
     // Deadlines without per-instruction fuel accounting: generated code only
     // checks a counter that one ticker thread advances.
-    cfg.epoch_interruption(true);
+    cfg.epoch_interruption(guards.deadlines);
     if pooling {
         let mut pool = wasmtime::PoolingAllocationConfig::default();
         // Instances in use at once are bounded by worker threads times chain
@@ -137,16 +158,24 @@ impl Runtime {
     }
 
     pub fn with_state(metrics: Arc<Metrics>, state: Arc<State>) -> anyhow::Result<Runtime> {
+        Runtime::with_guards(metrics, state, Guards::default())
+    }
+
+    pub fn with_guards(
+        metrics: Arc<Metrics>,
+        state: Arc<State>,
+        guards: Guards,
+    ) -> anyhow::Result<Runtime> {
         // The pooling allocator reserves address space up front; where that
         // is refused (small virtual memory limits), fall back to on-demand
         // allocation rather than refuse to start.
-        let (engine, pooling) = match Engine::new(&engine_config(true)) {
+        let (engine, pooling) = match Engine::new(&engine_config(true, guards)) {
             Ok(e) => (e, true),
             Err(e) => {
                 tracing::warn!(
                     "pooling allocator unavailable ({e:#}); allocating instances on demand"
                 );
-                (Engine::new(&engine_config(false))?, false)
+                (Engine::new(&engine_config(false, guards))?, false)
             }
         };
         let mut linker = Linker::new(&engine);
@@ -165,6 +194,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             pooling,
+            guards,
             linker,
             metrics,
             state,
@@ -250,6 +280,7 @@ impl Runtime {
         name: &str,
         plugin: Arc<LoadedPlugin>,
         cfg: &FilterConfig,
+        base_dir: &Path,
         route_ids: Arc<[String]>,
     ) -> Result<Filter, PluginError> {
         let config_json = serde_json::to_string(&cfg.config).expect("a TOML table is valid JSON");
@@ -274,6 +305,24 @@ impl Runtime {
             deadline_ticks: ticks(cfg.timeout.0),
             memory_limit: cfg.memory_limit_mib as usize * 1024 * 1024,
             max_warm: cfg.instances,
+            isolation: cfg.isolation,
+            replenishing: AtomicBool::new(false),
+            grants: host::Grants {
+                // Variables missing from the gateway's environment are simply
+                // absent for the filter too.
+                env: cfg
+                    .env
+                    .get_ref()
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+                    .collect(),
+                dirs: cfg
+                    .dirs
+                    .iter()
+                    .map(|(guest, host)| (base_dir.join(host.get_ref()), guest.clone()))
+                    .collect(),
+            },
+            guards: self.guards,
             warm: Mutex::new(Vec::new()),
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
@@ -353,6 +402,12 @@ pub struct Filter {
     deadline_ticks: u64,
     memory_limit: usize,
     max_warm: usize,
+    pub isolation: Isolation,
+    replenishing: AtomicBool,
+    grants: host::Grants,
+    guards: Guards,
+    /// Pooled: instances that served calls, kept for the next. Request
+    /// isolation: fresh instances not yet used.
     warm: Mutex<Vec<Warm>>,
     engine: Engine,
     metrics: Arc<Metrics>,
@@ -370,10 +425,14 @@ pub enum Decision {
 
 impl Filter {
     async fn instantiate(&self) -> Result<Warm, Setup> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.memory_limit)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = if self.guards.memory_limits {
+            StoreLimitsBuilder::new()
+                .memory_size(self.memory_limit)
+                .trap_on_grow_failure(true)
+                .build()
+        } else {
+            StoreLimitsBuilder::new().build()
+        };
         let state = HostState::new(
             self.name.clone(),
             self.plugin.name.clone(),
@@ -381,6 +440,7 @@ impl Filter {
             self.state.clone(),
             self.route_ids.clone(),
             limits,
+            &self.grants,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -407,16 +467,21 @@ impl Filter {
         self.warm.lock().len()
     }
 
-    /// A warm instance armed with the call deadline, or a fresh one.
+    /// An instance armed with the call deadline: the one the request holds
+    /// (request isolation, response phase), a warm one, or a fresh one.
     async fn checkout(
         &self,
         phase_attrs: &[KeyValue; 3],
         request: &Arc<RequestInfo>,
+        held: Option<Held>,
     ) -> Result<Warm, Failure> {
         self.metrics.plugin_calls.add(1, phase_attrs);
         self.plugin.calls.fetch_add(1, Ordering::Relaxed);
-        let pooled = self.warm.lock().pop();
-        let mut warm = match pooled {
+        let ready = match held {
+            Some(Held(w)) => Some(w),
+            None => self.warm.lock().pop(),
+        };
+        let mut warm = match ready {
             Some(w) => w,
             None => self.instantiate().await.map_err(|s| {
                 let detail = match s {
@@ -429,33 +494,56 @@ impl Filter {
                 }
             })?,
         };
-        warm.store.data_mut().request = Some(request.clone());
+        let data = warm.store.data_mut();
+        data.request = Some(request.clone());
+        data.budget = host::CallBudget::default();
         warm.store.set_epoch_deadline(self.deadline_ticks);
         Ok(warm)
     }
 
-    /// Records the call; the instance goes back to the pool only if the call
-    /// succeeded (a trapped instance may be in any state).
+    /// Records the call. A failed call's instance is dropped (a trapped
+    /// instance may be in any state). A good one goes back to the pool,
+    /// or under request isolation is handed back to be `hold`, or dropped.
     fn checkin<R>(
         &self,
         mut warm: Warm,
         phase_attrs: &[KeyValue; 3],
         started: Instant,
         result: &Result<R, Failure>,
-    ) {
+        hold: bool,
+    ) -> Option<Held> {
         self.metrics
             .plugin_duration
             .record(started.elapsed().as_secs_f64(), &phase_attrs[..]);
+        let data = warm.store.data_mut();
+        if data.budget.log_dropped > 0 {
+            let request_id = data.request.as_ref().map_or("-", |r| r.request_id.as_str());
+            tracing::warn!(
+                filter = &*self.name,
+                plugin = &*self.plugin.name,
+                request_id,
+                "{} log lines dropped: a call may write {}",
+                data.budget.log_dropped,
+                host::MAX_LOG_LINES_PER_CALL
+            );
+        }
         match result {
             Ok(_) => {
-                warm.store.data_mut().request = None;
-                let mut pool = self.warm.lock();
-                if pool.len() < self.max_warm {
-                    pool.push(warm);
+                data.request = None;
+                match self.isolation {
+                    Isolation::Request if hold => return Some(Held(warm)),
+                    Isolation::Request => {}
+                    Isolation::Pooled => {
+                        let mut pool = self.warm.lock();
+                        if pool.len() < self.max_warm {
+                            pool.push(warm);
+                        }
+                    }
                 }
             }
             Err(f) => self.count_failure(phase_attrs, f.reason),
         }
+        None
     }
 
     fn count_failure(&self, phase_attrs: &[KeyValue; 3], reason: &'static str) {
@@ -465,14 +553,54 @@ impl Filter {
         self.metrics.plugin_failures.add(1, &attrs);
     }
 
+    /// Makes fresh instances ready for request isolation, up to the warm
+    /// count, so requests find one instead of instantiating.
+    pub async fn replenish(&self) {
+        if self.isolation != Isolation::Request {
+            return;
+        }
+        while self.warm.lock().len() < self.max_warm {
+            match self.instantiate().await {
+                Ok(w) => self.warm.lock().push(w),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Under request isolation, refills the fresh instances in a task of
+    /// its own once half are used, so requests rarely instantiate inline.
+    pub fn replenish_later(self: &Arc<Self>) {
+        if self.isolation != Isolation::Request
+            || self.warm.lock().len() * 2 > self.max_warm
+            || self.replenishing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let f = self.clone();
+        tokio::spawn(async move {
+            f.replenish().await;
+            f.replenishing.store(false, Ordering::Release);
+        });
+    }
+
     /// Calls `on-request`. The request is lent to the filter for the call
     /// and always handed back, whatever the call's outcome.
     pub async fn on_request(&self, req: RequestState) -> (RequestState, Result<Decision, Failure>) {
+        let (req, result, _) = self.on_request_held(req).await;
+        (req, result)
+    }
+
+    /// Like `on_request`; under request isolation it also hands back the
+    /// instance, for the same request's `on_response_held`.
+    pub async fn on_request_held(
+        &self,
+        req: RequestState,
+    ) -> (RequestState, Result<Decision, Failure>, Option<Held>) {
         let started = Instant::now();
         let attrs = &self.attrs_request;
-        let mut w = match self.checkout(attrs, &req.info).await {
+        let mut w = match self.checkout(attrs, &req.info, None).await {
             Ok(w) => w,
-            Err(f) => return (req, Err(f)),
+            Err(f) => return (req, Err(f), None),
         };
         let res = w
             .store
@@ -493,8 +621,8 @@ impl Filter {
             .delete(res)
             .expect("the request is still in the table");
         let result = decide(out);
-        self.checkin(w, attrs, started, &result);
-        (req, result)
+        let held = self.checkin(w, attrs, started, &result, true);
+        (req, result, held)
     }
 
     /// Calls `on-response`, lending both the request and the response.
@@ -503,9 +631,19 @@ impl Filter {
         req: RequestState,
         resp: ResponseState,
     ) -> (RequestState, ResponseState, Result<Decision, Failure>) {
+        self.on_response_held(req, resp, None).await
+    }
+
+    /// Like `on_response`, on the instance `on_request_held` handed back.
+    pub async fn on_response_held(
+        &self,
+        req: RequestState,
+        resp: ResponseState,
+        held: Option<Held>,
+    ) -> (RequestState, ResponseState, Result<Decision, Failure>) {
         let started = Instant::now();
         let attrs = &self.attrs_response;
-        let mut w = match self.checkout(attrs, &req.info).await {
+        let mut w = match self.checkout(attrs, &req.info, held).await {
             Ok(w) => w,
             Err(f) => return (req, resp, Err(f)),
         };
@@ -529,10 +667,14 @@ impl Filter {
             .expect("the response is still in the table");
         let req = table.delete(rq).expect("the request is still in the table");
         let result = decide(out);
-        self.checkin(w, attrs, started, &result);
+        self.checkin(w, attrs, started, &result, false);
         (req, resp, result)
     }
 }
+
+/// An instance one request keeps from its `on-request` to its
+/// `on-response` under request isolation, then drops.
+pub struct Held(Warm);
 
 fn decide(out: wasmtime::Result<Action>) -> Result<Decision, Failure> {
     match out {
@@ -590,6 +732,7 @@ fn classify(e: wasmtime::Error) -> Failure {
     let detail = format!("{e:#}");
     let reason = match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => "deadline",
+        Some(Trap::StackOverflow) => "stack-overflow",
         Some(_) => "trap",
         None if detail.contains("forcing trap when growing memory") => "memory",
         None => "trap",
