@@ -5,75 +5,35 @@
 //! Needs the plugins built first (`make bench` does it) and, for the Redis
 //! figure, `redis-server` (`make setup` installs it).
 
+mod common;
+
+use common::{plugin_path, response};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use gateway::config::FilterConfig;
-use gateway::plugin::host::{RequestInfo, RequestState, ResponseState};
+use gateway::plugin::host::{RequestState, ResponseState};
 use gateway::plugin::{Decision, Filter, Runtime};
 use gateway::telemetry::Metrics;
 use std::sync::Arc;
 
-fn plugin_path(name: &str) -> std::path::PathBuf {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("target/plugins/wasm32-wasip2/release/{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: run `make plugins` first",
-        p.display()
-    );
-    p
-}
-
 fn request() -> RequestState {
-    let req = http::Request::builder()
-        .method("GET")
-        .uri("/api/orders/42?expand=items")
-        .header("host", "api.example.com")
-        .header("user-agent", "bench/1.0")
-        .header("accept", "application/json")
-        .header("authorization", "Bearer abc.def.ghi")
-        .header("x-real-ip", "6.6.6.6")
-        .header("x-request-id", "0123456789abcdef0123456789abcdef")
-        .header("x-forwarded-for", "127.0.0.1")
-        .header("cookie", "session=1234")
-        .header("x-api-key", BENCH_KEY)
-        .body(())
-        .unwrap();
-    let (parts, ()) = req.into_parts();
-    RequestState {
-        parts,
-        info: Arc::new(RequestInfo {
-            route: "api".into(),
-            client_addr: "127.0.0.1:5555".parse().unwrap(),
-            request_id: "0123456789abcdef0123456789abcdef".into(),
-            scheme: "http",
-        }),
-        context: Vec::new(),
-    }
-}
-
-fn response() -> ResponseState {
-    let resp = http::Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .header("server", "upstream/1.0")
-        .header("x-powered-by", "bench")
-        .body(())
-        .unwrap();
-    ResponseState {
-        parts: resp.into_parts().0,
-    }
+    common::request_with(
+        "/api/orders/42?expand=items",
+        &[
+            ("host", "api.example.com"),
+            ("user-agent", "bench/1.0"),
+            ("accept", "application/json"),
+            ("authorization", "Bearer abc.def.ghi"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-request-id", "0123456789abcdef0123456789abcdef"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("cookie", "session=1234"),
+            ("x-api-key", BENCH_KEY),
+        ],
+    )
 }
 
 async fn filter(rt: &Runtime, name: &str, plugin: &str, config: &str) -> Arc<Filter> {
-    let cfg: FilterConfig =
-        toml::from_str(&format!("plugin = \"{plugin}\"\n[config]\n{config}")).unwrap();
-    let loaded = rt.load(plugin, &plugin_path(plugin)).unwrap();
-    let routes: std::sync::Arc<[String]> = std::sync::Arc::from(vec!["api".to_string()]);
-    Arc::new(
-        rt.filter(name, loaded, &cfg, std::path::Path::new("."), routes)
-            .await
-            .unwrap(),
-    )
+    let table = format!("plugin = \"{plugin}\"\n[config]\n{config}");
+    common::filter_at(rt, name, plugin, &plugin_path(plugin), &table).await
 }
 
 /// The API key the bench requests carry, and the auth filter's entry for it.

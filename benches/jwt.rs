@@ -15,9 +15,10 @@
 //! Needs the plugins built first (`make plugins`); `AUTH_WASM=path` benches
 //! another build of the auth plugin.
 
+mod common;
+
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use gateway::config::FilterConfig;
-use gateway::plugin::host::{RequestInfo, RequestState};
+use gateway::plugin::host::RequestState;
 use gateway::plugin::{Decision, Filter, Runtime};
 use gateway::telemetry::Metrics;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -39,17 +40,10 @@ fn fixture(name: &str) -> String {
 /// The auth plugin as `make plugins` builds it, or the build named by
 /// `AUTH_WASM` (to compare, say, an `opt-level = 3` build).
 fn plugin_path() -> std::path::PathBuf {
-    let p = match std::env::var_os("AUTH_WASM") {
+    match std::env::var_os("AUTH_WASM") {
         Some(p) => p.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/plugins/wasm32-wasip2/release/auth.wasm"),
-    };
-    assert!(
-        p.is_file(),
-        "{} is missing: run `make plugins` first",
-        p.display()
-    );
-    p
+        None => common::plugin_path("auth"),
+    }
 }
 
 const ALGS: [(Algorithm, &str); 3] = [
@@ -121,36 +115,19 @@ scopes = ["orders:read"]
 }
 
 fn request(header: &'static str, value: &str) -> RequestState {
-    let req = http::Request::builder()
-        .method("GET")
-        .uri("/api/orders/42")
-        .header("host", "api.example.com")
-        .header("user-agent", "bench/1.0")
-        .header("accept", "application/json")
-        .header(header, value)
-        .body(())
-        .unwrap();
-    RequestState {
-        parts: req.into_parts().0,
-        info: Arc::new(RequestInfo {
-            route: "api".into(),
-            client_addr: "127.0.0.1:5555".parse().unwrap(),
-            request_id: "0123456789abcdef0123456789abcdef".into(),
-            scheme: "http",
-        }),
-        context: Vec::new(),
-    }
+    common::request_with(
+        "/api/orders/42",
+        &[
+            ("host", "api.example.com"),
+            ("user-agent", "bench/1.0"),
+            ("accept", "application/json"),
+            (header, value),
+        ],
+    )
 }
 
 async fn filter(rt: &Runtime, name: &str, config: &str) -> Arc<Filter> {
-    let cfg: FilterConfig = toml::from_str(config).unwrap();
-    let loaded = rt.load("auth", &plugin_path()).unwrap();
-    let routes: std::sync::Arc<[String]> = std::sync::Arc::from(vec!["api".to_string()]);
-    Arc::new(
-        rt.filter(name, loaded, &cfg, std::path::Path::new("."), routes)
-            .await
-            .unwrap(),
-    )
+    common::filter_at(rt, name, "auth", &plugin_path(), config).await
 }
 
 /// One warm call; the request is built outside the measured time. Panics

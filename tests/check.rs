@@ -271,3 +271,40 @@ fn a_filter_file_that_cannot_be_read_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn sandbox_grants_and_isolation_are_checked() {
+    let filter = |extra: &str| {
+        check(&format!(
+            "{UPSTREAM}[filters.f]\nplugin = \"probe\"\n{extra}\n\n[[route]]\nid = \"api\"\nupstream = \"api\"\nfilters = [\"f\"]\n"
+        ))
+    };
+    let (ok, _, err) = filter("env = [\"A=B\"]");
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: CONFIG:12:7: filter `f` grants environment variable \"A=B\", which is not a variable name"
+    );
+    let (ok, _, err) = filter("dirs = { \"/data\" = \"no-such-dir\" }");
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: CONFIG:12:20: filter `f` is granted ")
+            && err.ends_with("no-such-dir, which is not a directory"),
+        "{err}"
+    );
+    let (ok, _, err) = filter("dirs = { \"data\" = \".\" }");
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: CONFIG:12:19: filter `f` grants directory `data`; the path the filter sees must start with `/`"
+    );
+    let (ok, _, err) = filter("isolation = \"per-call\"");
+    assert!(!ok);
+    assert!(
+        err.contains("unknown variant `per-call`, expected `pooled` or `request`"),
+        "{err}"
+    );
+    let (ok, _, err) =
+        filter("isolation = \"request\"\nenv = [\"HOME\"]\ndirs = { \"/data\" = \".\" }");
+    assert!(ok, "{err}");
+}

@@ -305,6 +305,15 @@ impl Gateway {
         dir: tempdir::Dir,
         config: impl FnOnce(SocketAddr, SocketAddr) -> String,
     ) -> Gateway {
+        Gateway::start_with_env(dir, &[], config)
+    }
+
+    /// Like `start_with`, with extra environment variables for the gateway.
+    pub fn start_with_env(
+        dir: tempdir::Dir,
+        env: &[(&str, &str)],
+        config: impl FnOnce(SocketAddr, SocketAddr) -> String,
+    ) -> Gateway {
         build_plugins();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -314,6 +323,7 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(&path)
             .env("GATEWAY_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(dir.path().join("gateway.log")).unwrap(),
