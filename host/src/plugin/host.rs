@@ -30,10 +30,11 @@ pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Shared-state calls one filter call may make (each may be a Redis round
 /// trip); past it they are refused as invalid.
 pub const MAX_STATE_CALLS_PER_CALL: u32 = 16;
-/// Header fields a message may reach through a filter's edits, and the
-/// bytes its names and values may total: a filter adding headers in a loop
-/// is refused, not allowed to grow the message without bound.
-pub const MAX_HEADER_FIELDS: usize = 256;
+/// Header fields a message may reach through a filter's edits (as many as
+/// a filter's own reply may carry, and what common servers accept), and
+/// the bytes its names and values may total: a filter adding headers in a
+/// loop is refused, not allowed to grow the message without bound.
+pub const MAX_HEADER_FIELDS: usize = 100;
 pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 /// What is fixed about a request once it is routed.

@@ -729,7 +729,14 @@ fn validate_reply(r: &Reply) -> Result<(), Failure> {
 
 /// Sorts a failed call into the reason it is counted under.
 fn classify(e: wasmtime::Error) -> Failure {
-    let detail = format!("{e:#}");
+    // wasmtime's message carries a multi-line wasm backtrace; one log
+    // record must stay one line.
+    let detail = format!("{e:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
     let reason = match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => "deadline",
         Some(Trap::StackOverflow) => "stack-overflow",
