@@ -142,6 +142,8 @@ fn every_failing_attack_fails_only_its_own_step() {
     // (attack, reason counted, phase)
     let cases = [
         ("loop", "deadline", "request"),
+        // Asleep in a WASI poll, where the epoch deadline cannot reach.
+        ("sleep", "deadline", "request"),
         ("memory", "memory", "request"),
         ("recursion", "stack-overflow", "request"),
         ("panic", "trap", "request"),
@@ -199,6 +201,29 @@ fn every_failing_attack_fails_only_its_own_step() {
         assert_eq!(upstream.count() - seen, 1, "{name}");
     }
     assert!(failures(&gw, "open", "deadline") >= 1.0);
+    // Under request isolation every request gets a fresh instance, and its
+    // on-response runs on the instance its on-request ran on; pooled
+    // instances carry on from call to call.
+    let count = |path: &str| {
+        let r = attack(&gw, path, "count");
+        assert_eq!(r.status, 200);
+        (
+            upstream
+                .last()
+                .header("x-attack-result")
+                .unwrap()
+                .to_string(),
+            r.header("x-count-out").unwrap().to_string(),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(count("/isolated"), ("call 1".to_string(), "1".to_string()));
+    }
+    let (first, _) = count("/hostile");
+    let (second, out) = count("/hostile");
+    let n = |s: &str| s.trim_start_matches("call ").parse::<u32>().unwrap();
+    assert_eq!(n(&second), n(&first) + 1, "pooled instance reused");
+    assert_eq!(out, n(&second).to_string());
     // The same attacks under request isolation.
     for (name, reason) in [("loop", "deadline"), ("panic", "trap")] {
         let before = failures(&gw, "isolated", reason);
@@ -344,6 +369,11 @@ fn filters_get_no_files_environment_or_network_unless_granted() {
     assert_eq!(seen.header("x-attack-env-count"), Some("1"));
     let (r, _) = result("/granted", "env", &[("x-env-name", "SANDBOX_SECRET")]);
     assert_eq!(r, "missing");
+    let (r, _) = result("/granted", "read-file", &[]);
+    assert_eq!(r, "read 14 bytes");
+    // Granted directories are read-only.
+    let (r, _) = result("/granted", "write-file", &[]);
+    assert!(r.starts_with("denied"), "{r}");
     let (r, _) = result("/granted", "read-file", &[]);
     assert_eq!(r, "read 14 bytes");
 }

@@ -24,6 +24,9 @@ pub const MAX_CONTEXT_VALUE: usize = 4 * 1024;
 pub const MAX_CONTEXT_ENTRIES: usize = 64;
 /// Longest log message kept; the rest is cut.
 pub const MAX_LOG_MESSAGE: usize = 4 * 1024;
+/// Host resources (WASI handles, the lent request and response) one
+/// instance may hold at once.
+pub const MAX_RESOURCES: usize = 1024;
 /// Log lines one filter call may write; the rest are dropped and counted in
 /// one line at the end of the call, so a looping filter cannot flood the log.
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
@@ -96,7 +99,13 @@ impl HostState {
         grants: &Grants,
     ) -> HostState {
         HostState {
-            table: ResourceTable::new(),
+            table: {
+                // WASI handles (streams, pollables) a filter opens live in
+                // this table, outside its memory limit; cap them.
+                let mut t = ResourceTable::new();
+                t.set_max_capacity(MAX_RESOURCES);
+                t
+            },
             wasi: grants.wasi(),
             limits,
             filter,

@@ -28,6 +28,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Instantiation and `configure` run under this deadline rather than the
 /// per-call one: a plugin's start-up may legitimately take longer.
 const SETUP_DEADLINE: Duration = Duration::from_secs(2);
+/// How much later than its epoch deadline a call blocked outside wasm is
+/// ended.
+const WALL_DEADLINE_SLACK: Duration = Duration::from_millis(10);
 
 /// Why a plugin could not be loaded or a filter configured; each names the
 /// plugin it concerns, for the admin endpoint.
@@ -303,6 +306,9 @@ impl Runtime {
             failure_status: http::StatusCode::from_u16(cfg.failure_status)
                 .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
             deadline_ticks: ticks(cfg.timeout.0),
+            // The epoch deadline ends running wasm on time; this one, a
+            // little later, ends a call waiting outside wasm.
+            wall_deadline: cfg.timeout.0 + WALL_DEADLINE_SLACK,
             memory_limit: cfg.memory_limit_mib as usize * 1024 * 1024,
             max_warm: cfg.instances,
             isolation: cfg.isolation,
@@ -400,6 +406,7 @@ pub struct Filter {
     pub failure_status: http::StatusCode,
     config_json: String,
     deadline_ticks: u64,
+    wall_deadline: Duration,
     memory_limit: usize,
     max_warm: usize,
     pub isolation: Isolation,
@@ -553,6 +560,24 @@ impl Filter {
         self.metrics.plugin_failures.add(1, &attrs);
     }
 
+    /// Runs a call, ending it at the deadline even where no wasm runs to
+    /// see the epoch: a filter blocked in a WASI poll (a sleep) would
+    /// otherwise hold its request for as long as it liked. The instance of
+    /// a call cut off this way is discarded like any failed one.
+    async fn within_deadline<T>(
+        &self,
+        call: impl std::future::Future<Output = wasmtime::Result<T>>,
+    ) -> wasmtime::Result<T> {
+        if !self.guards.deadlines {
+            return call.await;
+        }
+        match tokio::time::timeout(self.wall_deadline, call).await {
+            Ok(out) => out,
+            Err(_) => Err(wasmtime::Error::new(Trap::Interrupt)
+                .context("the call was still waiting in a host call at its deadline")),
+        }
+    }
+
     /// Makes fresh instances ready for request isolation, up to the warm
     /// count, so requests find one instead of instantiating.
     pub async fn replenish(&self) {
@@ -609,10 +634,12 @@ impl Filter {
             .push(req)
             .expect("a filter's resource table has room");
         let borrowed = Resource::new_borrow(res.rep());
-        let out = w
-            .bindings
-            .gateway_filter_filter()
-            .call_on_request(&mut w.store, borrowed)
+        let out = self
+            .within_deadline(
+                w.bindings
+                    .gateway_filter_filter()
+                    .call_on_request(&mut w.store, borrowed),
+            )
             .await;
         let req = w
             .store
@@ -652,14 +679,12 @@ impl Filter {
         let rs = table
             .push(resp)
             .expect("a filter's resource table has room");
-        let out = w
-            .bindings
-            .gateway_filter_filter()
-            .call_on_response(
+        let out = self
+            .within_deadline(w.bindings.gateway_filter_filter().call_on_response(
                 &mut w.store,
                 Resource::new_borrow(rq.rep()),
                 Resource::new_borrow(rs.rep()),
-            )
+            ))
             .await;
         let table = &mut w.store.data_mut().table;
         let resp = table

@@ -16,6 +16,7 @@ use gateway::filter::types::{Action, Header, Reply, Request, Response};
 use serde::Deserialize;
 use std::hint::black_box;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 const MIB: usize = 1 << 20;
 /// How many times the flooding attacks repeat a call or an item.
@@ -344,7 +345,21 @@ impl Guest for Hostile {
                 Action::Continue
             }
             "panic" => panic!("hostile panic"),
-            "unreachable" => core::arch::wasm32::unreachable(),
+            "unreachable" => unreachable_instruction(),
+            // Blocks in a WASI poll, where no wasm runs to notice the epoch
+            // deadline: the host must still end the call on time.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                report(req, "x-attack-result", "survived");
+                Action::Continue
+            }
+            // Counts calls in this instance: a fresh instance answers 1.
+            "count" => {
+                let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+                report(req, "x-attack-result", &format!("call {n}"));
+                Action::Continue
+            }
+            "write-file" => write_file(req),
             "huge-header" => huge_header(req),
             "many-headers" => many_headers(req),
             "hop-by-hop" => hop_by_hop(req),
@@ -384,12 +399,41 @@ impl Guest for Hostile {
     }
 
     fn on_response(req: &Request, resp: &Response) -> Action {
-        if req.header("x-attack").as_deref() == Some(b"response-panic".as_slice()) {
+        let attack = req.header("x-attack");
+        if attack.as_deref() == Some(b"response-panic".as_slice()) {
             panic!("hostile panic on response");
+        }
+        if attack.as_deref() == Some(b"count".as_slice()) {
+            // The instance that ran on-request, if it is the same one, has
+            // counted one call more than a fresh one would have.
+            let n = CALLS.load(Ordering::Relaxed);
+            let _ = resp.set_header("x-count-out", n.to_string().as_bytes());
         }
         let _ = resp.set_header("x-hostile-out", b"ok");
         Action::Continue
     }
+}
+
+/// Calls to `count` this instance has seen.
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// The wasm `unreachable` instruction, which traps at once; a native build
+/// (the workspace's unit tests) aborts instead.
+fn unreachable_instruction() -> ! {
+    #[cfg(target_arch = "wasm32")]
+    core::arch::wasm32::unreachable();
+    #[cfg(not(target_arch = "wasm32"))]
+    std::process::abort();
+}
+
+/// Tries to write a file where a granted directory is mounted read-only.
+fn write_file(req: &Request) -> Action {
+    let verdict = match std::fs::write("/etc/passwd", b"owned\n") {
+        Ok(()) => "written".to_string(),
+        Err(e) => format!("denied: {}", error_text(&e)),
+    };
+    report(req, "x-attack-result", &verdict);
+    Action::Continue
 }
 
 export!(Hostile);
