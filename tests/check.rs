@@ -308,3 +308,15 @@ fn sandbox_grants_and_isolation_are_checked() {
         filter("isolation = \"request\"\nenv = [\"HOME\"]\ndirs = { \"/data\" = \".\" }");
     assert!(ok, "{err}");
 }
+
+#[test]
+fn an_instance_listed_twice_is_refused() {
+    let (ok, _, err) = check(
+        "[upstreams.api]\ninstances = [\"127.0.0.1:3000\", { address = \"127.0.0.1:3000\", weight = 2 }]\n\n[[route]]\nid = \"api\"\nupstream = \"api\"\n",
+    );
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: CONFIG:8:13: upstream `api` lists instance `127.0.0.1:3000` twice; list it once and give it a weight instead"
+    );
+}

@@ -561,12 +561,33 @@ fn the_watcher_takes_up_a_config_replaced_by_rename() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(f.plugins_json()["last_reload"]["trigger"], "watch");
-    // A file the configuration does not use changes nothing.
+    // A file that is neither the config nor a plugin changes nothing.
     let generation = f.plugins_json()["generation"].clone();
-    std::fs::write(f.plugins.join("unrelated.wasm"), b"junk").unwrap();
+    std::fs::write(f.plugins.join("notes.txt"), b"junk").unwrap();
     std::fs::write(f.gw.dir.path().join("notes.txt"), b"junk").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(f.plugins_json()["generation"], generation);
+
+    // A config naming a plugin not there yet is refused; the plugin copied
+    // in afterwards is taken up by itself.
+    let second = "\n[filters.second]\nplugin = \"second\"\n\n[[route]]\nid = \"second\"\npath_prefix = \"/second\"\nupstream = \"app\"\nfilters = [\"second\"]\n";
+    f.write_config(second);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.plugins_json()["last_reload"]["result"] != "failure" {
+        assert!(Instant::now() < deadline, "the config edit was not tried");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(f.gw.get("/second", &[]).status, 404);
+    std::fs::write(f.plugins.join("second.wasm"), marker(2)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.gw.get("/second", &[]).header("x-mark") != Some("v2") {
+        assert!(
+            Instant::now() < deadline,
+            "the new plugin was not taken up:\n{}",
+            f.gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The breaker-state gauge for one instance.

@@ -29,7 +29,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     text(status, "application/json", s)
 }
 
-async fn route(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(reloader: &Arc<Reloader>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let shared = &reloader.shared;
     if req.uri().path() == "/admin/reload" {
         if req.method() != Method::POST {
@@ -41,7 +41,16 @@ async fn route(reloader: &Reloader, req: &Request<Incoming>) -> Response<Full<By
         }
         // 200 with what changed, or 422 with why the files were refused;
         // either way the gateway keeps serving.
-        return match reloader.reload("admin").await {
+        // In a task of its own, so a client that hangs up mid-compile does
+        // not cancel the reload half way.
+        let task = {
+            let reloader = reloader.clone();
+            tokio::spawn(async move { reloader.reload("admin").await })
+        };
+        let outcome = task
+            .await
+            .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")));
+        return match outcome {
             Ok((generation, changes)) => json(
                 StatusCode::OK,
                 serde_json::json!({"result": "success", "generation": generation, "changes": changes}),

@@ -243,8 +243,8 @@ pub struct FilterConfig {
     #[serde(default = "defaults::warm_instances")]
     pub instances: usize,
     /// `pooled`: instances are reused from call to call. `request`: every
-    /// call runs on a fresh instance, so nothing a call leaves in the
-    /// instance's memory reaches another request.
+    /// request gets a fresh instance for its on-request and on-response, so
+    /// nothing a request leaves in the instance's memory reaches another.
     #[serde(default)]
     pub isolation: Isolation,
     /// Environment variables the filter may read, by name; their values are
@@ -840,6 +840,17 @@ impl Config {
                     return Err(src.error_span(
                         &u.instances,
                         format!("upstream `{name}` has instance `{addr}`, which is not `host:port`; write it like \"127.0.0.1:3000\""),
+                    ));
+                }
+            }
+            // Per-instance state (breaker, health, pool) is keyed by address;
+            // one address twice would be one instance counted twice.
+            let mut seen = std::collections::HashSet::new();
+            for addr in u.instances.get_ref().iter().map(InstanceConfig::address) {
+                if !seen.insert(addr) {
+                    return Err(src.error_span(
+                        &u.instances,
+                        format!("upstream `{name}` lists instance `{addr}` twice; list it once and give it a weight instead"),
                     ));
                 }
             }

@@ -72,6 +72,7 @@ pub struct Gateway {
     /// follows: plugin files and filters' `config_files`.
     pub plugin_files: Vec<PathBuf>,
     pub config_files: Vec<PathBuf>,
+    pub plugin_dir: PathBuf,
     /// What was built from which settings, for the next reload to compare.
     filter_configs: BTreeMap<String, config::FilterConfig>,
     upstream_configs: BTreeMap<String, config::UpstreamConfig>,
@@ -205,6 +206,7 @@ impl Gateway {
             })
             .collect();
         let plugin_files = plugins.keys().map(|p| config.plugin_path(p)).collect();
+        let plugin_dir = config.base_dir.join(&config.plugins.dir);
         let config_files = config
             .filters
             .values()
@@ -230,6 +232,7 @@ impl Gateway {
                 plugins: plugins.into_values().collect(),
                 plugin_files,
                 config_files,
+                plugin_dir,
                 filter_configs,
                 upstream_configs,
                 route_ids,

@@ -109,11 +109,12 @@ pub struct BuildReport {
     pub upstreams_renewed: Vec<String>,
 }
 
-/// Settings a running gateway cannot change: its sockets, its state
-/// backend, its histogram buckets and its watcher. A reload that changes
+/// Settings a running gateway cannot change: its sockets, its drain time,
+/// its state backend, its histogram buckets and its watcher. A reload that changes
 /// them applies the rest and says these wait for a restart.
 struct RestartOnly {
     listen: std::net::SocketAddr,
+    grace: Duration,
     admin: Option<std::net::SocketAddr>,
     echo: Option<std::net::SocketAddr>,
     state: String,
@@ -125,6 +126,7 @@ impl RestartOnly {
     fn of(c: &Config) -> RestartOnly {
         RestartOnly {
             listen: c.server.listen,
+            grace: c.server.shutdown_grace.0,
             admin: c.admin.as_ref().map(|a| a.listen),
             echo: c.echo.as_ref().map(|e| e.listen),
             state: format!(
@@ -145,6 +147,9 @@ impl RestartOnly {
         let mut d = Vec::new();
         if self.listen != new.listen {
             d.push("[server] listen");
+        }
+        if self.grace != new.grace {
+            d.push("[server] shutdown_grace");
         }
         if self.admin != new.admin {
             d.push("[admin] listen");
@@ -198,6 +203,8 @@ pub struct Reloader {
     /// Earlier configurations, alive while requests still hold them.
     retired: Mutex<Vec<Weak<Gateway>>>,
     watch: crate::config::ReloadConfig,
+    /// Woken by every applied reload, so the watcher follows the new files.
+    applied: tokio::sync::Notify,
 }
 
 /// What `reload` answers: the new generation, or why nothing changed.
@@ -232,6 +239,7 @@ impl Reloader {
             }),
             retired: Mutex::new(Vec::new()),
             watch,
+            applied: tokio::sync::Notify::new(),
         }))
     }
 
@@ -266,6 +274,9 @@ impl Reloader {
         let (mut gw, report) = match built {
             Ok(b) => b,
             Err(e) => {
+                // Versions compiled for this attempt are not kept beyond the
+                // spares, however many broken attempts come.
+                builder.cache.trim(&previous.plugin_versions());
                 let msg = e.to_string();
                 self.failed(trigger, started, Some(e.plugin()), &msg);
                 return Err(msg);
@@ -274,13 +285,11 @@ impl Reloader {
         gw.generation = previous.generation + 1;
         let generation = gw.generation;
         builder.cache.trim(&gw.plugin_versions());
-        {
-            let mut status = self.status.lock();
-            for p in &gw.plugins {
-                status.plugin_errors.remove(&*p.name);
-            }
-        }
+        // Every plugin the configuration names has loaded; errors of
+        // plugins it no longer names are history.
+        self.status.lock().plugin_errors.clear();
         self.shared.swap(gw);
+        self.applied.notify_one();
         {
             let mut retired = self.retired.lock();
             retired.retain(|w| w.strong_count() > 0);
@@ -425,10 +434,7 @@ impl Reloader {
         let mut watched: HashSet<PathBuf> = HashSet::new();
         loop {
             let targets = self.watch_targets();
-            let dirs: HashSet<PathBuf> = targets
-                .iter()
-                .filter_map(|p| p.parent().map(Path::to_path_buf))
-                .collect();
+            let dirs = targets.dirs();
             for d in watched.difference(&dirs) {
                 let _ = watcher.unwatch(d);
             }
@@ -444,15 +450,23 @@ impl Reloader {
                     }
                 }
             }
-            // Wait for a change to a file the configuration depends on.
-            loop {
-                let Some(ev) = rx.recv().await else {
-                    anyhow::bail!("the watcher's channel closed");
-                };
-                if let Some(path) = relevant(&ev, &targets) {
-                    tracing::debug!("{} changed", path.display());
-                    break;
+            // Wait for a change to a file the configuration depends on, or
+            // for a reload by other means (SIGHUP, the admin endpoint), after
+            // which the files to follow may be others.
+            let reloaded = loop {
+                tokio::select! {
+                    ev = rx.recv() => {
+                        let Some(ev) = ev else { anyhow::bail!("the watcher's channel closed") };
+                        if let Some(path) = relevant(&ev, &targets) {
+                            tracing::debug!("{} changed", path.display());
+                            break false;
+                        }
+                    }
+                    _ = self.applied.notified() => break true,
                 }
+            };
+            if reloaded {
+                continue;
             }
             // Editors and copies write in bursts: wait for a quiet spell, but
             // not forever while a file keeps changing.
@@ -480,28 +494,58 @@ impl Reloader {
     /// The files whose change triggers a reload: the config file, each
     /// plugin file the running configuration loads and each of its
     /// filters' `config_files`.
-    fn watch_targets(&self) -> Vec<PathBuf> {
+    fn watch_targets(&self) -> Watched {
         let ConfigSource::File(config) = &self.source else {
-            return Vec::new();
+            return Watched::default();
         };
         let gw = self.shared.current();
-        let mut targets = vec![config.clone()];
-        targets.extend(gw.plugin_files.iter().cloned());
-        targets.extend(gw.config_files.iter().cloned());
-        targets
-            .into_iter()
-            .map(|p| std::path::absolute(&p).unwrap_or(p))
-            .collect()
+        let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let mut files = vec![absolute(config)];
+        files.extend(gw.plugin_files.iter().map(absolute));
+        files.extend(gw.config_files.iter().map(absolute));
+        Watched {
+            files,
+            plugin_dir: Some(absolute(&gw.plugin_dir)),
+        }
     }
 }
 
 /// The longest a stream of changes delays a reload.
 const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
+/// What the watcher follows: the files the running configuration was read
+/// from, and every `.wasm` file in its plugin folder (so a plugin copied in
+/// after a config naming it was refused is taken up when it lands).
+#[derive(Debug, Default)]
+struct Watched {
+    files: Vec<PathBuf>,
+    plugin_dir: Option<PathBuf>,
+}
+
+impl Watched {
+    fn dirs(&self) -> HashSet<PathBuf> {
+        self.files
+            .iter()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .chain(self.plugin_dir.clone())
+            .collect()
+    }
+
+    fn covers(&self, p: &Path) -> bool {
+        self.files.iter().any(|t| {
+            t == p
+                // A Kubernetes ConfigMap volume swaps a `..data` symlink
+                // beside the files rather than writing them.
+                || (p.file_name().is_some_and(|n| n == "..data") && t.parent() == p.parent())
+        }) || (self.plugin_dir.as_deref() == p.parent()
+            && p.extension().is_some_and(|e| e == "wasm"))
+    }
+}
+
 /// The watched file an event is about, if it is one that may change its
 /// content: writes, creations, renames, removals and touches, but not
 /// reads (the gateway's own reads of the files would loop).
-fn relevant<'a>(ev: &notify::Result<notify::Event>, targets: &'a [PathBuf]) -> Option<&'a Path> {
+fn relevant(ev: &notify::Result<notify::Event>, watched: &Watched) -> Option<PathBuf> {
     use notify::EventKind;
     use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
     let ev = match ev {
@@ -521,17 +565,7 @@ fn relevant<'a>(ev: &notify::Result<notify::Event>, targets: &'a [PathBuf]) -> O
     if !changes {
         return None;
     }
-    ev.paths
-        .iter()
-        .find_map(|p| {
-            targets.iter().find(|t| {
-                *t == p
-                // A Kubernetes ConfigMap volume swaps a `..data` symlink
-                // beside the files rather than writing them.
-                || (p.file_name().is_some_and(|n| n == "..data") && t.parent() == p.parent())
-            })
-        })
-        .map(PathBuf::as_path)
+    ev.paths.iter().find(|p| watched.covers(p)).cloned()
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -569,10 +603,14 @@ mod tests {
 
     #[test]
     fn only_changes_to_watched_files_count() {
-        let targets = [
-            PathBuf::from("/etc/gw/gateway.toml"),
-            PathBuf::from("/srv/plugins/auth.wasm"),
-        ];
+        let targets = Watched {
+            files: vec![
+                PathBuf::from("/etc/gw/gateway.toml"),
+                PathBuf::from("/srv/plugins/auth.wasm"),
+                PathBuf::from("/etc/gw/keys/jwks.json"),
+            ],
+            plugin_dir: Some(PathBuf::from("/srv/plugins")),
+        };
         let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
         let hit = |kind, path| relevant(&ev(kind, path), &targets).is_some();
         assert!(hit(write, "/etc/gw/gateway.toml"));
@@ -606,9 +644,13 @@ mod tests {
             EventKind::Access(AccessKind::Close(AccessMode::Read)),
             "/srv/plugins/auth.wasm"
         ));
-        // Files beside the watched ones: a temporary file, another plugin.
+        assert!(hit(write, "/etc/gw/keys/jwks.json"));
+        // Files beside the watched ones: a temporary file, not a plugin.
         assert!(!hit(write, "/etc/gw/.gateway.toml.swp"));
-        assert!(!hit(write, "/srv/plugins/other.wasm"));
+        assert!(!hit(write, "/srv/plugins/notes.txt"));
+        assert!(!hit(write, "/srv/plugins/sub/x.wasm"));
+        // Any plugin file dropped in the plugin folder, named yet or not.
+        assert!(hit(write, "/srv/plugins/other.wasm"));
         // A ConfigMap's `..data` swap beside the config, but not elsewhere.
         assert!(hit(EventKind::Create(CreateKind::Any), "/etc/gw/..data"));
         assert!(!hit(EventKind::Create(CreateKind::Any), "/tmp/..data"));

@@ -348,6 +348,9 @@ impl Runtime {
             },
         })?;
         filter.warm.lock().push(first);
+        // Under request isolation the first requests find fresh instances
+        // too, rather than making them inline.
+        filter.replenish().await;
         Ok(filter)
     }
 }
@@ -356,8 +359,7 @@ fn ticks(d: Duration) -> u64 {
     (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64
 }
 
-/// Reads a plugin file, refusing what cannot be a plugin before hashing
-/// or compiling it.
+/// Reads a plugin file, naming the plugin in the error.
 pub fn read_plugin(name: &str, path: &Path) -> Result<Vec<u8>, PluginError> {
     std::fs::read(path).map_err(|source| PluginError::Read {
         plugin: name.into(),

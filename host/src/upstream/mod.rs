@@ -276,6 +276,13 @@ impl Upstream {
                 None => Arc::default(),
             })
             .collect();
+        // The old checker would go on writing to the health records this
+        // one now shares until the old configuration's last request ends.
+        if let Some((up, _)) = previous.filter(|_| same_health) {
+            if let Some(t) = up.checker.lock().take() {
+                t.abort();
+            }
+        }
         let outliers: Vec<Arc<outlier::Outlier>> = (0..n)
             .map(|i| match carried(same_outlier, i) {
                 Some((up, j)) => up.outliers[j].clone(),
