@@ -63,44 +63,14 @@ config = {{ name = "calm" }}
 
 [upstreams.app]
 instances = ["{up}"]
-
-[[route]]
-id = "hostile"
-path_prefix = "/hostile"
-upstream = "app"
-filters = ["hostile"]
-
-[[route]]
-id = "open"
-path_prefix = "/open"
-upstream = "app"
-filters = ["open"]
-
-[[route]]
-id = "absurd"
-path_prefix = "/absurd"
-upstream = "app"
-filters = ["absurd"]
-
-[[route]]
-id = "granted"
-path_prefix = "/granted"
-upstream = "app"
-filters = ["granted"]
-
-[[route]]
-id = "isolated"
-path_prefix = "/isolated"
-upstream = "app"
-filters = ["isolated"]
-
-[[route]]
-id = "calm"
-path_prefix = "/calm"
-upstream = "app"
-filters = ["calm"]
 "#
             ));
+            // Each filter on a route of its own name.
+            for f in ["hostile", "open", "absurd", "granted", "isolated", "calm"] {
+                c.push_str(&format!(
+                    "\n[[route]]\nid = \"{f}\"\npath_prefix = \"/{f}\"\nupstream = \"app\"\nfilters = [\"{f}\"]\n"
+                ));
+            }
             c
         },
     )

@@ -166,7 +166,7 @@ pub enum StateBackend {
     Redis,
 }
 
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     #[serde(default = "defaults::state_backend")]

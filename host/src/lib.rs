@@ -240,11 +240,6 @@ impl Gateway {
             report,
         ))
     }
-
-    /// The plugin versions in use.
-    pub fn plugin_versions(&self) -> Vec<Arc<LoadedPlugin>> {
-        self.plugins.clone()
-    }
 }
 
 /// State shared by the listeners.

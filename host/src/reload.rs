@@ -87,14 +87,6 @@ impl PluginCache {
             self.entries.remove(&k);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 /// What a build reused and what it made anew, for the log and the admin
@@ -117,7 +109,7 @@ struct RestartOnly {
     grace: Duration,
     admin: Option<std::net::SocketAddr>,
     echo: Option<std::net::SocketAddr>,
-    state: String,
+    state: crate::config::StateConfig,
     buckets: Vec<f64>,
     reload: crate::config::ReloadConfig,
 }
@@ -129,44 +121,25 @@ impl RestartOnly {
             grace: c.server.shutdown_grace.0,
             admin: c.admin.as_ref().map(|a| a.listen),
             echo: c.echo.as_ref().map(|e| e.listen),
-            state: format!(
-                "{:?} {:?} {} {:?} {} {}",
-                c.state.backend.get_ref(),
-                c.state.url.as_ref().map(|u| u.get_ref()),
-                c.state.prefix,
-                c.state.timeout,
-                c.state.pool_size.get_ref(),
-                c.state.max_entries.get_ref()
-            ),
+            state: c.state.clone(),
             buckets: c.metrics.duration_buckets.clone(),
             reload: c.reload.clone(),
         }
     }
 
     fn differences(&self, new: &RestartOnly) -> Vec<&'static str> {
-        let mut d = Vec::new();
-        if self.listen != new.listen {
-            d.push("[server] listen");
-        }
-        if self.grace != new.grace {
-            d.push("[server] shutdown_grace");
-        }
-        if self.admin != new.admin {
-            d.push("[admin] listen");
-        }
-        if self.echo != new.echo {
-            d.push("[echo] listen");
-        }
-        if self.state != new.state {
-            d.push("[state]");
-        }
-        if self.buckets != new.buckets {
-            d.push("[metrics] duration_buckets");
-        }
-        if self.reload != new.reload {
-            d.push("[reload]");
-        }
-        d
+        [
+            (self.listen != new.listen, "[server] listen"),
+            (self.grace != new.grace, "[server] shutdown_grace"),
+            (self.admin != new.admin, "[admin] listen"),
+            (self.echo != new.echo, "[echo] listen"),
+            (self.state != new.state, "[state]"),
+            (self.buckets != new.buckets, "[metrics] duration_buckets"),
+            (self.reload != new.reload, "[reload]"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, what)| changed.then_some(what))
+        .collect()
     }
 }
 
@@ -184,7 +157,7 @@ struct Attempt {
 struct Status {
     last: Option<Attempt>,
     running_since: Option<SystemTime>,
-    /// The last error per plugin, kept until a version of it loads.
+    /// The last error per plugin, kept until a reload succeeds.
     plugin_errors: HashMap<String, (SystemTime, String)>,
 }
 
@@ -225,7 +198,7 @@ impl Reloader {
         };
         let (gw, _) =
             Gateway::build(config, &runtime, metrics.clone(), &mut builder.cache, None).await?;
-        builder.cache.trim(&gw.plugin_versions());
+        builder.cache.trim(&gw.plugins);
         metrics.declare_reloads();
         let shared = Arc::new(Shared::new(gw, metrics));
         Ok(Arc::new(Reloader {
@@ -276,7 +249,7 @@ impl Reloader {
             Err(e) => {
                 // Versions compiled for this attempt are not kept beyond the
                 // spares, however many broken attempts come.
-                builder.cache.trim(&previous.plugin_versions());
+                builder.cache.trim(&previous.plugins);
                 let msg = e.to_string();
                 self.failed(trigger, started, Some(e.plugin()), &msg);
                 return Err(msg);
@@ -284,7 +257,7 @@ impl Reloader {
         };
         gw.generation = previous.generation + 1;
         let generation = gw.generation;
-        builder.cache.trim(&gw.plugin_versions());
+        builder.cache.trim(&gw.plugins);
         // Every plugin the configuration names has loaded; errors of
         // plugins it no longer names are history.
         self.status.lock().plugin_errors.clear();
