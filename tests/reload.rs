@@ -595,7 +595,7 @@ fn breaker(scrape: &str, instance: &Upstream) -> f64 {
     metric(
         scrape,
         "gateway_circuit_breaker_state",
-        &[("instance", &instance.addr.to_string())],
+        &[("endpoint", &instance.addr.to_string())],
     )
     .unwrap()
 }
@@ -604,7 +604,7 @@ fn opened(scrape: &str, instance: &Upstream) -> f64 {
     metric(
         scrape,
         "gateway_upstream_connections_opened_total",
-        &[("instance", &instance.addr.to_string())],
+        &[("endpoint", &instance.addr.to_string())],
     )
     .unwrap_or(0.0)
 }

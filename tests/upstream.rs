@@ -84,7 +84,7 @@ fn a_breaker_opens_fails_fast_and_closes_through_half_open() {
     let instance = up.addr.to_string();
     let labels = |from: &'static str, to: &'static str, reason: &'static str| {
         vec![
-            ("instance", instance.clone()),
+            ("endpoint", instance.clone()),
             ("from", from.to_string()),
             ("to", to.to_string()),
             ("reason", reason.to_string()),
@@ -102,7 +102,7 @@ fn a_breaker_opens_fails_fast_and_closes_through_half_open() {
         metric(
             &scrape,
             "gateway_circuit_breaker_state",
-            &[("instance", &instance)]
+            &[("endpoint", &instance)]
         ),
         Some(2.0)
     );
@@ -133,7 +133,7 @@ fn a_breaker_opens_fails_fast_and_closes_through_half_open() {
         metric(
             &scrape,
             "gateway_circuit_breaker_state",
-            &[("instance", &instance)]
+            &[("endpoint", &instance)]
         ),
         Some(0.0)
     );
@@ -169,7 +169,7 @@ fn a_retry_lands_on_another_instance() {
         metric(
             &scrape,
             "gateway_upstream_requests_total",
-            &[("instance", &dead), ("outcome", "connect_error")]
+            &[("endpoint", &dead), ("outcome", "connect_error")]
         )
         .unwrap()
             >= 1.0
@@ -247,7 +247,7 @@ fn health_checks_remove_and_restore_instances_and_gate_readiness() {
     while metric(
         &gw.metrics(),
         "gateway_upstream_healthy",
-        &[("instance", &b_addr.to_string())],
+        &[("endpoint", &b_addr.to_string())],
     ) != Some(0.0)
     {
         assert!(
@@ -269,7 +269,7 @@ fn health_checks_remove_and_restore_instances_and_gate_readiness() {
     while metric(
         &gw.metrics(),
         "gateway_upstream_healthy",
-        &[("instance", &a_addr.to_string())],
+        &[("endpoint", &a_addr.to_string())],
     ) != Some(0.0)
     {
         assert!(Instant::now() < deadline, "a never marked unhealthy");
@@ -308,7 +308,7 @@ fn outliers_are_ejected_for_growing_times_but_never_the_whole_cluster() {
             &gw.metrics(),
             "gateway_upstream_ejections_total",
             &[
-                ("instance", &dead),
+                ("endpoint", &dead),
                 ("reason", "consecutive_gateway_failures"),
             ],
         )
@@ -599,7 +599,7 @@ fn an_instance_closing_connections_mid_request_is_retried_elsewhere() {
     let resets = metric(
         &gw.metrics(),
         "gateway_upstream_requests_total",
-        &[("instance", &bad.to_string()), ("outcome", "reset")],
+        &[("endpoint", &bad.to_string()), ("outcome", "reset")],
     )
     .unwrap();
     assert!(resets >= 1.0, "{resets}");

@@ -52,6 +52,10 @@ pub struct Config {
     /// How file changes are taken up while serving.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// One JSON line per request; off unless the table is present.
+    pub access_log: Option<AccessLogConfig>,
+    /// OTLP trace export; off unless the table is present.
+    pub tracing: Option<TracingConfig>,
     #[serde(default)]
     pub filters: BTreeMap<String, FilterConfig>,
     #[serde(default)]
@@ -155,6 +159,36 @@ impl Default for MetricsConfig {
             duration_buckets: defaults::duration_buckets(),
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// `stdout`, `stderr` or a file (appended to; relative to the config file).
+    #[serde(default = "defaults::access_log_path")]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP traces URL, used as given, like
+    /// "http://127.0.0.1:4318/v1/traces".
+    pub endpoint: Spanned<String>,
+    /// The share of traces kept (0 to 1) when the client's `traceparent`
+    /// did not decide already.
+    #[serde(default = "defaults::sample_ratio")]
+    pub sample_ratio: f64,
+    #[serde(default = "defaults::service_name")]
+    pub service_name: String,
+    /// How often queued spans are sent.
+    #[serde(default = "defaults::export_interval")]
+    pub export_interval: Millis,
+    #[serde(default = "defaults::export_timeout")]
+    pub export_timeout: Millis,
+    /// Spans that may wait for export; more are dropped.
+    #[serde(default = "defaults::max_queued_spans")]
+    pub max_queued_spans: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -418,6 +452,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 mod defaults {
     use super::*;
+    pub fn access_log_path() -> String {
+        "stdout".into()
+    }
+    pub fn sample_ratio() -> f64 {
+        1.0
+    }
+    pub fn service_name() -> String {
+        "gateway".into()
+    }
+    pub fn export_interval() -> Millis {
+        Millis(Duration::from_secs(5))
+    }
+    pub fn export_timeout() -> Millis {
+        Millis(Duration::from_secs(10))
+    }
+    pub fn max_queued_spans() -> usize {
+        2048
+    }
     pub fn header_read_timeout() -> Millis {
         Millis(Duration::from_secs(10))
     }
@@ -930,6 +982,28 @@ impl Config {
                         return Err(src.error_span(&r.id, format!("route `{id}` lists method `{m}`; write methods in capitals, like \"GET\"")));
                     }
                 }
+            }
+        }
+        if let Some(t) = &self.tracing {
+            let ok = t
+                .endpoint
+                .get_ref()
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                return Err(src.error_span(
+                    &t.endpoint,
+                    format!(
+                        "[tracing] endpoint `{}` is not an http:// URL; give the collector's traces URL, like \"http://127.0.0.1:4318/v1/traces\"",
+                        t.endpoint.get_ref()
+                    ),
+                ));
+            }
+            if !(0.0..=1.0).contains(&t.sample_ratio) {
+                return Err(src.error_span(
+                    &t.endpoint,
+                    format!("[tracing] sample_ratio is {}; use 0 to 1 (1 keeps every trace)", t.sample_ratio),
+                ));
             }
         }
         let b = &self.metrics.duration_buckets;

@@ -45,6 +45,8 @@ pub mod clock {
 pub struct RouteRuntime {
     pub id: Arc<str>,
     pub label: opentelemetry::Value,
+    /// Request instruments bound to this route.
+    pub metrics: telemetry::RouteMetrics,
     pub filters: Vec<Arc<Filter>>,
     pub upstream: Arc<Upstream>,
     pub timeout: Duration,
@@ -64,6 +66,8 @@ pub struct Gateway {
     pub filters: HashMap<String, Arc<Filter>>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub metrics: Arc<Metrics>,
+    /// Request instruments for requests no route matched (`route="-"`).
+    pub unrouted: telemetry::RouteMetrics,
     /// Counts the configurations applied since start-up (0 is the first).
     pub generation: u64,
     /// The plugin versions the filters run.
@@ -181,8 +185,18 @@ impl Gateway {
                         .find(|old| old.id == id && old.retry_config == retry_config)
                         .and_then(|old| old.retry.clone())
                 });
+                let label = telemetry::shared(&id);
+                let methods: Vec<&'static str> = match &r.methods {
+                    Some(ms) => ms
+                        .iter()
+                        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                        .map(|m| telemetry::method_label(&m))
+                        .collect(),
+                    None => vec!["GET"],
+                };
                 RouteRuntime {
-                    label: telemetry::shared(&id),
+                    metrics: telemetry::RouteMetrics::new(&metrics, label.clone(), &methods),
+                    label,
                     id,
                     filters: r
                         .filters
@@ -226,6 +240,11 @@ impl Gateway {
                 route_runtime,
                 filters,
                 upstreams,
+                unrouted: telemetry::RouteMetrics::new(
+                    &metrics,
+                    opentelemetry::Value::from(proxy::NO_ROUTE),
+                    &["GET"],
+                ),
                 metrics,
                 server,
                 generation: 0,
@@ -251,6 +270,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(gw: Gateway, metrics: Arc<Metrics>) -> Shared {
+        metrics.set_plugin_versions(plugin_versions(&gw));
         Shared {
             current: ArcSwap::from_pointee(gw),
             metrics,
@@ -264,8 +284,16 @@ impl Shared {
 
     /// Makes `gw` the configuration new requests are served with.
     pub fn swap(&self, gw: Gateway) {
+        self.metrics.set_plugin_versions(plugin_versions(&gw));
         self.current.store(Arc::new(gw));
     }
+}
+
+fn plugin_versions(gw: &Gateway) -> Vec<(Arc<str>, String)> {
+    gw.plugins
+        .iter()
+        .map(|p| (p.name.clone(), p.sha256.clone()))
+        .collect()
 }
 
 /// Where the config came from: a file, or the copy built into the binary.
@@ -310,6 +338,7 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
     let state = Arc::new(state::State::from_config(&config.state, metrics.clone()));
     tracing::info!("plugin state in {}", state.backend());
     let runtime = Arc::new(Runtime::with_state(metrics.clone(), state)?);
+    metrics.start_outputs(&config)?;
     let listen = config.server.listen;
     let grace = config.server.shutdown_grace.0;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
@@ -324,7 +353,8 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
         tracing::info!("echo upstream on {}", l.local_addr()?);
         tokio::spawn(echo::serve(l));
     }
-    let reloader = reload::Reloader::start(source, config, runtime.clone(), metrics).await?;
+    let reloader =
+        reload::Reloader::start(source, config, runtime.clone(), metrics.clone()).await?;
     let shared = reloader.shared.clone();
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -372,5 +402,15 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
     watcher.abort();
     drop(reloader);
     drop(runtime);
+    // Queued spans go out before the process ends.
+    if metrics.tracing.get().is_some() {
+        let m = metrics.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(t) = m.tracing.get() {
+                t.shutdown()
+            }
+        })
+        .await;
+    }
     Ok(())
 }

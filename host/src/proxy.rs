@@ -16,7 +16,9 @@ use crate::plugin::bindings::Reply;
 use crate::plugin::host::{RequestInfo, RequestState, ResponseState};
 use crate::plugin::{Decision, Failure, Filter, Held};
 use crate::routing::normalize_path;
-use crate::telemetry::{method_label, status_class};
+use crate::telemetry::access_log::{self, Entry};
+use crate::telemetry::trace::{self, RequestTrace};
+use crate::telemetry::method_label;
 use crate::upstream::Failed;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -25,7 +27,9 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use opentelemetry::KeyValue;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -154,20 +158,29 @@ fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str
     );
 }
 
-/// Counts a request in flight for as long as it lives.
-struct InFlight<'a>(&'a crate::telemetry::Metrics);
-
-impl<'a> InFlight<'a> {
-    fn new(m: &'a crate::telemetry::Metrics) -> Self {
-        m.http_in_flight.add(1, &[]);
-        InFlight(m)
-    }
+/// What the pipeline learned about a request, for its metrics and its
+/// access log line.
+#[derive(Default)]
+struct Trail {
+    /// The matched route's index.
+    route: Option<usize>,
+    request_id: String,
+    answered_by: AnsweredBy,
+    /// The instance last tried, as an index into the route's upstream.
+    instance: Option<usize>,
+    tries: u32,
+    bytes_received: u64,
+    /// The tenant a filter established; looked up only for the access log.
+    tenant: Option<String>,
+    want_tenant: bool,
 }
 
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.http_in_flight.add(-1, &[]);
-    }
+#[derive(Default)]
+enum AnsweredBy {
+    #[default]
+    Gateway,
+    Upstream,
+    Filter(Arc<str>),
 }
 
 /// Serves one request end to end.
@@ -175,36 +188,141 @@ pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
     client: SocketAddr,
-) -> Response<ProxyBody> {
+) -> Response<ObservedBody> {
     let started = Instant::now();
-    let _in_flight = InFlight::new(&gw.metrics);
+    let in_flight = gw.metrics.in_flight();
     let method = method_label(req.method());
-    let (route_label, resp) = pipeline(&gw, req, client).await;
+    let trace = gw
+        .metrics
+        .tracing
+        .get()
+        .map(|t| t.request(req.headers(), req.method().as_str(), req.uri().path()));
+    let log = gw.metrics.access_log.get().map(|_| {
+        Box::new(Entry {
+            time: access_log::now_rfc3339(),
+            client: client.to_string(),
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            trace_id: match &trace {
+                Some(t) => Some(t.trace_id()),
+                None => trace::trace_id_of(req.headers()),
+            },
+            ..Entry::default()
+        })
+    });
+    let mut trail = Trail {
+        want_tenant: log.is_some(),
+        ..Trail::default()
+    };
+    let resp = pipeline(&gw, req, client, trace.as_ref(), &mut trail).await;
     let status = resp.status().as_u16();
-    gw.metrics.http_requests.add(
-        1,
-        &[
-            KeyValue::new("route", route_label.clone()),
-            KeyValue::new("method", method),
-            KeyValue::new("status_class", status_class(status)),
-        ],
-    );
-    gw.metrics.http_duration.record(
-        started.elapsed().as_secs_f64(),
-        &[KeyValue::new("route", route_label)],
-    );
-    resp
+    let rt = trail.route.map(|i| &gw.route_runtime[i]);
+    let rm = rt.map_or(&gw.unrouted, |rt| &rt.metrics);
+    rm.answered(method, status, started.elapsed(), trail.bytes_received);
+    if let Some(t) = &trace {
+        t.end(status);
+    }
+    drop(in_flight);
+    let log = log.map(|mut e| {
+        e.request_id = std::mem::take(&mut trail.request_id);
+        e.route = rt.map_or(NO_ROUTE, |rt| &*rt.id).to_string();
+        e.status = status;
+        e.upstream = rt
+            .zip(trail.instance)
+            .and_then(|(rt, i)| rt.upstream.instance_addr(i))
+            .map(str::to_string);
+        e.tries = trail.tries;
+        e.bytes_received = trail.bytes_received;
+        e.tenant = trail.tenant.take();
+        e.answered_by = match &trail.answered_by {
+            AnsweredBy::Gateway => "gateway".to_string(),
+            AnsweredBy::Upstream => "upstream".to_string(),
+            AnsweredBy::Filter(f) => format!("filter:{f}"),
+        };
+        PendingLine {
+            entry: e,
+            metrics: gw.metrics.clone(),
+            started,
+        }
+    });
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(
+        parts,
+        ObservedBody {
+            inner: body,
+            sent: 0,
+            size: rm.response_size.clone(),
+            log,
+        },
+    )
+}
+
+/// An access log line waiting for the response body to end.
+struct PendingLine {
+    entry: Box<Entry>,
+    metrics: Arc<crate::telemetry::Metrics>,
+    started: Instant,
+}
+
+/// The response body as it goes to the client, counted: when it ends (or
+/// the client leaves) its size is recorded and the access log line written.
+pub struct ObservedBody {
+    inner: ProxyBody,
+    sent: u64,
+    size: prometheus::Histogram,
+    log: Option<PendingLine>,
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = <ProxyBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.sent += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.size.observe(self.sent as f64);
+        if let Some(mut p) = self.log.take()
+            && let Some(log) = p.metrics.access_log.get()
+        {
+            p.entry.bytes_sent = self.sent;
+            p.entry.duration_ms = p.started.elapsed().as_secs_f64() * 1000.0;
+            log.write(&p.entry);
+        }
+    }
 }
 
 /// The route label for requests that matched none.
-const NO_ROUTE: &str = "-";
+pub const NO_ROUTE: &str = "-";
 
 async fn pipeline(
     gw: &Gateway,
     req: Request<Incoming>,
     client: SocketAddr,
-) -> (opentelemetry::Value, Response<ProxyBody>) {
-    let no_route = || opentelemetry::Value::from(NO_ROUTE);
+    trace: Option<&RequestTrace<'_>>,
+    trail: &mut Trail,
+) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let trust = gw.server.trust_forwarded;
 
@@ -216,35 +334,34 @@ async fn pipeline(
         Some(id) if trust && !id.is_empty() && id.len() <= 128 => id.to_string(),
         _ => new_request_id(),
     };
+    trail.request_id = request_id.clone();
 
     let path = match normalize_path(parts.uri.path()) {
         Ok(p) => p,
         Err(e) => {
-            return (
-                no_route(),
-                local_reply(
-                    StatusCode::BAD_REQUEST,
-                    "bad-path",
-                    &format!("bad request: {e}"),
-                    &request_id,
-                ),
+            return local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad-path",
+                &format!("bad request: {e}"),
+                &request_id,
             );
         }
     };
     let host = authority(&parts).map(str::to_string);
     let Some(route) = gw.routes.find(host.as_deref(), &path, &parts.method) else {
-        return (
-            no_route(),
-            local_reply(
-                StatusCode::NOT_FOUND,
-                "no-route",
-                "no route matches this request",
-                &request_id,
-            ),
+        return local_reply(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "no route matches this request",
+            &request_id,
         );
     };
     let rt = &gw.route_runtime[route.index];
-    let label = rt.label.clone();
+    trail.route = Some(route.index);
+    if let Some(t) = trace {
+        t.routed(parts.method.as_str(), &rt.id);
+        t.set_attribute(KeyValue::new("gateway.request_id", request_id.clone()));
+    }
 
     if let Some(len) = parts
         .headers
@@ -256,14 +373,11 @@ async fn pipeline(
             "request body of {len} bytes is over the limit of {}",
             gw.server.max_body_bytes
         );
-        return (
-            label,
-            local_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                &msg,
-                &request_id,
-            ),
+        return local_reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            &msg,
+            &request_id,
         );
     }
 
@@ -281,14 +395,11 @@ async fn pipeline(
     parts.uri = match http::Uri::builder().path_and_query(pq).build() {
         Ok(u) => u,
         Err(_) => {
-            return (
-                label,
-                local_reply(
-                    StatusCode::BAD_REQUEST,
-                    "bad-path",
-                    "bad request: invalid query",
-                    &request_id,
-                ),
+            return local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad-path",
+                "bad request: invalid query",
+                &request_id,
             );
         }
     };
@@ -318,19 +429,28 @@ async fn pipeline(
     let mut passed: Vec<(&Arc<Filter>, Option<Held>)> = Vec::with_capacity(rt.filters.len());
     let mut early: Option<Response<ProxyBody>> = None;
     for f in &rt.filters {
+        let span = trace.map(|t| t.filter_span(&f.name, &f.plugin.name, "request"));
         let (s, outcome, held) = f.on_request_held(state).await;
         f.replenish_later();
         state = s;
         match outcome {
             Ok(Decision::Continue) => passed.push((f, held)),
             Ok(Decision::Respond(reply)) => {
+                if let Some(s) = &span {
+                    s.set_attribute(KeyValue::new("gateway.answered", reply.status as i64));
+                }
                 early = Some(reply_response(reply));
+                trail.answered_by = AnsweredBy::Filter(f.name.clone());
                 break;
             }
             Err(failure) => {
+                if let Some(s) = &span {
+                    s.failed(failure.reason);
+                }
                 log_failure(f, "request", &failure, &request_id);
                 if f.policy == FailurePolicy::FailClosed {
                     early = Some(failure_reply(f, &failure, &request_id));
+                    trail.answered_by = AnsweredBy::Filter(f.name.clone());
                     break;
                 }
             }
@@ -339,10 +459,16 @@ async fn pipeline(
 
     let response = match early {
         Some(r) => r,
-        None => match forward(gw, rt, &mut state, body, &request_id, !passed.is_empty()).await {
-            Ok(r) => r,
-            Err(r) => r,
-        },
+        None => {
+            let response_filters = !passed.is_empty();
+            match forward(gw, rt, &mut state, body, trace, trail, response_filters).await {
+                Ok(r) => {
+                    trail.answered_by = AnsweredBy::Upstream;
+                    r
+                }
+                Err(r) => r,
+            }
+        }
     };
 
     // Filters on the way out, in reverse.
@@ -350,6 +476,7 @@ async fn pipeline(
     let mut resp_state = ResponseState { parts: resp_parts };
     let mut body = resp_body;
     for (f, held) in passed.into_iter().rev() {
+        let span = trace.map(|t| t.filter_span(&f.name, &f.plugin.name, "response"));
         let (rq, rs, outcome) = f.on_response_held(state, resp_state, held).await;
         state = rq;
         resp_state = rs;
@@ -357,16 +484,27 @@ async fn pipeline(
             Ok(Decision::Continue) => None,
             Ok(Decision::Respond(reply)) => Some(reply_response(reply)),
             Err(failure) => {
+                if let Some(s) = &span {
+                    s.failed(failure.reason);
+                }
                 log_failure(f, "response", &failure, &request_id);
                 (f.policy == FailurePolicy::FailClosed)
                     .then(|| failure_reply(f, &failure, &request_id))
             }
         };
         if let Some(r) = replacement {
+            trail.answered_by = AnsweredBy::Filter(f.name.clone());
             let (p, b) = r.into_parts();
             resp_state.parts = p;
             body = b;
         }
+    }
+    if trail.want_tenant {
+        trail.tenant = state
+            .context
+            .iter()
+            .find(|(k, _)| k == "tenant")
+            .map(|(_, v)| v.clone());
     }
     let mut parts = resp_state.parts;
     if !parts.headers.contains_key(&X_REQUEST_ID) {
@@ -375,7 +513,7 @@ async fn pipeline(
             HeaderValue::from_str(&request_id).expect("hex id"),
         );
     }
-    (label, Response::from_parts(parts, body))
+    Response::from_parts(parts, body)
 }
 
 fn set_forwarding_headers(h: &mut HeaderMap, client: SocketAddr, host: Option<&str>, trust: bool) {
@@ -410,9 +548,12 @@ async fn forward(
     rt: &crate::RouteRuntime,
     state: &mut RequestState,
     body: Incoming,
-    request_id: &str,
+    trace: Option<&RequestTrace<'_>>,
+    trail: &mut Trail,
     response_filters: bool,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    let info = state.info.clone();
+    let request_id = info.request_id.as_str();
     let limit = gw.server.max_body_bytes;
     let body = match tokio::time::timeout(rt.timeout, Limited::new(body, limit).collect()).await {
         Err(_) => {
@@ -445,6 +586,7 @@ async fn forward(
         }
         Ok(Ok(c)) => c.to_bytes(),
     };
+    trail.bytes_received = body.len() as u64;
 
     // Filters on the way out are shown the request as it was sent; without
     // any, the request moves upstream without a copy.
@@ -468,8 +610,13 @@ async fn forward(
         try_timeout: rt.try_timeout,
         deadline: std::time::Instant::now() + rt.timeout,
         request_id,
+        trace,
     };
-    match upstream.send(&exchange, parts, body).await {
+    let mut tries = crate::upstream::Tries::default();
+    let sent = upstream.send(&exchange, &mut tries, parts, body).await;
+    trail.instance = tries.last_instance;
+    trail.tries = tries.count;
+    match sent {
         Err(Failed::Unavailable(code)) => {
             let msg = match code {
                 "all-breakers-open" => {

@@ -102,7 +102,8 @@ pub struct BuildReport {
 }
 
 /// Settings a running gateway cannot change: its sockets, its drain time,
-/// its state backend, its histogram buckets and its watcher. A reload that changes
+/// its state backend, its histogram buckets, its watcher, its access log
+/// and its trace exporter. A reload that changes
 /// them applies the rest and says these wait for a restart.
 struct RestartOnly {
     listen: std::net::SocketAddr,
@@ -112,6 +113,8 @@ struct RestartOnly {
     state: crate::config::StateConfig,
     buckets: Vec<f64>,
     reload: crate::config::ReloadConfig,
+    access_log: Option<crate::config::AccessLogConfig>,
+    tracing: Option<crate::config::TracingConfig>,
 }
 
 impl RestartOnly {
@@ -124,6 +127,8 @@ impl RestartOnly {
             state: c.state.clone(),
             buckets: c.metrics.duration_buckets.clone(),
             reload: c.reload.clone(),
+            access_log: c.access_log.clone(),
+            tracing: c.tracing.clone(),
         }
     }
 
@@ -136,6 +141,8 @@ impl RestartOnly {
             (self.state != new.state, "[state]"),
             (self.buckets != new.buckets, "[metrics] duration_buckets"),
             (self.reload != new.reload, "[reload]"),
+            (self.access_log != new.access_log, "[access_log]"),
+            (self.tracing != new.tracing, "[tracing]"),
         ]
         .into_iter()
         .filter_map(|(changed, what)| changed.then_some(what))

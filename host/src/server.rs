@@ -65,6 +65,7 @@ pub async fn serve(
                     conn_builder = Arc::new(builder(&built_for));
                 }
                 drop(now);
+                let open = shared.metrics.connection_opened();
                 let shared = shared.clone();
                 let svc = service_fn(move |req| {
                     let gw = shared.current();
@@ -73,6 +74,7 @@ pub async fn serve(
                 let b = conn_builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _open = open;
                     let conn = b.serve_connection(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%peer, "connection ended: {e}");

@@ -509,31 +509,40 @@ pub fn read_response<R: Read>(r: &mut BufReader<R>) -> RawResponse {
     }
 }
 
-/// The value of one series in a Prometheus text scrape, if present.
+/// The sum of the series of `name` whose labels include `labels`, in a
+/// Prometheus text scrape; None when no series matches.
 pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let values: Vec<f64> = series(scrape, name)
+        .into_iter()
+        .filter(|(set, _)| labels.iter().all(|(k, v)| set.get(k).map(String::as_str) == Some(*v)))
+        .map(|(_, v)| v)
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Every series of `name` in a scrape: its labels and its value.
+pub fn series(scrape: &str, name: &str) -> Vec<(HashMap<String, String>, f64)> {
     scrape
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
+        .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
             if n != name {
                 return None;
             }
-            let set: HashMap<&str, &str> = rest
+            let set: HashMap<String, String> = rest
                 .trim_end_matches('}')
                 .split("\",")
                 .filter(|p| !p.is_empty())
                 .filter_map(|p| {
                     p.split_once("=\"")
-                        .map(|(k, v)| (k, v.trim_end_matches('"')))
+                        .map(|(k, v)| (k.to_string(), v.trim_end_matches('"').to_string()))
                 })
                 .collect();
-            labels
-                .iter()
-                .all(|(k, v)| set.get(k) == Some(v))
-                .then(|| value.parse().ok())?
+            Some((set, value.parse().ok()?))
         })
+        .collect()
 }
 
 /// A real `redis-server` on a loopback port, without persistence, stopped

@@ -8,7 +8,7 @@ use super::bindings::gateway::filter::{host, types};
 use super::bindings::{HeaderStats, LogLevel};
 use super::bindings::{StateCounter, StateCounterOp, WitStateError};
 use crate::state::{CounterOp, State, StateError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, PluginMetricKind};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -490,17 +490,38 @@ impl host::Host for HostState {
         labels: Vec<(String, String)>,
         value: f64,
     ) -> wasmtime::Result<()> {
+        self.plugin_metric(PluginMetricKind::Counter, &name, &labels, value);
+        Ok(())
+    }
+    fn histogram_observe(
+        &mut self,
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    ) -> wasmtime::Result<()> {
+        self.plugin_metric(PluginMetricKind::Histogram, &name, &labels, value);
+        Ok(())
+    }
+}
+
+impl HostState {
+    fn plugin_metric(
+        &self,
+        kind: PluginMetricKind,
+        name: &str,
+        labels: &[(String, String)],
+        value: f64,
+    ) {
         if !self
             .metrics
-            .plugin_counter_add(&self.plugin, &self.filter, &name, &labels, value)
+            .plugin_metric(kind, &self.plugin, &self.filter, name, labels, value)
         {
             tracing::debug!(
                 filter = &*self.filter,
                 name,
-                "counter-add refused: bad name, label or value, or too many metrics"
+                "{kind:?} refused: bad name, label or value, or too many metrics"
             );
         }
-        Ok(())
     }
 }
 

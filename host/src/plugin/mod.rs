@@ -11,7 +11,7 @@ pub mod host;
 
 use crate::config::{FailurePolicy, FilterConfig, Isolation};
 use crate::state::State;
-use crate::telemetry::{Metrics, shared};
+use crate::telemetry::{FilterMetrics, Metrics, Phase, shared};
 use bindings::{Action, Plugin, PluginPre, Reply};
 use host::{HostState, RequestInfo, RequestState, ResponseState};
 use opentelemetry::KeyValue;
@@ -24,6 +24,11 @@ use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
+/// The WIT package filters are built against, as `gateway_build_info` shows it.
+pub const WIT_PACKAGE: &str = "gateway:filter@0.1.0";
+/// The wasmtime release the gateway embeds (pinned in Cargo.toml).
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Instantiation and `configure` run under this deadline rather than the
 /// per-call one: a plugin's start-up may legitimately take longer.
@@ -296,9 +301,11 @@ impl Runtime {
                 KeyValue::new("phase", phase),
             ]
         };
+        let (attrs_request, attrs_response) = (attrs("request"), attrs("response"));
         let filter = Filter {
-            attrs_request: attrs("request"),
-            attrs_response: attrs("response"),
+            bound: FilterMetrics::new(&self.metrics, [&attrs_request, &attrs_response]),
+            attrs_request,
+            attrs_response,
             name: name.clone(),
             plugin,
             config_json,
@@ -424,6 +431,8 @@ pub struct Filter {
     route_ids: Arc<[String]>,
     attrs_request: [KeyValue; 3],
     attrs_response: [KeyValue; 3],
+    /// Call counts and durations, bound to this filter's labels.
+    bound: FilterMetrics,
 }
 
 /// What a filter call decided.
@@ -480,11 +489,12 @@ impl Filter {
     /// (request isolation, response phase), a warm one, or a fresh one.
     async fn checkout(
         &self,
-        phase_attrs: &[KeyValue; 3],
+        phase: Phase,
         request: &Arc<RequestInfo>,
         held: Option<Held>,
     ) -> Result<Warm, Failure> {
-        self.metrics.plugin_calls.add(1, phase_attrs);
+        let phase_attrs = self.attrs(phase);
+        self.bound.called(phase);
         self.plugin.calls.fetch_add(1, Ordering::Relaxed);
         let ready = match held {
             Some(Held(w)) => Some(w),
@@ -516,14 +526,13 @@ impl Filter {
     fn checkin<R>(
         &self,
         mut warm: Warm,
-        phase_attrs: &[KeyValue; 3],
+        phase: Phase,
         started: Instant,
         result: &Result<R, Failure>,
         hold: bool,
     ) -> Option<Held> {
-        self.metrics
-            .plugin_duration
-            .record(started.elapsed().as_secs_f64(), &phase_attrs[..]);
+        self.bound.took(phase, started.elapsed());
+        let phase_attrs = self.attrs(phase);
         let data = warm.store.data_mut();
         if data.budget.log_dropped > 0 {
             let request_id = data.request.as_ref().map_or("-", |r| r.request_id.as_str());
@@ -553,6 +562,13 @@ impl Filter {
             Err(f) => self.count_failure(phase_attrs, f.reason),
         }
         None
+    }
+
+    fn attrs(&self, phase: Phase) -> &[KeyValue; 3] {
+        match phase {
+            Phase::Request => &self.attrs_request,
+            Phase::Response => &self.attrs_response,
+        }
     }
 
     fn count_failure(&self, phase_attrs: &[KeyValue; 3], reason: &'static str) {
@@ -624,8 +640,7 @@ impl Filter {
         req: RequestState,
     ) -> (RequestState, Result<Decision, Failure>, Option<Held>) {
         let started = Instant::now();
-        let attrs = &self.attrs_request;
-        let mut w = match self.checkout(attrs, &req.info, None).await {
+        let mut w = match self.checkout(Phase::Request, &req.info, None).await {
             Ok(w) => w,
             Err(f) => return (req, Err(f), None),
         };
@@ -650,7 +665,7 @@ impl Filter {
             .delete(res)
             .expect("the request is still in the table");
         let result = decide(out);
-        let held = self.checkin(w, attrs, started, &result, true);
+        let held = self.checkin(w, Phase::Request, started, &result, true);
         (req, result, held)
     }
 
@@ -671,8 +686,7 @@ impl Filter {
         held: Option<Held>,
     ) -> (RequestState, ResponseState, Result<Decision, Failure>) {
         let started = Instant::now();
-        let attrs = &self.attrs_response;
-        let mut w = match self.checkout(attrs, &req.info, held).await {
+        let mut w = match self.checkout(Phase::Response, &req.info, held).await {
             Ok(w) => w,
             Err(f) => return (req, resp, Err(f)),
         };
@@ -694,7 +708,7 @@ impl Filter {
             .expect("the response is still in the table");
         let req = table.delete(rq).expect("the request is still in the table");
         let result = decide(out);
-        self.checkin(w, attrs, started, &result, false);
+        self.checkin(w, Phase::Response, started, &result, false);
         (req, resp, result)
     }
 }

@@ -75,6 +75,15 @@ pub enum TryOutcome {
 }
 
 impl TryOutcome {
+    fn kind(self) -> crate::telemetry::TryKind {
+        match self {
+            TryOutcome::Status(s) => crate::telemetry::TryKind::Status(s),
+            TryOutcome::Connect => crate::telemetry::TryKind::Connect,
+            TryOutcome::Timeout => crate::telemetry::TryKind::Timeout,
+            TryOutcome::Reset => crate::telemetry::TryKind::Reset,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             TryOutcome::Status(s) => crate::telemetry::status_class(s),
@@ -147,6 +156,17 @@ pub struct Exchange<'a> {
     pub try_timeout: Duration,
     pub deadline: Instant,
     pub request_id: &'a str,
+    /// The request's trace, when tracing: each try gets a client span.
+    pub trace: Option<&'a crate::telemetry::trace::RequestTrace<'a>>,
+}
+
+/// What `send` did, for the access log.
+#[derive(Default, Debug)]
+pub struct Tries {
+    /// Tries sent.
+    pub count: u32,
+    /// The instance of the last try, as an index into the upstream's.
+    pub last_instance: Option<usize>,
 }
 
 pub struct Upstream {
@@ -158,6 +178,8 @@ pub struct Upstream {
     pub client: UpstreamClient,
     /// `upstream` and `instance` labels per instance.
     labels: Vec<[KeyValue; 2]>,
+    /// Per-try instruments, bound to each instance's labels.
+    instruments: Vec<crate::telemetry::InstanceMetrics>,
     metrics: Arc<Metrics>,
     pool: Arc<pool::PoolStats>,
     pools: Vec<Arc<pool::InstancePool>>,
@@ -201,7 +223,7 @@ impl Upstream {
             .map(|i| {
                 [
                     KeyValue::new("upstream", crate::telemetry::shared(&name)),
-                    KeyValue::new("instance", i.address().to_string()),
+                    KeyValue::new("endpoint", i.address().to_string()),
                 ]
             })
             .collect();
@@ -319,6 +341,10 @@ impl Upstream {
             );
         }
         Upstream {
+            instruments: labels
+                .iter()
+                .map(|l| crate::telemetry::InstanceMetrics::new(&metrics, l))
+                .collect(),
             balancer: Balancer::new(cfg.strategy, endpoints),
             breakers,
             failure_on: Outcomes::parse(cfg.failure_on.get_ref()),
@@ -360,18 +386,21 @@ impl Upstream {
                     let up = &up;
                     let cfg = &cfg;
                     async move {
+                        let started = Instant::now();
                         let req = http::Request::get(uri)
                             .header(http::header::USER_AGENT, "gateway-health-check")
                             .body(Full::new(Bytes::new()));
-                        let Ok(req) = req else { return false };
-                        match tokio::time::timeout(cfg.timeout.0, up.client.request(req)).await {
+                        let Ok(req) = req else { return (false, started.elapsed()) };
+                        let passed = match tokio::time::timeout(cfg.timeout.0, up.client.request(req)).await {
                             Ok(Ok(resp)) => cfg.passes(resp.status().as_u16()),
                             _ => false,
-                        }
+                        };
+                        (passed, started.elapsed())
                     }
                 });
                 let results = futures_util::future::join_all(checks).await;
-                for (i, passed) in results.into_iter().enumerate() {
+                for (i, (passed, took)) in results.into_iter().enumerate() {
+                    up.instruments[i].health_checked(passed, took);
                     if let Some(now_healthy) = up.health[i].record(&cfg, passed) {
                         let e = &up.balancer.endpoints()[i];
                         tracing::warn!(
@@ -426,6 +455,11 @@ impl Upstream {
         self.metrics.outlier_ejections.add(1, &attrs);
     }
 
+    /// The address of instance `i`, as configured.
+    pub fn instance_addr(&self, i: usize) -> Option<&str> {
+        self.balancer.endpoints().get(i).map(|e| &*e.addr)
+    }
+
     /// Whether `/ready` must fail: health is required and no instance is
     /// healthy.
     pub fn required_and_down(&self) -> bool {
@@ -468,6 +502,7 @@ impl Upstream {
     pub async fn send(
         &self,
         x: &Exchange<'_>,
+        tries: &mut Tries,
         parts: http::request::Parts,
         body: Bytes,
     ) -> Result<http::Response<Incoming>, Failed> {
@@ -533,6 +568,7 @@ impl Upstream {
                 return Err(Failed::Unavailable(reason));
             };
             let endpoint = &self.balancer.endpoints()[i];
+            self.instruments[i].picked();
             // The slot first, so a breaker probe is not spent on a try that
             // cannot be sent; picks race, so the limit is checked again here.
             let Some(slot) = endpoint.try_start(self.max_in_flight) else {
@@ -563,11 +599,18 @@ impl Upstream {
                     )));
                 }
             };
+            let span = x
+                .trace
+                .map(|t| t.try_span(p.method.as_str(), &endpoint.addr, attempt, &mut p.headers));
             let req = http::Request::from_parts(p, Full::new(body.clone()));
             let left = x.deadline.saturating_duration_since(now);
             let budget = x.try_timeout.min(left);
             let started = Instant::now();
+            tries.count += 1;
+            tries.last_instance = Some(i);
+            let active = self.pools[i].connections.active();
             let result = tokio::time::timeout(budget, self.client.request(req)).await;
+            drop(active);
             drop(slot);
             let (outcome, result) = match result {
                 Err(_) => (TryOutcome::Timeout, Err(Failed::Timeout)),
@@ -576,23 +619,31 @@ impl Upstream {
                 }
                 Ok(Err(e)) => (TryOutcome::Reset, Err(Failed::Error(format!("{e:#}")))),
                 Ok(Ok(resp)) => {
-                    if let Some(info) = resp
-                        .extensions()
-                        .get::<hyper_util::client::legacy::connect::HttpInfo>()
-                    {
-                        self.pool.answered(&self.pools[i], info.local_addr());
+                    if let Some(conn) = resp.extensions().get::<pool::ConnectionUse>() {
+                        self.pool.answered(&self.pools[i], conn);
                     }
                     (TryOutcome::Status(resp.status().as_u16()), Ok(resp))
                 }
             };
-            endpoint.record_latency(started.elapsed());
+            let took = started.elapsed();
+            endpoint.record_latency(took);
+            self.instruments[i].tried(outcome.kind(), took);
+            if let Some(span) = &span {
+                match outcome {
+                    TryOutcome::Status(s) => {
+                        span.set_attribute(KeyValue::new("http.response.status_code", s as i64));
+                        if s >= 500 {
+                            span.failed(outcome.label());
+                        }
+                    }
+                    _ => span.failed(outcome.label()),
+                }
+            }
+            drop(span);
             self.note_outlier(i, outcome);
             let failed = self.failure_on.matches(outcome);
             let t = self.breakers[i].record(Instant::now(), admit, !failed);
             self.note(i, t);
-            let mut attrs = self.labels[i].to_vec();
-            attrs.push(KeyValue::new("outcome", outcome.label()));
-            self.metrics.upstream_requests.add(1, &attrs);
             if let Err(e) = &result {
                 tracing::warn!(
                     upstream = &*self.name,

@@ -1,47 +1,49 @@
 //! What the connection pool does, counted: each connection opened and how
-//! long connecting took, and for each answered try whether it rode a
-//! connection that had carried an answer before (a pool hit) or a new one
-//! (a miss). Connections are told apart by their local address, which the
-//! connector reports with every response; a port the kernel hands out again
-//! is forgotten when its new connection opens.
+//! long connecting took, connections open and in use, and for each answered
+//! try whether it rode a connection that had carried an answer before (a
+//! pool hit) or a new one (a miss). Each connection carries a flag the
+//! client copies into every response it answers, so telling the two apart
+//! is one atomic swap.
 
-use crate::telemetry::Metrics;
+use crate::telemetry::{ConnectionGauge, ConnectionGuard, Metrics};
 use arc_swap::ArcSwap;
 use http::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use opentelemetry::metrics::BoundCounter;
 use hyper_util::rt::TokioIo;
 use opentelemetry::KeyValue;
-use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::net::TcpStream;
 
-/// Local addresses remembered per instance; past this the set starts over
-/// (counting one miss too many per live connection, once).
-const MAX_REMEMBERED: usize = 4096;
-
 /// One instance's connections as the counters see them. Shared across
 /// reloads with the connection pool it describes.
 pub struct InstancePool {
-    used: Mutex<HashSet<SocketAddr>>,
     labels: [KeyValue; 2],
+    /// Answered tries on a reused (`hit`) and a new (`miss`) connection.
+    hit_miss: [BoundCounter<u64>; 2],
+    /// Connections open and in use, for the scrape.
+    pub connections: Arc<ConnectionGauge>,
 }
 
 impl InstancePool {
     pub fn new(labels: [KeyValue; 2], metrics: &Metrics) -> InstancePool {
-        for result in ["hit", "miss"] {
+        let hit_miss = ["hit", "miss"].map(|result| {
             let mut attrs = labels.to_vec();
             attrs.push(KeyValue::new("result", result));
-            metrics.pool_requests.add(0, &attrs);
-        }
+            let c = metrics.pool_requests.bind(&attrs);
+            c.add(0);
+            c
+        });
         InstancePool {
-            used: Mutex::new(HashSet::new()),
+            connections: ConnectionGauge::new(metrics, labels.clone()),
             labels,
+            hit_miss,
         }
     }
 }
@@ -69,34 +71,29 @@ impl PoolStats {
             .store(Arc::new(instances.into_iter().collect()));
     }
 
-    fn opened(&self, uri: &Uri, local: Option<SocketAddr>, took: std::time::Duration) {
+    /// Counts a new connection; the guard counts it open until it drops.
+    fn opened(&self, uri: &Uri, took: std::time::Duration) -> Option<ConnectionGuard> {
         self.metrics
             .connect_duration
             .record(took.as_secs_f64(), &self.upstream);
         let map = self.by_authority.load();
-        let Some(inst) = uri.authority().and_then(|a| map.get(a.as_str())) else {
-            return;
-        };
+        let inst = uri.authority().and_then(|a| map.get(a.as_str()))?;
         self.metrics.connections_opened.add(1, &inst.labels);
-        if let Some(local) = local {
-            inst.used.lock().remove(&local);
-        }
+        Some(inst.connections.opened())
     }
 
-    /// Counts one answered try on `inst` as a hit or a miss.
-    pub fn answered(&self, inst: &InstancePool, local: SocketAddr) {
-        let fresh = {
-            let mut used = inst.used.lock();
-            if used.len() >= MAX_REMEMBERED {
-                used.clear();
-            }
-            used.insert(local)
-        };
-        let mut attrs = inst.labels.to_vec();
-        attrs.push(KeyValue::new("result", if fresh { "miss" } else { "hit" }));
-        self.metrics.pool_requests.add(1, &attrs);
+    /// Counts one answered try on `inst` as a hit or a miss, by the flag
+    /// of the connection that carried it.
+    pub fn answered(&self, inst: &InstancePool, conn: &ConnectionUse) {
+        let fresh = !conn.0.swap(true, Ordering::Relaxed);
+        inst.hit_miss[usize::from(fresh)].add(1);
     }
 }
+
+/// Whether a connection has carried an answer already; the client puts
+/// its connection's flag into every response's extensions.
+#[derive(Clone, Default)]
+pub struct ConnectionUse(Arc<AtomicBool>);
 
 /// The HTTP connector, counting what it opens.
 #[derive(Clone)]
@@ -113,8 +110,61 @@ impl CountingConnector {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A connection to an upstream instance, counted open while it lives.
+pub struct CountedStream {
+    inner: TcpStream,
+    used: ConnectionUse,
+    _open: Option<ConnectionGuard>,
+}
+
+impl Connection for CountedStream {
+    fn connected(&self) -> Connected {
+        self.inner.connected().extra(self.used.clone())
+    }
+}
+
+impl tokio::io::AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 impl tower_service::Service<Uri> for CountingConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<CountedStream>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -127,9 +177,13 @@ impl tower_service::Service<Uri> for CountingConnector {
         let stats = self.stats.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let io = inner.call(uri.clone()).await?;
-            stats.opened(&uri, io.inner().local_addr().ok(), started.elapsed());
-            Ok(io)
+            let io = inner.call(uri.clone()).await?.into_inner();
+            let open = stats.opened(&uri, started.elapsed());
+            Ok(TokioIo::new(CountedStream {
+                inner: io,
+                used: ConnectionUse::default(),
+                _open: open,
+            }))
         })
     }
 }

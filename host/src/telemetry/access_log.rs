@@ -1,0 +1,110 @@
+//! The access log: one JSON line per request, to stdout or a file, written
+//! by a thread of its own so a slow disk or a blocked pipe never holds a
+//! request. Lines wait in a bounded queue; when the writer falls that far
+//! behind, new lines are dropped and counted
+//! (`gateway_access_log_dropped_total`) rather than growing memory.
+
+use crate::config::AccessLogConfig;
+use opentelemetry::metrics::Counter;
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+/// Lines that may wait for the writer.
+const QUEUE: usize = 16 * 1024;
+
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    dropped: Counter<u64>,
+}
+
+/// One request, as logged. Times are the gateway's: `duration_ms` runs from
+/// receiving the request head to sending the last byte of the response.
+#[derive(Serialize, Debug, Default)]
+pub struct Entry {
+    pub time: String,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    pub client: String,
+    pub route: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    /// The instance that answered (the last tried), if any was tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    pub tries: u32,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// The tenant a filter established (the `tenant` context key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Who made the answer: `upstream`, `gateway` (a refusal of its own, or
+    /// no instance to ask), or `filter:<name>` when a filter answered or
+    /// failed closed.
+    pub answered_by: String,
+}
+
+impl AccessLog {
+    /// Opens the destination (`stdout`, `stderr` or a file, appended to,
+    /// relative to the config's folder) and starts the writer.
+    pub fn open(cfg: &AccessLogConfig, base_dir: &Path, dropped: Counter<u64>) -> anyhow::Result<AccessLog> {
+        let out: Box<dyn Write + Send> = match cfg.path.as_str() {
+            "stdout" => Box::new(std::io::stdout()),
+            "stderr" => Box::new(std::io::stderr()),
+            p => {
+                let path = base_dir.join(p);
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot open the access log {}: {e}", path.display()))?;
+                Box::new(f)
+            }
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out))?;
+        dropped.add(0, &[]);
+        Ok(AccessLog { tx, dropped })
+    }
+
+    pub fn write(&self, entry: &Entry) {
+        let Ok(mut line) = serde_json::to_string(entry) else {
+            return;
+        };
+        line.push('\n');
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.add(1, &[])
+            }
+        }
+    }
+}
+
+/// Writes lines as they come, flushing whenever the queue is empty, so a
+/// quiet gateway's log is complete and a busy one writes in large blocks.
+fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(line.as_bytes());
+        while let Ok(line) = rx.try_recv() {
+            let _ = out.write_all(line.as_bytes());
+        }
+        if out.flush().is_err() {
+            // A closed stdout: nothing more can be written; keep draining
+            // so senders never block.
+            continue;
+        }
+    }
+}
+
+/// Now, as RFC 3339 with milliseconds, UTC.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

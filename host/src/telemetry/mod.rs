@@ -1,0 +1,973 @@
+//! Telemetry: metrics (OpenTelemetry instruments exported in the Prometheus
+//! text format on the admin listener's `/metrics`), traces (`trace`, OTLP)
+//! and the access log (`access_log`).
+//!
+//! Names are given in full (`_total`, `_seconds`) rather than left to the
+//! exporter's suffixing, so what is written here is exactly what an operator
+//! queries.
+//!
+//! What is recorded on every request goes through instruments bound to
+//! their labels when the route, filter or instance is built (`RouteMetrics`,
+//! `FilterMetrics`, `InstanceMetrics`): a bound instrument records without
+//! hashing and looking up its label set, which is most of what an unbound
+//! record costs. The request-path histograms (request duration and sizes,
+//! filter call and upstream try durations) are the Prometheus client's,
+//! registered in the same registry: they record with a few atomic adds,
+//! where the OpenTelemetry SDK's take a lock per record, which doubled the
+//! metrics' cost per request. benches/metrics.rs measures all three ways.
+
+pub mod access_log;
+pub mod trace;
+
+use arc_swap::ArcSwap;
+use prometheus::HistogramVec;
+use opentelemetry::metrics::{
+    BoundCounter, BoundHistogram, BoundUpDownCounter, Counter, Gauge, Histogram, Meter,
+    MeterProvider, UpDownCounter,
+};
+use opentelemetry::{KeyValue, StringValue};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// Plugin name and SHA-256 of each version in use, read at scrape time.
+type PluginVersions = Arc<ArcSwap<Vec<(Arc<str>, String)>>>;
+
+/// Bucket bounds of the byte-size histograms: 64 B to 16 MiB by fours.
+const SIZE_BUCKETS: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+/// Bucket bounds of plugin histograms whose name ends in `_seconds`.
+const PLUGIN_SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Bucket bounds of other plugin histograms (counts, scores): 1 to 10^6.
+const PLUGIN_PLAIN_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0,
+];
+
+/// Distinct label sets one plugin metric may have; more fold into one
+/// `overflow="true"` series so a bad label cannot blow up cardinality.
+pub const PLUGIN_SERIES_CAP: usize = 100;
+/// Distinct metrics one plugin may create.
+pub const PLUGIN_METRICS_CAP: usize = 32;
+
+/// Why a filter call failed, as counted in `gateway_plugin_failures_total`.
+pub const FAILURE_REASONS: &[&str] = &[
+    "trap",
+    "deadline",
+    "memory",
+    "stack-overflow",
+    "invalid-answer",
+    "instantiate",
+];
+
+pub struct Metrics {
+    registry: prometheus::Registry,
+    _provider: SdkMeterProvider,
+    meter: Meter,
+    pub http_requests: Counter<u64>,
+    pub http_duration: HistogramVec,
+    pub http_request_size: HistogramVec,
+    pub http_response_size: HistogramVec,
+    pub http_in_flight: UpDownCounter<i64>,
+    /// `http_in_flight` without labels, bound once.
+    in_flight: BoundUpDownCounter<i64>,
+    pub http_connections_open: UpDownCounter<i64>,
+    pub http_connections: Counter<u64>,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: Counter<u64>,
+    pub upstream_picks: Counter<u64>,
+    pub health_checks: Counter<u64>,
+    pub health_check_duration: Histogram<f64>,
+    pub plugin_metric_overflow: Counter<u64>,
+    pub access_log_dropped: Counter<u64>,
+    /// The plugin versions the running configuration uses, for
+    /// `gateway_plugin_info`; replaced on every applied reload.
+    plugin_versions: PluginVersions,
+    /// Connection counts of every upstream instance alive, for the
+    /// `gateway_upstream_connections_*` gauges read at scrape time.
+    connection_gauges: Arc<Mutex<Vec<Weak<ConnectionGauge>>>>,
+    pub plugin_calls: Counter<u64>,
+    pub plugin_failures: Counter<u64>,
+    pub plugin_duration: HistogramVec,
+    pub state_calls: Counter<u64>,
+    pub upstream_requests: Counter<u64>,
+    pub upstream_retries: Counter<u64>,
+    pub upstream_unavailable: Counter<u64>,
+    pub breaker_transitions: Counter<u64>,
+    pub breaker_state: Gauge<i64>,
+    pub upstream_healthy: Gauge<i64>,
+    pub health_transitions: Counter<u64>,
+    pub outlier_ejections: Counter<u64>,
+    pub pool_requests: Counter<u64>,
+    pub connections_opened: Counter<u64>,
+    pub connect_duration: Histogram<f64>,
+    pub state_duration: Histogram<f64>,
+    pub reloads: Counter<u64>,
+    plugin_metrics: Mutex<HashMap<String, PluginMetric>>,
+    /// The access log and the tracer, when configured; set once at start.
+    pub access_log: OnceLock<access_log::AccessLog>,
+    pub tracing: OnceLock<trace::Tracing>,
+}
+
+/// A metric a plugin made, and the label sets it has used so far.
+struct PluginMetric {
+    instrument: PluginInstrument,
+    series: HashSet<Vec<(String, String)>>,
+}
+
+enum PluginInstrument {
+    Counter(Counter<f64>),
+    Histogram(Histogram<f64>),
+}
+
+/// What a plugin asks for through `counter-add` or `histogram-observe`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PluginMetricKind {
+    Counter,
+    Histogram,
+}
+
+/// An attribute value shared without copying the string on every request.
+pub fn shared(s: &Arc<str>) -> opentelemetry::Value {
+    opentelemetry::Value::String(StringValue::from(s.clone()))
+}
+
+impl Metrics {
+    pub fn new(duration_buckets: &[f64]) -> anyhow::Result<Metrics> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_units()
+            .without_counter_suffixes()
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()?;
+        // Resident memory, CPU, open files and threads, read from /proc at
+        // scrape time under the gateway's prefix.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "gateway"),
+        ))?;
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let meter = provider.meter("gateway");
+        let buckets = duration_buckets.to_vec();
+        let http_in_flight = meter
+            .i64_up_down_counter("gateway_http_requests_in_flight")
+            .with_description("Requests being handled right now")
+            .build();
+        let plugin_versions: PluginVersions = Arc::default();
+        let connection_gauges: Arc<Mutex<Vec<Weak<ConnectionGauge>>>> = Arc::default();
+        observe_process(&meter, &plugin_versions, &connection_gauges);
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let h = HistogramVec::new(
+                prometheus::HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        Ok(Metrics {
+            http_duration: histogram(
+                "gateway_http_request_duration_seconds",
+                "Time from receiving a request to sending the response head, by route",
+                &["route"],
+                &buckets,
+            )?,
+            http_request_size: histogram(
+                "gateway_http_request_size_bytes",
+                "Request body bytes read, by route",
+                &["route"],
+                SIZE_BUCKETS,
+            )?,
+            http_response_size: histogram(
+                "gateway_http_response_size_bytes",
+                "Response body bytes sent, by route",
+                &["route"],
+                SIZE_BUCKETS,
+            )?,
+            upstream_duration: histogram(
+                "gateway_upstream_request_duration_seconds",
+                "One try at an upstream instance, from sending to the response head",
+                &["upstream", "endpoint"],
+                &buckets,
+            )?,
+            plugin_duration: histogram(
+                "gateway_plugin_call_duration_seconds",
+                "Time spent in one filter call, by filter, plugin and phase",
+                &["filter", "plugin", "phase"],
+                &[1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1],
+            )?,
+            in_flight: http_in_flight.bind(&[]),
+            http_in_flight,
+            http_requests: meter
+                .u64_counter("gateway_http_requests_total")
+                .with_description("HTTP requests answered, by route, method and status")
+                .build(),
+            http_connections_open: meter
+                .i64_up_down_counter("gateway_http_connections_open")
+                .with_description("Client connections open")
+                .build(),
+            http_connections: meter
+                .u64_counter("gateway_http_connections_total")
+                .with_description("Client connections accepted")
+                .build(),
+            upstream_errors: meter
+                .u64_counter("gateway_upstream_errors_total")
+                .with_description("Failed tries by upstream, instance and kind (connect_error, timeout, reset, status_5xx)")
+                .build(),
+            upstream_picks: meter
+                .u64_counter("gateway_upstream_picks_total")
+                .with_description("Instances chosen by the load balancer")
+                .build(),
+            health_checks: meter
+                .u64_counter("gateway_upstream_health_checks_total")
+                .with_description("Active health checks by upstream, instance and result (passed, failed)")
+                .build(),
+            health_check_duration: meter
+                .f64_histogram("gateway_upstream_health_check_duration_seconds")
+                .with_description("Time one active health check took")
+                .with_boundaries(vec![1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0, 5.0])
+                .build(),
+            plugin_metric_overflow: meter
+                .u64_counter("gateway_plugin_metric_overflow_total")
+                .with_description("Plugin measurements folded into an overflow series: the metric had too many label sets")
+                .build(),
+            access_log_dropped: meter
+                .u64_counter("gateway_access_log_dropped_total")
+                .with_description("Access log lines dropped because the writer fell behind")
+                .build(),
+            plugin_versions,
+            connection_gauges,
+            plugin_calls: meter
+                .u64_counter("gateway_plugin_calls_total")
+                .with_description("Calls into filter plugins, by filter, plugin and phase")
+                .build(),
+            plugin_failures: meter
+                .u64_counter("gateway_plugin_failures_total")
+                .with_description("Filter calls that failed, by filter, plugin, phase and reason")
+                .build(),
+            state_calls: meter
+                .u64_counter("gateway_state_calls_total")
+                .with_description(
+                    "Shared-state calls from filters, by backend and result (ok, unavailable, invalid)",
+                )
+                .build(),
+            state_duration: meter
+                .f64_histogram("gateway_state_call_duration_seconds")
+                .with_description("Time one shared-state call took, by backend")
+                .with_boundaries(vec![
+                    1e-6, 1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 2.5e-2, 0.1,
+                ])
+                .build(),
+            upstream_requests: meter
+                .u64_counter("gateway_upstream_requests_total")
+                .with_description(
+                    "Tries sent to upstream instances, by upstream, instance and outcome (status class, connect_error, timeout, reset)",
+                )
+                .build(),
+            upstream_retries: meter
+                .u64_counter("gateway_upstream_retries_total")
+                .with_description("Retries by route: sent, or refused by the retry budget (budget_exhausted)")
+                .build(),
+            upstream_unavailable: meter
+                .u64_counter("gateway_upstream_unavailable_total")
+                .with_description("Requests no instance could take, answered 503, by upstream and reason")
+                .build(),
+            breaker_transitions: meter
+                .u64_counter("gateway_circuit_breaker_transitions_total")
+                .with_description("Circuit breaker state changes, by upstream, instance, from, to and reason")
+                .build(),
+            breaker_state: meter
+                .i64_gauge("gateway_circuit_breaker_state")
+                .with_description("Circuit breaker state per instance: 0 closed, 1 half-open, 2 open")
+                .build(),
+            upstream_healthy: meter
+                .i64_gauge("gateway_upstream_healthy")
+                .with_description("Active health check verdict per instance: 1 healthy, 0 unhealthy")
+                .build(),
+            health_transitions: meter
+                .u64_counter("gateway_upstream_health_transitions_total")
+                .with_description("Instances taken out of or brought back into rotation by health checks")
+                .build(),
+            outlier_ejections: meter
+                .u64_counter("gateway_upstream_ejections_total")
+                .with_description("Instances ejected by passive outlier detection, by upstream, instance and reason")
+                .build(),
+            pool_requests: meter
+                .u64_counter("gateway_upstream_pool_requests_total")
+                .with_description("Answered tries by whether they reused a pooled connection (hit) or a new one (miss)")
+                .build(),
+            connections_opened: meter
+                .u64_counter("gateway_upstream_connections_opened_total")
+                .with_description("Connections opened to upstream instances")
+                .build(),
+            connect_duration: meter
+                .f64_histogram("gateway_upstream_connect_duration_seconds")
+                .with_description("Time to open one upstream connection, by upstream")
+                .with_boundaries(vec![1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0])
+                .build(),
+            reloads: meter
+                .u64_counter("gateway_reloads_total")
+                .with_description("Configuration and plugin reloads, by result (success, failure)")
+                .build(),
+            plugin_metrics: Mutex::new(HashMap::new()),
+            access_log: OnceLock::new(),
+            tracing: OnceLock::new(),
+            registry,
+            _provider: provider,
+            meter,
+        })
+    }
+
+    /// Starts the access log and the trace exporter the configuration asks
+    /// for. Call once, on the runtime.
+    pub fn start_outputs(&self, config: &crate::config::Config) -> anyhow::Result<()> {
+        if let Some(a) = &config.access_log {
+            let log = access_log::AccessLog::open(a, &config.base_dir, self.access_log_dropped.clone())?;
+            let _ = self.access_log.set(log);
+        }
+        if let Some(t) = &config.tracing {
+            let _ = self.tracing.set(trace::Tracing::start(t)?);
+        }
+        Ok(())
+    }
+
+    /// Creates both reload series at zero, so an alert on failures has a
+    /// series to compare against from the start.
+    pub fn declare_reloads(&self) {
+        self.reloads.add(0, &[KeyValue::new("result", "success")]);
+        self.reloads.add(0, &[KeyValue::new("result", "failure")]);
+    }
+
+    pub fn count_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.add(1, &[KeyValue::new("result", result)]);
+    }
+
+    /// Creates the series a filter will use, at zero, so a scrape shows them
+    /// before the first request.
+    pub fn declare_filter(&self, filter: &Arc<str>, plugin: &Arc<str>) {
+        for phase in ["request", "response"] {
+            let base = [
+                KeyValue::new("filter", shared(filter)),
+                KeyValue::new("plugin", shared(plugin)),
+                KeyValue::new("phase", phase),
+            ];
+            self.plugin_calls.add(0, &base);
+            for reason in FAILURE_REASONS {
+                let mut attrs = base.to_vec();
+                attrs.push(KeyValue::new("reason", *reason));
+                self.plugin_failures.add(0, &attrs);
+            }
+        }
+    }
+
+    /// The state backend's series, at zero.
+    pub fn declare_state(&self, backend: &'static str) {
+        for result in ["ok", "unavailable", "invalid"] {
+            self.state_calls.add(
+                0,
+                &[
+                    KeyValue::new("backend", backend),
+                    KeyValue::new("result", result),
+                ],
+            );
+        }
+    }
+
+    /// A plugin's own metric: a counter `gateway_plugin_<plugin>_<name>_total`
+    /// or a histogram `gateway_plugin_<plugin>_<name>`, labelled with the
+    /// filter that recorded it, so two filters of one plugin (two rate
+    /// limiters, say) keep apart. A histogram's buckets follow its unit:
+    /// names ending `_seconds` get latency buckets, `_bytes` size buckets,
+    /// others 1 to 10^6. Returns false when the call was refused (bad name,
+    /// label or value, too many metrics, a name used for the other kind).
+    pub fn plugin_metric(
+        &self,
+        kind: PluginMetricKind,
+        plugin: &str,
+        filter: &str,
+        name: &str,
+        labels: &[(String, String)],
+        value: f64,
+    ) -> bool {
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !valid(name) || !value.is_finite() || value < 0.0 || labels.len() > 8 {
+            return false;
+        }
+        if labels.iter().any(|(k, v)| {
+            !valid(k) || ["plugin", "filter", "overflow"].contains(&k.as_str()) || v.len() > 128
+        }) {
+            return false;
+        }
+        let prefix = format!("gateway_plugin_{}_", plugin.replace('-', "_"));
+        let full = match kind {
+            PluginMetricKind::Counter => format!("{prefix}{name}_total"),
+            PluginMetricKind::Histogram => format!("{prefix}{name}"),
+        };
+        let mut metrics = self.plugin_metrics.lock();
+        if !metrics.contains_key(&full) {
+            let per_plugin = metrics.keys().filter(|k| k.starts_with(&prefix)).count();
+            // A histogram named like a counter's series (`x_total`) or the
+            // other way round would clash in the exposition.
+            let clash = match kind {
+                PluginMetricKind::Counter => metrics.contains_key(&format!("{prefix}{name}")),
+                PluginMetricKind::Histogram => {
+                    name.ends_with("_total") || metrics.contains_key(&format!("{full}_total"))
+                }
+            };
+            if per_plugin >= PLUGIN_METRICS_CAP || clash {
+                return false;
+            }
+            let description = format!("Recorded by plugin {plugin}: {name}");
+            let instrument = match kind {
+                PluginMetricKind::Counter => PluginInstrument::Counter(
+                    self.meter
+                        .f64_counter(full.clone())
+                        .with_description(description)
+                        .build(),
+                ),
+                PluginMetricKind::Histogram => {
+                    let buckets = if name.ends_with("_seconds") {
+                        PLUGIN_SECONDS_BUCKETS
+                    } else if name.ends_with("_bytes") {
+                        SIZE_BUCKETS
+                    } else {
+                        PLUGIN_PLAIN_BUCKETS
+                    };
+                    PluginInstrument::Histogram(
+                        self.meter
+                            .f64_histogram(full.clone())
+                            .with_description(description)
+                            .with_boundaries(buckets.to_vec())
+                            .build(),
+                    )
+                }
+            };
+            metrics.insert(
+                full.clone(),
+                PluginMetric {
+                    instrument,
+                    series: HashSet::new(),
+                },
+            );
+        }
+        let pm = metrics.get_mut(&full).expect("inserted above");
+        match (&pm.instrument, kind) {
+            (PluginInstrument::Counter(_), PluginMetricKind::Counter)
+            | (PluginInstrument::Histogram(_), PluginMetricKind::Histogram) => {}
+            _ => return false,
+        }
+        let mut key: Vec<(String, String)> = labels.to_vec();
+        key.push(("filter".to_string(), filter.to_string()));
+        key.sort();
+        let mut attrs = vec![KeyValue::new("plugin", plugin.to_string())];
+        if pm.series.contains(&key) || pm.series.len() < PLUGIN_SERIES_CAP {
+            pm.series.insert(key.clone());
+            attrs.extend(key.into_iter().map(|(k, v)| KeyValue::new(k, v)));
+        } else {
+            attrs.push(KeyValue::new("filter", filter.to_string()));
+            attrs.push(KeyValue::new("overflow", "true"));
+            self.plugin_metric_overflow.add(
+                1,
+                &[
+                    KeyValue::new("plugin", plugin.to_string()),
+                    KeyValue::new("metric", full.clone()),
+                ],
+            );
+        }
+        match &pm.instrument {
+            PluginInstrument::Counter(c) => c.add(value, &attrs),
+            PluginInstrument::Histogram(h) => h.record(value, &attrs),
+        }
+        true
+    }
+
+    /// The meter the gateway's instruments come from (benches compare
+    /// instrument kinds with it).
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
+    /// Makes `versions` (plugin name, SHA-256) the ones `gateway_plugin_info`
+    /// shows: the plugins of the configuration now serving.
+    pub fn set_plugin_versions(&self, versions: Vec<(Arc<str>, String)>) {
+        self.plugin_versions.store(Arc::new(versions));
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.add(1);
+        InFlight(&self.in_flight)
+    }
+
+    /// Counts a client connection open until the guard drops.
+    pub fn connection_opened(&self) -> ConnectionOpen {
+        self.http_connections.add(1, &[]);
+        self.http_connections_open.add(1, &[]);
+        ConnectionOpen(self.http_connections_open.clone())
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The gauges read when Prometheus scrapes: uptime, build, plugin versions,
+/// upstream connections. They are up-down counters observed by callback
+/// because those report only what the last callback saw, so an instance
+/// or plugin version that went away leaves the scrape with it (an observed
+/// gauge would keep its last value forever).
+fn observe_process(
+    meter: &Meter,
+    plugin_versions: &PluginVersions,
+    connection_gauges: &Arc<Mutex<Vec<Weak<ConnectionGauge>>>>,
+) {
+    let started = Instant::now();
+    meter
+        .f64_observable_gauge("gateway_uptime_seconds")
+        .with_description("Seconds since the gateway started")
+        .with_callback(move |o| o.observe(started.elapsed().as_secs_f64(), &[]))
+        .build();
+    let build = [
+        KeyValue::new("version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("wit", crate::plugin::WIT_PACKAGE),
+        KeyValue::new("wasmtime", crate::plugin::WASMTIME_VERSION),
+    ];
+    meter
+        .i64_observable_gauge("gateway_build_info")
+        .with_description("1, labelled with the gateway's version, its WIT package and wasmtime's version")
+        .with_callback(move |o| o.observe(1, &build))
+        .build();
+    let versions = plugin_versions.clone();
+    meter
+        .i64_observable_up_down_counter("gateway_plugin_info")
+        .with_description("1 for each plugin version the running configuration uses, by plugin and SHA-256")
+        .with_callback(move |o| {
+            for (plugin, sha) in versions.load().iter() {
+                o.observe(
+                    1,
+                    &[
+                        KeyValue::new("plugin", shared(plugin)),
+                        KeyValue::new("sha256", sha.clone()),
+                    ],
+                );
+            }
+        })
+        .build();
+    let gauges = connection_gauges.clone();
+    meter
+        .i64_observable_up_down_counter("gateway_upstream_connections_open")
+        .with_description("Connections open to each upstream instance")
+        .with_callback(move |o| {
+            let mut g = gauges.lock();
+            g.retain(|w| w.strong_count() > 0);
+            for c in g.iter().filter_map(Weak::upgrade) {
+                o.observe(c.open(), &c.labels);
+            }
+        })
+        .build();
+    let gauges = connection_gauges.clone();
+    meter
+        .i64_observable_up_down_counter("gateway_upstream_connections_idle")
+        .with_description("Open connections to each upstream instance carrying no request")
+        .with_callback(move |o| {
+            for c in gauges.lock().iter().filter_map(Weak::upgrade) {
+                o.observe(c.idle(), &c.labels);
+            }
+        })
+        .build();
+}
+
+/// A request in flight; counted down on drop.
+pub struct InFlight<'a>(&'a BoundUpDownCounter<i64>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.add(-1);
+    }
+}
+
+/// A client connection open; counted down on drop.
+pub struct ConnectionOpen(UpDownCounter<i64>);
+
+impl Drop for ConnectionOpen {
+    fn drop(&mut self) {
+        self.0.add(-1, &[]);
+    }
+}
+
+/// A key for a small map of bound series: the method's index and the status.
+type SeriesKey = u32;
+
+/// One route's request instruments, bound to its label. The request
+/// counter is bound per method and status as they first occur.
+pub struct RouteMetrics {
+    pub label: opentelemetry::Value,
+    duration: prometheus::Histogram,
+    request_size: prometheus::Histogram,
+    pub response_size: prometheus::Histogram,
+    requests: RwLock<HashMap<SeriesKey, BoundCounter<u64>, rustc_hash::FxBuildHasher>>,
+    counter: Counter<u64>,
+}
+
+/// Bound request counters one route may hold; past this (a client making
+/// up methods cannot: they are `OTHER`; statuses are bounded) new ones are
+/// recorded unbound.
+const MAX_BOUND_REQUEST_SERIES: usize = 256;
+
+impl RouteMetrics {
+    /// The route's instruments, with its request series for `methods` at
+    /// zero for a success and a server error, so error ratios have a
+    /// denominator and a numerator from start-up.
+    pub fn new(metrics: &Metrics, label: opentelemetry::Value, methods: &[&'static str]) -> RouteMetrics {
+        let route = [label.as_str()];
+        let route = [&*route[0]];
+        let rm = RouteMetrics {
+            duration: metrics.http_duration.with_label_values(&route),
+            request_size: metrics.http_request_size.with_label_values(&route),
+            response_size: metrics.http_response_size.with_label_values(&route),
+            requests: RwLock::default(),
+            counter: metrics.http_requests.clone(),
+            label,
+        };
+        for m in methods {
+            for status in [200, 500] {
+                rm.requests_for(m, status).add(0);
+            }
+        }
+        rm
+    }
+
+    fn attrs(&self, method: &'static str, status: u16) -> [KeyValue; 4] {
+        [
+            KeyValue::new("route", self.label.clone()),
+            KeyValue::new("method", method),
+            KeyValue::new("status", status_text(status)),
+            KeyValue::new("status_class", status_class(status)),
+        ]
+    }
+
+    fn requests_for(&self, method: &'static str, status: u16) -> BoundCounter<u64> {
+        let key = (method_index(method) << 16) | status as u32;
+        if let Some(c) = self.requests.read().get(&key) {
+            return c.clone();
+        }
+        let mut map = self.requests.write();
+        if map.len() >= MAX_BOUND_REQUEST_SERIES {
+            return self.counter.bind(&self.attrs(method, status));
+        }
+        map.entry(key)
+            .or_insert_with(|| self.counter.bind(&self.attrs(method, status)))
+            .clone()
+    }
+
+    /// Records one answered request: its count, the time to the response
+    /// head and the request body size.
+    pub fn answered(&self, method: &'static str, status: u16, took: Duration, request_bytes: u64) {
+        let key = (method_index(method) << 16) | status as u32;
+        match self.requests.read().get(&key) {
+            Some(c) => c.add(1),
+            None => {
+                // First of its kind: bind outside the read lock.
+                let c = self.requests_for(method, status);
+                c.add(1);
+            }
+        }
+        self.duration.observe(took.as_secs_f64());
+        self.request_size.observe(request_bytes as f64);
+    }
+}
+
+/// One filter's per-call instruments, bound per phase.
+pub struct FilterMetrics {
+    calls: [BoundCounter<u64>; 2],
+    duration: [prometheus::Histogram; 2],
+}
+
+/// A filter call's phase, as an index into bound instruments.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    Request = 0,
+    Response = 1,
+}
+
+impl Phase {
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Request => "request",
+            Phase::Response => "response",
+        }
+    }
+}
+
+impl FilterMetrics {
+    /// `attrs` are the filter's `filter`, `plugin` and `phase` labels for
+    /// the request and response phases.
+    pub fn new(metrics: &Metrics, attrs: [&[KeyValue; 3]; 2]) -> FilterMetrics {
+        FilterMetrics {
+            calls: attrs.map(|a| metrics.plugin_calls.bind(a)),
+            duration: attrs.map(|a| {
+                let values = a.each_ref().map(|kv| kv.value.as_str());
+                metrics
+                    .plugin_duration
+                    .with_label_values(&values.each_ref().map(|v| &**v))
+            }),
+        }
+    }
+
+    pub fn called(&self, phase: Phase) {
+        self.calls[phase as usize].add(1);
+    }
+
+    pub fn took(&self, phase: Phase, d: Duration) {
+        self.duration[phase as usize].observe(d.as_secs_f64());
+    }
+}
+
+/// How a try at an upstream instance ended, for its counters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TryKind {
+    Status(u16),
+    Connect,
+    Timeout,
+    Reset,
+}
+
+const OUTCOMES: [&str; 8] = [
+    "1xx",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "connect_error",
+    "timeout",
+    "reset",
+];
+const ERROR_KINDS: [&str; 4] = ["connect_error", "timeout", "reset", "status_5xx"];
+
+/// One upstream instance's per-try instruments, bound to its labels; all
+/// series exist at zero from the moment the instance is configured.
+pub struct InstanceMetrics {
+    picks: BoundCounter<u64>,
+    duration: prometheus::Histogram,
+    outcomes: [BoundCounter<u64>; 8],
+    errors: [BoundCounter<u64>; 4],
+    health_checks: [BoundCounter<u64>; 2],
+    health_duration: BoundHistogram<f64>,
+}
+
+impl InstanceMetrics {
+    pub fn new(metrics: &Metrics, labels: &[KeyValue; 2]) -> InstanceMetrics {
+        let with = |k: &'static str, v: &'static str| {
+            let mut a = labels.to_vec();
+            a.push(KeyValue::new(k, v));
+            a
+        };
+        let counted = |c: &Counter<u64>, k, v| {
+            let b = c.bind(&with(k, v));
+            b.add(0);
+            b
+        };
+        let picks = metrics.upstream_picks.bind(labels);
+        picks.add(0);
+        InstanceMetrics {
+            picks,
+            duration: {
+                let values = labels.each_ref().map(|kv| kv.value.as_str());
+                metrics
+                    .upstream_duration
+                    .with_label_values(&values.each_ref().map(|v| &**v))
+            },
+            outcomes: OUTCOMES.map(|o| counted(&metrics.upstream_requests, "outcome", o)),
+            errors: ERROR_KINDS.map(|k| counted(&metrics.upstream_errors, "kind", k)),
+            health_checks: ["passed", "failed"].map(|r| counted(&metrics.health_checks, "result", r)),
+            health_duration: metrics.health_check_duration.bind(labels),
+        }
+    }
+
+    pub fn picked(&self) {
+        self.picks.add(1);
+    }
+
+    /// Records one try: its outcome, its duration, and an error by kind.
+    pub fn tried(&self, kind: TryKind, took: Duration) {
+        let (outcome, error) = match kind {
+            TryKind::Status(s) => {
+                let class = (s / 100).clamp(1, 5) as usize - 1;
+                (class, (class == 4).then_some(3))
+            }
+            TryKind::Connect => (5, Some(0)),
+            TryKind::Timeout => (6, Some(1)),
+            TryKind::Reset => (7, Some(2)),
+        };
+        self.outcomes[outcome].add(1);
+        if let Some(e) = error {
+            self.errors[e].add(1);
+        }
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn health_checked(&self, passed: bool, took: Duration) {
+        self.health_checks[usize::from(!passed)].add(1);
+        self.health_duration.record(took.as_secs_f64());
+    }
+}
+
+/// Connections open to one upstream instance, and how many carry a try
+/// now; read when Prometheus scrapes.
+pub struct ConnectionGauge {
+    labels: [KeyValue; 2],
+    open: AtomicI64,
+    active: AtomicI64,
+}
+
+impl ConnectionGauge {
+    pub fn new(metrics: &Metrics, labels: [KeyValue; 2]) -> Arc<ConnectionGauge> {
+        let g = Arc::new(ConnectionGauge {
+            labels,
+            open: AtomicI64::new(0),
+            active: AtomicI64::new(0),
+        });
+        metrics.connection_gauges.lock().push(Arc::downgrade(&g));
+        g
+    }
+
+    fn open(&self) -> i64 {
+        self.open.load(Ordering::Relaxed).max(0)
+    }
+
+    /// Open connections less those carrying a try: for HTTP/1.1, where a
+    /// connection carries one exchange at a time, the idle ones.
+    fn idle(&self) -> i64 {
+        (self.open() - self.active.load(Ordering::Relaxed)).max(0)
+    }
+
+    /// Counts a connection open until the guard drops.
+    pub fn opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(self.clone())
+    }
+
+    /// Counts a try in progress until the guard drops.
+    pub fn active(&self) -> ActiveGuard<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self)
+    }
+}
+
+/// Counts a connection open until dropped (it lives with the connection).
+pub struct ConnectionGuard(Arc<ConnectionGauge>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a try in progress until dropped.
+pub struct ActiveGuard<'a>(&'a ConnectionGauge);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// "2xx", "4xx", ... for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The method as a bounded label: the standard ones by name, others as OTHER.
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// A method label's place, for keys of bound series.
+fn method_index(label: &str) -> u32 {
+    const ORDER: [&str; 10] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+    ];
+    ORDER.iter().position(|m| *m == label).unwrap_or(9) as u32
+}
+
+/// The status as a label value, without formatting on the request path.
+fn status_text(status: u16) -> opentelemetry::Value {
+    http::StatusCode::from_u16(status)
+        .map(|s| opentelemetry::Value::from(s.as_str().to_string()))
+        .unwrap_or_else(|_| opentelemetry::Value::from("other"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn plugin_counters_keep_filters_apart_and_cap_their_series() {
+        let m = Metrics::new(&[0.1]).unwrap();
+        let l = labels(&[("limit", "a")]);
+        assert!(m.plugin_metric(PluginMetricKind::Counter, "ratelimit", "rl-api", "requests", &l, 2.0));
+        assert!(m.plugin_metric(PluginMetricKind::Counter, "ratelimit", "rl-admin", "requests", &l, 1.0));
+        let out = m.render();
+        assert!(
+            out.contains(r#"gateway_plugin_ratelimit_requests_total{filter="rl-api",limit="a",plugin="ratelimit"} 2"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"gateway_plugin_ratelimit_requests_total{filter="rl-admin",limit="a",plugin="ratelimit"} 1"#),
+            "{out}"
+        );
+        // The gateway's own labels cannot be forged by a plugin.
+        for reserved in ["filter", "plugin", "overflow"] {
+            let forged = labels(&[(reserved, "x")]);
+            assert!(!m.plugin_metric(PluginMetricKind::Counter, "ratelimit", "rl-api", "requests", &forged, 1.0));
+        }
+        for i in 0..PLUGIN_SERIES_CAP + 5 {
+            let l = labels(&[("k", &i.to_string())]);
+            assert!(m.plugin_metric(PluginMetricKind::Counter, "p", "f", "many", &l, 1.0));
+        }
+        assert!(
+            m.render().contains(
+                r#"gateway_plugin_p_many_total{filter="f",overflow="true",plugin="p"} 5"#
+            )
+        );
+    }
+}
