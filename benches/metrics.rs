@@ -26,7 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn metrics() -> Arc<Metrics> {
-    Arc::new(Metrics::new(&[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]).unwrap())
+    Arc::new(
+        Metrics::new(&[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .unwrap(),
+    )
 }
 
 fn bench(c: &mut Criterion) {
@@ -133,7 +138,7 @@ fn bench(c: &mut Criterion) {
     pool_attrs.push(KeyValue::new("result", "hit"));
     g.bench_function("otel_unbound", |b| {
         b.iter(|| {
-            m.http_in_flight.add(1, &[]);
+            let in_flight = m.in_flight();
             m.plugin_calls.add(1, &fa_req);
             h_plugin.record(black_box(7e-6), &fa_req);
             m.upstream_picks.add(1, &labels);
@@ -145,7 +150,7 @@ fn bench(c: &mut Criterion) {
             m.http_requests.add(1, &request_attrs);
             h_http.record(black_box(4.2e-4), &route_attrs);
             h_req.record(black_box(512.0), &route_attrs);
-            m.http_in_flight.add(-1, &[]);
+            drop(in_flight);
             h_resp.record(black_box(2048.0), &route_attrs);
         })
     });

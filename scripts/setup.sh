@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need and a fresh machine lacks:
 # the wasm32-wasip2 Rust target, redis-server (the shared-state tests start
-# their own), and (with --bench) nginx and wrk for the comparison benchmark. Safe to run again: it only installs what is missing.
+# their own), prometheus and promtool (the observability tests run a real
+# Prometheus and check the alert rules), and (with --bench) nginx and wrk for the comparison benchmark. Safe to run again: it only installs what is missing.
 set -euo pipefail
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
@@ -12,6 +13,8 @@ fi
 need_apt=()
 want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
 want redis-server redis-server
+want prometheus prometheus
+want promtool prometheus
 if [[ "${1:-}" == "--bench" ]]; then
   want nginx nginx-light
   want wrk wrk
@@ -24,5 +27,5 @@ if [[ ${#need_apt[@]} -gt 0 ]]; then
   sudo_cmd=()
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi

@@ -1002,7 +1002,10 @@ impl Config {
             if !(0.0..=1.0).contains(&t.sample_ratio) {
                 return Err(src.error_span(
                     &t.endpoint,
-                    format!("[tracing] sample_ratio is {}; use 0 to 1 (1 keeps every trace)", t.sample_ratio),
+                    format!(
+                        "[tracing] sample_ratio is {}; use 0 to 1 (1 keeps every trace)",
+                        t.sample_ratio
+                    ),
                 ));
             }
         }

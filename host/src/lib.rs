@@ -194,6 +194,9 @@ impl Gateway {
                         .collect(),
                     None => vec!["GET"],
                 };
+                if retry_config.is_some() {
+                    metrics.declare_retries(&label);
+                }
                 RouteRuntime {
                     metrics: telemetry::RouteMetrics::new(&metrics, label.clone(), &methods),
                     label,

@@ -514,7 +514,11 @@ pub fn read_response<R: Read>(r: &mut BufReader<R>) -> RawResponse {
 pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let values: Vec<f64> = series(scrape, name)
         .into_iter()
-        .filter(|(set, _)| labels.iter().all(|(k, v)| set.get(k).map(String::as_str) == Some(*v)))
+        .filter(|(set, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| set.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|(_, v)| v)
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())

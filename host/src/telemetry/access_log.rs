@@ -51,7 +51,11 @@ pub struct Entry {
 impl AccessLog {
     /// Opens the destination (`stdout`, `stderr` or a file, appended to,
     /// relative to the config's folder) and starts the writer.
-    pub fn open(cfg: &AccessLogConfig, base_dir: &Path, dropped: Counter<u64>) -> anyhow::Result<AccessLog> {
+    pub fn open(
+        cfg: &AccessLogConfig,
+        base_dir: &Path,
+        dropped: Counter<u64>,
+    ) -> anyhow::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match cfg.path.as_str() {
             "stdout" => Box::new(std::io::stdout()),
             "stderr" => Box::new(std::io::stderr()),
@@ -61,7 +65,9 @@ impl AccessLog {
                     .create(true)
                     .append(true)
                     .open(&path)
-                    .map_err(|e| anyhow::anyhow!("cannot open the access log {}: {e}", path.display()))?;
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot open the access log {}: {e}", path.display())
+                    })?;
                 Box::new(f)
             }
         };

@@ -20,16 +20,15 @@ pub mod access_log;
 pub mod trace;
 
 use arc_swap::ArcSwap;
-use prometheus::HistogramVec;
 use opentelemetry::metrics::{
-    BoundCounter, BoundHistogram, BoundUpDownCounter, Counter, Gauge, Histogram, Meter,
-    MeterProvider, UpDownCounter,
+    BoundCounter, BoundHistogram, Counter, Gauge, Histogram, Meter, MeterProvider,
 };
 use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use parking_lot::{Mutex, RwLock};
+use prometheus::HistogramVec;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -73,11 +72,8 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub http_request_size: HistogramVec,
     pub http_response_size: HistogramVec,
-    pub http_in_flight: UpDownCounter<i64>,
-    /// `http_in_flight` without labels, bound once.
-    in_flight: BoundUpDownCounter<i64>,
-    pub http_connections_open: UpDownCounter<i64>,
-    pub http_connections: Counter<u64>,
+    /// Requests in flight and client connections, read at scrape time.
+    live: Arc<Live>,
     pub upstream_duration: HistogramVec,
     pub upstream_errors: Counter<u64>,
     pub upstream_picks: Counter<u64>,
@@ -118,6 +114,8 @@ pub struct Metrics {
 struct PluginMetric {
     instrument: PluginInstrument,
     series: HashSet<Vec<(String, String)>>,
+    /// Whether the log has said this metric overflowed (said once).
+    overflowed: bool,
 }
 
 enum PluginInstrument {
@@ -150,15 +148,16 @@ impl Metrics {
         // Resident memory, CPU, open files and threads, read from /proc at
         // scrape time under the gateway's prefix.
         registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "gateway"),
+            prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "gateway",
+            ),
         ))?;
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("gateway");
         let buckets = duration_buckets.to_vec();
-        let http_in_flight = meter
-            .i64_up_down_counter("gateway_http_requests_in_flight")
-            .with_description("Requests being handled right now")
-            .build();
+        let live: Arc<Live> = Arc::default();
+        observe_live(&meter, &live);
         let plugin_versions: PluginVersions = Arc::default();
         let connection_gauges: Arc<Mutex<Vec<Weak<ConnectionGauge>>>> = Arc::default();
         observe_process(&meter, &plugin_versions, &connection_gauges);
@@ -201,19 +200,10 @@ impl Metrics {
                 &["filter", "plugin", "phase"],
                 &[1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2, 0.1],
             )?,
-            in_flight: http_in_flight.bind(&[]),
-            http_in_flight,
+            live,
             http_requests: meter
                 .u64_counter("gateway_http_requests_total")
                 .with_description("HTTP requests answered, by route, method and status")
-                .build(),
-            http_connections_open: meter
-                .i64_up_down_counter("gateway_http_connections_open")
-                .with_description("Client connections open")
-                .build(),
-            http_connections: meter
-                .u64_counter("gateway_http_connections_total")
-                .with_description("Client connections accepted")
                 .build(),
             upstream_errors: meter
                 .u64_counter("gateway_upstream_errors_total")
@@ -234,7 +224,7 @@ impl Metrics {
                 .build(),
             plugin_metric_overflow: meter
                 .u64_counter("gateway_plugin_metric_overflow_total")
-                .with_description("Plugin measurements folded into an overflow series: the metric had too many label sets")
+                .with_description("Plugin measurements folded into an overflow series because the metric had too many label sets, by plugin")
                 .build(),
             access_log_dropped: meter
                 .u64_counter("gateway_access_log_dropped_total")
@@ -327,7 +317,8 @@ impl Metrics {
     /// for. Call once, on the runtime.
     pub fn start_outputs(&self, config: &crate::config::Config) -> anyhow::Result<()> {
         if let Some(a) = &config.access_log {
-            let log = access_log::AccessLog::open(a, &config.base_dir, self.access_log_dropped.clone())?;
+            let log =
+                access_log::AccessLog::open(a, &config.base_dir, self.access_log_dropped.clone())?;
             let _ = self.access_log.set(log);
         }
         if let Some(t) = &config.tracing {
@@ -351,6 +342,8 @@ impl Metrics {
     /// Creates the series a filter will use, at zero, so a scrape shows them
     /// before the first request.
     pub fn declare_filter(&self, filter: &Arc<str>, plugin: &Arc<str>) {
+        self.plugin_metric_overflow
+            .add(0, &[KeyValue::new("plugin", shared(plugin))]);
         for phase in ["request", "response"] {
             let base = [
                 KeyValue::new("filter", shared(filter)),
@@ -373,6 +366,24 @@ impl Metrics {
                 0,
                 &[
                     KeyValue::new("backend", backend),
+                    KeyValue::new("result", result),
+                ],
+            );
+        }
+        // Binding creates the series; it stays after the handle drops.
+        drop(
+            self.state_duration
+                .bind(&[KeyValue::new("backend", backend)]),
+        );
+    }
+
+    /// The retry series of a route with a retry policy, at zero.
+    pub fn declare_retries(&self, route: &opentelemetry::Value) {
+        for result in ["sent", "budget_exhausted"] {
+            self.upstream_retries.add(
+                0,
+                &[
+                    KeyValue::new("route", route.clone()),
                     KeyValue::new("result", result),
                 ],
             );
@@ -458,6 +469,7 @@ impl Metrics {
                 PluginMetric {
                     instrument,
                     series: HashSet::new(),
+                    overflowed: false,
                 },
             );
         }
@@ -477,13 +489,16 @@ impl Metrics {
         } else {
             attrs.push(KeyValue::new("filter", filter.to_string()));
             attrs.push(KeyValue::new("overflow", "true"));
-            self.plugin_metric_overflow.add(
-                1,
-                &[
-                    KeyValue::new("plugin", plugin.to_string()),
-                    KeyValue::new("metric", full.clone()),
-                ],
-            );
+            self.plugin_metric_overflow
+                .add(1, &[KeyValue::new("plugin", plugin.to_string())]);
+            if !pm.overflowed {
+                pm.overflowed = true;
+                tracing::warn!(
+                    plugin,
+                    metric = full,
+                    "more than {PLUGIN_SERIES_CAP} label sets: further ones are counted under overflow=\"true\""
+                );
+            }
         }
         match &pm.instrument {
             PluginInstrument::Counter(c) => c.add(value, &attrs),
@@ -506,15 +521,15 @@ impl Metrics {
 
     /// Counts a request in flight until the guard drops.
     pub fn in_flight(&self) -> InFlight<'_> {
-        self.in_flight.add(1);
-        InFlight(&self.in_flight)
+        self.live.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.live.in_flight)
     }
 
     /// Counts a client connection open until the guard drops.
     pub fn connection_opened(&self) -> ConnectionOpen {
-        self.http_connections.add(1, &[]);
-        self.http_connections_open.add(1, &[]);
-        ConnectionOpen(self.http_connections_open.clone())
+        self.live.connections.fetch_add(1, Ordering::Relaxed);
+        self.live.connections_open.fetch_add(1, Ordering::Relaxed);
+        ConnectionOpen(self.live.clone())
     }
 
     /// The Prometheus text exposition of every metric.
@@ -549,13 +564,17 @@ fn observe_process(
     ];
     meter
         .i64_observable_gauge("gateway_build_info")
-        .with_description("1, labelled with the gateway's version, its WIT package and wasmtime's version")
+        .with_description(
+            "1, labelled with the gateway's version, its WIT package and wasmtime's version",
+        )
         .with_callback(move |o| o.observe(1, &build))
         .build();
     let versions = plugin_versions.clone();
     meter
         .i64_observable_up_down_counter("gateway_plugin_info")
-        .with_description("1 for each plugin version the running configuration uses, by plugin and SHA-256")
+        .with_description(
+            "1 for each plugin version the running configuration uses, by plugin and SHA-256",
+        )
         .with_callback(move |o| {
             for (plugin, sha) in versions.load().iter() {
                 o.observe(
@@ -593,21 +612,52 @@ fn observe_process(
 }
 
 /// A request in flight; counted down on drop.
-pub struct InFlight<'a>(&'a BoundUpDownCounter<i64>);
+pub struct InFlight<'a>(&'a AtomicI64);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.add(-1);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// A client connection open; counted down on drop.
-pub struct ConnectionOpen(UpDownCounter<i64>);
+pub struct ConnectionOpen(Arc<Live>);
 
 impl Drop for ConnectionOpen {
     fn drop(&mut self) {
-        self.0.add(-1, &[]);
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Counts without labels that change on every request or connection:
+/// kept in atomics (an add is one instruction) and read when Prometheus
+/// scrapes, so they are also present, at zero, from start-up.
+#[derive(Default)]
+struct Live {
+    in_flight: AtomicI64,
+    connections_open: AtomicI64,
+    connections: AtomicU64,
+}
+
+fn observe_live(meter: &Meter, live: &Arc<Live>) {
+    let l = live.clone();
+    meter
+        .i64_observable_up_down_counter("gateway_http_requests_in_flight")
+        .with_description("Requests being handled right now")
+        .with_callback(move |o| o.observe(l.in_flight.load(Ordering::Relaxed), &[]))
+        .build();
+    let l = live.clone();
+    meter
+        .i64_observable_up_down_counter("gateway_http_connections_open")
+        .with_description("Client connections open")
+        .with_callback(move |o| o.observe(l.connections_open.load(Ordering::Relaxed), &[]))
+        .build();
+    let l = live.clone();
+    meter
+        .u64_observable_counter("gateway_http_connections_total")
+        .with_description("Client connections accepted")
+        .with_callback(move |o| o.observe(l.connections.load(Ordering::Relaxed), &[]))
+        .build();
 }
 
 /// A key for a small map of bound series: the method's index and the status.
@@ -633,7 +683,11 @@ impl RouteMetrics {
     /// The route's instruments, with its request series for `methods` at
     /// zero for a success and a server error, so error ratios have a
     /// denominator and a numerator from start-up.
-    pub fn new(metrics: &Metrics, label: opentelemetry::Value, methods: &[&'static str]) -> RouteMetrics {
+    pub fn new(
+        metrics: &Metrics,
+        label: opentelemetry::Value,
+        methods: &[&'static str],
+    ) -> RouteMetrics {
         let route = [label.as_str()];
         let route = [&*route[0]];
         let rm = RouteMetrics {
@@ -679,13 +733,10 @@ impl RouteMetrics {
     /// head and the request body size.
     pub fn answered(&self, method: &'static str, status: u16, took: Duration, request_bytes: u64) {
         let key = (method_index(method) << 16) | status as u32;
-        match self.requests.read().get(&key) {
-            Some(c) => c.add(1),
-            None => {
-                // First of its kind: bind outside the read lock.
-                let c = self.requests_for(method, status);
-                c.add(1);
-            }
+        let bound = self.requests.read().get(&key).map(|c| c.add(1)).is_some();
+        if !bound {
+            // The first of its kind: bound now, with the read lock released.
+            self.requests_for(method, status).add(1);
         }
         self.duration.observe(took.as_secs_f64());
         self.request_size.observe(request_bytes as f64);
@@ -784,6 +835,27 @@ impl InstanceMetrics {
         };
         let picks = metrics.upstream_picks.bind(labels);
         picks.add(0);
+        for (from, to, reason) in [
+            ("closed", "open", "consecutive_failures"),
+            ("closed", "open", "failure_rate"),
+            ("open", "half_open", "cool_down_elapsed"),
+            ("half_open", "open", "probe_failed"),
+            ("half_open", "closed", "probes_succeeded"),
+        ] {
+            let mut a = labels.to_vec();
+            a.extend([
+                KeyValue::new("from", from),
+                KeyValue::new("to", to),
+                KeyValue::new("reason", reason),
+            ]);
+            metrics.breaker_transitions.add(0, &a);
+        }
+        for reason in ["consecutive_5xx", "consecutive_gateway_failures"] {
+            metrics.outlier_ejections.add(0, &with("reason", reason));
+        }
+        for to in ["healthy", "unhealthy"] {
+            metrics.health_transitions.add(0, &with("to", to));
+        }
         InstanceMetrics {
             picks,
             duration: {
@@ -794,7 +866,8 @@ impl InstanceMetrics {
             },
             outcomes: OUTCOMES.map(|o| counted(&metrics.upstream_requests, "outcome", o)),
             errors: ERROR_KINDS.map(|k| counted(&metrics.upstream_errors, "kind", k)),
-            health_checks: ["passed", "failed"].map(|r| counted(&metrics.health_checks, "result", r)),
+            health_checks: ["passed", "failed"]
+                .map(|r| counted(&metrics.health_checks, "result", r)),
             health_duration: metrics.health_check_duration.bind(labels),
         }
     }
@@ -944,8 +1017,22 @@ mod tests {
     fn plugin_counters_keep_filters_apart_and_cap_their_series() {
         let m = Metrics::new(&[0.1]).unwrap();
         let l = labels(&[("limit", "a")]);
-        assert!(m.plugin_metric(PluginMetricKind::Counter, "ratelimit", "rl-api", "requests", &l, 2.0));
-        assert!(m.plugin_metric(PluginMetricKind::Counter, "ratelimit", "rl-admin", "requests", &l, 1.0));
+        assert!(m.plugin_metric(
+            PluginMetricKind::Counter,
+            "ratelimit",
+            "rl-api",
+            "requests",
+            &l,
+            2.0
+        ));
+        assert!(m.plugin_metric(
+            PluginMetricKind::Counter,
+            "ratelimit",
+            "rl-admin",
+            "requests",
+            &l,
+            1.0
+        ));
         let out = m.render();
         assert!(
             out.contains(r#"gateway_plugin_ratelimit_requests_total{filter="rl-api",limit="a",plugin="ratelimit"} 2"#),
@@ -958,7 +1045,14 @@ mod tests {
         // The gateway's own labels cannot be forged by a plugin.
         for reserved in ["filter", "plugin", "overflow"] {
             let forged = labels(&[(reserved, "x")]);
-            assert!(!m.plugin_metric(PluginMetricKind::Counter, "ratelimit", "rl-api", "requests", &forged, 1.0));
+            assert!(!m.plugin_metric(
+                PluginMetricKind::Counter,
+                "ratelimit",
+                "rl-api",
+                "requests",
+                &forged,
+                1.0
+            ));
         }
         for i in 0..PLUGIN_SERIES_CAP + 5 {
             let l = labels(&[("k", &i.to_string())]);

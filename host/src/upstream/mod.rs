@@ -390,11 +390,15 @@ impl Upstream {
                         let req = http::Request::get(uri)
                             .header(http::header::USER_AGENT, "gateway-health-check")
                             .body(Full::new(Bytes::new()));
-                        let Ok(req) = req else { return (false, started.elapsed()) };
-                        let passed = match tokio::time::timeout(cfg.timeout.0, up.client.request(req)).await {
-                            Ok(Ok(resp)) => cfg.passes(resp.status().as_u16()),
-                            _ => false,
+                        let Ok(req) = req else {
+                            return (false, started.elapsed());
                         };
+                        let passed =
+                            match tokio::time::timeout(cfg.timeout.0, up.client.request(req)).await
+                            {
+                                Ok(Ok(resp)) => cfg.passes(resp.status().as_u16()),
+                                _ => false,
+                            };
                         (passed, started.elapsed())
                     }
                 });

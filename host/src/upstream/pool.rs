@@ -9,9 +9,9 @@ use crate::telemetry::{ConnectionGauge, ConnectionGuard, Metrics};
 use arc_swap::ArcSwap;
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use opentelemetry::metrics::BoundCounter;
 use hyper_util::rt::TokioIo;
 use opentelemetry::KeyValue;
+use opentelemetry::metrics::BoundCounter;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -40,6 +40,7 @@ impl InstancePool {
             c.add(0);
             c
         });
+        metrics.connections_opened.add(0, &labels);
         InstancePool {
             connections: ConnectionGauge::new(metrics, labels.clone()),
             labels,
@@ -58,6 +59,8 @@ pub struct PoolStats {
 
 impl PoolStats {
     pub fn new(upstream: KeyValue, metrics: Arc<Metrics>) -> PoolStats {
+        // Binding creates the series, at zero; it stays after the handle drops.
+        drop(metrics.connect_duration.bind(std::slice::from_ref(&upstream)));
         PoolStats {
             by_authority: ArcSwap::from_pointee(HashMap::new()),
             upstream: [upstream],

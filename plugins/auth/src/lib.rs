@@ -68,60 +68,72 @@ impl Identity {
     }
 }
 
-/// The `reason` label of the attempts counter, and the `error_description`
-/// of a 401.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Ok,
-    Missing,
-    Malformed,
-    BadSignature,
-    Expired,
-    NotYetValid,
-    WrongAudience,
-    WrongIssuer,
-    MissingClaim,
-    UnknownKey,
-    AlgNotAllowed,
-    UnknownApiKey,
-    InsufficientScope,
+filter_sdk::label_enum! {
+    /// The `reason` label of the attempts counter, and the
+    /// `error_description` of a 401.
+    pub enum Reason {
+        Ok => "ok",
+        Missing => "missing",
+        Malformed => "malformed",
+        BadSignature => "bad_signature",
+        Expired => "expired",
+        NotYetValid => "not_yet_valid",
+        WrongAudience => "wrong_audience",
+        WrongIssuer => "wrong_issuer",
+        MissingClaim => "missing_claim",
+        UnknownKey => "unknown_key",
+        AlgNotAllowed => "alg_not_allowed",
+        UnknownApiKey => "unknown_api_key",
+        InsufficientScope => "insufficient_scope",
+    }
 }
 
 impl Reason {
-    fn label(self) -> &'static str {
+    /// Whether an attempt with credentials of `method` can end with this
+    /// reason: the attempts declared at zero for each method enabled.
+    fn applies_to(self, method: Method) -> bool {
         match self {
-            Reason::Ok => "ok",
-            Reason::Missing => "missing",
-            Reason::Malformed => "malformed",
-            Reason::BadSignature => "bad_signature",
-            Reason::Expired => "expired",
-            Reason::NotYetValid => "not_yet_valid",
-            Reason::WrongAudience => "wrong_audience",
-            Reason::WrongIssuer => "wrong_issuer",
-            Reason::MissingClaim => "missing_claim",
-            Reason::UnknownKey => "unknown_key",
-            Reason::AlgNotAllowed => "alg_not_allowed",
-            Reason::UnknownApiKey => "unknown_api_key",
-            Reason::InsufficientScope => "insufficient_scope",
+            // No credentials is the only thing counted without a method.
+            Reason::Missing => matches!(method, Method::None),
+            Reason::Ok | Reason::Malformed | Reason::InsufficientScope => {
+                !matches!(method, Method::None)
+            }
+            Reason::UnknownApiKey => matches!(method, Method::ApiKey),
+            Reason::BadSignature
+            | Reason::Expired
+            | Reason::NotYetValid
+            | Reason::WrongAudience
+            | Reason::WrongIssuer
+            | Reason::MissingClaim
+            | Reason::UnknownKey
+            | Reason::AlgNotAllowed => matches!(method, Method::Jwt),
+        }
+    }
+
+    /// The results an attempt with this reason is counted with: only `ok`
+    /// passes, and `missing` on an anonymous route.
+    fn results(self, anonymous_routes: bool) -> &'static [bool] {
+        match self {
+            Reason::Ok => &[true],
+            Reason::Missing if anonymous_routes => &[false, true],
+            _ => &[false],
         }
     }
 }
 
-#[derive(Clone, Copy)]
-enum Method {
-    None,
-    Jwt,
-    ApiKey,
+filter_sdk::label_enum! {
+    /// The `method` label of the attempts counter, and the `auth.method`
+    /// context value.
+    enum Method {
+        None => "none",
+        Jwt => "jwt",
+        ApiKey => "api_key",
+    }
 }
 
-impl Method {
-    fn label(self) -> &'static str {
-        match self {
-            Method::None => "none",
-            Method::Jwt => "jwt",
-            Method::ApiKey => "api_key",
-        }
-    }
+/// The `result` label of the attempts counter.
+fn result_label(allowed: bool) -> &'static str {
+    if allowed { "allowed" } else { "denied" }
 }
 
 /// What a request presented.
@@ -149,10 +161,7 @@ fn count(method: Method, allowed: bool, reason: Reason) {
         "attempts",
         &[
             ("method".into(), method.label().into()),
-            (
-                "result".into(),
-                if allowed { "allowed" } else { "denied" }.into(),
-            ),
+            ("result".into(), result_label(allowed).into()),
             ("reason".into(), reason.label().into()),
         ],
         1.0,
@@ -288,6 +297,41 @@ fn policy<'a>(req: &Request, s: &'a Settings) -> &'a Policy {
     s.routes.get(&req.route()).unwrap_or(&s.default_policy)
 }
 
+/// Every attempt the configuration makes possible, at zero: each method it
+/// enables (`none`, for requests without credentials, always) with every
+/// reason that method can end with and the result that reason is counted
+/// with. At most 17 series, well under `DECLARE_MAX`.
+fn declared(s: &Settings) -> filter_sdk::Declared {
+    let anonymous_routes = s.routes.values().any(|p| p.anonymous);
+    let mut d = filter_sdk::Declared::new();
+    for &method in Method::ALL {
+        let enabled = match method {
+            Method::None => true,
+            Method::Jwt => s.jwt.is_some(),
+            Method::ApiKey => !s.api_keys.is_empty(),
+        };
+        if !enabled {
+            continue;
+        }
+        for &reason in Reason::ALL.iter().filter(|r| r.applies_to(method)) {
+            let results: Vec<&str> = reason
+                .results(anonymous_routes)
+                .iter()
+                .map(|&allowed| result_label(allowed))
+                .collect();
+            d.product(
+                "attempts",
+                &[
+                    ("method", &[method.label()]),
+                    ("result", &results),
+                    ("reason", &[reason.label()]),
+                ],
+            );
+        }
+    }
+    d
+}
+
 fn refuse(s: &Settings, policy: &Policy, method: Method, reason: Reason, detail: &str) -> Action {
     count(method, false, reason);
     host::log(
@@ -341,6 +385,9 @@ impl Guest for Auth {
         let s = config::parse(&config)?;
         filter_sdk::check_route_ids("auth", s.routes.keys(), &host::route_ids())?;
         TOKENS.set(Lru::new(s.cache_size));
+        for (name, labels) in &declared(&s).series {
+            host::counter_add(name, labels, 0.0);
+        }
         // A second configure on the same instance keeps the first settings;
         // the gateway gives each instance exactly one.
         let _ = SETTINGS.set(s);
@@ -419,3 +466,90 @@ impl Guest for Auth {
 }
 
 export!(Auth);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default configuration's (config/gateway.toml), with one key.
+    const API_KEYS: &str = r#"{"required_scopes": ["orders"], "api_keys": [{
+        "sha256": "8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873",
+        "subject": "demo-acme", "tenant": "acme", "scopes": ["orders"]}]}"#;
+
+    fn attempts(d: &filter_sdk::Declared) -> Vec<String> {
+        d.series
+            .iter()
+            .map(|(c, l)| {
+                assert_eq!(*c, "attempts");
+                format!("{} {} {}", l[0].1, l[1].1, l[2].1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_reason_belongs_to_a_method_and_has_a_result() {
+        for &r in Reason::ALL {
+            assert!(
+                Method::ALL.iter().any(|&m| r.applies_to(m)),
+                "{r:?} is never counted"
+            );
+            assert!(!r.results(false).is_empty());
+        }
+        // Only `missing` is counted without credentials, and it is never
+        // counted with them.
+        let none: Vec<Reason> = Reason::ALL
+            .iter()
+            .copied()
+            .filter(|r| r.applies_to(Method::None))
+            .collect();
+        assert_eq!(none, [Reason::Missing]);
+        // Every refusal a token check can give is declared for `jwt`.
+        for r in [
+            Reason::Malformed,
+            Reason::BadSignature,
+            Reason::Expired,
+            Reason::NotYetValid,
+            Reason::WrongAudience,
+            Reason::WrongIssuer,
+            Reason::MissingClaim,
+            Reason::UnknownKey,
+            Reason::AlgNotAllowed,
+        ] {
+            assert!(r.applies_to(Method::Jwt), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn api_keys_alone_declare_the_key_and_no_credential_attempts() {
+        let d = declared(&config::parse(API_KEYS).unwrap());
+        assert_eq!(
+            attempts(&d),
+            [
+                "none denied missing",
+                "api_key allowed ok",
+                "api_key denied malformed",
+                "api_key denied unknown_api_key",
+                "api_key denied insufficient_scope",
+            ]
+        );
+    }
+
+    #[test]
+    fn tokens_and_anonymous_routes_add_their_attempts() {
+        let config = r#"{"api_keys": [{
+            "sha256": "8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873",
+            "subject": "demo"}],
+            "jwt": {"keys": [{"alg": "HS256", "secret": "0123456789abcdef0123456789abcdef"}]},
+            "routes": {"public": {"anonymous": true}}}"#;
+        let d = declared(&config::parse(config).unwrap());
+        let a = attempts(&d);
+        assert_eq!(a[..2], ["none denied missing", "none allowed missing"]);
+        let jwt: Vec<&String> = a.iter().filter(|s| s.starts_with("jwt ")).collect();
+        // Every reason but `missing` and `unknown_api_key`.
+        assert_eq!(jwt.len(), Reason::ALL.len() - 2);
+        assert_eq!(jwt[0], "jwt allowed ok");
+        assert_eq!(a.len(), 2 + jwt.len() + 4);
+        assert!(a.len() <= filter_sdk::DECLARE_MAX);
+        assert_eq!(d.dropped, 0);
+    }
+}

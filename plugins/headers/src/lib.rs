@@ -12,35 +12,109 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+filter_sdk::label_enum! {
+    /// The `type` label of the violations counter: what a request tried.
+    enum Violation {
+        /// Claims another client address than the connection's.
+        SpoofedClientIp => "spoofed-client-ip",
+        /// Asks a framework to route by another path than the one checked.
+        UrlOverride => "url-override",
+        /// Asks the upstream to take another host than the one routed.
+        HostOverride => "host-override",
+        /// Asks a framework to run another method than the one checked.
+        MethodOverride => "method-override",
+        /// Claims a user or tenant that only the gateway may assert.
+        SpoofedIdentity => "spoofed-identity",
+        /// Next.js's internal header, which skips its middleware
+        /// (CVE-2025-29927).
+        MiddlewareBypass => "middleware-bypass",
+        /// httpoxy: CGI-style upstreams turn `Proxy` into HTTP_PROXY.
+        Httpoxy => "httpoxy",
+        /// A header stripped by the configuration but on none of the lists.
+        Other => "other",
+        /// Refused: the headers take more bytes than allowed.
+        OversizedHeaders => "oversized-headers",
+        /// Refused: more header lines than allowed.
+        TooManyHeaders => "too-many-headers",
+    }
+}
+
 /// Request headers a client could use to impersonate someone, bypass a
-/// control or steer the upstream. The gateway already replaces the
-/// `X-Forwarded-*` family itself; these are the others.
-const DEFAULT_STRIP_REQUEST: &[&str] = &[
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "x-cluster-client-ip",
-    "x-originating-ip",
-    "x-remote-ip",
-    "x-remote-addr",
-    "forwarded",
-    "x-forwarded-server",
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-host",
-    "x-host",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-user-id",
-    "x-remote-user",
-    "x-auth-user",
-    "x-authenticated-user",
-    "x-tenant-id",
-    "x-middleware-subrequest",
-    // httpoxy: CGI-style upstreams turn `Proxy` into HTTP_PROXY.
-    "proxy",
+/// control or steer the upstream, by what they attempt: together the
+/// default list of headers to strip, and how a stripped header is counted
+/// (one not listed here counts as `other`). The gateway already replaces
+/// the `X-Forwarded-*` family itself; these are the others.
+const STRIP_BY_VIOLATION: &[(Violation, &[&str])] = &[
+    (
+        Violation::SpoofedClientIp,
+        &[
+            "x-real-ip",
+            "x-client-ip",
+            "true-client-ip",
+            "x-cluster-client-ip",
+            "x-originating-ip",
+            "x-remote-ip",
+            "x-remote-addr",
+            "forwarded",
+            "x-forwarded-server",
+        ],
+    ),
+    (Violation::UrlOverride, &["x-original-url", "x-rewrite-url"]),
+    (Violation::HostOverride, &["x-original-host", "x-host"]),
+    (
+        Violation::MethodOverride,
+        &[
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ],
+    ),
+    (
+        Violation::SpoofedIdentity,
+        &[
+            "x-user-id",
+            "x-remote-user",
+            "x-auth-user",
+            "x-authenticated-user",
+            "x-tenant-id",
+        ],
+    ),
+    (Violation::MiddlewareBypass, &["x-middleware-subrequest"]),
+    (Violation::Httpoxy, &["proxy"]),
 ];
+
+/// What a stripped request header (lower case) is an attempt at.
+fn classify(name: &str) -> Violation {
+    STRIP_BY_VIOLATION
+        .iter()
+        .find(|(_, names)| names.contains(&name))
+        .map_or(Violation::Other, |(v, _)| *v)
+}
+
+filter_sdk::label_enum! {
+    /// The `reason` label of the refusals counter.
+    enum Refusal {
+        TooManyHeaders => "too many headers",
+        HeadersTooLarge => "headers too large",
+    }
+}
+
+impl Refusal {
+    fn violation(self) -> Violation {
+        match self {
+            Refusal::TooManyHeaders => Violation::TooManyHeaders,
+            Refusal::HeadersTooLarge => Violation::OversizedHeaders,
+        }
+    }
+}
+
+filter_sdk::label_enum! {
+    /// The `phase` label of the removals counter.
+    enum Phase {
+        Request => "request",
+        Response => "response",
+    }
+}
 
 /// Response headers that tell an attacker what software runs upstream.
 const DEFAULT_REMOVE_RESPONSE: &[&str] = &[
@@ -82,7 +156,10 @@ fn default_max_bytes() -> u32 {
 }
 
 struct Settings {
+    /// Sorted, for binary search.
     strip_request: Vec<String>,
+    /// What each of `strip_request` is an attempt at, at the same index.
+    strip_violation: Vec<Violation>,
     remove_response: Vec<String>,
     add_request: Vec<(String, Vec<u8>)>,
     add_response: Vec<(String, Vec<u8>)>,
@@ -102,9 +179,12 @@ fn lower_all(names: impl IntoIterator<Item = String>) -> Vec<String> {
 fn parse(config: &str) -> Result<Settings, String> {
     let c: Config = serde_json::from_str(config).map_err(|e| format!("headers: {e}"))?;
     let defaults = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let strip = c
-        .strip_request
-        .unwrap_or_else(|| defaults(DEFAULT_STRIP_REQUEST));
+    let strip = c.strip_request.unwrap_or_else(|| {
+        STRIP_BY_VIOLATION
+            .iter()
+            .flat_map(|(_, names)| defaults(names))
+            .collect()
+    });
     let check =
         |what: &str, m: &BTreeMap<String, String>| -> Result<Vec<(String, Vec<u8>)>, String> {
             m.iter()
@@ -120,8 +200,10 @@ fn parse(config: &str) -> Result<Settings, String> {
                 })
                 .collect()
         };
+    let strip_request = lower_all(strip.into_iter().chain(c.strip_request_extra));
     Ok(Settings {
-        strip_request: lower_all(strip.into_iter().chain(c.strip_request_extra)),
+        strip_violation: strip_request.iter().map(|n| classify(n)).collect(),
+        strip_request,
         remove_response: lower_all(
             c.remove_response
                 .unwrap_or_else(|| defaults(DEFAULT_REMOVE_RESPONSE)),
@@ -137,24 +219,75 @@ fn settings() -> &'static Settings {
     SETTINGS.get().expect("configure runs before any request")
 }
 
-fn removed(phase: &str, name: &str) {
+fn removed(phase: Phase, name: &str) {
     host::counter_add(
         "headers_removed",
         &[
-            ("phase".into(), phase.into()),
+            ("phase".into(), phase.label().into()),
             ("header".into(), name.into()),
         ],
         1.0,
     );
 }
 
-fn refuse(status: u16, why: &str) -> Action {
-    host::counter_add("requests_refused", &[("reason".into(), why.into())], 1.0);
+fn violation(v: Violation) {
+    host::counter_add("violations", &[("type".into(), v.label().into())], 1.0);
+}
+
+fn refuse(why: Refusal) -> Action {
+    host::counter_add(
+        "requests_refused",
+        &[("reason".into(), why.label().into())],
+        1.0,
+    );
+    violation(why.violation());
     Action::Respond(Reply {
-        status,
+        status: 431,
         headers: vec![("content-type".into(), b"text/plain".to_vec())],
-        body: format!("request refused: {why}\n").into_bytes(),
+        body: format!("request refused: {}\n", why.label()).into_bytes(),
     })
+}
+
+/// Every series of the filter's counters, at zero: each header it may
+/// remove in each phase, each refusal and each violation type. Nothing here
+/// depends on traffic, so these are all the series the filter ever counts
+/// (unless a list of headers runs past `DECLARE_MAX`).
+fn declared(s: &Settings) -> filter_sdk::Declared {
+    fn names(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let mut d = filter_sdk::Declared::new();
+    for (phase, headers) in [
+        (Phase::Request, names(&s.strip_request)),
+        (Phase::Response, names(&s.remove_response)),
+    ] {
+        d.product(
+            "headers_removed",
+            &[("phase", &[phase.label()]), ("header", &headers)],
+        );
+    }
+    d.product(
+        "requests_refused",
+        &[("reason", &Refusal::labels(Refusal::ALL))],
+    );
+    d.product(
+        "violations",
+        &[("type", &Violation::labels(Violation::ALL))],
+    );
+    d
+}
+
+/// The violation types one request showed.
+#[derive(Default)]
+struct Seen(u32);
+
+impl Seen {
+    fn insert(&mut self, v: Violation) {
+        self.0 |= 1 << v as u32;
+    }
+    fn contains(&self, v: Violation) -> bool {
+        self.0 & (1 << v as u32) != 0
+    }
 }
 
 struct Headers;
@@ -162,6 +295,19 @@ struct Headers;
 impl Guest for Headers {
     fn configure(config: String) -> Result<(), String> {
         let s = parse(&config)?;
+        let d = declared(&s);
+        for (name, labels) in &d.series {
+            host::counter_add(name, labels, 0.0);
+        }
+        if d.dropped > 0 {
+            host::log(
+                LogLevel::Debug,
+                &format!(
+                    "{} series not declared at zero: too many headers listed",
+                    d.dropped
+                ),
+            );
+        }
         // A second configure on the same instance keeps the first settings;
         // the gateway gives each instance exactly one.
         let _ = SETTINGS.set(s);
@@ -172,17 +318,27 @@ impl Guest for Headers {
         let s = settings();
         let stats = req.header_stats();
         if stats.count > s.max_header_count {
-            return refuse(431, "too many headers");
+            return refuse(Refusal::TooManyHeaders);
         }
         if stats.bytes > s.max_header_bytes {
-            return refuse(431, "headers too large");
+            return refuse(Refusal::HeadersTooLarge);
         }
         // One call for the names present, then removals only for those on
         // the list: far cheaper than asking for every listed name.
+        let mut seen = Seen::default();
         for name in req.header_names() {
-            if s.strip_request.binary_search(&name).is_ok() && req.remove_header(&name) {
+            if let Ok(i) = s.strip_request.binary_search(&name)
+                && req.remove_header(&name)
+            {
                 host::log(LogLevel::Debug, &format!("stripped request header {name}"));
-                removed("request", &name);
+                removed(Phase::Request, &name);
+                seen.insert(s.strip_violation[i]);
+            }
+        }
+        // Once per type per request, however many headers tried it.
+        for &v in Violation::ALL {
+            if seen.contains(v) {
+                violation(v);
             }
         }
         for (name, value) in &s.add_request {
@@ -197,7 +353,7 @@ impl Guest for Headers {
         let s = settings();
         for name in resp.header_names() {
             if s.remove_response.binary_search(&name).is_ok() && resp.remove_header(&name) {
-                removed("response", &name);
+                removed(Phase::Response, &name);
             }
         }
         for (name, value) in &s.add_response {
@@ -210,3 +366,115 @@ impl Guest for Headers {
 }
 
 export!(Headers);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripped_headers_are_classified_by_what_they_attempt() {
+        assert_eq!(classify("x-real-ip"), Violation::SpoofedClientIp);
+        assert_eq!(classify("forwarded"), Violation::SpoofedClientIp);
+        assert_eq!(classify("x-forwarded-server"), Violation::SpoofedClientIp);
+        assert_eq!(classify("x-original-url"), Violation::UrlOverride);
+        assert_eq!(classify("x-rewrite-url"), Violation::UrlOverride);
+        assert_eq!(classify("x-host"), Violation::HostOverride);
+        assert_eq!(
+            classify("x-http-method-override"),
+            Violation::MethodOverride
+        );
+        assert_eq!(classify("x-tenant-id"), Violation::SpoofedIdentity);
+        assert_eq!(classify("x-remote-user"), Violation::SpoofedIdentity);
+        assert_eq!(
+            classify("x-middleware-subrequest"),
+            Violation::MiddlewareBypass
+        );
+        assert_eq!(classify("proxy"), Violation::Httpoxy);
+        assert_eq!(classify("x-debug"), Violation::Other);
+        // A name is on one list only.
+        let mut all: Vec<&str> = STRIP_BY_VIOLATION
+            .iter()
+            .flat_map(|(_, names)| names.iter().copied())
+            .collect();
+        let listed = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), listed);
+    }
+
+    #[test]
+    fn refusals_are_violations_too() {
+        assert_eq!(
+            Refusal::ALL
+                .iter()
+                .map(|r| r.violation())
+                .collect::<Vec<_>>(),
+            [Violation::TooManyHeaders, Violation::OversizedHeaders]
+        );
+        // The labels stay what dashboards already know.
+        assert_eq!(
+            Refusal::labels(Refusal::ALL),
+            ["too many headers", "headers too large"]
+        );
+    }
+
+    #[test]
+    fn a_request_counts_each_violation_type_once() {
+        let mut seen = Seen::default();
+        for v in [
+            Violation::SpoofedClientIp,
+            Violation::Httpoxy,
+            Violation::SpoofedClientIp,
+        ] {
+            seen.insert(v);
+        }
+        let counted: Vec<Violation> = Violation::ALL
+            .iter()
+            .copied()
+            .filter(|&v| seen.contains(v))
+            .collect();
+        assert_eq!(counted, [Violation::SpoofedClientIp, Violation::Httpoxy]);
+        // Every type fits in the set.
+        assert!(Violation::ALL.len() <= 32);
+    }
+
+    #[test]
+    fn every_series_is_declared_at_configure() {
+        let s = parse(r#"{"strip_request_extra": ["X-Debug"], "max_header_count": 64}"#).unwrap();
+        assert_eq!(
+            s.strip_violation[s.strip_request.binary_search(&"x-debug".into()).unwrap()],
+            Violation::Other
+        );
+        let d = declared(&s);
+        assert_eq!(d.dropped, 0);
+        // The default lists, plus the extra one.
+        assert_eq!(d.count("headers_removed"), 23 + 1 + 6);
+        let request: Vec<&str> = d
+            .series
+            .iter()
+            .filter(|(c, l)| *c == "headers_removed" && l[0].1 == "request")
+            .map(|(_, l)| l[1].1.as_str())
+            .collect();
+        assert_eq!(request, s.strip_request);
+        assert_eq!(
+            d.values("headers_removed", "phase"),
+            ["request", "response"]
+        );
+        assert_eq!(
+            d.values("requests_refused", "reason"),
+            Refusal::labels(Refusal::ALL)
+        );
+        // Every type, the refusals' included.
+        assert_eq!(
+            d.values("violations", "type"),
+            Violation::labels(Violation::ALL)
+        );
+        for r in Refusal::ALL {
+            assert!(
+                d.values("violations", "type")
+                    .contains(&r.violation().label())
+            );
+        }
+        assert_eq!(d.series.len(), 30 + 2 + 10);
+    }
+}

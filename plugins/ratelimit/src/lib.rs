@@ -51,6 +51,27 @@ enum OnStateError {
     Deny,
 }
 
+impl OnStateError {
+    /// The `decision` label of the state errors counter.
+    fn label(self) -> &'static str {
+        match self {
+            OnStateError::Allow => "allow",
+            OnStateError::Deny => "deny",
+        }
+    }
+}
+
+filter_sdk::label_enum! {
+    /// The `result` label of the requests counter: what one limit made of
+    /// a request.
+    enum Outcome {
+        Allowed => "allowed",
+        Rejected => "rejected",
+        /// Counted, but another limit refused the request.
+        AllowedOtherRejected => "allowed_other_rejected",
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitConfig {
@@ -284,16 +305,64 @@ fn key_for(limit: &Limit, req: &Request, route: &str) -> Option<String> {
     Some(format!("{}:{scope}:{value}", limit.name))
 }
 
-fn count(route: &str, limit: &str, result: &str) {
+fn count(route: &str, limit: &str, result: Outcome) {
     host::counter_add(
         "requests",
         &[
             ("route".into(), route.into()),
             ("limit".into(), limit.into()),
-            ("result".into(), result.into()),
+            ("result".into(), result.label().into()),
         ],
         1.0,
     );
+}
+
+impl Limit {
+    fn applies_to(&self, route: &str) -> bool {
+        self.routes
+            .as_ref()
+            .is_none_or(|routes| routes.iter().any(|r| r == route))
+    }
+}
+
+/// Every series of the filter's counters that the configuration names, at
+/// zero: for each route a limit applies to, that limit with each result,
+/// and the route's state errors with the configured decision. A limit
+/// without `routes` applies to every route the filter runs on, which a
+/// filter cannot learn, so it is declared for every route of the gateway
+/// (`route_ids`, in their order): on a route the filter does not run on,
+/// its series stay at zero. Routes come outermost, so past `DECLARE_MAX`
+/// what is left out is whole routes, the last ones.
+fn declared(s: &Settings, route_ids: &[String]) -> filter_sdk::Declared {
+    let results = Outcome::labels(Outcome::ALL);
+    let mut d = filter_sdk::Declared::new();
+    for route in route_ids {
+        let limits: Vec<&str> = s
+            .limits
+            .iter()
+            .filter(|l| l.applies_to(route))
+            .map(|l| l.name.as_str())
+            .collect();
+        if limits.is_empty() {
+            continue;
+        }
+        d.product(
+            "requests",
+            &[
+                ("route", &[route]),
+                ("limit", &limits),
+                ("result", &results),
+            ],
+        );
+        d.product(
+            "state_errors",
+            &[
+                ("route", &[route]),
+                ("decision", &[s.on_state_error.label()]),
+            ],
+        );
+    }
+    d
 }
 
 /// The headers for the verdict closest to refusing.
@@ -313,11 +382,25 @@ struct RateLimit;
 impl Guest for RateLimit {
     fn configure(config: String) -> Result<(), String> {
         let s = parse(&config)?;
+        let route_ids = host::route_ids();
         filter_sdk::check_route_ids(
             "ratelimit",
             s.limits.iter().flat_map(|l| l.routes.iter().flatten()),
-            &host::route_ids(),
+            &route_ids,
         )?;
+        let d = declared(&s, &route_ids);
+        for (name, labels) in &d.series {
+            host::counter_add(name, labels, 0.0);
+        }
+        if d.dropped > 0 {
+            host::log(
+                LogLevel::Debug,
+                &format!(
+                    "{} series not declared at zero: too many routes and limits",
+                    d.dropped
+                ),
+            );
+        }
         let _ = SETTINGS.set(s);
         Ok(())
     }
@@ -330,10 +413,8 @@ impl Guest for RateLimit {
         let mut applied: Vec<(&Limit, usize)> = Vec::new();
         let mut ops: Vec<CounterOp> = Vec::new();
         for limit in &s.limits {
-            if let Some(routes) = &limit.routes {
-                if !routes.iter().any(|r| *r == route) {
-                    continue;
-                }
+            if !limit.applies_to(&route) {
+                continue;
             }
             let Some(key) = key_for(limit, req, &route) else {
                 continue;
@@ -347,10 +428,7 @@ impl Guest for RateLimit {
         let counters = match state::counter_add_many(&ops) {
             Ok(c) => c,
             Err(e) => {
-                let decision = match s.on_state_error {
-                    OnStateError::Allow => "allow",
-                    OnStateError::Deny => "deny",
-                };
+                let decision = s.on_state_error.label();
                 host::counter_add(
                     "state_errors",
                     &[
@@ -391,12 +469,11 @@ impl Guest for RateLimit {
         let refused = verdicts.iter().find(|(_, v)| !v.allowed);
         for (limit, v) in &verdicts {
             let result = if !v.allowed {
-                "rejected"
+                Outcome::Rejected
             } else if refused.is_some() {
-                // Counted, but another limit refused the request.
-                "allowed_other_rejected"
+                Outcome::AllowedOtherRejected
             } else {
-                "allowed"
+                Outcome::Allowed
             };
             count(&route, &limit.name, result);
         }
@@ -483,5 +560,66 @@ mod tests {
             client_key("[2001:db8:1:2:aaaa::1]:80")
         );
         assert_eq!(client_key("[::ffff:10.0.0.1]:80"), "10.0.0.1");
+    }
+
+    /// The default configuration's limits (config/gateway.toml).
+    const DEFAULT: &str = r#"{"limits": [
+        {"name": "per-client", "requests": 10, "window": "1s"},
+        {"name": "per-tenant", "requests": 1000, "window": "1m",
+         "key": "context:tenant", "when_missing": "skip"}
+    ]}"#;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_route_and_limit_is_declared_with_every_result() {
+        let s = parse(DEFAULT).unwrap();
+        let d = declared(&s, &ids(&["echo", "tenants"]));
+        assert_eq!(d.count("requests"), 2 * 2 * 3);
+        assert_eq!(d.values("requests", "route"), ["echo", "tenants"]);
+        assert_eq!(d.values("requests", "limit"), ["per-client", "per-tenant"]);
+        assert_eq!(
+            d.values("requests", "result"),
+            Outcome::labels(Outcome::ALL)
+        );
+        assert_eq!(d.count("state_errors"), 2);
+        assert_eq!(d.values("state_errors", "decision"), ["allow"]);
+        assert_eq!(d.dropped, 0);
+    }
+
+    #[test]
+    fn limits_named_for_routes_are_declared_on_those_routes_only() {
+        let s = parse(
+            r#"{"on_state_error": "deny", "limits": [
+                {"name": "a", "requests": 1, "window": "1s", "routes": ["api"]},
+                {"name": "b", "requests": 1, "window": "1s", "routes": ["api", "admin"]}
+            ]}"#,
+        )
+        .unwrap();
+        let d = declared(&s, &ids(&["api", "admin", "static"]));
+        let pairs: Vec<(&str, &str)> = d
+            .series
+            .iter()
+            .filter(|(c, l)| *c == "requests" && l[2].1 == "rejected")
+            .map(|(_, l)| (l[0].1.as_str(), l[1].1.as_str()))
+            .collect();
+        assert_eq!(pairs, [("api", "a"), ("api", "b"), ("admin", "b")]);
+        // No limit on `static`: no state call, no state error there.
+        assert_eq!(d.values("state_errors", "route"), ["api", "admin"]);
+        assert_eq!(d.values("state_errors", "decision"), ["deny"]);
+    }
+
+    #[test]
+    fn many_routes_are_declared_up_to_the_budget() {
+        let s = parse(DEFAULT).unwrap();
+        let routes: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+        let d = declared(&s, &routes);
+        // 6 series a route: the first 8 routes fit, then part of the 9th.
+        assert_eq!(d.count("requests"), filter_sdk::DECLARE_MAX);
+        assert_eq!(d.dropped, 20 * 6 - filter_sdk::DECLARE_MAX);
+        assert_eq!(d.values("requests", "route")[0], "r0");
+        assert_eq!(d.count("state_errors"), 20);
     }
 }

@@ -44,24 +44,55 @@ enum Refusal {
     Unlisted { tenant: Option<String> },
 }
 
-impl Refusal {
-    /// The `reason` label of the counters.
-    fn reason(&self) -> &'static str {
+filter_sdk::label_enum! {
+    /// The `reason` label of the refusal counters: a `Refusal` without its
+    /// details.
+    enum Reason {
+        Invalid => "invalid",
+        Conflict => "conflict",
+        NoTenant => "no_tenant",
+        NotOwner => "not_owner",
+        PathMismatch => "path_mismatch",
+        Unlisted => "unlisted_route",
+    }
+}
+
+impl Reason {
+    /// Whether the refusal stopped an attempt at another tenant's
+    /// resources, counted in `cross_tenant` too.
+    fn cross_tenant(self) -> bool {
         match self {
-            Refusal::Invalid { .. } => "invalid",
-            Refusal::Conflict { .. } => "conflict",
-            Refusal::NoTenant => "no_tenant",
-            Refusal::NotOwner { .. } => "not_owner",
-            Refusal::PathMismatch { .. } => "path_mismatch",
-            Refusal::Unlisted { .. } => "unlisted_route",
+            Reason::Conflict | Reason::NotOwner | Reason::PathMismatch => true,
+            Reason::Invalid | Reason::NoTenant | Reason::Unlisted => false,
+        }
+    }
+}
+
+filter_sdk::label_enum! {
+    /// The `result` label of the requests counter.
+    enum Outcome {
+        Allowed => "allowed",
+        Refused => "refused",
+    }
+}
+
+/// The `tenant` label of a request without a (valid) tenant.
+const NO_TENANT: &str = "-";
+
+impl Refusal {
+    fn reason(&self) -> Reason {
+        match self {
+            Refusal::Invalid { .. } => Reason::Invalid,
+            Refusal::Conflict { .. } => Reason::Conflict,
+            Refusal::NoTenant => Reason::NoTenant,
+            Refusal::NotOwner { .. } => Reason::NotOwner,
+            Refusal::PathMismatch { .. } => Reason::PathMismatch,
+            Refusal::Unlisted { .. } => Reason::Unlisted,
         }
     }
 
     fn cross_tenant(&self) -> bool {
-        matches!(
-            self,
-            Refusal::Conflict { .. } | Refusal::NotOwner { .. } | Refusal::PathMismatch { .. }
-        )
+        self.reason().cross_tenant()
     }
 
     /// The tenant the request counts against: the one that would have won,
@@ -71,7 +102,9 @@ impl Refusal {
             Refusal::Conflict { first, .. } => &first.tenant,
             Refusal::NotOwner { tenant } | Refusal::PathMismatch { tenant, .. } => tenant,
             Refusal::Unlisted { tenant: Some(t) } => t,
-            Refusal::Invalid { .. } | Refusal::NoTenant | Refusal::Unlisted { tenant: None } => "-",
+            Refusal::Invalid { .. } | Refusal::NoTenant | Refusal::Unlisted { tenant: None } => {
+                NO_TENANT
+            }
         }
     }
 
@@ -264,20 +297,78 @@ fn authorize(s: &Settings, route: &str, path: &str, found: Option<&Found>) -> Re
     Ok(())
 }
 
-fn count_request(tenant: &str, route: &str, result: &str) {
+fn count_request(tenant: &str, route: &str, result: Outcome) {
     host::counter_add(
         "requests",
         &[
             ("tenant".into(), tenant.into()),
             ("route".into(), route.into()),
-            ("result".into(), result.into()),
+            ("result".into(), result.label().into()),
         ],
         1.0,
     );
 }
 
+/// Every series of the filter's counters that the configuration names, at
+/// zero, for the routes in `routes` (or, when that is empty, every route of
+/// the gateway, as the filter cannot learn which ones it runs on):
+///
+/// - `refused{route,reason}` with every reason and `cross_tenant` with the
+///   cross-tenant ones;
+/// - `requests{tenant,route,result}` with both results, for `-` (no tenant)
+///   and the tenants that own the route, or every tenant the configuration
+///   names when the route lists no owners (the tenants from tokens or
+///   headers are not known before they come).
+///
+/// Routes come outermost and the tenants in sorted order, so past
+/// `DECLARE_MAX` (16 routes for `refused`; for `requests`, routes times
+/// tenants) the last routes and tenants are left to appear when counted.
+fn declared(s: &Settings, route_ids: &[String]) -> filter_sdk::Declared {
+    let mut routes: Vec<&str> = s.routes.keys().map(String::as_str).collect();
+    routes.sort();
+    if routes.is_empty() {
+        routes = route_ids.iter().map(String::as_str).collect();
+    }
+    let mut everyone: Vec<&str> = s
+        .routes
+        .values()
+        .flat_map(|o| o.tenants.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    everyone.sort();
+    everyone.dedup();
+    let reasons = Reason::labels(Reason::ALL);
+    let cross: Vec<&str> = Reason::ALL
+        .iter()
+        .filter(|r| r.cross_tenant())
+        .map(|r| r.label())
+        .collect();
+    let results = Outcome::labels(Outcome::ALL);
+    let mut d = filter_sdk::Declared::new();
+    for &route in &routes {
+        let owners = s.routes.get(route).and_then(|o| o.tenants.as_ref());
+        let tenants: Vec<&str> = std::iter::once(NO_TENANT)
+            .chain(match owners {
+                Some(ts) => ts.iter().map(String::as_str).collect(),
+                None => everyone.clone(),
+            })
+            .collect();
+        d.product("refused", &[("route", &[route]), ("reason", &reasons)]);
+        d.product("cross_tenant", &[("route", &[route]), ("reason", &cross)]);
+        d.product(
+            "requests",
+            &[
+                ("tenant", &tenants),
+                ("route", &[route]),
+                ("result", &results),
+            ],
+        );
+    }
+    d
+}
+
 fn refuse(route: &str, r: Refusal) -> Action {
-    let reason = ("reason".to_string(), r.reason().to_string());
+    let reason = ("reason".to_string(), r.reason().label().to_string());
     let route_label = ("route".to_string(), route.to_string());
     if r.cross_tenant() {
         host::counter_add("cross_tenant", &[route_label.clone(), reason.clone()], 1.0);
@@ -286,7 +377,7 @@ fn refuse(route: &str, r: Refusal) -> Action {
         host::log(LogLevel::Debug, &r.describe(route));
     }
     host::counter_add("refused", &[route_label, reason], 1.0);
-    count_request(r.tenant(), route, "refused");
+    count_request(r.tenant(), route, Outcome::Refused);
     Action::Respond(r.reply())
 }
 
@@ -295,7 +386,21 @@ struct Tenant;
 impl Guest for Tenant {
     fn configure(config: String) -> Result<(), String> {
         let s = config::parse(&config)?;
-        filter_sdk::check_route_ids("tenant", s.routes.keys(), &host::route_ids())?;
+        let route_ids = host::route_ids();
+        filter_sdk::check_route_ids("tenant", s.routes.keys(), &route_ids)?;
+        let d = declared(&s, &route_ids);
+        for (name, labels) in &d.series {
+            host::counter_add(name, labels, 0.0);
+        }
+        if d.dropped > 0 {
+            host::log(
+                LogLevel::Debug,
+                &format!(
+                    "{} series not declared at zero: too many routes and tenants",
+                    d.dropped
+                ),
+            );
+        }
         // The gateway configures each instance exactly once.
         let _ = SETTINGS.set(s);
         Ok(())
@@ -317,7 +422,7 @@ impl Guest for Tenant {
             return refuse(&route, r);
         }
         let Some(f) = found else {
-            count_request("-", &route, "allowed");
+            count_request(NO_TENANT, &route, Outcome::Allowed);
             return Action::Continue;
         };
         if let Err(e) = req.set_header(&s.upstream_header, f.tenant.as_bytes()) {
@@ -336,7 +441,7 @@ impl Guest for Tenant {
         if f.source != Source::Context {
             req.set_context(&s.context_key, &f.tenant);
         }
-        count_request(&f.tenant, &route, "allowed");
+        count_request(&f.tenant, &route, Outcome::Allowed);
         Action::Continue
     }
 
@@ -346,3 +451,114 @@ impl Guest for Tenant {
 }
 
 export!(Tenant);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A refusal of each kind, as the filter builds them.
+    fn every_refusal() -> Vec<Refusal> {
+        let found = |t: &str| Found {
+            tenant: t.into(),
+            source: Source::Context,
+        };
+        vec![
+            Refusal::Invalid {
+                source: Source::Header,
+            },
+            Refusal::Conflict {
+                first: found("a"),
+                other: found("b"),
+            },
+            Refusal::NoTenant,
+            Refusal::NotOwner { tenant: "a".into() },
+            Refusal::PathMismatch {
+                tenant: "a".into(),
+                in_path: None,
+            },
+            Refusal::Unlisted { tenant: None },
+        ]
+    }
+
+    #[test]
+    fn every_refusal_has_a_declared_reason() {
+        let reasons: Vec<Reason> = every_refusal().iter().map(Refusal::reason).collect();
+        assert_eq!(reasons, Reason::ALL);
+        let cross: Vec<&str> = every_refusal()
+            .iter()
+            .filter(|r| r.cross_tenant())
+            .map(|r| r.reason().label())
+            .collect();
+        assert_eq!(cross, ["conflict", "not_owner", "path_mismatch"]);
+        // A refusal's tenant label is a validated tenant or `-`.
+        for r in every_refusal() {
+            assert!(r.tenant() == NO_TENANT || valid_tenant(r.tenant()));
+        }
+    }
+
+    #[test]
+    fn the_default_configuration_declares_its_route() {
+        let s =
+            config::parse(r#"{"routes": {"tenants": {"path_template": "/tenants/{tenant}/"}}}"#)
+                .unwrap();
+        let d = declared(&s, &ids(&["echo", "tenants"]));
+        assert_eq!(d.values("refused", "route"), ["tenants"]);
+        assert_eq!(d.values("refused", "reason"), Reason::labels(Reason::ALL));
+        assert_eq!(d.count("refused"), 6);
+        assert_eq!(d.count("cross_tenant"), 3);
+        // No tenant is named: only requests without one.
+        assert_eq!(d.values("requests", "tenant"), ["-"]);
+        assert_eq!(d.values("requests", "result"), ["allowed", "refused"]);
+        assert_eq!(d.count("requests"), 2);
+        assert_eq!(d.series.len(), 11);
+    }
+
+    #[test]
+    fn owners_are_declared_on_their_routes_and_everyone_elsewhere() {
+        let s = config::parse(
+            r#"{"routes": {
+                "orders": {"tenants": ["globex", "acme"]},
+                "billing": {"tenants": ["acme"], "path_template": "/t/{tenant}/"},
+                "shared": {"path_template": "/s/{tenant}/"}
+            }}"#,
+        )
+        .unwrap();
+        let d = declared(&s, &ids(&["orders", "billing", "shared", "echo"]));
+        let allowed: Vec<(&str, &str)> = d
+            .series
+            .iter()
+            .filter(|(c, l)| *c == "requests" && l[2].1 == "allowed")
+            .map(|(_, l)| (l[1].1.as_str(), l[0].1.as_str()))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                ("billing", "-"),
+                ("billing", "acme"),
+                ("orders", "-"),
+                ("orders", "acme"),
+                ("orders", "globex"),
+                ("shared", "-"),
+                ("shared", "acme"),
+                ("shared", "globex"),
+            ]
+        );
+        assert_eq!(
+            d.values("cross_tenant", "route"),
+            ["billing", "orders", "shared"]
+        );
+    }
+
+    #[test]
+    fn without_routes_every_gateway_route_is_declared() {
+        let s = config::parse("{}").unwrap();
+        let d = declared(&s, &ids(&["a", "b"]));
+        assert_eq!(d.values("refused", "route"), ["a", "b"]);
+        assert_eq!(d.count("refused"), 12);
+        assert_eq!(d.count("requests"), 4);
+    }
+}

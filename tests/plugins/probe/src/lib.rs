@@ -27,6 +27,10 @@ struct Config {
     read_context: Option<String>,
     /// Try to set this request header; the host's verdict goes to `x-set-result`.
     try_set_header: Option<String>,
+    /// Record each request's path length in the histogram `path_bytes`,
+    /// labelled with the method (and declare it at zero when configured).
+    #[serde(default)]
+    observe_paths: bool,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -57,6 +61,9 @@ impl Guest for Probe {
                 c.name
             ));
         }
+        if c.observe_paths {
+            gateway::filter::host::counter_add("paths", &[("method".into(), "GET".into())], 0.0);
+        }
         let _ = CONFIG.set(c);
         Ok(())
     }
@@ -83,6 +90,15 @@ impl Guest for Probe {
             _ => {}
         }
         let _ = req.set_header("x-chain", &mark(req.header("x-chain"), &c.name));
+        if c.observe_paths {
+            let labels = [("method".to_string(), req.method())];
+            gateway::filter::host::histogram_observe(
+                "path_bytes",
+                &labels,
+                req.path().len() as f64,
+            );
+            gateway::filter::host::counter_add("paths", &labels, 1.0);
+        }
         if let Some(key) = &c.set_context {
             req.set_context(key, &c.name);
         }
