@@ -60,7 +60,11 @@ pub struct PoolStats {
 impl PoolStats {
     pub fn new(upstream: KeyValue, metrics: Arc<Metrics>) -> PoolStats {
         // Binding creates the series, at zero; it stays after the handle drops.
-        drop(metrics.connect_duration.bind(std::slice::from_ref(&upstream)));
+        drop(
+            metrics
+                .connect_duration
+                .bind(std::slice::from_ref(&upstream)),
+        );
         PoolStats {
             by_authority: ArcSwap::from_pointee(HashMap::new()),
             upstream: [upstream],
