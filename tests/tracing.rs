@@ -104,8 +104,12 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn traced_gateway(collector: &Collector, up: &Upstream) -> Gateway {
+    traced_gateway_sampling(collector, up, 1.0)
+}
+
+fn traced_gateway_sampling(collector: &Collector, up: &Upstream, ratio: f64) -> Gateway {
     Gateway::start(&format!(
-        "[tracing]\nendpoint = \"http://{}/v1/traces\"\nexport_interval = \"50ms\"\nservice_name = \"edge\"\n\n\
+        "[tracing]\nendpoint = \"http://{}/v1/traces\"\nexport_interval = \"50ms\"\nservice_name = \"edge\"\nsample_ratio = {ratio:?}\n\n\
          [access_log]\npath = \"access.log\"\n\n\
          [upstreams.app]\ninstances = [\"{}\"]\n\n\
          [filters.p1]\nplugin = \"probe\"\n[filters.p1.config]\nname = \"p1\"\n\n\
@@ -220,4 +224,27 @@ fn a_client_that_did_not_sample_is_not_exported_but_still_propagated() {
         .filter(|s| hex(&s.trace_id) == unsampled)
         .count();
     assert_eq!(leaked, 0);
+}
+
+#[test]
+fn the_sample_ratio_decides_for_new_traces() {
+    let collector = Collector::start();
+    let up = Upstream::start("app");
+    let gw = traced_gateway_sampling(&collector, &up, 0.0);
+    for _ in 0..20 {
+        assert_eq!(gw.get("/app/a", &[]).status, 200);
+        let tp = up.last().header("traceparent").unwrap().to_string();
+        assert!(tp.ends_with("-00"), "kept at a ratio of 0: {tp}");
+    }
+    // A client's sampled trace is kept whatever the ratio; once it is
+    // exported, none of the twenty was.
+    let sampled = "33333333333333333333333333333333";
+    gw.get(
+        "/app/b",
+        &[("traceparent", &format!("00-{sampled}-00f067aa0ba902b7-01"))],
+    );
+    collector.wait_for(sampled, 4);
+    std::thread::sleep(Duration::from_millis(200));
+    let all = collector.spans.lock().unwrap().len();
+    assert_eq!(all, 4, "only the client-sampled trace is exported");
 }

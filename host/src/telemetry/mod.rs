@@ -1063,5 +1063,29 @@ mod tests {
                 r#"gateway_plugin_p_many_total{filter="f",overflow="true",plugin="p"} 5"#
             )
         );
+        assert!(
+            m.render()
+                .contains(r#"gateway_plugin_metric_overflow_total{plugin="p"} 5"#)
+        );
+        // Histograms share the cap and the naming rules; a name cannot be
+        // both a counter and a histogram.
+        let l = labels(&[("k", "a")]);
+        assert!(m.plugin_metric(
+            PluginMetricKind::Histogram,
+            "p",
+            "f",
+            "wait_seconds",
+            &l,
+            0.2
+        ));
+        assert!(!m.plugin_metric(PluginMetricKind::Histogram, "p", "f", "many", &l, 1.0));
+        assert!(!m.plugin_metric(PluginMetricKind::Histogram, "p", "f", "x_total", &l, 1.0));
+        let out = m.render();
+        assert!(
+            out.contains(
+                r#"gateway_plugin_p_wait_seconds_bucket{filter="f",k="a",plugin="p",le="0.25"} 1"#
+            ),
+            "{out}"
+        );
     }
 }
