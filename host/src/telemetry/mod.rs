@@ -915,7 +915,12 @@ impl ConnectionGauge {
             open: AtomicI64::new(0),
             active: AtomicI64::new(0),
         });
-        metrics.connection_gauges.lock().push(Arc::downgrade(&g));
+        // Pruned here too, not only at scrape time, so a gateway nobody
+        // scrapes does not collect one dead entry per reload.
+        let mut all = metrics.connection_gauges.lock();
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&g));
+        drop(all);
         g
     }
 
