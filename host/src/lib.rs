@@ -333,6 +333,33 @@ pub async fn check(source: &ConfigSource) -> anyhow::Result<String> {
     ))
 }
 
+/// `gateway plugin check FILE`: whether the file is a filter this gateway
+/// can load. `Ok` describes it; `Err` says what is missing or mismatched.
+pub fn check_plugin_file(path: &std::path::Path) -> anyhow::Result<Result<String, String>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return Ok(Err(format!("cannot read {}: {e}", path.display()))),
+    };
+    let metrics = Arc::new(Metrics::new(
+        &config::MetricsConfig::default().duration_buckets,
+    )?);
+    let runtime = Runtime::new(metrics)?;
+    Ok(match runtime.check_plugin(&bytes) {
+        Ok(fit) => Ok(format!("{}: {fit}", path.display())),
+        Err(why) => Err(format!("{} is not a filter plugin: {why}", path.display())),
+    })
+}
+
+/// `gateway plugin componentize MODULE -o OUT`: a core module (binary or
+/// WAT) written against the world `plugin`, made a component.
+pub fn componentize_file(module: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    let component = plugin::inspect::componentize(&bytes)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", module.display()))?;
+    std::fs::write(out, component).with_context(|| format!("cannot write {}", out.display()))
+}
+
 /// `gateway run`: serve until SIGTERM or SIGINT, then drain; reload on
 /// file changes, SIGHUP and `POST /admin/reload`.
 pub async fn run(source: ConfigSource) -> anyhow::Result<()> {

@@ -29,6 +29,25 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Work with plugin files.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Say whether FILE is a component this gateway can load as a filter,
+    /// and if not, what is missing or mismatched. Exits 1 when it is not.
+    Check { file: PathBuf },
+    /// Make a core module (.wasm or .wat) written against the world
+    /// `plugin` in wit/filter.wit into a component.
+    Componentize {
+        module: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
 }
 
 const DEFAULT_CONFIG: &str = "config/gateway.toml";
@@ -70,6 +89,20 @@ fn main() -> ExitCode {
             .block_on(gateway::check(&source(config)))
             .map(|msg| println!("{msg}")),
         Command::Run { config } => runtime.block_on(gateway::run(source(config))),
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => match gateway::check_plugin_file(&file) {
+            Ok(Ok(fit)) => Ok(println!("{fit}")),
+            Ok(Err(why)) => {
+                eprintln!("{why}");
+                return ExitCode::FAILURE;
+            }
+            Err(e) => Err(e),
+        },
+        Command::Plugin {
+            command: PluginCommand::Componentize { module, out },
+        } => gateway::componentize_file(&module, &out)
+            .map(|()| println!("{} written", out.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 
 pub mod bindings;
 pub mod host;
+pub mod inspect;
 
 use crate::config::{FailurePolicy, FilterConfig, Isolation};
 use crate::state::State;
@@ -26,6 +27,8 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
 /// How often the epoch advances; call deadlines are counted in these ticks.
 /// The WIT package filters are built against, as `gateway_build_info` shows it.
 pub const WIT_PACKAGE: &str = "gateway:filter@0.1.0";
+/// The interface a filter exports, as the component model names it.
+pub const EXPORT_INTERFACE: &str = "gateway:filter/filter@0.1.0";
 /// The wasmtime release the gateway embeds (pinned in Cargo.toml).
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
@@ -214,6 +217,12 @@ impl Runtime {
         &self.engine
     }
 
+    /// `gateway plugin check`: whether `bytes` are a component this gateway
+    /// can load as a filter, and if not, why in plain words.
+    pub fn check_plugin(&self, bytes: &[u8]) -> Result<inspect::Fit, String> {
+        inspect::check(&self.engine, &self.linker, bytes)
+    }
+
     /// Compiles a plugin file and checks it against the world.
     pub fn load(&self, name: &str, path: &Path) -> Result<Arc<LoadedPlugin>, PluginError> {
         let bytes = read_plugin(name, path)?;
@@ -266,7 +275,12 @@ impl Runtime {
             .map_err(|e| PluginError::World {
                 plugin: name.into(),
                 path: path.into(),
-                reason: format!("{e:#}"),
+                // The same words `gateway plugin check` gives, or the
+                // linker's own where they find nothing to say.
+                reason: match inspect::check_component(&self.engine, &self.linker, &component) {
+                    Err(words) => words,
+                    Ok(_) => format!("{e:#}"),
+                },
             })?;
         Ok(Arc::new(LoadedPlugin {
             name: name.into(),

@@ -4,9 +4,9 @@
 //! numbers for the gateway's `crypto` interface), so a damaged key is
 //! refused at load instead of failing every token later.
 
-use crate::gateway::filter::crypto::{P256PublicKey, RsaPublicKey as RsaNumbers};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use filter_sdk::crypto::{P256PublicKey, RsaPublicKey as RsaNumbers};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::pkcs8::DecodePublicKey;

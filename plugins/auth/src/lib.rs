@@ -10,8 +10,6 @@
 //! Tokens are verified inside the guest; benches/jwt.rs measures what that
 //! costs against native verification.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
-
 mod cache;
 mod config;
 mod jwt;
@@ -19,12 +17,10 @@ mod keys;
 
 use cache::Lru;
 use config::{MAX_CONTEXT_VALUE, Policy, Settings};
-use exports::gateway::filter::filter::Guest;
-use gateway::filter::host::{self, LogLevel};
-use gateway::filter::types::{Action, Reply, Request, Response};
+use filter_sdk::{Action, Filter, LogLevel, Reply, Request, export_filter, host};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// Who a credential belongs to, as later filters will see it.
 pub struct Identity {
@@ -144,16 +140,10 @@ enum Credential {
     Malformed(Method, &'static str),
 }
 
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
-
 thread_local! {
     // An instance serves one request at a time and is reused, so tokens it
     // verified stay here for the next request it serves.
     static TOKENS: RefCell<Lru<jwt::Verified>> = RefCell::new(Lru::new(0));
-}
-
-fn settings() -> &'static Settings {
-    SETTINGS.get().expect("configure runs before any request")
 }
 
 fn count(method: Method, allowed: bool, reason: Reason) {
@@ -378,24 +368,19 @@ fn refuse(s: &Settings, policy: &Policy, method: Method, reason: Reason, detail:
     })
 }
 
-struct Auth;
+struct Auth(Settings);
 
-impl Guest for Auth {
-    fn configure(config: String) -> Result<(), String> {
-        let s = config::parse(&config)?;
+impl Filter for Auth {
+    fn configure(config: &str) -> Result<Self, String> {
+        let s = config::parse(config)?;
         filter_sdk::check_route_ids("auth", s.routes.keys(), &host::route_ids())?;
         TOKENS.set(Lru::new(s.cache_size));
-        for (name, labels) in &declared(&s).series {
-            host::counter_add(name, labels, 0.0);
-        }
-        // A second configure on the same instance keeps the first settings;
-        // the gateway gives each instance exactly one.
-        let _ = SETTINGS.set(s);
-        Ok(())
+        declared(&s).declare("too many routes");
+        Ok(Auth(s))
     }
 
-    fn on_request(req: &Request) -> Action {
-        let s = settings();
+    fn on_request(&mut self, req: &Request) -> Action {
+        let s = &self.0;
         let policy = policy(req, s);
         let (method, identity) = match credential(req, s) {
             Credential::None if policy.anonymous => {
@@ -459,13 +444,9 @@ impl Guest for Auth {
         count(method, true, Reason::Ok);
         Action::Continue
     }
-
-    fn on_response(_req: &Request, _resp: &Response) -> Action {
-        Action::Continue
-    }
 }
 
-export!(Auth);
+export_filter!(Auth);
 
 #[cfg(test)]
 mod tests {

@@ -3,14 +3,9 @@
 //! response headers that leak what runs behind the gateway, adds configured
 //! headers both ways, and refuses requests with too many or too large headers.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
-
-use exports::gateway::filter::filter::Guest;
-use gateway::filter::host::{self, LogLevel};
-use gateway::filter::types::{Action, Reply, Request, Response};
+use filter_sdk::{Action, Filter, LogLevel, Reply, Request, Response, export_filter, host};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 filter_sdk::label_enum! {
     /// The `type` label of the violations counter: what a request tried.
@@ -167,8 +162,6 @@ struct Settings {
     max_header_bytes: u32,
 }
 
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
-
 fn lower_all(names: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
     v.sort();
@@ -213,10 +206,6 @@ fn parse(config: &str) -> Result<Settings, String> {
         max_header_count: c.max_header_count,
         max_header_bytes: c.max_header_bytes,
     })
-}
-
-fn settings() -> &'static Settings {
-    SETTINGS.get().expect("configure runs before any request")
 }
 
 fn removed(phase: Phase, name: &str) {
@@ -290,32 +279,17 @@ impl Seen {
     }
 }
 
-struct Headers;
+struct Headers(Settings);
 
-impl Guest for Headers {
-    fn configure(config: String) -> Result<(), String> {
-        let s = parse(&config)?;
-        let d = declared(&s);
-        for (name, labels) in &d.series {
-            host::counter_add(name, labels, 0.0);
-        }
-        if d.dropped > 0 {
-            host::log(
-                LogLevel::Debug,
-                &format!(
-                    "{} series not declared at zero: too many headers listed",
-                    d.dropped
-                ),
-            );
-        }
-        // A second configure on the same instance keeps the first settings;
-        // the gateway gives each instance exactly one.
-        let _ = SETTINGS.set(s);
-        Ok(())
+impl Filter for Headers {
+    fn configure(config: &str) -> Result<Self, String> {
+        let s = parse(config)?;
+        declared(&s).declare("too many headers listed");
+        Ok(Headers(s))
     }
 
-    fn on_request(req: &Request) -> Action {
-        let s = settings();
+    fn on_request(&mut self, req: &Request) -> Action {
+        let s = &self.0;
         let stats = req.header_stats();
         if stats.count > s.max_header_count {
             return refuse(Refusal::TooManyHeaders);
@@ -349,8 +323,8 @@ impl Guest for Headers {
         Action::Continue
     }
 
-    fn on_response(_req: &Request, resp: &Response) -> Action {
-        let s = settings();
+    fn on_response(&mut self, _req: &Request, resp: &Response) -> Action {
+        let s = &self.0;
         for name in resp.header_names() {
             if s.remove_response.binary_search(&name).is_ok() && resp.remove_header(&name) {
                 removed(Phase::Response, &name);
@@ -365,7 +339,7 @@ impl Guest for Headers {
     }
 }
 
-export!(Headers);
+export_filter!(Headers);
 
 #[cfg(test)]
 mod tests {

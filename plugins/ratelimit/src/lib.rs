@@ -8,16 +8,11 @@
 //! `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` for the
 //! limit closest to refusing.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
-
 mod window;
 
-use exports::gateway::filter::filter::Guest;
-use gateway::filter::host::{self, LogLevel};
-use gateway::filter::state::{self, CounterOp};
-use gateway::filter::types::{Action, Reply, Request, Response};
+use filter_sdk::state::{self, CounterOp};
+use filter_sdk::{Action, Filter, LogLevel, Reply, Request, Response, export_filter, host};
 use serde::Deserialize;
-use std::sync::OnceLock;
 use window::{Algorithm, Verdict};
 
 /// The context entry that carries a request's verdict to `on_response`,
@@ -141,8 +136,6 @@ struct Settings {
     headers: bool,
 }
 
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
-
 fn parse_window(s: &str) -> Option<u64> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let n: u64 = s[..split].parse().ok()?;
@@ -243,10 +236,6 @@ fn parse(config: &str) -> Result<Settings, String> {
         state_error_status: c.state_error_status,
         headers: c.headers,
     })
-}
-
-fn settings() -> &'static Settings {
-    SETTINGS.get().expect("configure runs before any request")
 }
 
 /// The client as counted: its IPv4 address, or its IPv6 /64 (one host
@@ -377,36 +366,23 @@ fn rate_headers(v: &Verdict) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-struct RateLimit;
+struct RateLimit(Settings);
 
-impl Guest for RateLimit {
-    fn configure(config: String) -> Result<(), String> {
-        let s = parse(&config)?;
+impl Filter for RateLimit {
+    fn configure(config: &str) -> Result<Self, String> {
+        let s = parse(config)?;
         let route_ids = host::route_ids();
         filter_sdk::check_route_ids(
             "ratelimit",
             s.limits.iter().flat_map(|l| l.routes.iter().flatten()),
             &route_ids,
         )?;
-        let d = declared(&s, &route_ids);
-        for (name, labels) in &d.series {
-            host::counter_add(name, labels, 0.0);
-        }
-        if d.dropped > 0 {
-            host::log(
-                LogLevel::Debug,
-                &format!(
-                    "{} series not declared at zero: too many routes and limits",
-                    d.dropped
-                ),
-            );
-        }
-        let _ = SETTINGS.set(s);
-        Ok(())
+        declared(&s, &route_ids).declare("too many routes and limits");
+        Ok(RateLimit(s))
     }
 
-    fn on_request(req: &Request) -> Action {
-        let s = settings();
+    fn on_request(&mut self, req: &Request) -> Action {
+        let s = &self.0;
         let route = req.route();
         let now_ms = host::now_ms();
         // Every applicable limit's counters go to the state in one call.
@@ -516,7 +492,7 @@ impl Guest for RateLimit {
         Action::Continue
     }
 
-    fn on_response(req: &Request, resp: &Response) -> Action {
+    fn on_response(&mut self, req: &Request, resp: &Response) -> Action {
         // A 429 carries the headers of the limit that refused it; another
         // rate-limit filter earlier in the chain must not overwrite them.
         if resp.status() == 429 {
@@ -534,7 +510,7 @@ impl Guest for RateLimit {
     }
 }
 
-export!(RateLimit);
+export_filter!(RateLimit);
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,149 @@
-//! What the shipped filters share. Pure functions only: each filter passes
-//! in what it got from the gateway through its own bindings (and makes the
-//! host calls, such as declaring the series in `Declared`, itself).
+//! The Rust SDK for gateway filters: the `gateway:filter` bindings, a
+//! [`Filter`] trait whose phases default to letting the request go on, and
+//! [`export_filter!`], which makes a type the component's `filter` export.
+//!
+//! ```no_run
+//! use filter_sdk::{Action, Filter, Request, export_filter};
+//!
+//! struct Hello;
+//!
+//! impl Filter for Hello {
+//!     fn configure(_config: &str) -> Result<Self, String> {
+//!         Ok(Hello)
+//!     }
+//!     fn on_request(&mut self, req: &Request) -> Action {
+//!         let _ = req.set_header("x-hello", b"world");
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! export_filter!(Hello);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm`
+//! is the plugin. The rest of the crate is what the shipped filters share:
+//! reading a JSON configuration, answering, declaring counter series.
+
+/// Bindings generated from `wit/filter.wit`, for anything the re-exports
+/// below leave out.
+#[allow(clippy::all, missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "plugin",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_bindings",
+        default_bindings_module: "filter_sdk::bindings",
+    });
+}
+
+pub use bindings::gateway::filter::host::{self, LogLevel};
+pub use bindings::gateway::filter::types::{Action, HeaderStats, Reply, Request, Response};
+pub use bindings::gateway::filter::{crypto, state};
+
+/// A request filter. The gateway creates instances of the plugin as load
+/// requires; each gets its own [`Filter::configure`] before it serves, and
+/// then a call per request (and per response) from one request at a time.
+pub trait Filter: Sized + 'static {
+    /// Builds the filter from its `[filters.NAME.config]` table, passed as a
+    /// JSON object (`{}` when the table is absent). An error refuses the
+    /// load, and its text is shown to the operator.
+    fn configure(config: &str) -> Result<Self, String>;
+
+    /// Called for each request, in the order of the route's chain.
+    fn on_request(&mut self, req: &Request) -> Action {
+        let _ = req;
+        Action::Continue
+    }
+
+    /// Called for each response, in the reverse order of the chain, for
+    /// every filter whose `on_request` ran.
+    fn on_response(&mut self, req: &Request, resp: &Response) -> Action {
+        let _ = (req, resp);
+        Action::Continue
+    }
+}
+
+/// Makes `$filter`, a type implementing [`Filter`], the plugin's `filter`
+/// export. Once per plugin crate.
+#[macro_export]
+macro_rules! export_filter {
+    ($filter:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static FILTER: ::std::cell::RefCell<::std::option::Option<$filter>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            fn with<R>(call: impl FnOnce(&mut $filter) -> R) -> R {
+                FILTER.with(|cell| match cell.borrow_mut().as_mut() {
+                    Some(filter) => call(filter),
+                    // The gateway always configures an instance first; a
+                    // trap fails only this call, under the filter's policy.
+                    None => panic!("called before configure"),
+                })
+            }
+
+            struct Export;
+
+            impl $crate::bindings::exports::gateway::filter::filter::Guest for Export {
+                fn configure(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    let filter = <$filter as $crate::Filter>::configure(&config)?;
+                    FILTER.with(|cell| *cell.borrow_mut() = Some(filter));
+                    Ok(())
+                }
+
+                fn on_request(req: &$crate::Request) -> $crate::Action {
+                    with(|f| $crate::Filter::on_request(f, req))
+                }
+
+                fn on_response(req: &$crate::Request, resp: &$crate::Response) -> $crate::Action {
+                    with(|f| $crate::Filter::on_response(f, req, resp))
+                }
+    }
+
+            $crate::bindings::export_bindings!(Export with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// Writes to the gateway's log at `level`, with `format!` arguments.
+#[macro_export]
+macro_rules! log {
+    ($level:ident, $($arg:tt)+) => {
+        $crate::host::log($crate::LogLevel::$level, &::std::format!($($arg)+))
+    };
+}
+
+/// Reads a filter's JSON configuration into `T`; the error names the plugin
+/// and says what is wrong and where (serde's message, with line and column).
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    plugin: &str,
+    config: &str,
+) -> Result<T, String> {
+    serde_json::from_str(config).map_err(|e| format!("{plugin}: {e}"))
+}
+
+/// An answer in place of the upstream's: `status`, one content type, a body.
+pub fn respond(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Action {
+    Action::Respond(Reply {
+        status,
+        headers: vec![("content-type".into(), content_type.as_bytes().to_vec())],
+        body: body.into(),
+    })
+}
+
+/// Adds `value` to the filter's counter `name` (exported as
+/// `gateway_plugin_<plugin>_<name>_total`) with these labels.
+pub fn count(name: &str, labels: &[(&str, &str)], value: f64) {
+    let labels: Labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    host::counter_add(name, &labels, value);
+}
 
 /// Refuses settings for a route the gateway does not have (`known`, from
 /// `host::route-ids`): a misspelt id would otherwise leave the real route
@@ -57,6 +200,23 @@ pub struct Declared {
 impl Declared {
     pub fn new() -> Declared {
         Declared::default()
+    }
+
+    /// Creates every declared series at zero in the gateway, and logs (at
+    /// debug) how many were left out and why.
+    pub fn declare(&self, why_dropped: &str) {
+        for (name, labels) in &self.series {
+            host::counter_add(name, labels, 0.0);
+        }
+        if self.dropped > 0 {
+            host::log(
+                LogLevel::Debug,
+                &format!(
+                    "{} series not declared at zero: {why_dropped}",
+                    self.dropped
+                ),
+            );
+        }
     }
 
     /// Declares `counter` with every combination of the labels' values, the

@@ -3,21 +3,10 @@
 //! tenant does not own the route, removes every client-sent copy of the
 //! tenant header and sets the trusted one for the upstream.
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
-
 mod config;
 
 use config::{Settings, Source, Unlisted, valid_tenant};
-use exports::gateway::filter::filter::Guest;
-use gateway::filter::host::{self, LogLevel};
-use gateway::filter::types::{Action, Reply, Request, Response};
-use std::sync::OnceLock;
-
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
-
-fn settings() -> &'static Settings {
-    SETTINGS.get().expect("configure runs before any request")
-}
+use filter_sdk::{Action, Filter, LogLevel, Reply, Request, export_filter, host};
 
 /// A tenant and where it came from.
 struct Found {
@@ -381,33 +370,19 @@ fn refuse(route: &str, r: Refusal) -> Action {
     Action::Respond(r.reply())
 }
 
-struct Tenant;
+struct Tenant(Settings);
 
-impl Guest for Tenant {
-    fn configure(config: String) -> Result<(), String> {
-        let s = config::parse(&config)?;
+impl Filter for Tenant {
+    fn configure(config: &str) -> Result<Self, String> {
+        let s = config::parse(config)?;
         let route_ids = host::route_ids();
         filter_sdk::check_route_ids("tenant", s.routes.keys(), &route_ids)?;
-        let d = declared(&s, &route_ids);
-        for (name, labels) in &d.series {
-            host::counter_add(name, labels, 0.0);
-        }
-        if d.dropped > 0 {
-            host::log(
-                LogLevel::Debug,
-                &format!(
-                    "{} series not declared at zero: too many routes and tenants",
-                    d.dropped
-                ),
-            );
-        }
-        // The gateway configures each instance exactly once.
-        let _ = SETTINGS.set(s);
-        Ok(())
+        declared(&s, &route_ids).declare("too many routes and tenants");
+        Ok(Tenant(s))
     }
 
-    fn on_request(req: &Request) -> Action {
-        let s = settings();
+    fn on_request(&mut self, req: &Request) -> Action {
+        let s = &self.0;
         let route = req.route();
         // The header is read (when it is a source) before it is removed.
         let found = match resolve(s, req) {
@@ -444,13 +419,9 @@ impl Guest for Tenant {
         count_request(&f.tenant, &route, Outcome::Allowed);
         Action::Continue
     }
-
-    fn on_response(_req: &Request, _resp: &Response) -> Action {
-        Action::Continue
-    }
 }
 
-export!(Tenant);
+export_filter!(Tenant);
 
 #[cfg(test)]
 mod tests {

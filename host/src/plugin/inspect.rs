@@ -1,0 +1,248 @@
+//! What `gateway plugin check` says about a file, and how a core module
+//! becomes a component (`gateway plugin componentize`).
+//!
+//! The authoritative test is the one the gateway applies at load: the
+//! linker pre-instantiates the component and the generated bindings check
+//! the `filter` export's types. Everything else here turns the first
+//! mismatch into words a plugin author can act on.
+
+use super::bindings::PluginPre;
+use super::host::HostState;
+use super::{EXPORT_INTERFACE, WIT_PACKAGE};
+use wasmtime::Engine;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker};
+
+/// The world's text, built into the binary so `componentize` needs no
+/// checkout of the project.
+pub const WIT_SOURCE: &str = include_str!("../../../wit/filter.wit");
+
+/// The functions the `filter` interface exports.
+pub const FILTER_FUNCTIONS: [&str; 3] = ["configure", "on-request", "on-response"];
+
+/// A component that fits the world: what it exports and imports.
+#[derive(Debug)]
+pub struct Fit {
+    pub bytes: usize,
+    pub imports: Vec<String>,
+}
+
+impl std::fmt::Display for Fit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let size = if self.bytes >= 1 << 20 {
+            format!("{:.1} MiB", self.bytes as f64 / f64::from(1 << 20))
+        } else {
+            format!("{:.1} KiB", self.bytes as f64 / 1024.0)
+        };
+        writeln!(f, "a {WIT_PACKAGE} plugin component ({size})")?;
+        writeln!(
+            f,
+            "  exports {EXPORT_INTERFACE}: {}",
+            FILTER_FUNCTIONS.join(", ")
+        )?;
+        if self.imports.is_empty() {
+            write!(f, "  imports nothing")
+        } else {
+            write!(f, "  imports {}", self.imports.join(", "))
+        }
+    }
+}
+
+/// Whether `bytes` are a component of the plugin world, explained.
+pub fn check(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8]) -> Result<Fit, String> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(not_wasm(bytes));
+    }
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(format!(
+            "this is a core WebAssembly module, not a component. A filter is a \
+             component of the {WIT_PACKAGE} world `plugin`: build Rust for the \
+             wasm32-wasip2 target, or turn a core module written against the world \
+             into a component with `gateway plugin componentize FILE -o OUT.wasm`"
+        ));
+    }
+    let component =
+        Component::new(engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
+    check_component(engine, linker, &component).map(|imports| Fit {
+        bytes: bytes.len(),
+        imports,
+    })
+}
+
+/// The same check on a compiled component; on success, its imports.
+pub fn check_component(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    component: &Component,
+) -> Result<Vec<String>, String> {
+    let ty = component.component_type();
+    let exports: Vec<(String, ComponentItem)> = ty
+        .exports(engine)
+        .map(|(name, e)| (name.to_string(), e.ty))
+        .collect();
+    let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+
+    let filter = exports.iter().find(|(name, _)| name == EXPORT_INTERFACE);
+    let Some((_, filter)) = filter else {
+        return Err(missing_export(&exports));
+    };
+    let ComponentItem::ComponentInstance(instance) = filter else {
+        return Err(format!(
+            "it exports `{EXPORT_INTERFACE}`, but not as an interface (an instance of functions)"
+        ));
+    };
+    let missing: Vec<&str> = FILTER_FUNCTIONS
+        .iter()
+        .copied()
+        .filter(|f| {
+            !matches!(
+                instance.get_export(engine, f).map(|e| e.ty),
+                Some(ComponentItem::ComponentFunc(_))
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "its `{EXPORT_INTERFACE}` export lacks {} (the world's filter exports {})",
+            quoted(&missing),
+            FILTER_FUNCTIONS.join(", ")
+        ));
+    }
+
+    let pre = linker.instantiate_pre(component).map_err(|e| {
+        let unprovided: Vec<String> = imports
+            .iter()
+            .filter(|name| !provided(name))
+            .map(|name| describe_import(name))
+            .collect();
+        if unprovided.is_empty() {
+            format!("the gateway cannot supply its imports: {e:#}")
+        } else {
+            format!(
+                "it imports what the gateway does not provide: {}. ({e:#})",
+                unprovided.join("; ")
+            )
+        }
+    })?;
+    PluginPre::new(pre).map_err(|e| {
+        format!(
+            "its `{EXPORT_INTERFACE}` functions do not have the world's types \
+             (was it built against another copy of filter.wit?): {e:#}"
+        )
+    })?;
+    Ok(imports)
+}
+
+/// Whether the gateway's linker serves an import of this name: its own
+/// interfaces at the WIT version it speaks, and WASI 0.2 but for HTTP.
+fn provided(name: &str) -> bool {
+    let (iface, version) = name.split_once('@').unwrap_or((name, ""));
+    if let Some(own) = iface.strip_prefix("gateway:filter/") {
+        let ours = WIT_PACKAGE.split_once('@').map_or("", |(_, v)| v);
+        return ["types", "host", "state", "crypto"].contains(&own) && version == ours;
+    }
+    iface.starts_with("wasi:") && !iface.starts_with("wasi:http/") && version.starts_with("0.2.")
+}
+
+fn describe_import(name: &str) -> String {
+    if name.starts_with("wasi:http/") {
+        return format!(
+            "`{name}` (filters reach the network only through the gateway; \
+             componentize-js adds it unless built with `-d http fetch-event`)"
+        );
+    }
+    if let Some(rest) = name.strip_prefix("gateway:filter/") {
+        return format!(
+            "`{name}` (the gateway speaks {WIT_PACKAGE}; `{rest}` is not one of its \
+             interfaces at that version)"
+        );
+    }
+    if name.starts_with("wasi:") {
+        return format!("`{name}` (the gateway provides WASI 0.2, not this version)");
+    }
+    format!("`{name}`")
+}
+
+fn missing_export(exports: &[(String, ComponentItem)]) -> String {
+    let (iface, _) = EXPORT_INTERFACE
+        .split_once('@')
+        .unwrap_or((EXPORT_INTERFACE, ""));
+    if let Some((other, _)) = exports
+        .iter()
+        .find(|(name, _)| name.split_once('@').map(|(i, _)| i) == Some(iface))
+    {
+        return format!(
+            "it exports `{other}`, but this gateway speaks `{EXPORT_INTERFACE}`: \
+             rebuild it against this gateway's wit/filter.wit"
+        );
+    }
+    let names: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
+    format!(
+        "it exports no `{EXPORT_INTERFACE}` interface, so it is a component of another \
+         world (it exports {}). A filter exports `filter` from the world `plugin` in \
+         wit/filter.wit",
+        if names.is_empty() {
+            "nothing".to_string()
+        } else {
+            quoted(&names)
+        }
+    )
+}
+
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn not_wasm(bytes: &[u8]) -> String {
+    let text = bytes.iter().take(64).all(|b| b.is_ascii());
+    if text
+        && bytes
+            .windows(7)
+            .take(256)
+            .any(|w| w == b"(module" || w == b"(compon")
+    {
+        "this is WebAssembly text (WAT), not a binary: turn it into a component \
+         with `gateway plugin componentize FILE -o OUT.wasm`"
+            .to_string()
+    } else if bytes.is_empty() {
+        "the file is empty".to_string()
+    } else {
+        "not a WebAssembly file (it does not start with the bytes \\0asm)".to_string()
+    }
+}
+
+/// Turns a core module (binary or text) whose imports and exports follow
+/// the component model's naming for the world `plugin` into a component:
+/// what `wasm-tools component embed` and `component new` do, with the
+/// gateway's own copy of the WIT.
+pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+    let mut module = wat::parse_bytes(module)
+        .map_err(|e| format!("not a WebAssembly module: {e}"))?
+        .into_owned();
+    if wasmparser::Parser::is_component(&module) {
+        return Err("this is already a component".to_string());
+    }
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve
+        .push_str("filter.wit", WIT_SOURCE)
+        .map_err(|e| format!("the built-in WIT does not parse: {e:#}"))?;
+    let world = resolve
+        .select_world(&[package], Some("plugin"))
+        .map_err(|e| format!("the built-in WIT has no world `plugin`: {e:#}"))?;
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .map_err(|e| format!("cannot embed the world: {e:#}"))?;
+    wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&module)
+        .and_then(|mut encoder| encoder.encode())
+        .map_err(|e| format!("the module does not fit the world `plugin`: {e:#}"))
+}
