@@ -6,7 +6,11 @@ PLUGIN_OUT := target/plugins/wasm32-wasip2/release
 # Plugins copied to plugins/dist, the folder the default config loads from.
 SHIPPED := headers ratelimit auth tenant
 
-.PHONY: setup plugins build run test bench bench-deps vs-nginx soak-reload
+# The example filters in every language, as README.md builds them.
+EXAMPLES := target/examples
+PY_TOOLS := target/toolchains/python/bin
+
+.PHONY: setup plugins build run test bench bench-deps vs-nginx soak-reload examples
 
 setup:
 	scripts/setup.sh
@@ -28,8 +32,19 @@ test: plugins
 	$(CARGO) test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native
 	$(CARGO) test --release
 
-bench: plugins
+# server-timing (Rust), shard-header (JavaScript), deny-paths (Python) and
+# require-user-agent (WAT), built into target/examples.
+examples: build
+	@mkdir -p $(EXAMPLES)
+	cp $(PLUGIN_OUT)/server_timing.wasm $(EXAMPLES)/server-timing.wasm
+	cd plugins/examples/shard-header && npm run --silent build
+	mv plugins/examples/shard-header/shard-header.wasm $(EXAMPLES)/
+	$(PY_TOOLS)/componentize-py -d wit -w plugin componentize -p plugins/examples/deny-paths deny_paths -o $(EXAMPLES)/deny-paths.wasm
+	target/release/gateway plugin componentize plugins/examples/require-user-agent/filter.wat -o $(EXAMPLES)/require-user-agent.wasm
+
+bench: examples
 	$(CARGO) bench --bench filters
+	$(CARGO) bench --bench languages
 
 bench-deps:
 	scripts/setup.sh --bench

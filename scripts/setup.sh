@@ -2,7 +2,11 @@
 # Installs what building and testing need and a fresh machine lacks:
 # the wasm32-wasip2 Rust target, redis-server (the shared-state tests start
 # their own), prometheus and promtool (the observability tests run a real
-# Prometheus and check the alert rules), and (with --bench) nginx and wrk for the comparison benchmark. Safe to run again: it only installs what is missing.
+# Prometheus and check the alert rules), the JavaScript and Python filter
+# toolchains at the versions the examples pin (componentize-js from npm into
+# plugins/examples/shard-header/node_modules, componentize-py from PyPI into
+# target/toolchains/python), and (with --bench) nginx and wrk for the
+# comparison benchmark. Safe to run again: it only installs what is missing.
 set -euo pipefail
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
@@ -15,6 +19,10 @@ want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
 want redis-server redis-server
 want prometheus prometheus
 want promtool prometheus
+want node nodejs
+want npm npm
+want python3 python3
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [[ "${1:-}" == "--bench" ]]; then
   want nginx nginx-light
   want wrk wrk
@@ -28,4 +36,29 @@ if [[ ${#need_apt[@]} -gt 0 ]]; then
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+# componentize-js at the versions package-lock.json pins; reinstalled only
+# when the lock file changes. `npm install --no-save` rather than `npm ci`:
+# the lock leaves out other platforms' optional binaries the registry
+# mirror does not hold, which `npm ci` refuses and `install` skips.
+js="$root/plugins/examples/shard-header"
+if ! cmp -s "$js/package-lock.json" "$js/node_modules/.installed-lock.json"; then
+  echo "setup: installing componentize-js (npm in plugins/examples/shard-header)"
+  (cd "$js" && npm install --no-save --no-audit --no-fund --loglevel=error)
+  cp "$js/package-lock.json" "$js/node_modules/.installed-lock.json"
+fi
+
+# componentize-py, at the version requirements.txt pins, in a virtualenv of
+# the project's own.
+py="$root/target/toolchains/python"
+req="$root/plugins/examples/deny-paths/requirements.txt"
+if ! cmp -s "$req" "$py/.installed-requirements.txt"; then
+  echo "setup: installing componentize-py into target/toolchains/python"
+  rm -rf "$py"
+  python3 -m venv "$py"
+  "$py/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$py/.installed-requirements.txt"
 fi

@@ -336,7 +336,9 @@ impl Gateway {
             child,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Compiling a JavaScript or Python filter (12 to 18 MB of wasm) takes
+        // seconds; this bound only turns a hang into a failure.
+        let deadline = Instant::now() + Duration::from_secs(120);
         while TcpStream::connect(admin).is_err() || TcpStream::connect(addr).is_err() {
             if let Ok(Some(status)) = gw.child.try_wait() {
                 panic!("gateway exited with {status}:\n{}", gw.log());

@@ -198,13 +198,7 @@ fn quoted(names: &[&str]) -> String {
 }
 
 fn not_wasm(bytes: &[u8]) -> String {
-    let text = bytes.iter().take(64).all(|b| b.is_ascii());
-    if text
-        && bytes
-            .windows(7)
-            .take(256)
-            .any(|w| w == b"(module" || w == b"(compon")
-    {
+    if std::str::from_utf8(bytes).is_ok() && wat::parse_bytes(bytes).is_ok() {
         "this is WebAssembly text (WAT), not a binary: turn it into a component \
          with `gateway plugin componentize FILE -o OUT.wasm`"
             .to_string()
@@ -220,6 +214,10 @@ fn not_wasm(bytes: &[u8]) -> String {
 /// what `wasm-tools component embed` and `component new` do, with the
 /// gateway's own copy of the WIT.
 pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+    componentize_against(module, WIT_SOURCE)
+}
+
+fn componentize_against(module: &[u8], wit: &str) -> Result<Vec<u8>, String> {
     let mut module = wat::parse_bytes(module)
         .map_err(|e| format!("not a WebAssembly module: {e}"))?
         .into_owned();
@@ -228,7 +226,7 @@ pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
     }
     let mut resolve = wit_parser::Resolve::default();
     let package = resolve
-        .push_str("filter.wit", WIT_SOURCE)
+        .push_str("filter.wit", wit)
         .map_err(|e| format!("the built-in WIT does not parse: {e:#}"))?;
     let world = resolve
         .select_world(&[package], Some("plugin"))
@@ -245,4 +243,82 @@ pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
         .module(&module)
         .and_then(|mut encoder| encoder.encode())
         .map_err(|e| format!("the module does not fit the world `plugin`: {e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::Runtime;
+    use crate::telemetry::Metrics;
+    use std::sync::Arc;
+
+    const EXAMPLE: &str = include_str!("../../../plugins/examples/require-user-agent/filter.wat");
+
+    fn runtime() -> Runtime {
+        let buckets = crate::config::MetricsConfig::default().duration_buckets;
+        Runtime::new(Arc::new(Metrics::new(&buckets).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn the_wat_example_becomes_a_filter() {
+        let component = componentize(EXAMPLE.as_bytes()).unwrap();
+        let fit = runtime().check_plugin(&component).unwrap();
+        assert_eq!(fit.imports, ["gateway:filter/types@0.1.0"]);
+        assert_eq!(
+            componentize(&component).unwrap_err(),
+            "this is already a component"
+        );
+    }
+
+    #[test]
+    fn another_version_of_the_world_is_named() {
+        let next = |s: &str| s.replace("@0.1.0", "@0.2.0");
+        let component = componentize_against(next(EXAMPLE).as_bytes(), &next(WIT_SOURCE)).unwrap();
+        let why = runtime().check_plugin(&component).unwrap_err();
+        assert_eq!(
+            why,
+            "it exports `gateway:filter/filter@0.2.0`, but this gateway speaks \
+             `gateway:filter/filter@0.1.0`: rebuild it against this gateway's wit/filter.wit"
+        );
+    }
+
+    #[test]
+    fn a_module_missing_an_export_is_refused_when_componentized() {
+        let without = EXAMPLE.replace("(export \"gateway:filter/filter@0.1.0#on-response\")", "");
+        let why = componentize(without.as_bytes()).unwrap_err();
+        assert!(
+            why.starts_with("the module does not fit the world `plugin`"),
+            "{why}"
+        );
+        assert!(why.contains("on-response"), "{why}");
+    }
+
+    #[test]
+    fn files_that_are_not_components_are_named_for_what_they_are() {
+        let rt = runtime();
+        let core = wat::parse_str(EXAMPLE).unwrap();
+        assert!(
+            rt.check_plugin(&core)
+                .unwrap_err()
+                .starts_with("this is a core WebAssembly module")
+        );
+        assert!(
+            rt.check_plugin(EXAMPLE.as_bytes())
+                .unwrap_err()
+                .starts_with("this is WebAssembly text")
+        );
+        assert_eq!(rt.check_plugin(b"").unwrap_err(), "the file is empty");
+        assert!(
+            rt.check_plugin(b"{}")
+                .unwrap_err()
+                .starts_with("not a WebAssembly file")
+        );
+        let mut broken = componentize(EXAMPLE.as_bytes()).unwrap();
+        broken.truncate(broken.len() / 2);
+        assert!(
+            rt.check_plugin(&broken)
+                .unwrap_err()
+                .starts_with("not a valid component")
+        );
+    }
 }
