@@ -413,3 +413,51 @@ fn other_routes_are_unaffected_while_a_hostile_one_is_hammered() {
     }
     still_serves(&gw, &upstream, "/hostile");
 }
+
+/// A guest whose memory only grows (1 MiB kept per call, under a 16 MiB
+/// limit) is retired once past three quarters of its limit, between calls:
+/// no request meets the trap it was heading for.
+#[test]
+fn instances_grown_near_their_memory_limit_are_retired_not_reused() {
+    let upstream = Upstream::start("app");
+    let gw = start(&upstream);
+    let retired = || {
+        metric(
+            &gw.metrics(),
+            "gateway_plugin_instances_retired_total",
+            &[("filter", "hostile"), ("reason", "memory")],
+        )
+    };
+    assert_eq!(retired(), Some(0.0), "declared at zero");
+    let mut calls_per_instance = Vec::new();
+    for i in 0..40 {
+        let r = attack(&gw, "/hostile", "leak");
+        assert_eq!(r.status, 200, "request {i}: {}", r.body_text());
+        let n: u32 = upstream
+            .last()
+            .header("x-attack-result")
+            .and_then(|v| v.strip_prefix("call "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        if n == 1 {
+            calls_per_instance.push(0);
+        }
+        if let Some(last) = calls_per_instance.last_mut() {
+            *last += 1;
+        }
+    }
+    assert_eq!(failures(&gw, "hostile", "memory"), 0.0);
+    let retired = retired().unwrap();
+    assert!(
+        retired >= 3.0,
+        "{retired} retired; calls per instance {calls_per_instance:?}"
+    );
+    // Each instance served until it held about 12 of its 16 MiB.
+    assert!(
+        calls_per_instance[..calls_per_instance.len() - 1]
+            .iter()
+            .all(|&n| (6..=13).contains(&n)),
+        "{calls_per_instance:?}"
+    );
+}

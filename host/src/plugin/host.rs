@@ -67,7 +67,7 @@ pub struct ResponseState {
 pub struct HostState {
     pub table: ResourceTable,
     wasi: WasiCtx,
-    pub limits: StoreLimits,
+    pub limits: Limits,
     pub filter: Arc<str>,
     pub plugin: Arc<str>,
     pub metrics: Arc<Metrics>,
@@ -78,6 +78,80 @@ pub struct HostState {
     pub request: Option<Arc<RequestInfo>>,
     /// What the current call has used of its per-call budgets.
     pub budget: CallBudget,
+}
+
+/// The store's resource limits, and the size of the largest linear memory
+/// the instance has grown to. Memories never shrink, so that is its size
+/// now: an instance near its limit is one allocation away from a trap.
+pub struct Limits {
+    inner: StoreLimits,
+    pub memory_bytes: usize,
+    /// `memory_bytes` once the instance was configured, before it served.
+    pub configured_bytes: usize,
+}
+
+impl Limits {
+    pub fn new(inner: StoreLimits) -> Limits {
+        Limits {
+            inner,
+            memory_bytes: 0,
+            configured_bytes: 0,
+        }
+    }
+
+    /// Whether the instance has grown past three quarters of `limit` while
+    /// serving. Memories never shrink, and a guest with a garbage collector
+    /// (JavaScript's, say) may let its heap grow close to the limit before
+    /// collecting: retiring such an instance turns the trap a later request
+    /// would meet into a fresh instance. One that started that large is
+    /// kept, or it would be retired after every call.
+    pub fn grown_near(&self, limit: usize) -> bool {
+        self.memory_bytes > limit / 4 * 3 && self.memory_bytes > self.configured_bytes
+    }
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes = self.memory_bytes.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
 }
 
 /// Counts against the per-call limits on host calls; reset for every call.
@@ -107,7 +181,7 @@ impl HostState {
                 t
             },
             wasi: grants.wasi(),
-            limits,
+            limits: Limits::new(limits),
             filter,
             plugin,
             metrics,

@@ -488,9 +488,23 @@ impl Filter {
             .call_configure(&mut store, &self.config_json)
             .await
         {
-            Ok(Ok(())) => Ok(Warm { store, bindings }),
+            Ok(Ok(())) => {
+                let limits = &mut store.data_mut().limits;
+                limits.configured_bytes = limits.memory_bytes;
+                Ok(Warm { store, bindings })
+            }
             Ok(Err(reason)) => Err(Setup::Configure(reason)),
             Err(e) => Err(Setup::Failed(format!("configure failed: {e:#}"))),
+        }
+    }
+
+    /// Creates and configures one instance, then discards it: what every
+    /// new instance costs, whether it refills the warm set or serves one
+    /// request under request isolation (benches/languages.rs measures it).
+    pub async fn instantiate_once(&self) -> Result<(), String> {
+        match self.instantiate().await {
+            Ok(_) => Ok(()),
+            Err(Setup::Configure(why) | Setup::Failed(why)) => Err(why),
         }
     }
 
@@ -565,6 +579,24 @@ impl Filter {
                 match self.isolation {
                     Isolation::Request if hold => return Some(Held(warm)),
                     Isolation::Request => {}
+                    Isolation::Pooled
+                        if self.guards.memory_limits
+                            && data.limits.grown_near(self.memory_limit) =>
+                    {
+                        self.metrics.plugin_instances_retired.add(
+                            1,
+                            &[
+                                KeyValue::new("filter", shared(&self.name)),
+                                KeyValue::new("plugin", shared(&self.plugin.name)),
+                                KeyValue::new("reason", "memory"),
+                            ],
+                        );
+                        tracing::debug!(
+                            filter = &*self.name,
+                            "instance retired at {} bytes of memory",
+                            data.limits.memory_bytes
+                        );
+                    }
                     Isolation::Pooled => {
                         let mut pool = self.warm.lock();
                         if pool.len() < self.max_warm {

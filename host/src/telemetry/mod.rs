@@ -89,6 +89,7 @@ pub struct Metrics {
     connection_gauges: Arc<Mutex<Vec<Weak<ConnectionGauge>>>>,
     pub plugin_calls: Counter<u64>,
     pub plugin_failures: Counter<u64>,
+    pub plugin_instances_retired: Counter<u64>,
     pub plugin_duration: HistogramVec,
     pub state_calls: Counter<u64>,
     pub upstream_requests: Counter<u64>,
@@ -240,6 +241,13 @@ impl Metrics {
                 .u64_counter("gateway_plugin_failures_total")
                 .with_description("Filter calls that failed, by filter, plugin, phase and reason")
                 .build(),
+            plugin_instances_retired: meter
+                .u64_counter("gateway_plugin_instances_retired_total")
+                .with_description(
+                    "Healthy filter instances retired instead of reused, by reason \
+                     (memory: grown past three quarters of memory_limit_mib)",
+                )
+                .build(),
             state_calls: meter
                 .u64_counter("gateway_state_calls_total")
                 .with_description(
@@ -344,6 +352,14 @@ impl Metrics {
     pub fn declare_filter(&self, filter: &Arc<str>, plugin: &Arc<str>) {
         self.plugin_metric_overflow
             .add(0, &[KeyValue::new("plugin", shared(plugin))]);
+        self.plugin_instances_retired.add(
+            0,
+            &[
+                KeyValue::new("filter", shared(filter)),
+                KeyValue::new("plugin", shared(plugin)),
+                KeyValue::new("reason", "memory"),
+            ],
+        );
         for phase in ["request", "response"] {
             let base = [
                 KeyValue::new("filter", shared(filter)),

@@ -359,6 +359,14 @@ impl Guest for Hostile {
                 report(req, "x-attack-result", &format!("call {n}"));
                 Action::Continue
             }
+            // Keeps 1 MiB more on every call, as a guest whose heap only
+            // grows: the host must retire the instance before it traps.
+            "leak" => {
+                LEAKED.with(|l| l.borrow_mut().push(black_box(vec![1u8; MIB])));
+                let n = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+                report(req, "x-attack-result", &format!("call {n}"));
+                Action::Continue
+            }
             "write-file" => write_file(req),
             "huge-header" => huge_header(req),
             "many-headers" => many_headers(req),
@@ -416,6 +424,10 @@ impl Guest for Hostile {
 
 /// Calls to `count` this instance has seen.
 static CALLS: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    static LEAKED: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The wasm `unreachable` instruction, which traps at once; a native build
 /// (the workspace's unit tests) aborts instead.
