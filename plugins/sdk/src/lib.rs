@@ -102,9 +102,9 @@ macro_rules! export_filter {
                 fn on_response(req: &$crate::Request, resp: &$crate::Response) -> $crate::Action {
                     with(|f| $crate::Filter::on_response(f, req, resp))
                 }
-    }
+            }
 
-            $crate::bindings::export_bindings!(Export with_types_in $crate::bindings);
+    $crate::bindings::export_bindings!(Export with_types_in $crate::bindings);
         };
     };
 }
