@@ -12,7 +12,7 @@ pub mod pool;
 use crate::config::{RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;
 use balancer::{Balancer, Endpoint};
-use breaker::{Admit, Breaker, Transition};
+use breaker::{Breaker, Transition};
 use budget::RetryBudget;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -579,12 +579,14 @@ impl Upstream {
                 tried.push(i);
                 continue;
             };
-            let (admit, t) = self.breakers[i].admit(now);
+            // Held across the try: if the request is cancelled (the client
+            // goes away) the permit drops and a probe's slot comes back.
+            let (permit, t) = self.breakers[i].admit(now);
             self.note(i, t);
-            if admit == Admit::No {
+            let Some(permit) = permit else {
                 tried.push(i);
                 continue;
-            }
+            };
             let last_try = attempt + 1 >= attempts;
             let mut p = if last_try {
                 parts.take().expect("parts are kept until the last try")
@@ -646,7 +648,7 @@ impl Upstream {
             drop(span);
             self.note_outlier(i, outcome);
             let failed = self.failure_on.matches(outcome);
-            let t = self.breakers[i].record(Instant::now(), admit, !failed);
+            let t = permit.record(Instant::now(), !failed);
             self.note(i, t);
             if let Err(e) = &result {
                 tracing::warn!(
@@ -666,6 +668,10 @@ impl Upstream {
             if !wanted {
                 return result;
             }
+            // Taken before the back-off: a request cancelled while it waits
+            // leaves a retry counted that was never sent. It ages out of the
+            // budget's window like any other, so nothing is held for good
+            // and no guard is needed to give it back.
             if !policy.budget.try_retry(Instant::now()) {
                 self.metrics.upstream_retries.add(
                     1,
