@@ -142,6 +142,14 @@ fn failure_reply(filter: &Filter, failure: &Failure, request_id: &str) -> Respon
 }
 
 fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str) {
+    // A filter that fails tends to fail every request: a line a second per
+    // filter and reason shows it, `gateway_plugin_failures_total` counts
+    // each call.
+    static LINES: std::sync::LazyLock<crate::telemetry::log_limit::KeyedLogLimit> =
+        std::sync::LazyLock::new(Default::default);
+    let Some(suppressed) = LINES.admit((&*filter.name, failure.reason)) else {
+        return;
+    };
     let policy = match filter.policy {
         FailurePolicy::FailClosed => "fail-closed",
         FailurePolicy::FailOpen => "fail-open",
@@ -153,7 +161,7 @@ fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str
         reason = failure.reason,
         policy,
         request_id,
-        "filter call failed: {}",
+        "filter call failed: {}{suppressed}",
         failure.detail
     );
 }

@@ -11,6 +11,7 @@ pub mod pool;
 
 use crate::config::{RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;
+use crate::telemetry::log_limit::LogLimit;
 use balancer::{Balancer, Endpoint};
 use breaker::{Breaker, Transition};
 use budget::RetryBudget;
@@ -91,6 +92,28 @@ impl TryOutcome {
             TryOutcome::Timeout => "timeout",
             TryOutcome::Reset => "reset",
         }
+    }
+}
+
+/// Limits on one instance's request-path log lines. A dead or failing
+/// instance fails every request sent to it; its metrics count each, the
+/// log needs a line a second to show it.
+#[derive(Default)]
+struct InstanceLogs {
+    /// `try failed`, by how: no connection, timeout, or failed mid-request.
+    try_failed: [LogLimit; 3],
+    /// An instance past its outlier threshold that cannot be ejected stays
+    /// past it, and says so on every failed try.
+    not_ejected: LogLimit,
+}
+
+impl InstanceLogs {
+    fn try_failed(&self, outcome: TryOutcome) -> &LogLimit {
+        &self.try_failed[match outcome {
+            TryOutcome::Connect => 0,
+            TryOutcome::Timeout => 1,
+            TryOutcome::Reset | TryOutcome::Status(_) => 2,
+        }]
     }
 }
 
@@ -187,6 +210,7 @@ pub struct Upstream {
     health_cfg: Option<health::HealthConfig>,
     outliers: Vec<Arc<outlier::Outlier>>,
     outlier_cfg: Option<outlier::OutlierConfig>,
+    logs: Vec<InstanceLogs>,
     /// The health checker, stopped when the upstream is dropped.
     checker: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -359,6 +383,7 @@ impl Upstream {
             health_cfg: cfg.health.clone(),
             outliers,
             outlier_cfg: cfg.outlier.clone(),
+            logs: (0..n).map(|_| InstanceLogs::default()).collect(),
             checker: parking_lot::Mutex::new(None),
         }
     }
@@ -439,15 +464,20 @@ impl Upstream {
         let now = Instant::now();
         let out = self.outliers.iter().filter(|o| o.ejected(now)).count();
         if out >= outlier::max_ejected(cfg, self.outliers.len()) {
-            tracing::warn!(
-                upstream = &*self.name,
-                instance = &*self.balancer.endpoints()[i].addr,
-                "not ejected ({reason}): {out} of {} instances are out already",
-                self.outliers.len()
-            );
+            if let Some(suppressed) = self.logs[i].not_ejected.admit() {
+                tracing::warn!(
+                    upstream = &*self.name,
+                    instance = &*self.balancer.endpoints()[i].addr,
+                    "not ejected ({reason}): {out} of {} instances are out already{suppressed}",
+                    self.outliers.len()
+                );
+            }
             return;
         }
         let d = self.outliers[i].eject(cfg, now);
+        // Not rate-limited: an ejected instance gets no new tries and its
+        // counts start over, so only tries already in flight could eject it
+        // again before this ejection ends.
         tracing::warn!(
             upstream = &*self.name,
             instance = &*self.balancer.endpoints()[i].addr,
@@ -482,6 +512,10 @@ impl Upstream {
             .ok()
     }
 
+    /// Logs and counts a breaker transition. Every one is logged, without
+    /// a rate limit: the state machine bounds them (a trip needs failures,
+    /// leaving open waits out a cool-down that grows with each trip), and
+    /// each says when an instance left or rejoined service.
     fn note(&self, i: usize, t: Option<Transition>) {
         let Some(t) = t else { return };
         let l = &self.labels[i];
@@ -651,13 +685,15 @@ impl Upstream {
             let t = permit.record(Instant::now(), !failed);
             self.note(i, t);
             if let Err(e) = &result {
-                tracing::warn!(
-                    upstream = &*self.name,
-                    instance = &*endpoint.addr,
-                    request_id = x.request_id,
-                    "try {} failed: {e:?}",
-                    attempt + 1
-                );
+                if let Some(suppressed) = self.logs[i].try_failed(outcome).admit() {
+                    tracing::warn!(
+                        upstream = &*self.name,
+                        instance = &*endpoint.addr,
+                        request_id = x.request_id,
+                        "try {} failed: {e:?}{suppressed}",
+                        attempt + 1
+                    );
+                }
             }
 
             let Some(policy) = x.retry else { return result };
