@@ -738,3 +738,62 @@ impl Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An instance that takes connections and never answers on them.
+    async fn silent_instance() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_probe_cancelled_mid_try_gives_back_its_slots() {
+        let addr = silent_instance().await;
+        let cfg: UpstreamConfig = toml::from_str(&format!(
+            "instances = [\"{addr}\"]\n[breaker]\nconsecutive_failures = 1\nfailure_rate = 0.0\ncool_down = \"1ms\"\nhalf_open_probes = 1\n"
+        ))
+        .unwrap();
+        let up = Upstream::new("app", &cfg, Arc::new(Metrics::new(&[0.1]).unwrap()));
+        let b = &up.breakers[0];
+        let (permit, _) = b.admit(Instant::now());
+        assert!(permit.unwrap().record(Instant::now(), false).is_some());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        let route = opentelemetry::Value::from("api");
+        let x = Exchange {
+            route: &route,
+            retry: None,
+            try_timeout: Duration::from_secs(10),
+            deadline: Instant::now() + Duration::from_secs(10),
+            request_id: "r1",
+            trace: None,
+        };
+        let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
+        let mut tries = Tries::default();
+        // The client goes away while the probe waits for its answer: the
+        // request future is dropped mid-try.
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(100),
+            up.send(&x, &mut tries, parts, Bytes::new()),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the instance never answers");
+        assert_eq!(tries.count, 1, "the probe was sent");
+        assert_eq!(b.state(), breaker::State::HalfOpen);
+        assert!(
+            b.pickable(Instant::now()),
+            "the probe slot is free for the next request"
+        );
+        assert_eq!(up.balancer.endpoints()[0].in_flight(), 0);
+    }
+}
