@@ -34,7 +34,10 @@ fn a_probe_abandoned_by_its_client_gives_its_slot_back() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while up.count() == seen {
-        assert!(Instant::now() < deadline, "the probe never reached the upstream");
+        assert!(
+            Instant::now() < deadline,
+            "the probe never reached the upstream"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let r = gw.get("/", &[]);

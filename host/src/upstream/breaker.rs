@@ -450,10 +450,7 @@ mod tests {
         assert_eq!(t.unwrap().reason, "cool_down_elapsed");
         assert_eq!(kind(&b.admit(t1).0), Admit::No, "one probe at a time");
         // It fails: open again, for twice as long.
-        assert_eq!(
-            p.unwrap().record(t1, false).unwrap().reason,
-            "probe_failed"
-        );
+        assert_eq!(p.unwrap().record(t1, false).unwrap().reason, "probe_failed");
         assert_eq!(
             kind(&b.admit(t1 + Duration::from_millis(1999)).0),
             Admit::No
@@ -492,7 +489,10 @@ mod tests {
             };
             waits.push(wait.as_millis());
             now += wait;
-            assert!(probe.record(now, false).is_some(), "a failed probe opens it");
+            assert!(
+                probe.record(now, false).is_some(),
+                "a failed probe opens it"
+            );
         }
         assert_eq!(waits, [1000, 2000, 3000, 3000]);
     }
@@ -564,7 +564,10 @@ mod tests {
         send(&b, t0, false);
         drop(b.admit(t0).0);
         // Still two failures in a row: the third opens it.
-        assert_eq!(send(&b, t0, false).1.unwrap().reason, "consecutive_failures");
+        assert_eq!(
+            send(&b, t0, false).1.unwrap().reason,
+            "consecutive_failures"
+        );
     }
 
     #[test]
