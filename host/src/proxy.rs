@@ -143,11 +143,11 @@ fn failure_reply(filter: &Filter, failure: &Failure, request_id: &str) -> Respon
 
 fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str) {
     // A filter that fails tends to fail every request: a line a second per
-    // filter and reason shows it, `gateway_plugin_failures_total` counts
-    // each call.
+    // filter, phase and reason shows it, `gateway_plugin_failures_total`
+    // counts each call.
     static LINES: std::sync::LazyLock<crate::telemetry::log_limit::KeyedLogLimit> =
         std::sync::LazyLock::new(Default::default);
-    let Some(suppressed) = LINES.admit((&*filter.name, failure.reason)) else {
+    let Some(suppressed) = LINES.admit((&*filter.name, phase, failure.reason)) else {
         return;
     };
     let policy = match filter.policy {

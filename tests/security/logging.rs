@@ -40,6 +40,14 @@ fn suppressed_counts(gw: &Gateway, needle: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Requests that fail one way, and the log line each failure writes.
+struct Case {
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    status: u16,
+    line: &'static str,
+}
+
 #[test]
 fn a_flood_of_failures_logs_a_line_a_second_and_counts_the_rest() {
     let app = Upstream::start("app");
@@ -76,16 +84,27 @@ filters = ["hostile"]
 "#,
         app.addr
     ));
-    let cases: [(&str, &[(&str, &str)], u16, &str); 2] = [
-        ("/dead", &[], 502, "try 1 failed"),
-        (
-            "/hostile",
-            &[("x-attack", "panic")],
-            503,
-            "filter call failed",
-        ),
+    let cases = [
+        Case {
+            path: "/dead",
+            headers: &[],
+            status: 502,
+            line: "try 1 failed",
+        },
+        Case {
+            path: "/hostile",
+            headers: &[("x-attack", "panic")],
+            status: 503,
+            line: "filter call failed",
+        },
     ];
-    for (path, headers, status, needle) in cases {
+    for Case {
+        path,
+        headers,
+        status,
+        line: needle,
+    } in cases
+    {
         let took = flood(&gw, path, headers, status);
         let lines = suppressed_counts(&gw, needle);
         let allowed = took.as_secs_f64().ceil() as usize + 1;

@@ -324,10 +324,10 @@ impl Upstream {
             .collect();
         // The old checker would go on writing to the health records this
         // one now shares until the old configuration's last request ends.
-        if let Some((up, _)) = previous.filter(|_| same_health) {
-            if let Some(t) = up.checker.lock().take() {
-                t.abort();
-            }
+        if let Some((up, _)) = previous.filter(|_| same_health)
+            && let Some(t) = up.checker.lock().take()
+        {
+            t.abort();
         }
         let outliers: Vec<Arc<outlier::Outlier>> = (0..n)
             .map(|i| match carried(same_outlier, i) {
@@ -684,16 +684,16 @@ impl Upstream {
             let failed = self.failure_on.matches(outcome);
             let t = permit.record(Instant::now(), !failed);
             self.note(i, t);
-            if let Err(e) = &result {
-                if let Some(suppressed) = self.logs[i].try_failed(outcome).admit() {
-                    tracing::warn!(
-                        upstream = &*self.name,
-                        instance = &*endpoint.addr,
-                        request_id = x.request_id,
-                        "try {} failed: {e:?}{suppressed}",
-                        attempt + 1
-                    );
-                }
+            if let Err(e) = &result
+                && let Some(suppressed) = self.logs[i].try_failed(outcome).admit()
+            {
+                tracing::warn!(
+                    upstream = &*self.name,
+                    instance = &*endpoint.addr,
+                    request_id = x.request_id,
+                    "try {} failed: {e:?}{suppressed}",
+                    attempt + 1
+                );
             }
 
             let Some(policy) = x.retry else { return result };
