@@ -100,6 +100,14 @@ fn failure_reply(filter: &Filter, failure: &Failure, request_id: &str) -> Respon
 }
 
 fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str) {
+    // A filter that fails tends to fail every request: a line a second per
+    // filter, phase and reason shows it, `gateway_plugin_failures_total`
+    // counts each call.
+    static LINES: std::sync::LazyLock<crate::telemetry::log_limit::KeyedLogLimit> =
+        std::sync::LazyLock::new(Default::default);
+    let Some(suppressed) = LINES.admit((&*filter.name, phase, failure.reason)) else {
+        return;
+    };
     let policy = match filter.policy {
         FailurePolicy::FailClosed => "fail-closed",
         FailurePolicy::FailOpen => "fail-open",
@@ -111,7 +119,7 @@ fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str
         reason = failure.reason,
         policy,
         request_id,
-        "filter call failed: {}",
+        "filter call failed: {}{suppressed}",
         failure.detail
     );
 }

@@ -6,8 +6,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod breaker;
 mod headers;
 mod hosts;
+mod logging;
 mod paths;
 mod protocol;
 

@@ -17,6 +17,7 @@
 //! metrics' cost per request. benches/metrics.rs measures all three ways.
 
 pub mod access_log;
+pub mod log_limit;
 pub mod trace;
 
 use arc_swap::ArcSwap;
