@@ -582,4 +582,70 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "9.9.9.9");
         assert!(h.get("x-real-ip").is_none());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn tricky_host() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "a",
+                "B",
+                "xn--",
+                "-",
+                ".",
+                "..",
+                ":",
+                "80",
+                "065535",
+                "65536",
+                "0",
+                "@",
+                "[",
+                "]",
+                "::1",
+                "::FFFF:1.2.3.4",
+                "%2e",
+                "_",
+                "~",
+                ",",
+                ";",
+                " ",
+                "\u{e9}",
+                "/",
+                "\\",
+            ]);
+            prop::collection::vec(piece, 0..10).prop_map(|ps| ps.concat())
+        }
+
+        /// What every accepted host must be: one spelling, which parses
+        /// back to itself, that no upstream can split or decode further.
+        fn check(h: &Host) -> Result<(), TestCaseError> {
+            let a = h.authority();
+            prop_assert_eq!(Host::parse(&a), Ok(h.clone()));
+            prop_assert_eq!(h.name.to_ascii_lowercase(), h.name.clone());
+            prop_assert!(!h.name.ends_with('.') && !h.name.is_empty());
+            prop_assert!(!a.contains(['@', '%', ',', ';', '/', '\\', ' ']), "{}", a);
+            prop_assert!(h.port != Some(0));
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+            #[test]
+            fn a_parsed_host_is_one_spelling(raw in tricky_host()) {
+                if let Ok(h) = Host::parse(&raw) {
+                    check(&h)?;
+                }
+            }
+
+            #[test]
+            fn any_text_parses_to_one_spelling_or_is_refused(raw in "\\PC{0,30}") {
+                if let Ok(h) = Host::parse(&raw) {
+                    check(&h)?;
+                }
+            }
+        }
+    }
 }

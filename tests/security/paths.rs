@@ -93,3 +93,14 @@ fn kept_path_parameters_never_sit_on_a_dot_segment() {
     // A guarded route stays guarded with a parameter on a real segment.
     assert_eq!(gw.get("/admin-only;x=1", &[]).status, 403);
 }
+
+#[test]
+fn a_raw_utf8_path_reaches_the_upstream_in_its_escaped_spelling() {
+    let up = Upstream::start("up");
+    let gw = guarded("", &up);
+    let r = gw.raw(b"GET /open/caf\xc3\xa9 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(up.last().uri, "/open/caf%C3%A9");
+    assert_eq!(gw.get("/open/caf%c3%a9", &[]).status, 200);
+    assert_eq!(up.last().uri, "/open/caf%C3%A9");
+}
