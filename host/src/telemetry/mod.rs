@@ -64,6 +64,30 @@ pub const FAILURE_REASONS: &[&str] = &[
     "instantiate",
 ];
 
+/// Why a client connection was refused at accept, as counted in
+/// `gateway_connections_refused_total` and sent as `x-gateway-error`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConnectionRefusal {
+    /// `[server] max_connections` are open.
+    TooManyConnections,
+    /// `[server] max_connections_per_client` are open from the client's address.
+    TooManyClientConnections,
+}
+
+impl ConnectionRefusal {
+    pub const ALL: [ConnectionRefusal; 2] = [
+        ConnectionRefusal::TooManyConnections,
+        ConnectionRefusal::TooManyClientConnections,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionRefusal::TooManyConnections => "too-many-connections",
+            ConnectionRefusal::TooManyClientConnections => "too-many-client-connections",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: prometheus::Registry,
     _provider: SdkMeterProvider,
@@ -105,6 +129,7 @@ pub struct Metrics {
     pub connect_duration: Histogram<f64>,
     pub state_duration: Histogram<f64>,
     pub reloads: Counter<u64>,
+    connections_refused: Counter<u64>,
     plugin_metrics: Mutex<HashMap<String, PluginMetric>>,
     /// The access log and the tracer, when configured; set once at start.
     pub access_log: OnceLock<access_log::AccessLog>,
@@ -157,6 +182,14 @@ impl Metrics {
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("gateway");
         let buckets = duration_buckets.to_vec();
+        let connections_refused = meter
+            .u64_counter("gateway_connections_refused_total")
+            .with_description("Client connections answered 503 and closed at accept, by reason (too-many-connections, too-many-client-connections)")
+            .build();
+        // At zero from start-up, so an alert has a series before the first refusal.
+        for reason in ConnectionRefusal::ALL {
+            connections_refused.add(0, &[KeyValue::new("reason", reason.as_str())]);
+        }
         let live: Arc<Live> = Arc::default();
         observe_live(&meter, &live);
         let plugin_versions: PluginVersions = Arc::default();
@@ -312,6 +345,7 @@ impl Metrics {
                 .u64_counter("gateway_reloads_total")
                 .with_description("Configuration and plugin reloads, by result (success, failure)")
                 .build(),
+            connections_refused,
             plugin_metrics: Mutex::new(HashMap::new()),
             access_log: OnceLock::new(),
             tracing: OnceLock::new(),
@@ -539,6 +573,11 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight<'_> {
         self.live.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(&self.live.in_flight)
+    }
+
+    pub fn count_connection_refused(&self, reason: ConnectionRefusal) {
+        self.connections_refused
+            .add(1, &[KeyValue::new("reason", reason.as_str())]);
     }
 
     /// Counts a client connection open until the guard drops.
