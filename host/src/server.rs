@@ -688,7 +688,7 @@ mod tests {
         client.write_all(b"PUT").await.unwrap();
         let (protocol, replay) = sniff(&mut server).await.unwrap();
         assert_eq!(protocol, Protocol::Http1);
-        assert_eq!(&replay[..], b"PU");
+        assert_eq!(&replay[..], b"PUT");
     }
 
     #[tokio::test]
