@@ -147,7 +147,7 @@ fn header_filter_edits_reach_upstream_and_client() {
         metric(
             &m,
             "gateway_plugin_headers_headers_removed_total",
-            &[("header", "x-real-ip"), ("phase", "request")]
+            &[("header", "x-original-url"), ("phase", "request")]
         ),
         Some(1.0)
     );

@@ -112,6 +112,14 @@ pub struct ServerConfig {
     /// Connections open at once from one client IP address; past it a new
     /// one is answered 503 `too-many-client-connections`. No limit when absent.
     pub max_connections_per_client: Option<Spanned<usize>>,
+    /// What to do with `;` parameters in path segments (`/a;jsessionid=1`),
+    /// which Java upstreams strip before resolving `..`.
+    #[serde(default)]
+    pub path_parameters: PathParameters,
+    /// Pass request headers whose names contain `_`. Off by default, as in
+    /// nginx: CGI-style upstreams read `X_User` as `X-User`.
+    #[serde(default)]
+    pub underscores_in_headers: bool,
 }
 
 impl ServerConfig {
@@ -145,6 +153,18 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// The policy for `;` parameters in path segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathParameters {
+    /// Answer 400 to any path with a `;` (or `%3B`) in a segment.
+    #[default]
+    Refuse,
+    /// Keep parameters on segments whose name (before the first `;`) is
+    /// not empty, `.` or `..`; refuse the rest.
+    Keep,
 }
 
 #[derive(Debug, PartialEq, Deserialize)]

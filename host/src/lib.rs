@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod config;
 pub mod echo;
+pub mod edge;
 pub mod plugin;
 pub mod proxy;
 pub mod reload;

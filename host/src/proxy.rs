@@ -1,7 +1,9 @@
 //! The request pipeline, one phase after another:
 //!
 //! ```text
-//! normalise path → route → strip hop-by-hop, set forwarding headers
+//! drop `_` headers → refuse what upstreams read two ways (transfer
+//!   codings, upgrades, hosts, paths) → route → strip hop-by-hop, set
+//!   forwarding headers
 //!   → filters on-request (config order; any may answer early)
 //!   → read body (bounded) → upstream (timeout) → strip hop-by-hop
 //!   → filters on-response (reverse order) → metrics
@@ -12,6 +14,7 @@
 
 use crate::Gateway;
 use crate::config::FailurePolicy;
+use crate::edge::{self, Refusal, RefusalKind};
 use crate::plugin::bindings::Reply;
 use crate::plugin::host::{RequestInfo, RequestState, ResponseState};
 use crate::plugin::{Decision, Failure, Filter, Held};
@@ -21,7 +24,7 @@ use crate::telemetry::method_label;
 use crate::telemetry::trace::{self, RequestTrace};
 use crate::upstream::Failed;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -35,63 +38,7 @@ use std::time::Instant;
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_GATEWAY_ERROR: HeaderName = HeaderName::from_static("x-gateway-error");
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus the obsolete ones clients still send.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-/// Removes hop-by-hop headers, including every header the `Connection`
-/// header names (a client can name `X-Forwarded-For` there to have a naive
-/// proxy drop the real one). `Host` and `Content-Length` are never removed
-/// this way: the gateway sets them itself.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        h.remove(n);
-    }
-}
-
-/// The host the client asked for: the `Host` header, or the URI's authority
-/// (HTTP/2 and absolute-form requests).
-pub fn authority(p: &http::request::Parts) -> Option<&str> {
-    p.headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| p.uri.authority().map(|a| a.as_str()))
-}
 
 fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -120,6 +67,17 @@ pub fn local_reply(
     r
 }
 
+/// The gateway's answer to a request refused at the edge, counted by kind.
+fn refuse(gw: &Gateway, refusal: Refusal, request_id: &str) -> Response<ProxyBody> {
+    gw.metrics.count_refusal(refusal.kind);
+    local_reply(
+        refusal.kind.status(),
+        refusal.kind.code(),
+        &format!("bad request: {}", refusal.message),
+        request_id,
+    )
+}
+
 fn reply_response(reply: Reply) -> Response<ProxyBody> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(reply.body))));
     *r.status_mut() =
@@ -142,6 +100,14 @@ fn failure_reply(filter: &Filter, failure: &Failure, request_id: &str) -> Respon
 }
 
 fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str) {
+    // A filter that fails tends to fail every request: a line a second per
+    // filter, phase and reason shows it, `gateway_plugin_failures_total`
+    // counts each call.
+    static LINES: std::sync::LazyLock<crate::telemetry::log_limit::KeyedLogLimit> =
+        std::sync::LazyLock::new(Default::default);
+    let Some(suppressed) = LINES.admit((&*filter.name, phase, failure.reason)) else {
+        return;
+    };
     let policy = match filter.policy {
         FailurePolicy::FailClosed => "fail-closed",
         FailurePolicy::FailOpen => "fail-open",
@@ -153,7 +119,7 @@ fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str
         reason = failure.reason,
         policy,
         request_id,
-        "filter call failed: {}",
+        "filter call failed: {}{suppressed}",
         failure.detail
     );
 }
@@ -214,7 +180,7 @@ pub async fn handle(
         want_tenant: log.is_some(),
         ..Trail::default()
     };
-    let resp = pipeline(&gw, req, client, trace.as_ref(), &mut trail).await;
+    let resp = pipeline(&gw, req, client, started, trace.as_ref(), &mut trail).await;
     let status = resp.status().as_u16();
     let rt = trail.route.map(|i| &gw.route_runtime[i]);
     let rm = rt.map_or(&gw.unrouted, |rt| &rt.metrics);
@@ -320,6 +286,7 @@ async fn pipeline(
     gw: &Gateway,
     req: Request<Incoming>,
     client: SocketAddr,
+    arrived: Instant,
     trace: Option<&RequestTrace<'_>>,
     trail: &mut Trail,
 ) -> Response<ProxyBody> {
@@ -336,19 +303,29 @@ async fn pipeline(
     };
     trail.request_id = request_id.clone();
 
-    let path = match normalize_path(parts.uri.path()) {
+    if !gw.server.underscores_in_headers {
+        let dropped = edge::drop_underscore_headers(&mut parts.headers);
+        gw.metrics.count_dropped_headers("underscore", dropped);
+    }
+    if let Err(r) = edge::check_protocol(&parts) {
+        return refuse(gw, r, &request_id);
+    }
+    let host = match edge::request_host(&parts) {
+        Ok(h) => h,
+        Err(r) => return refuse(gw, r, &request_id),
+    };
+    let path = match normalize_path(parts.uri.path(), gw.server.path_parameters) {
         Ok(p) => p,
         Err(e) => {
-            return local_reply(
-                StatusCode::BAD_REQUEST,
-                "bad-path",
-                &format!("bad request: {e}"),
-                &request_id,
-            );
+            let r = Refusal {
+                kind: RefusalKind::BadPath,
+                message: e.to_string().into(),
+            };
+            return refuse(gw, r, &request_id);
         }
     };
-    let host = authority(&parts).map(str::to_string);
-    let Some(route) = gw.routes.find(host.as_deref(), &path, &parts.method) else {
+    let route_path = crate::routing::without_parameters(&path);
+    let Some(route) = gw.routes.find(host.as_ref(), &route_path, &parts.method) else {
         return local_reply(
             StatusCode::NOT_FOUND,
             "no-route",
@@ -356,6 +333,9 @@ async fn pipeline(
             &request_id,
         );
     };
+    if edge::is_trace(&parts.method) && !route.lists_method(&parts.method) {
+        return refuse(gw, edge::trace_refusal(&parts.method), &request_id);
+    }
     let rt = &gw.route_runtime[route.index];
     trail.route = Some(route.index);
     if let Some(t) = trace {
@@ -381,8 +361,18 @@ async fn pipeline(
         );
     }
 
-    strip_hop_by_hop(&mut parts.headers);
-    set_forwarding_headers(&mut parts.headers, client, host.as_deref(), trust);
+    edge::strip_hop_by_hop(&mut parts.headers);
+    // The gateway answers `100-continue` itself when it reads the body.
+    parts.headers.remove(header::EXPECT);
+    let removed = edge::set_forwarding_headers(
+        &mut parts.headers,
+        client.ip(),
+        host.as_ref(),
+        "http",
+        trust,
+    );
+    gw.metrics
+        .count_dropped_headers("untrusted_forwarding", removed);
     parts.headers.insert(
         X_REQUEST_ID,
         HeaderValue::from_str(&request_id).expect("hex id"),
@@ -403,11 +393,15 @@ async fn pipeline(
             );
         }
     };
-    if let Some(h) = &host
-        && !parts.headers.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(h)
-    {
-        parts.headers.insert(header::HOST, v);
+    // Routing, filters (`authority()`), X-Forwarded-Host and the upstream
+    // all see this one host.
+    match host.as_ref().map(|h| HeaderValue::from_str(&h.authority())) {
+        Some(Ok(v)) => {
+            parts.headers.insert(header::HOST, v);
+        }
+        _ => {
+            parts.headers.remove(header::HOST);
+        }
     }
 
     let info = Arc::new(RequestInfo {
@@ -461,7 +455,21 @@ async fn pipeline(
         Some(r) => r,
         None => {
             let response_filters = !passed.is_empty();
-            match forward(gw, rt, &mut state, body, trace, trail, response_filters).await {
+            // The route's timeout bounds the whole request once: reading
+            // the body and every try share one deadline.
+            let deadline = arrived + rt.timeout;
+            match forward(
+                gw,
+                rt,
+                &mut state,
+                body,
+                deadline,
+                trace,
+                trail,
+                response_filters,
+            )
+            .await
+            {
                 Ok(r) => {
                     trail.answered_by = AnsweredBy::Upstream;
                     r
@@ -516,38 +524,15 @@ async fn pipeline(
     Response::from_parts(parts, body)
 }
 
-fn set_forwarding_headers(h: &mut HeaderMap, client: SocketAddr, host: Option<&str>, trust: bool) {
-    let ip = client.ip().to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trust => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    h.insert(
-        X_FORWARDED_FOR,
-        HeaderValue::from_str(&xff).expect("ascii address"),
-    );
-    if !(trust && h.contains_key(&X_FORWARDED_PROTO)) {
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if !(trust && h.contains_key(&X_FORWARDED_HOST)) {
-        match host.and_then(|v| HeaderValue::from_str(v).ok()) {
-            Some(v) => {
-                h.insert(X_FORWARDED_HOST, v);
-            }
-            None => {
-                h.remove(&X_FORWARDED_HOST);
-            }
-        }
-    }
-}
-
 /// Reads the body (bounded), sends the request upstream and returns its
 /// response, or the gateway's answer when that fails.
+#[allow(clippy::too_many_arguments)] // until one request context holds them
 async fn forward(
     gw: &Gateway,
     rt: &crate::RouteRuntime,
     state: &mut RequestState,
     body: Incoming,
+    deadline: Instant,
     trace: Option<&RequestTrace<'_>>,
     trail: &mut Trail,
     response_filters: bool,
@@ -555,7 +540,8 @@ async fn forward(
     let info = state.info.clone();
     let request_id = info.request_id.as_str();
     let limit = gw.server.max_body_bytes;
-    let body = match tokio::time::timeout(rt.timeout, Limited::new(body, limit).collect()).await {
+    let read = Limited::new(body, limit).collect();
+    let body = match tokio::time::timeout_at(deadline.into(), read).await {
         Err(_) => {
             return Err(local_reply(
                 StatusCode::REQUEST_TIMEOUT,
@@ -608,7 +594,7 @@ async fn forward(
         route: &rt.label,
         retry: rt.retry.as_deref(),
         try_timeout: rt.try_timeout,
-        deadline: std::time::Instant::now() + rt.timeout,
+        deadline,
         request_id,
         trace,
     };
@@ -651,7 +637,7 @@ async fn forward(
         )),
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
-            strip_hop_by_hop(&mut p.headers);
+            edge::strip_hop_by_hop(&mut p.headers);
             Ok(Response::from_parts(p, Either::Left(b)))
         }
     }

@@ -207,6 +207,7 @@ impl Reloader {
             Gateway::build(config, &runtime, metrics.clone(), &mut builder.cache, None).await?;
         builder.cache.trim(&gw.plugins);
         metrics.declare_reloads();
+        metrics.declare_edge();
         let shared = Arc::new(Shared::new(gw, metrics));
         Ok(Arc::new(Reloader {
             shared,

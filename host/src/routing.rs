@@ -5,7 +5,8 @@
 //! what the upstream will act on. Anything that could be read two ways is
 //! refused rather than guessed.
 
-use crate::config::RouteConfig;
+use crate::config::{PathParameters, RouteConfig};
+use crate::edge::Host;
 use http::Method;
 
 /// Why a path was refused (answered with 400).
@@ -23,6 +24,14 @@ pub enum PathError {
     Backslash,
     #[error("the path climbs above the root with `..`")]
     AboveRoot,
+    #[error(
+        "the path has a `;` parameter, which Java upstreams strip before resolving `..`; this gateway refuses path parameters"
+    )]
+    Parameter,
+    #[error(
+        "a `.`, `..` or empty path segment carries a `;` parameter, which upstreams resolve differently"
+    )]
+    DotSegmentParameter,
 }
 
 /// Normalises a request path (without its query):
@@ -30,11 +39,17 @@ pub enum PathError {
 ///   decoded, other escapes kept with upper-case hex, so `%2e%2e` is `..`;
 /// - escaped `/` and `\`, raw `\`, NUL and control characters are refused;
 /// - empty segments (`//`) are merged and `.`/`..` segments resolved;
-/// - `..` above the root is refused.
+/// - `..` above the root is refused;
+/// - a `;` parameter (raw or as `%3B`) is refused under
+///   [`PathParameters::Refuse`]. Tomcat, Jetty and Spring drop `;...` from
+///   a segment before resolving dot segments, so `/a/..;/b` is `/b` to them
+///   and `/a/..;/b` to everyone else. Under [`PathParameters::Keep`] a
+///   parameter is kept where that cannot happen: on a segment whose name
+///   (what comes before the first `;`) is not empty, `.` or `..`.
 ///
 /// A trailing slash is kept, because upstreams often treat `/a/` and `/a`
 /// differently.
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+pub fn normalize_path(raw: &str, parameters: PathParameters) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
@@ -44,6 +59,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     let mut trailing_slash = false;
     for (i, part) in parts.iter().enumerate() {
         let seg = decode_segment(part)?;
+        check_parameters(&seg, parameters)?;
         match seg.as_str() {
             "" => {
                 if i == last {
@@ -75,6 +91,45 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// The path routes match on: a normalised path without its segments' `;`
+/// parameters (kept under [`PathParameters::Keep`]), because that is the
+/// resource Java upstreams serve: `/admin;x=1` must meet `/admin`'s route.
+pub fn without_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') && !path.contains("%3B") {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let end = [seg.find(';'), seg.find("%3B")]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(seg.len());
+        out.push_str(&seg[..end]);
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Checks a decoded segment (where a `%3B` is still `%3B`) against the
+/// path-parameter policy.
+fn check_parameters(seg: &str, parameters: PathParameters) -> Result<(), PathError> {
+    let name_end = match (seg.find(';'), seg.find("%3B")) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => return Ok(()),
+    };
+    if parameters == PathParameters::Refuse {
+        return Err(PathError::Parameter);
+    }
+    match &seg[..name_end] {
+        "" | "." | ".." => Err(PathError::DotSegmentParameter),
+        _ => Ok(()),
+    }
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -141,7 +196,9 @@ enum HostMatch {
 impl Route {
     pub fn new(index: usize, cfg: &RouteConfig) -> Route {
         let host = cfg.host.as_ref().map(|h| {
+            // Compared with request hosts as `edge::Host` writes them.
             let h = h.to_ascii_lowercase();
+            let h = h.strip_suffix('.').unwrap_or(&h).to_string();
             match h.strip_prefix('*') {
                 Some(suffix) => HostMatch::Suffix(suffix.to_string()),
                 None => HostMatch::Exact(h),
@@ -158,6 +215,12 @@ impl Route {
                     .collect()
             }),
         }
+    }
+
+    /// Whether the route's `methods` name this method; `TRACE` and `TRACK`
+    /// are served only where a route names them.
+    pub fn lists_method(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_some_and(|ms| ms.contains(method))
     }
 
     fn matches(&self, host: Option<&str>, path: &str, method: &Method) -> bool {
@@ -189,22 +252,6 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
 }
 
-/// The host part of an authority, without port, lower-cased.
-pub fn host_of(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority
-            .split_once(']')
-            .map_or(authority, |(h, _)| &h[1..]);
-    }
-    authority.rsplit_once(':').map_or(authority, |(h, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            authority
-        }
-    })
-}
-
 /// The routes, tried in configuration order; the first match wins.
 #[derive(Debug)]
 pub struct RouteTable {
@@ -222,8 +269,8 @@ impl RouteTable {
         }
     }
 
-    pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&Route> {
-        let host = host.map(host_of);
+    pub fn find(&self, host: Option<&Host>, path: &str, method: &Method) -> Option<&Route> {
+        let host = host.map(|h| h.name.as_str());
         self.routes.iter().find(|r| r.matches(host, path, method))
     }
 }
@@ -251,7 +298,11 @@ mod tests {
             ("/a/.", "/a/"),
         ];
         for (raw, want) in ok {
-            assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
+            assert_eq!(
+                normalize_path(raw, PathParameters::Refuse).as_deref(),
+                Ok(want),
+                "{raw}"
+            );
         }
     }
 
@@ -271,7 +322,11 @@ mod tests {
             ("a", PathError::NotAbsolute),
         ];
         for (raw, want) in bad {
-            assert_eq!(normalize_path(raw), Err(want), "{raw}");
+            assert_eq!(
+                normalize_path(raw, PathParameters::Refuse),
+                Err(want),
+                "{raw}"
+            );
         }
     }
 
@@ -286,9 +341,110 @@ mod tests {
     }
 
     #[test]
-    fn hosts_without_ports() {
-        assert_eq!(host_of("example.com:8080"), "example.com");
-        assert_eq!(host_of("example.com"), "example.com");
-        assert_eq!(host_of("[::1]:80"), "::1");
+    fn path_parameters_are_refused_by_default() {
+        for raw in [
+            "/tenants/acme/..;/globex/x",
+            "/open/..;/admin-only",
+            "/open/%2e%2e;/admin-only",
+            "/open/%2e%2e%3b/admin-only",
+            "/a;jsessionid=1",
+            "/a/b;x/c",
+            "/a/b%3Bx",
+        ] {
+            assert_eq!(
+                normalize_path(raw, PathParameters::Refuse),
+                Err(PathError::Parameter),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn kept_path_parameters_never_sit_on_a_dot_segment() {
+        let keep = PathParameters::Keep;
+        assert_eq!(
+            normalize_path("/a;jsessionid=1/b", keep).as_deref(),
+            Ok("/a;jsessionid=1/b")
+        );
+        assert_eq!(normalize_path("/a/b%3bx", keep).as_deref(), Ok("/a/b%3Bx"));
+        for raw in [
+            "/open/..;/admin-only",
+            "/open/.;x/admin-only",
+            "/open/%2e%2e;/admin-only",
+            "/open/%2E%2e%3B/admin-only",
+            "/open/;x/admin-only",
+            "/open/..;",
+        ] {
+            assert_eq!(
+                normalize_path(raw, keep),
+                Err(PathError::DotSegmentParameter),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_match_kept_parameters_on_the_bare_segment() {
+        assert_eq!(without_parameters("/a;x=1/b%3By/c"), "/a/b/c");
+        assert_eq!(without_parameters("/admin-only;x"), "/admin-only");
+        assert_eq!(without_parameters("/a/b/"), "/a/b/");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Paths built from the pieces that make normalisation hard.
+        fn tricky_path() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "/", "//", ".", "..", "%2e", "%2E", "%2e%2e", ";", "%3b", "%3B", ";x=1", "a", "B",
+                "~", "%7e", "%2f", "%5c", "\\", "%00", "%", "%4", "%41", "%c3%a9", "-", "_", " ",
+                "?", "#",
+            ]);
+            prop::collection::vec(piece, 0..12).prop_map(|ps| format!("/{}", ps.concat()))
+        }
+
+        fn policy() -> impl Strategy<Value = PathParameters> {
+            prop::sample::select(vec![PathParameters::Refuse, PathParameters::Keep])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+            #[test]
+            fn normalising_twice_changes_nothing(raw in tricky_path(), p in policy()) {
+                if let Ok(once) = normalize_path(&raw, p) {
+                    prop_assert_eq!(normalize_path(&once, p), Ok(once.clone()));
+                }
+            }
+
+            #[test]
+            fn no_output_can_be_read_two_ways(raw in tricky_path(), p in policy()) {
+                let Ok(out) = normalize_path(&raw, p) else { return Ok(()) };
+                prop_assert!(out.starts_with('/'));
+                let upper = out.to_ascii_uppercase();
+                prop_assert!(!upper.contains("%2F") && !upper.contains("%5C") && !out.contains('\\'));
+                for seg in out.split('/').skip(1) {
+                    prop_assert!(seg != "." && seg != "..", "dot segment in {}", out);
+                    let name = seg.split(';').next().unwrap_or("");
+                    let name = name.split("%3B").next().unwrap_or("");
+                    let has_parameter = seg.contains(';') || seg.contains("%3B");
+                    match p {
+                        PathParameters::Refuse => prop_assert!(!has_parameter, "{}", out),
+                        PathParameters::Keep => prop_assert!(
+                            !has_parameter || !matches!(name, "" | "." | ".."),
+                            "{}", out
+                        ),
+                    }
+                }
+                prop_assert!(!out.contains("//"));
+            }
+
+            #[test]
+            fn any_bytes_normalise_or_are_refused(raw in "\\PC{0,40}", p in policy()) {
+                // Never panics; an answer either way.
+                let _ = normalize_path(&raw, p);
+            }
+        }
     }
 }

@@ -241,7 +241,7 @@ impl WasiView for HostState {
 /// Headers a filter may not set: the gateway owns message framing and the
 /// connection, and `host` decides routing.
 pub fn is_protected(name: &HeaderName) -> bool {
-    crate::proxy::is_hop_by_hop(name)
+    crate::edge::is_hop_by_hop(name)
         || name == http::header::HOST
         || name == http::header::CONTENT_LENGTH
 }
@@ -347,7 +347,7 @@ impl types::HostRequest for HostState {
     }
     fn authority(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
         let p = &self.table.get(&r)?.parts;
-        Ok(crate::proxy::authority(p).map(str::to_string))
+        Ok(crate::edge::authority(p).map(str::to_string))
     }
     fn scheme(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
         Ok(self.table.get(&r)?.info.scheme.to_string())

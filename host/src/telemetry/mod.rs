@@ -17,6 +17,7 @@
 //! metrics' cost per request. benches/metrics.rs measures all three ways.
 
 pub mod access_log;
+pub mod log_limit;
 pub mod trace;
 
 use arc_swap::ArcSwap;
@@ -87,6 +88,8 @@ impl ConnectionRefusal {
         }
     }
 }
+/// The `reason` labels of `gateway_http_request_headers_dropped_total`.
+pub const DROPPED_HEADER_REASONS: &[&str] = &["underscore", "untrusted_forwarding"];
 
 pub struct Metrics {
     registry: prometheus::Registry,
@@ -130,6 +133,10 @@ pub struct Metrics {
     pub state_duration: Histogram<f64>,
     pub reloads: Counter<u64>,
     connections_refused: Counter<u64>,
+    /// Requests refused at the edge, by reason (`edge::RefusalKind`).
+    requests_refused: Counter<u64>,
+    /// Request headers removed before routing, by reason.
+    headers_dropped: Counter<u64>,
     plugin_metrics: Mutex<HashMap<String, PluginMetric>>,
     /// The access log and the tracer, when configured; set once at start.
     pub access_log: OnceLock<access_log::AccessLog>,
@@ -346,6 +353,18 @@ impl Metrics {
                 .with_description("Configuration and plugin reloads, by result (success, failure)")
                 .build(),
             connections_refused,
+            requests_refused: meter
+                .u64_counter("gateway_http_requests_refused_total")
+                .with_description(
+                    "Requests refused before routing because an upstream could read them differently, by reason",
+                )
+                .build(),
+            headers_dropped: meter
+                .u64_counter("gateway_http_request_headers_dropped_total")
+                .with_description(
+                    "Request headers removed before filters ran, by reason (underscore: a `_` in the name; untrusted_forwarding: a client's forwarding header)",
+                )
+                .build(),
             plugin_metrics: Mutex::new(HashMap::new()),
             access_log: OnceLock::new(),
             tracing: OnceLock::new(),
@@ -374,6 +393,31 @@ impl Metrics {
     pub fn declare_reloads(&self) {
         self.reloads.add(0, &[KeyValue::new("result", "success")]);
         self.reloads.add(0, &[KeyValue::new("result", "failure")]);
+    }
+
+    /// The edge's series, at zero.
+    pub fn declare_edge(&self) {
+        for kind in crate::edge::RefusalKind::ALL {
+            self.requests_refused
+                .add(0, &[KeyValue::new("reason", kind.code())]);
+        }
+        for reason in DROPPED_HEADER_REASONS {
+            self.headers_dropped
+                .add(0, &[KeyValue::new("reason", *reason)]);
+        }
+    }
+
+    pub fn count_refusal(&self, kind: crate::edge::RefusalKind) {
+        self.requests_refused
+            .add(1, &[KeyValue::new("reason", kind.code())]);
+    }
+
+    pub fn count_dropped_headers(&self, reason: &'static str, n: usize) {
+        debug_assert!(DROPPED_HEADER_REASONS.contains(&reason));
+        if n > 0 {
+            self.headers_dropped
+                .add(n as u64, &[KeyValue::new("reason", reason)]);
+        }
     }
 
     pub fn count_reload(&self, ok: bool) {

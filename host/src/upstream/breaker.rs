@@ -109,13 +109,46 @@ pub struct Transition {
     pub reason: &'static str,
 }
 
-/// Whether a request may go to the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
-    Yes,
-    /// Yes, as one of the half-open probes: report its outcome.
-    Probe,
-    No,
+/// A request the breaker let through. Its outcome goes back through
+/// [`Permit::record`]. A permit dropped without one belongs to a request
+/// that was cancelled (its client reset the stream or went away mid-try):
+/// a probe then gives its slot back, so the next request can probe.
+///
+/// A cancelled request counts as neither success nor failure. It says
+/// nothing about the instance, only about the client; counting it as a
+/// failure would let clients that give up early hold a healthy instance
+/// out of service, and as a success would close the breaker on an instance
+/// never heard from. Envoy and linkerd likewise do not count a request the
+/// client cancelled as an upstream failure.
+#[must_use = "a permit records the try's outcome; dropped, it counts as cancelled"]
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    /// For a half-open probe, the half-open period it was admitted in; a
+    /// probe outliving its period (the breaker opened again meanwhile)
+    /// must not take a slot or a vote from the next one.
+    probe: Option<u64>,
+}
+
+impl Permit<'_> {
+    /// Whether this request is one of the half-open probes.
+    pub fn is_probe(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// Reports how the request ended.
+    pub fn record(mut self, now: Instant, success: bool) -> Option<Transition> {
+        let probe = self.probe.take();
+        self.breaker.record(now, probe, success)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(period) = self.probe.take() {
+            self.breaker.release(period);
+        }
+    }
 }
 
 /// Outcome counts in one slice of the window.
@@ -138,6 +171,9 @@ struct Inner {
     trips: u32,
     probes_in_flight: u32,
     probe_successes: u32,
+    /// Counts half-open periods, so a probe can tell whether the period it
+    /// was admitted in is still the current one.
+    half_open_period: u64,
 }
 
 #[derive(Debug)]
@@ -158,6 +194,7 @@ impl Breaker {
                 trips: 0,
                 probes_in_flight: 0,
                 probe_successes: 0,
+                half_open_period: 0,
             }),
         }
     }
@@ -178,40 +215,61 @@ impl Breaker {
         }
     }
 
-    /// Asks to send one request. A `Probe` must be followed by `record`.
-    pub fn admit(&self, now: Instant) -> (Admit, Option<Transition>) {
+    /// Asks to send one request: a permit when it may go, to be told the
+    /// outcome (or dropped if the request is cancelled).
+    pub fn admit(&self, now: Instant) -> (Option<Permit<'_>>, Option<Transition>) {
         let mut g = self.inner.lock();
         let mut transition = None;
         if g.state == State::Open && g.open_until.is_some_and(|t| now >= t) {
             g.state = State::HalfOpen;
             g.probes_in_flight = 0;
             g.probe_successes = 0;
+            g.half_open_period += 1;
             transition = Some(Transition {
                 from: State::Open,
                 to: State::HalfOpen,
                 reason: "cool_down_elapsed",
             });
         }
-        let admit = match g.state {
-            State::Closed => Admit::Yes,
-            State::Open => Admit::No,
+        let probe = match g.state {
+            State::Closed => None,
+            State::Open => return (None, transition),
             State::HalfOpen if g.probes_in_flight < self.cfg.half_open_probes => {
                 g.probes_in_flight += 1;
-                Admit::Probe
+                Some(g.half_open_period)
             }
-            State::HalfOpen => Admit::No,
+            State::HalfOpen => return (None, transition),
         };
-        (admit, transition)
+        let permit = Permit {
+            breaker: self,
+            probe,
+        };
+        (Some(permit), transition)
     }
 
-    /// Records the outcome of a request `admit` let through.
-    pub fn record(&self, now: Instant, admitted: Admit, success: bool) -> Option<Transition> {
+    /// Whether `period` is the half-open period the breaker is in now.
+    fn current_probe(g: &Inner, period: Option<u64>) -> bool {
+        g.state == State::HalfOpen && period == Some(g.half_open_period)
+    }
+
+    /// Gives back the slot of a probe that ended without an outcome.
+    fn release(&self, period: u64) {
         let mut g = self.inner.lock();
-        if admitted == Admit::Probe {
+        if Breaker::current_probe(&g, Some(period)) {
+            g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Records the outcome of a request `admit` let through; `probe` is the
+    /// half-open period of a probe.
+    fn record(&self, now: Instant, probe: Option<u64>, success: bool) -> Option<Transition> {
+        let mut g = self.inner.lock();
+        let current_probe = Breaker::current_probe(&g, probe);
+        if current_probe {
             g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
         }
         match g.state {
-            State::HalfOpen if admitted == Admit::Probe => {
+            State::HalfOpen if current_probe => {
                 if success {
                     g.probe_successes += 1;
                     if g.probe_successes >= self.cfg.successes_to_close {
@@ -230,8 +288,9 @@ impl Breaker {
                     Some(self.trip(&mut g, now, State::HalfOpen, "probe_failed"))
                 }
             }
-            // Answers to requests sent before the breaker opened (or
-            // ordinary requests racing a half-open switch) change nothing.
+            // Answers to requests sent before the breaker opened, probes
+            // of an earlier half-open period, and ordinary requests racing
+            // a half-open switch change nothing.
             State::HalfOpen | State::Open => None,
             State::Closed => {
                 self.count(&mut g, now, success);
@@ -331,12 +390,27 @@ mod tests {
         }
     }
 
-    fn send(b: &Breaker, now: Instant, ok: bool) -> (Admit, Option<Transition>) {
-        let (a, t1) = b.admit(now);
-        if a == Admit::No {
-            return (a, t1);
+    /// What `admit` said, for comparing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Admit {
+        Yes,
+        Probe,
+        No,
+    }
+
+    fn kind(p: &Option<Permit<'_>>) -> Admit {
+        match p {
+            None => Admit::No,
+            Some(p) if p.is_probe() => Admit::Probe,
+            Some(_) => Admit::Yes,
         }
-        let t2 = b.record(now, a, ok);
+    }
+
+    /// Admits one request and, if it may go, records its outcome.
+    fn send(b: &Breaker, now: Instant, ok: bool) -> (Admit, Option<Transition>) {
+        let (p, t1) = b.admit(now);
+        let a = kind(&p);
+        let t2 = p.and_then(|p| p.record(now, ok));
         (a, t2.or(t1))
     }
 
@@ -357,7 +431,7 @@ mod tests {
                 reason: "consecutive_failures"
             })
         );
-        assert_eq!(b.admit(t0 + Duration::from_millis(999)).0, Admit::No);
+        assert_eq!(kind(&b.admit(t0 + Duration::from_millis(999)).0), Admit::No);
         assert!(!b.pickable(t0 + Duration::from_millis(999)));
     }
 
@@ -371,13 +445,16 @@ mod tests {
         // After the cool-down one probe goes through, a second must wait.
         let t1 = t0 + Duration::from_secs(1);
         assert!(b.pickable(t1));
-        let (a, t) = b.admit(t1);
-        assert_eq!(a, Admit::Probe);
+        let (p, t) = b.admit(t1);
+        assert_eq!(kind(&p), Admit::Probe);
         assert_eq!(t.unwrap().reason, "cool_down_elapsed");
-        assert_eq!(b.admit(t1).0, Admit::No, "one probe at a time");
+        assert_eq!(kind(&b.admit(t1).0), Admit::No, "one probe at a time");
         // It fails: open again, for twice as long.
-        assert_eq!(b.record(t1, a, false).unwrap().reason, "probe_failed");
-        assert_eq!(b.admit(t1 + Duration::from_millis(1999)).0, Admit::No);
+        assert_eq!(p.unwrap().record(t1, false).unwrap().reason, "probe_failed");
+        assert_eq!(
+            kind(&b.admit(t1 + Duration::from_millis(1999)).0),
+            Admit::No
+        );
         let t2 = t1 + Duration::from_secs(2);
         // Two successful probes close it.
         assert_eq!(send(&b, t2, true).0, Admit::Probe);
@@ -391,7 +468,7 @@ mod tests {
                 reason: "probes_succeeded"
             })
         );
-        assert_eq!(b.admit(t2).0, Admit::Yes);
+        assert_eq!(kind(&b.admit(t2).0), Admit::Yes);
     }
 
     #[test]
@@ -404,13 +481,18 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..4 {
             let mut wait = Duration::ZERO;
-            while b.admit(now + wait).0 == Admit::No {
+            let probe = loop {
+                if let (Some(p), _) = b.admit(now + wait) {
+                    break p;
+                }
                 wait += Duration::from_millis(250);
-            }
+            };
             waits.push(wait.as_millis());
             now += wait;
-            // The probe fails (it was admitted by the loop's last admit).
-            b.record(now, Admit::Probe, false);
+            assert!(
+                probe.record(now, false).is_some(),
+                "a failed probe opens it"
+            );
         }
         assert_eq!(waits, [1000, 2000, 3000, 3000]);
     }
@@ -448,5 +530,82 @@ mod tests {
         for i in 0..10 {
             assert_eq!(send(&b, t1, i >= 2).1, None);
         }
+    }
+
+    #[test]
+    fn a_cancelled_probe_gives_its_slot_back_and_counts_for_nothing() {
+        let b = Breaker::new(cfg());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            send(&b, t0, false);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        let (probe, _) = b.admit(t1);
+        assert_eq!(kind(&probe), Admit::Probe);
+        assert!(!b.pickable(t1), "the one probe slot is taken");
+        assert_eq!(kind(&b.admit(t1).0), Admit::No);
+        // The request carrying it is cancelled: its future, and with it
+        // the permit, is dropped before an outcome.
+        drop(probe);
+        assert!(b.pickable(t1), "the slot is free again");
+        assert_eq!(b.state(), State::HalfOpen, "not counted as a failure");
+        // Two more successful probes close it: the cancelled one was not
+        // counted as a success either.
+        assert_eq!(send(&b, t1, true), (Admit::Probe, None));
+        assert_eq!(send(&b, t1, true).1.unwrap().reason, "probes_succeeded");
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
+    fn an_ordinary_request_cancelled_changes_nothing() {
+        let b = Breaker::new(cfg());
+        let t0 = Instant::now();
+        send(&b, t0, false);
+        send(&b, t0, false);
+        drop(b.admit(t0).0);
+        // Still two failures in a row: the third opens it.
+        assert_eq!(
+            send(&b, t0, false).1.unwrap().reason,
+            "consecutive_failures"
+        );
+    }
+
+    #[test]
+    fn a_probe_of_an_earlier_half_open_period_takes_no_slot_or_vote() {
+        let b = Breaker::new(BreakerConfig {
+            half_open_probes: 2,
+            ..cfg()
+        });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            send(&b, t0, false);
+        }
+        let t1 = t0 + Duration::from_secs(1);
+        let (failing, _) = b.admit(t1);
+        let (cancelled_late, _) = b.admit(t1);
+        assert_eq!(kind(&b.admit(t1).0), Admit::No, "two probes at most");
+        assert_eq!(failing.unwrap().record(t1, false).unwrap().to, State::Open);
+
+        // A new period with both its slots taken. The old period's other
+        // probe is cancelled now: it frees no slot of the new period.
+        let t2 = t1 + Duration::from_secs(2);
+        let (failing, _) = b.admit(t2);
+        let (answered_late, _) = b.admit(t2);
+        drop(cancelled_late);
+        assert!(!b.pickable(t2), "the new period's slots stay taken");
+        assert_eq!(failing.unwrap().record(t2, false).unwrap().to, State::Open);
+
+        // And a probe answering in a later period has no vote there.
+        let t3 = t2 + Duration::from_secs(3);
+        let (a, _) = b.admit(t3);
+        let (c, _) = b.admit(t3);
+        assert_eq!((kind(&a), kind(&c)), (Admit::Probe, Admit::Probe));
+        assert_eq!(answered_late.unwrap().record(t3, true), None);
+        assert!(!b.pickable(t3), "the new period's slots stay taken");
+        assert_eq!(a.unwrap().record(t3, true), None, "one vote of two");
+        assert_eq!(
+            c.unwrap().record(t3, true).unwrap().reason,
+            "probes_succeeded"
+        );
     }
 }

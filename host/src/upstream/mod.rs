@@ -11,8 +11,9 @@ pub mod pool;
 
 use crate::config::{RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;
+use crate::telemetry::log_limit::LogLimit;
 use balancer::{Balancer, Endpoint};
-use breaker::{Admit, Breaker, Transition};
+use breaker::{Breaker, Transition};
 use budget::RetryBudget;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -91,6 +92,28 @@ impl TryOutcome {
             TryOutcome::Timeout => "timeout",
             TryOutcome::Reset => "reset",
         }
+    }
+}
+
+/// Limits on one instance's request-path log lines. A dead or failing
+/// instance fails every request sent to it; its metrics count each, the
+/// log needs a line a second to show it.
+#[derive(Default)]
+struct InstanceLogs {
+    /// `try failed`, by how: no connection, timeout, or failed mid-request.
+    try_failed: [LogLimit; 3],
+    /// An instance past its outlier threshold that cannot be ejected stays
+    /// past it, and says so on every failed try.
+    not_ejected: LogLimit,
+}
+
+impl InstanceLogs {
+    fn try_failed(&self, outcome: TryOutcome) -> &LogLimit {
+        &self.try_failed[match outcome {
+            TryOutcome::Connect => 0,
+            TryOutcome::Timeout => 1,
+            TryOutcome::Reset | TryOutcome::Status(_) => 2,
+        }]
     }
 }
 
@@ -187,6 +210,7 @@ pub struct Upstream {
     health_cfg: Option<health::HealthConfig>,
     outliers: Vec<Arc<outlier::Outlier>>,
     outlier_cfg: Option<outlier::OutlierConfig>,
+    logs: Vec<InstanceLogs>,
     /// The health checker, stopped when the upstream is dropped.
     checker: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -300,10 +324,10 @@ impl Upstream {
             .collect();
         // The old checker would go on writing to the health records this
         // one now shares until the old configuration's last request ends.
-        if let Some((up, _)) = previous.filter(|_| same_health) {
-            if let Some(t) = up.checker.lock().take() {
-                t.abort();
-            }
+        if let Some((up, _)) = previous.filter(|_| same_health)
+            && let Some(t) = up.checker.lock().take()
+        {
+            t.abort();
         }
         let outliers: Vec<Arc<outlier::Outlier>> = (0..n)
             .map(|i| match carried(same_outlier, i) {
@@ -359,6 +383,7 @@ impl Upstream {
             health_cfg: cfg.health.clone(),
             outliers,
             outlier_cfg: cfg.outlier.clone(),
+            logs: (0..n).map(|_| InstanceLogs::default()).collect(),
             checker: parking_lot::Mutex::new(None),
         }
     }
@@ -439,15 +464,20 @@ impl Upstream {
         let now = Instant::now();
         let out = self.outliers.iter().filter(|o| o.ejected(now)).count();
         if out >= outlier::max_ejected(cfg, self.outliers.len()) {
-            tracing::warn!(
-                upstream = &*self.name,
-                instance = &*self.balancer.endpoints()[i].addr,
-                "not ejected ({reason}): {out} of {} instances are out already",
-                self.outliers.len()
-            );
+            if let Some(suppressed) = self.logs[i].not_ejected.admit() {
+                tracing::warn!(
+                    upstream = &*self.name,
+                    instance = &*self.balancer.endpoints()[i].addr,
+                    "not ejected ({reason}): {out} of {} instances are out already{suppressed}",
+                    self.outliers.len()
+                );
+            }
             return;
         }
         let d = self.outliers[i].eject(cfg, now);
+        // Not rate-limited: an ejected instance gets no new tries and its
+        // counts start over, so only tries already in flight could eject it
+        // again before this ejection ends.
         tracing::warn!(
             upstream = &*self.name,
             instance = &*self.balancer.endpoints()[i].addr,
@@ -482,6 +512,10 @@ impl Upstream {
             .ok()
     }
 
+    /// Logs and counts a breaker transition. Every one is logged, without
+    /// a rate limit: the state machine bounds them (a trip needs failures,
+    /// leaving open waits out a cool-down that grows with each trip), and
+    /// each says when an instance left or rejoined service.
     fn note(&self, i: usize, t: Option<Transition>) {
         let Some(t) = t else { return };
         let l = &self.labels[i];
@@ -579,12 +613,14 @@ impl Upstream {
                 tried.push(i);
                 continue;
             };
-            let (admit, t) = self.breakers[i].admit(now);
+            // Held across the try: if the request is cancelled (the client
+            // goes away) the permit drops and a probe's slot comes back.
+            let (permit, t) = self.breakers[i].admit(now);
             self.note(i, t);
-            if admit == Admit::No {
+            let Some(permit) = permit else {
                 tried.push(i);
                 continue;
-            }
+            };
             let last_try = attempt + 1 >= attempts;
             let mut p = if last_try {
                 parts.take().expect("parts are kept until the last try")
@@ -646,14 +682,16 @@ impl Upstream {
             drop(span);
             self.note_outlier(i, outcome);
             let failed = self.failure_on.matches(outcome);
-            let t = self.breakers[i].record(Instant::now(), admit, !failed);
+            let t = permit.record(Instant::now(), !failed);
             self.note(i, t);
-            if let Err(e) = &result {
+            if let Err(e) = &result
+                && let Some(suppressed) = self.logs[i].try_failed(outcome).admit()
+            {
                 tracing::warn!(
                     upstream = &*self.name,
                     instance = &*endpoint.addr,
                     request_id = x.request_id,
-                    "try {} failed: {e:?}",
+                    "try {} failed: {e:?}{suppressed}",
                     attempt + 1
                 );
             }
@@ -666,6 +704,10 @@ impl Upstream {
             if !wanted {
                 return result;
             }
+            // Taken before the back-off: a request cancelled while it waits
+            // leaves a retry counted that was never sent. It ages out of the
+            // budget's window like any other, so nothing is held for good
+            // and no guard is needed to give it back.
             if !policy.budget.try_retry(Instant::now()) {
                 self.metrics.upstream_retries.add(
                     1,
@@ -694,5 +736,64 @@ impl Upstream {
             attempt += 1;
             retried_tried = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An instance that takes connections and never answers on them.
+    async fn silent_instance() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_probe_cancelled_mid_try_gives_back_its_slots() {
+        let addr = silent_instance().await;
+        let cfg: UpstreamConfig = toml::from_str(&format!(
+            "instances = [\"{addr}\"]\n[breaker]\nconsecutive_failures = 1\nfailure_rate = 0.0\ncool_down = \"1ms\"\nhalf_open_probes = 1\n"
+        ))
+        .unwrap();
+        let up = Upstream::new("app", &cfg, Arc::new(Metrics::new(&[0.1]).unwrap()));
+        let b = &up.breakers[0];
+        let (permit, _) = b.admit(Instant::now());
+        assert!(permit.unwrap().record(Instant::now(), false).is_some());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+
+        let route = opentelemetry::Value::from("api");
+        let x = Exchange {
+            route: &route,
+            retry: None,
+            try_timeout: Duration::from_secs(10),
+            deadline: Instant::now() + Duration::from_secs(10),
+            request_id: "r1",
+            trace: None,
+        };
+        let (parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
+        let mut tries = Tries::default();
+        // The client goes away while the probe waits for its answer: the
+        // request future is dropped mid-try.
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(100),
+            up.send(&x, &mut tries, parts, Bytes::new()),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the instance never answers");
+        assert_eq!(tries.count, 1, "the probe was sent");
+        assert_eq!(b.state(), breaker::State::HalfOpen);
+        assert!(
+            b.pickable(Instant::now()),
+            "the probe slot is free for the next request"
+        );
+        assert_eq!(up.balancer.endpoints()[0].in_flight(), 0);
     }
 }

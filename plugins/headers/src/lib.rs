@@ -37,8 +37,11 @@ filter_sdk::label_enum! {
 /// Request headers a client could use to impersonate someone, bypass a
 /// control or steer the upstream, by what they attempt: together the
 /// default list of headers to strip, and how a stripped header is counted
-/// (one not listed here counts as `other`). The gateway already replaces
-/// the `X-Forwarded-*` family itself; these are the others.
+/// (one not listed here counts as `other`). The gateway itself removes the
+/// client's forwarding headers unless `trust_forwarded` is on; behind a
+/// trusted proxy this list still strips the ones that proxy does not own.
+/// `X-Forwarded-For`, `-Proto` and `-Host` are left to the gateway, which
+/// writes them.
 const STRIP_BY_VIOLATION: &[(Violation, &[&str])] = &[
     (
         Violation::SpoofedClientIp,
@@ -46,12 +49,20 @@ const STRIP_BY_VIOLATION: &[(Violation, &[&str])] = &[
             "x-real-ip",
             "x-client-ip",
             "true-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
             "x-cluster-client-ip",
+            "x-original-forwarded-for",
             "x-originating-ip",
             "x-remote-ip",
             "x-remote-addr",
             "forwarded",
             "x-forwarded-server",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-scheme",
+            "x-forwarded-ssl",
+            "x-forwarded-uri",
         ],
     ),
     (Violation::UrlOverride, &["x-original-url", "x-rewrite-url"]),
@@ -350,6 +361,8 @@ mod tests {
         assert_eq!(classify("x-real-ip"), Violation::SpoofedClientIp);
         assert_eq!(classify("forwarded"), Violation::SpoofedClientIp);
         assert_eq!(classify("x-forwarded-server"), Violation::SpoofedClientIp);
+        assert_eq!(classify("cf-connecting-ip"), Violation::SpoofedClientIp);
+        assert_eq!(classify("x-forwarded-prefix"), Violation::SpoofedClientIp);
         assert_eq!(classify("x-original-url"), Violation::UrlOverride);
         assert_eq!(classify("x-rewrite-url"), Violation::UrlOverride);
         assert_eq!(classify("x-host"), Violation::HostOverride);

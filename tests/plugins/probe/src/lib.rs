@@ -31,6 +31,11 @@ struct Config {
     /// labelled with the method (and declare it at zero when configured).
     #[serde(default)]
     observe_paths: bool,
+    /// Copy what the filter is shown of the request (`authority()`,
+    /// `path()`) into `x-seen-authority` and `x-seen-path`, so a test can
+    /// compare it with what the upstream got.
+    #[serde(default)]
+    report_view: bool,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -98,6 +103,11 @@ impl Guest for Probe {
                 req.path().len() as f64,
             );
             gateway::filter::host::counter_add("paths", &labels, 1.0);
+        }
+        if c.report_view {
+            let authority = req.authority().unwrap_or_else(|| "<none>".into());
+            let _ = req.set_header("x-seen-authority", authority.as_bytes());
+            let _ = req.set_header("x-seen-path", req.path().as_bytes());
         }
         if let Some(key) = &c.set_context {
             req.set_context(key, &c.name);
