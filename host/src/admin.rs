@@ -5,12 +5,11 @@
 //! last reload went).
 
 use crate::reload::Reloader;
+use crate::server::{self, CurrentSettings};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
@@ -116,20 +115,24 @@ async fn route(reloader: &Arc<Reloader>, req: &Request<Incoming>) -> Response<Fu
     }
 }
 
+/// Serves the admin endpoints on `listener`. Connections are kept to the
+/// proxy's `[server]` timeouts (a head within `header_read_timeout`, idle
+/// ones closed after `idle_timeout`) but not to its connection limits, so a
+/// full proxy can still be scraped.
 pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
+    let mut current = CurrentSettings::new(&reloader.shared.current().server);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, peer) = server::accept(&listener).await;
+        let settings = current.get(&reloader.shared.current().server).clone();
         let reloader = reloader.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
+            let handler = move |req| {
                 let reloader = reloader.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&reloader, &req).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                async move { route(&reloader, &req).await }
+            };
+            // The admin listener lives as long as the process.
+            let never = std::future::pending();
+            server::serve_connection(stream, peer, &settings, handler, never).await;
         });
     }
 }

@@ -93,6 +93,25 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "defaults::shutdown_grace")]
     pub shutdown_grace: Millis,
+    /// How long a connection may sit with no request in progress (an
+    /// HTTP/1.1 keep-alive between requests, an HTTP/2 connection with no
+    /// open stream) before the gateway closes it.
+    #[serde(default = "defaults::client_idle_timeout")]
+    pub idle_timeout: Spanned<Millis>,
+    /// How often the gateway pings an HTTP/2 client...
+    #[serde(default = "defaults::http2_keepalive_interval")]
+    pub http2_keepalive_interval: Spanned<Millis>,
+    /// ...and how long it waits for the answer before dropping the
+    /// connection, so a vanished peer does not hold its streams open.
+    #[serde(default = "defaults::http2_keepalive_timeout")]
+    pub http2_keepalive_timeout: Spanned<Millis>,
+    /// Client connections open at once on the listener; past it a new
+    /// connection is answered 503 `too-many-connections` and closed.
+    #[serde(default = "defaults::max_client_connections")]
+    pub max_connections: Spanned<usize>,
+    /// Connections open at once from one client IP address; past it a new
+    /// one is answered 503 `too-many-client-connections`. No limit when absent.
+    pub max_connections_per_client: Option<Spanned<usize>>,
     /// What to do with `;` parameters in path segments (`/a;jsessionid=1`),
     /// which Java upstreams strip before resolving `..`.
     #[serde(default)]
@@ -101,6 +120,39 @@ pub struct ServerConfig {
     /// nginx: CGI-style upstreams read `X_User` as `X-User`.
     #[serde(default)]
     pub underscores_in_headers: bool,
+}
+
+impl ServerConfig {
+    /// Refuses zeros that would silently turn a protection off (or close
+    /// every connection at once).
+    fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        for (what, d) in [
+            ("idle_timeout", &self.idle_timeout),
+            ("http2_keepalive_interval", &self.http2_keepalive_interval),
+            ("http2_keepalive_timeout", &self.http2_keepalive_timeout),
+        ] {
+            if d.get_ref().0.is_zero() {
+                return Err(src.error_span(d, format!("[server] {what} must be at least 1ms")));
+            }
+        }
+        if *self.max_connections.get_ref() == 0 {
+            return Err(src.error_span(
+                &self.max_connections,
+                "[server] max_connections must be at least 1",
+            ));
+        }
+        if let Some(n) = self
+            .max_connections_per_client
+            .as_ref()
+            .filter(|n| *n.get_ref() == 0)
+        {
+            return Err(src.error_span(
+                n,
+                "[server] max_connections_per_client must be at least 1; leave it out for no per-client limit",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The policy for `;` parameters in path segments.
@@ -499,6 +551,18 @@ mod defaults {
     pub fn shutdown_grace() -> Millis {
         Millis(Duration::from_secs(30))
     }
+    pub fn client_idle_timeout() -> Spanned<Millis> {
+        Spanned::new(0..0, Millis(Duration::from_secs(60)))
+    }
+    pub fn http2_keepalive_interval() -> Spanned<Millis> {
+        Spanned::new(0..0, Millis(Duration::from_secs(20)))
+    }
+    pub fn http2_keepalive_timeout() -> Spanned<Millis> {
+        Spanned::new(0..0, Millis(Duration::from_secs(10)))
+    }
+    pub fn max_client_connections() -> Spanned<usize> {
+        Spanned::new(0..0, 10_000)
+    }
     pub fn max_header_bytes() -> usize {
         16 * 1024
     }
@@ -786,6 +850,7 @@ impl Config {
     }
 
     fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        self.server.validate(src)?;
         if *self.state.backend.get_ref() == StateBackend::Redis {
             match &self.state.url {
                 None => {
@@ -1126,6 +1191,44 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn a_zero_connection_setting_is_refused_at_its_value() {
+        for (line, what) in [
+            ("idle_timeout = \"0s\"", "idle_timeout must be at least 1ms"),
+            (
+                "http2_keepalive_interval = \"0ms\"",
+                "http2_keepalive_interval must be at least 1ms",
+            ),
+            (
+                "http2_keepalive_timeout = \"0s\"",
+                "http2_keepalive_timeout must be at least 1ms",
+            ),
+            ("max_connections = 0", "max_connections must be at least 1"),
+            (
+                "max_connections_per_client = 0",
+                "max_connections_per_client must be at least 1",
+            ),
+        ] {
+            let text = format!("[server]\nlisten = \"127.0.0.1:9\"\n{line}\n");
+            let e = Config::parse("t.toml", &text, PathBuf::new(), &env).unwrap_err();
+            let column = line.find('=').unwrap() + 3;
+            assert_eq!((e.line, e.column), (3, column), "{e}");
+            assert!(e.message.contains(what), "{e}");
+        }
+        let c = Config::parse(
+            "t.toml",
+            "[server]\nlisten = \"127.0.0.1:9\"\nmax_connections_per_client = 4\n",
+            PathBuf::new(),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.max_connections_per_client.map(|n| n.into_inner()),
+            Some(4)
+        );
+        assert_eq!(*c.server.max_connections.get_ref(), 10_000);
     }
 
     #[test]

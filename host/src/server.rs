@@ -1,34 +1,143 @@
-//! Listeners: accept connections, speak HTTP/1.1 or h2c (told apart by the
-//! HTTP/2 preface), enforce the header-read timeout and header limits, and
-//! on shutdown stop accepting and let in-flight requests finish.
+//! Listeners: accept connections within the connection limits, tell
+//! HTTP/1.1 from h2c by the HTTP/2 preface, and keep every connection to its
+//! deadlines (request head, idle, HTTP/2 pings); on shutdown stop accepting
+//! and let in-flight requests finish.
+//!
+//! The protocol is told here rather than by hyper-util's `auto::Builder`,
+//! whose first read has no deadline: a client that sent nothing, or part of
+//! the preface, held its connection forever. hyper's own HTTP/1.1
+//! `header_read_timeout` is left off too, because its timer starts whenever
+//! hyper begins waiting for a head, so it would also end every keep-alive
+//! wait after `header_read_timeout` and leave `idle_timeout` no say. The
+//! connection task keeps both deadlines itself (`Activity`).
 
 use crate::Shared;
 use crate::config::ServerConfig;
+use crate::telemetry::ConnectionRefusal;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 /// hyper refuses read buffers below this, so smaller header limits are
 /// raised to it.
 const MIN_HEADER_BUFFER: usize = 8192;
 
-fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout.0)
-        // Over-long heads and too many headers are answered 431 by hyper.
-        .max_buf_size(cfg.max_header_bytes.max(MIN_HEADER_BUFFER))
-        .max_headers(cfg.max_headers);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(cfg.max_header_bytes.min(u32::MAX as usize) as u32);
-    b
+/// What an h2c client sends first (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The pause after a failed accept (out of file descriptors, say), so the
+/// loop waits for connections to close instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The longest a refused connection is kept to deliver its 503.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// Refused connections lingering at once; past this a refusal is written
+/// and the socket closed at once, so a flood of refusals holds few sockets.
+const MAX_LINGERING_REFUSALS: usize = 64;
+/// The most a refused client may send while its answer lingers.
+const REFUSAL_DRAIN_BYTES: usize = 64 * 1024;
+
+/// How connections accepted now are served: hyper's builders, and the
+/// deadlines the connection task keeps itself.
+pub struct ConnSettings {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl ConnSettings {
+    pub fn new(cfg: &ServerConfig) -> ConnSettings {
+        let mut http1 = http1::Builder::new();
+        http1
+            // Timed by the connection task instead: see the module docs.
+            .header_read_timeout(None)
+            // Over-long heads and too many headers are answered 431 by hyper.
+            .max_buf_size(cfg.max_header_bytes.max(MIN_HEADER_BUFFER))
+            .max_headers(cfg.max_headers);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(cfg.max_header_bytes.min(u32::MAX as usize) as u32)
+            // A peer that stops answering pings is gone; its streams are
+            // dropped rather than held until the idle timeout.
+            .keep_alive_interval(cfg.http2_keepalive_interval.get_ref().0)
+            .keep_alive_timeout(cfg.http2_keepalive_timeout.get_ref().0);
+        ConnSettings {
+            http1,
+            http2,
+            header_read_timeout: cfg.header_read_timeout.0,
+            idle_timeout: cfg.idle_timeout.get_ref().0,
+        }
+    }
+}
+
+/// The connection settings of the configuration now serving, rebuilt only
+/// when a reload changed `[server]`; connections keep the settings they were
+/// accepted with. Only the settings are held, not the configuration, which
+/// must be free to drop after its last request.
+pub struct CurrentSettings {
+    built_for: ServerConfig,
+    settings: Arc<ConnSettings>,
+}
+
+impl CurrentSettings {
+    pub fn new(cfg: &ServerConfig) -> CurrentSettings {
+        CurrentSettings {
+            built_for: cfg.clone(),
+            settings: Arc::new(ConnSettings::new(cfg)),
+        }
+    }
+
+    /// The settings for `cfg`, the `[server]` table now serving.
+    pub fn get(&mut self, cfg: &ServerConfig) -> &Arc<ConnSettings> {
+        if *cfg != self.built_for {
+            *self = CurrentSettings::new(cfg);
+        }
+        &self.settings
+    }
+
+    fn limits(&self) -> (usize, Option<usize>) {
+        let cfg = &self.built_for;
+        (
+            *cfg.max_connections.get_ref(),
+            cfg.max_connections_per_client
+                .as_ref()
+                .map(|n| *n.get_ref()),
+        )
+    }
+}
+
+/// Accepts the next connection. When accepting fails (out of file
+/// descriptors and the like) it backs off instead of spinning.
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
 }
 
 /// Serves the proxy on `listener` until `shutdown` turns true, then waits up
@@ -39,55 +148,671 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    // Rebuilt when a reload brings new limits; connections keep the limits
-    // they were accepted with. Only the settings are held here, not the
-    // configuration, which must be free to drop after its last request.
-    let mut built_for = shared.current().server.clone();
-    let mut conn_builder = Arc::new(builder(&built_for));
-    let graceful = GracefulShutdown::new();
+    let mut current = CurrentSettings::new(&shared.current().server);
+    let slots = Arc::new(Slots::default());
+    let lingering = Arc::new(AtomicUsize::new(0));
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let now = shared.current();
-                if now.server != built_for {
-                    built_for = now.server.clone();
-                    conn_builder = Arc::new(builder(&built_for));
-                }
-                drop(now);
-                let open = shared.metrics.connection_opened();
-                let shared = shared.clone();
-                let svc = service_fn(move |req| {
-                    let gw = shared.current();
-                    async move { Ok::<_, std::convert::Infallible>(crate::proxy::handle(gw, req, peer).await) }
-                });
-                let b = conn_builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let _open = open;
-                    let conn = b.serve_connection(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                });
-            }
+        let (stream, peer) = tokio::select! {
+            accepted = accept(&listener) => accepted,
             _ = shutdown.changed() => break,
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        let settings = current.get(&shared.current().server).clone();
+        let (max, max_per_client) = current.limits();
+        let slot = match slots.take(peer.ip(), max, max_per_client) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                shared.metrics.count_connection_refused(reason);
+                tracing::debug!(%peer, "connection refused: {}", reason.as_str());
+                tokio::spawn(refuse(stream, reason, lingering.clone()));
+                continue;
+            }
+        };
+        let open = shared.metrics.connection_opened();
+        let shared = shared.clone();
+        let handler = move |req| crate::proxy::handle(shared.current(), req, peer);
+        let mut stopped = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _open = open;
+            // A dropped sender means the server is going away: stop too.
+            let stopping = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            serve_connection(stream, peer, &settings, handler, stopping).await;
+        });
     }
     drop(listener);
     tracing::info!("stopped accepting; waiting up to {grace:?} for in-flight requests");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = slots.all_released() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// Serves one client connection with `handler` until it closes, a deadline
+/// passes, or (after `shutdown` completes) its requests are done.
+pub async fn serve_connection<H, Fut, B>(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    settings: &ConnSettings,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let accepted = Instant::now();
+    tokio::pin!(shutdown);
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout_at(accepted + settings.header_read_timeout, sniff(&mut stream)) => sniffed,
+        // Nothing is in flight before the protocol is known.
+        _ = &mut shutdown => return,
+    };
+    let (protocol, replay) = match sniffed {
+        Ok(Ok(sniffed)) => sniffed,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "connection ended before a request: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no request within header_read_timeout; closing");
+            return;
+        }
+    };
+    let activity = Arc::new(Activity::new(protocol, accepted));
+    let io = TokioIo::new(ClientIo {
+        replay,
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let exchanges = activity.clone();
+    let svc = service_fn(move |req| {
+        let exchange = exchanges.exchange_started();
+        let answer = handler(req);
+        async move {
+            let response = answer.await;
+            Ok::<_, std::convert::Infallible>(response.map(|body| ExchangeBody {
+                body,
+                _exchange: exchange,
+            }))
+        }
+    });
+    let ended = match protocol {
+        Protocol::Http1 => {
+            let conn = settings.http1.serve_connection(io, svc);
+            keep_to_deadlines(
+                conn,
+                |c| c.graceful_shutdown(),
+                &activity,
+                settings,
+                shutdown,
+            )
+            .await
+        }
+        Protocol::H2c => {
+            let conn = settings.http2.serve_connection(io, svc);
+            keep_to_deadlines(
+                conn,
+                |c| c.graceful_shutdown(),
+                &activity,
+                settings,
+                shutdown,
+            )
+            .await
+        }
+    };
+    if let Err(why) = ended {
+        tracing::debug!(%peer, "connection ended: {why}");
+    }
+}
+
+/// Drives `conn` until it ends, closing it when the deadline of its phase
+/// passes: dropped when a request head is late, shut down gracefully when
+/// idle or when `shutdown` completes.
+async fn keep_to_deadlines<C>(
+    conn: C,
+    graceful: impl Fn(Pin<&mut C>),
+    activity: &Activity,
+    settings: &ConnSettings,
+    shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), String>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    tokio::pin!(conn);
+    let mut shutdown = shutdown;
+    // Set once a graceful shutdown was asked for; past it the connection is
+    // dropped (None: when the server's grace runs out).
+    let mut closing: Option<Option<Instant>> = None;
+    loop {
+        // Made before the phase is read, so a change in between still wakes.
+        let changed = activity.changed.notified();
+        let deadline = match closing {
+            Some(give_up) => give_up.map(|at| (at, Expiry::Closing)),
+            None => activity.deadline(settings),
+        };
+        tokio::select! {
+            ended = conn.as_mut() => return ended.map_err(|e| e.to_string()),
+            _ = changed => {}
+            _ = sleep_until(deadline.map(|(at, _)| at)) => match deadline.map(|(_, why)| why) {
+                Some(Expiry::Head) => return Err("no complete request head within header_read_timeout".into()),
+                Some(Expiry::Idle) => {
+                    graceful(conn.as_mut());
+                    // An HTTP/2 goodbye takes a ping's round trip; a peer
+                    // that never finishes it gets one more idle period.
+                    closing = Some(Some(Instant::now() + settings.idle_timeout));
+                }
+                Some(Expiry::Closing) | None => return Err("did not close after a graceful shutdown".into()),
+            },
+            _ = shutdown.as_mut(), if closing.is_none() => {
+                if activity.awaiting_head() {
+                    // No request has begun that could be finished.
+                    return Ok(());
+                }
+                graceful(conn.as_mut());
+                closing = Some(None);
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Protocol {
+    Http1,
+    H2c,
+}
+
+/// Reads until the bytes tell the protocol: the whole h2c preface, or a
+/// byte that departs from it (HTTP/1.1). Returns what was read, for hyper
+/// to read again.
+async fn sniff<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<(Protocol, Bytes)> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = io.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+        if buf[..filled] != H2_PREFACE[..filled] {
+            return Ok((Protocol::Http1, Bytes::copy_from_slice(&buf[..filled])));
+        }
+    }
+    Ok((Protocol::H2c, Bytes::copy_from_slice(&buf)))
+}
+
+/// Where a connection is in its request cycle, which decides the deadline
+/// it is kept to. Exchanges (`OpenExchange`) and reads (`ClientIo`) move it.
+struct Activity {
+    phase: Mutex<Phase>,
+    /// Whether bytes arriving now start a request head (HTTP/1.1 and idle),
+    /// checked on every read without the lock.
+    reads_start_head: AtomicBool,
+    protocol: Protocol,
+    /// Wakes the connection task to take up a new deadline.
+    changed: Notify,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// Waiting for a request head: since the connection was accepted, or
+    /// since its first byte arrived after an idle wait.
+    Head(Instant),
+    /// Exchanges open: a request head received, its response not yet sent.
+    Busy(usize),
+    /// No exchange open since then.
+    Idle(Instant),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    Head,
+    Idle,
+    Closing,
+}
+
+impl Activity {
+    fn new(protocol: Protocol, accepted: Instant) -> Activity {
+        // HTTP/2 has no head to wait for once the preface is in: a
+        // connection without streams is idle.
+        let phase = match protocol {
+            Protocol::Http1 => Phase::Head(accepted),
+            Protocol::H2c => Phase::Idle(Instant::now()),
+        };
+        Activity {
+            phase: Mutex::new(phase),
+            reads_start_head: AtomicBool::new(false),
+            protocol,
+            changed: Notify::new(),
+        }
+    }
+
+    fn deadline(&self, settings: &ConnSettings) -> Option<(Instant, Expiry)> {
+        match *self.phase.lock() {
+            Phase::Head(since) => Some((since + settings.header_read_timeout, Expiry::Head)),
+            Phase::Busy(_) => None,
+            Phase::Idle(since) => Some((since + settings.idle_timeout, Expiry::Idle)),
+        }
+    }
+
+    fn awaiting_head(&self) -> bool {
+        matches!(*self.phase.lock(), Phase::Head(_))
+    }
+
+    fn exchange_started(self: &Arc<Self>) -> OpenExchange {
+        let mut phase = self.phase.lock();
+        *phase = match *phase {
+            Phase::Busy(n) => Phase::Busy(n + 1),
+            Phase::Head(_) | Phase::Idle(_) => Phase::Busy(1),
+        };
+        self.reads_start_head.store(false, Ordering::Relaxed);
+        drop(phase);
+        self.changed.notify_one();
+        OpenExchange(self.clone())
+    }
+
+    fn exchange_ended(&self) {
+        let mut phase = self.phase.lock();
+        *phase = match *phase {
+            Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
+            _ => {
+                self.reads_start_head
+                    .store(self.protocol == Protocol::Http1, Ordering::Relaxed);
+                Phase::Idle(Instant::now())
+            }
+        };
+        drop(phase);
+        self.changed.notify_one();
+    }
+
+    /// Bytes came from the client: on an idle HTTP/1.1 connection they are
+    /// the next request's head, which from now on has header_read_timeout.
+    fn bytes_arrived(&self) {
+        if !self.reads_start_head.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut phase = self.phase.lock();
+        if let Phase::Idle(_) = *phase {
+            *phase = Phase::Head(Instant::now());
+        }
+        self.reads_start_head.store(false, Ordering::Relaxed);
+        drop(phase);
+        self.changed.notify_one();
+    }
+}
+
+/// An exchange open on a connection; ends when dropped, which is when
+/// hyper is done with the response body (or the request was abandoned).
+struct OpenExchange(Arc<Activity>);
+
+impl Drop for OpenExchange {
+    fn drop(&mut self) {
+        self.0.exchange_ended();
+    }
+}
+
+/// A response body that keeps its exchange open until it is dropped.
+struct ExchangeBody<B> {
+    body: B,
+    _exchange: OpenExchange,
+}
+
+impl<B: Body + Unpin> Body for ExchangeBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The client's socket as hyper reads it: first the bytes read to tell the
+/// protocol (hyper must see them too), then the socket itself.
+struct ClientIo<T> {
+    replay: Bytes,
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The listener's open connections, in all and per client address.
+#[derive(Default)]
+struct Slots {
+    counts: Mutex<SlotCounts>,
+    /// Woken when the last connection closes.
+    all_released: Notify,
+}
+
+#[derive(Default)]
+struct SlotCounts {
+    open: usize,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+impl Slots {
+    /// A slot for a connection from `client`, or why there is none.
+    fn take(
+        self: &Arc<Self>,
+        client: IpAddr,
+        max: usize,
+        max_per_client: Option<usize>,
+    ) -> Result<Slot, ConnectionRefusal> {
+        let mut counts = self.counts.lock();
+        if counts.open >= max {
+            return Err(ConnectionRefusal::TooManyConnections);
+        }
+        let from_client = counts.per_client.get(&client).copied().unwrap_or(0);
+        if max_per_client.is_some_and(|most| from_client >= most) {
+            return Err(ConnectionRefusal::TooManyClientConnections);
+        }
+        counts.open += 1;
+        *counts.per_client.entry(client).or_default() += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            client,
+        })
+    }
+
+    async fn all_released(&self) {
+        loop {
+            // Made before the count is read: `notify_waiters` wakes it even
+            // if the last slot goes in between.
+            let released = self.all_released.notified();
+            if self.counts.lock().open == 0 {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+/// A connection's place in the limits, given back when it drops.
+struct Slot {
+    slots: Arc<Slots>,
+    client: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.slots.counts.lock();
+        counts.open -= 1;
+        if let Some(n) = counts.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_client.remove(&self.client);
+            }
+        }
+        let none_left = counts.open == 0;
+        drop(counts);
+        if none_left {
+            self.slots.all_released.notify_waiters();
+        }
+    }
+}
+
+/// Answers a connection over a limit with a 503 and closes it.
+async fn refuse(mut stream: TcpStream, reason: ConnectionRefusal, lingering: Arc<AtomicUsize>) {
+    let body = match reason {
+        ConnectionRefusal::TooManyConnections => {
+            "the gateway has too many connections open; try again later\n"
+        }
+        ConnectionRefusal::TooManyClientConnections => {
+            "too many connections from your address; close one and try again\n"
+        }
+    };
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\nx-gateway-error: {}\r\n\r\n{body}",
+        body.len(),
+        reason.as_str()
+    );
+    if lingering.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING_REFUSALS {
+        lingering.fetch_sub(1, Ordering::Relaxed);
+        // A fresh socket's send buffer takes the answer whole.
+        let _ = stream.try_write(answer.as_bytes());
+        return;
+    }
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Closing with the client's request unread would reset the
+        // connection, and a reset can destroy the answer before the client
+        // reads it: so read what it sends until it closes.
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN_BYTES {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => drained += n,
+            }
+        }
+        Ok::<_, io::Error>(())
+    })
+    .await;
+    lingering.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_preface_is_told_from_http1_and_replayed() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (protocol, replay) = sniff(&mut server).await.unwrap();
+        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(&replay[..], b"GET / HTTP/1.1\r\n");
+
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(H2_PREFACE).await.unwrap();
+        client.write_all(b"\0\0").await.unwrap();
+        let (protocol, replay) = sniff(&mut server).await.unwrap();
+        assert_eq!(protocol, Protocol::H2c);
+        assert_eq!(&replay[..], H2_PREFACE);
+
+        // A method that shares the preface's first letter is HTTP/1.1.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"PUT").await.unwrap();
+        let (protocol, replay) = sniff(&mut server).await.unwrap();
+        assert_eq!(protocol, Protocol::Http1);
+        assert_eq!(&replay[..], b"PUT");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_inside_the_preface_is_no_request() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        drop(client);
+        let e = sniff(&mut server).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn the_replayed_bytes_come_before_the_socket() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::new(Protocol::Http1, Instant::now()));
+        let mut io = ClientIo {
+            replay: Bytes::from_static(b"GET"),
+            inner: server,
+            activity,
+        };
+        client.write_all(b" / HTTP/1.1").await.unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GET / HTTP/1.1");
+    }
+
+    fn settings(server: &str) -> ConnSettings {
+        let text = format!("[server]\nlisten = \"127.0.0.1:9\"\n{server}\n");
+        let config = crate::config::Config::parse("t.toml", &text, Default::default(), &|_| None);
+        ConnSettings::new(&config.unwrap().server)
+    }
+
+    /// Asserts `activity`'s deadline is `why`, `after` past a moment
+    /// between `from` and now.
+    fn assert_deadline(
+        activity: &Activity,
+        settings: &ConnSettings,
+        from: Instant,
+        after: Duration,
+        why: fn(Expiry) -> bool,
+    ) {
+        let (at, expiry) = activity.deadline(settings).expect("a deadline");
+        assert!(why(expiry), "{expiry:?}");
+        assert!(
+            from + after <= at && at <= Instant::now() + after,
+            "{:?}",
+            at - from
+        );
+    }
+
+    #[test]
+    fn an_http1_connection_moves_from_head_to_busy_to_idle_to_head() {
+        let settings = settings("header_read_timeout = \"1s\"\nidle_timeout = \"5s\"");
+        let head = |e| matches!(e, Expiry::Head);
+        let accepted = Instant::now();
+        let activity = Arc::new(Activity::new(Protocol::Http1, accepted));
+        assert_deadline(&activity, &settings, accepted, Duration::from_secs(1), head);
+        // Bytes within a head do not move its deadline...
+        activity.bytes_arrived();
+        let (at, _) = activity.deadline(&settings).unwrap();
+        assert_eq!(at, accepted + Duration::from_secs(1));
+        let exchange = activity.exchange_started();
+        assert!(activity.deadline(&settings).is_none());
+        // ...and request body bytes start nothing.
+        activity.bytes_arrived();
+        assert!(activity.deadline(&settings).is_none());
+        let ended = Instant::now();
+        drop(exchange);
+        let idle = |e| matches!(e, Expiry::Idle);
+        assert_deadline(&activity, &settings, ended, Duration::from_secs(5), idle);
+        // The next request's first byte starts its head timer.
+        let arrived = Instant::now();
+        activity.bytes_arrived();
+        assert_deadline(&activity, &settings, arrived, Duration::from_secs(1), head);
+        assert!(activity.awaiting_head());
+    }
+
+    #[test]
+    fn an_h2_connection_is_idle_without_streams_whatever_it_reads() {
+        let settings = settings("idle_timeout = \"5s\"");
+        let idle = |e| matches!(e, Expiry::Idle);
+        let preface_read = Instant::now();
+        let activity = Arc::new(Activity::new(Protocol::H2c, preface_read));
+        assert_deadline(
+            &activity,
+            &settings,
+            preface_read,
+            Duration::from_secs(5),
+            idle,
+        );
+        activity.bytes_arrived();
+        assert!(!activity.awaiting_head());
+        let (a, b) = (activity.exchange_started(), activity.exchange_started());
+        drop(a);
+        assert!(
+            activity.deadline(&settings).is_none(),
+            "one stream still open"
+        );
+        drop(b);
+        activity.bytes_arrived();
+        assert!(matches!(
+            activity.deadline(&settings),
+            Some((_, Expiry::Idle))
+        ));
+    }
+
+    #[test]
+    fn slots_refuse_over_either_limit_and_come_back_on_drop() {
+        let slots = Arc::new(Slots::default());
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = slots.take(a, 3, Some(2)).unwrap();
+        let _second = slots.take(a, 3, Some(2)).unwrap();
+        assert_eq!(
+            slots.take(a, 3, Some(2)).err(),
+            Some(ConnectionRefusal::TooManyClientConnections)
+        );
+        let _third = slots.take(b, 3, Some(2)).unwrap();
+        assert_eq!(
+            slots.take(b, 3, Some(2)).err(),
+            Some(ConnectionRefusal::TooManyConnections)
+        );
+        drop(first);
+        assert!(slots.take(a, 3, Some(2)).is_ok());
+        assert!(slots.take(b, 3, None).is_ok());
     }
 }

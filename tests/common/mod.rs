@@ -408,6 +408,14 @@ impl Gateway {
         self.admin("GET", "/metrics").body_text()
     }
 
+    /// File descriptors the gateway process has open (sockets included),
+    /// from /proc.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("read the gateway's /proc/PID/fd")
+            .count()
+    }
+
     pub fn signal(&self, sig: i32) {
         let rc = send_signal(self.child.id(), sig);
         assert_eq!(rc, 0, "kill failed");

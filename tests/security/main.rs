@@ -7,6 +7,7 @@
 mod common;
 
 mod breaker;
+mod connections;
 mod headers;
 mod hosts;
 mod logging;

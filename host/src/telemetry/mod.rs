@@ -65,6 +65,29 @@ pub const FAILURE_REASONS: &[&str] = &[
     "instantiate",
 ];
 
+/// Why a client connection was refused at accept, as counted in
+/// `gateway_connections_refused_total` and sent as `x-gateway-error`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConnectionRefusal {
+    /// `[server] max_connections` are open.
+    TooManyConnections,
+    /// `[server] max_connections_per_client` are open from the client's address.
+    TooManyClientConnections,
+}
+
+impl ConnectionRefusal {
+    pub const ALL: [ConnectionRefusal; 2] = [
+        ConnectionRefusal::TooManyConnections,
+        ConnectionRefusal::TooManyClientConnections,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionRefusal::TooManyConnections => "too-many-connections",
+            ConnectionRefusal::TooManyClientConnections => "too-many-client-connections",
+        }
+    }
+}
 /// The `reason` labels of `gateway_http_request_headers_dropped_total`.
 pub const DROPPED_HEADER_REASONS: &[&str] = &["underscore", "untrusted_forwarding"];
 
@@ -109,6 +132,7 @@ pub struct Metrics {
     pub connect_duration: Histogram<f64>,
     pub state_duration: Histogram<f64>,
     pub reloads: Counter<u64>,
+    connections_refused: Counter<u64>,
     /// Requests refused at the edge, by reason (`edge::RefusalKind`).
     requests_refused: Counter<u64>,
     /// Request headers removed before routing, by reason.
@@ -165,6 +189,14 @@ impl Metrics {
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("gateway");
         let buckets = duration_buckets.to_vec();
+        let connections_refused = meter
+            .u64_counter("gateway_connections_refused_total")
+            .with_description("Client connections answered 503 and closed at accept, by reason (too-many-connections, too-many-client-connections)")
+            .build();
+        // At zero from start-up, so an alert has a series before the first refusal.
+        for reason in ConnectionRefusal::ALL {
+            connections_refused.add(0, &[KeyValue::new("reason", reason.as_str())]);
+        }
         let live: Arc<Live> = Arc::default();
         observe_live(&meter, &live);
         let plugin_versions: PluginVersions = Arc::default();
@@ -320,6 +352,7 @@ impl Metrics {
                 .u64_counter("gateway_reloads_total")
                 .with_description("Configuration and plugin reloads, by result (success, failure)")
                 .build(),
+            connections_refused,
             requests_refused: meter
                 .u64_counter("gateway_http_requests_refused_total")
                 .with_description(
@@ -584,6 +617,11 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight<'_> {
         self.live.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(&self.live.in_flight)
+    }
+
+    pub fn count_connection_refused(&self, reason: ConnectionRefusal) {
+        self.connections_refused
+            .add(1, &[KeyValue::new("reason", reason.as_str())]);
     }
 
     /// Counts a client connection open until the guard drops.
