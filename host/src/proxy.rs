@@ -180,7 +180,7 @@ pub async fn handle(
         want_tenant: log.is_some(),
         ..Trail::default()
     };
-    let resp = pipeline(&gw, req, client, started, trace.as_ref(), &mut trail).await;
+    let resp = pipeline(&gw, req, client, trace.as_ref(), &mut trail).await;
     let status = resp.status().as_u16();
     let rt = trail.route.map(|i| &gw.route_runtime[i]);
     let rm = rt.map_or(&gw.unrouted, |rt| &rt.metrics);
@@ -286,7 +286,6 @@ async fn pipeline(
     gw: &Gateway,
     req: Request<Incoming>,
     client: SocketAddr,
-    arrived: Instant,
     trace: Option<&RequestTrace<'_>>,
     trail: &mut Trail,
 ) -> Response<ProxyBody> {
@@ -455,9 +454,9 @@ async fn pipeline(
         Some(r) => r,
         None => {
             let response_filters = !passed.is_empty();
-            // The route's timeout bounds the whole request once: reading
-            // the body and every try share one deadline.
-            let deadline = arrived + rt.timeout;
+            // The route's timeout bounds reading the body and every try
+            // together, once; filters have deadlines of their own.
+            let deadline = Instant::now() + rt.timeout;
             match forward(
                 gw,
                 rt,
