@@ -388,7 +388,7 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ),
     (
         "[upstreams.api]\ninstances = [{ address = \"127.0.0.1:3000\", weight = 0 }]\n",
-        "4:54",
+        "4:53",
         "weight = 0 for instance `127.0.0.1:3000` of upstream `api` would never pick it",
     ),
     (

@@ -889,14 +889,25 @@ fn decode_with_offsets(literal: &str) -> Option<(String, Vec<usize>)> {
     Some((out, offsets))
 }
 
-/// toml's message for a syntax error, with a hint when a variable was
-/// written outside a string.
-fn syntax_message(e: &toml::de::Error, text: &str, at: usize) -> String {
-    let m = toml_message(e);
-    if text.get(at..).is_some_and(|t| t.starts_with("${")) {
-        format!("{m}; a `${{VAR}}` is expanded only inside a string, like \"127.0.0.1:${{PORT}}\"")
-    } else {
-        m
+/// toml's message and position for a syntax error. A `${VAR}` outside a
+/// string is one: toml stops at its `$` or its `{`, and the error points at
+/// the `$` with a hint.
+fn syntax_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |s| s.start);
+    let dollar = [at, at.saturating_sub(1)]
+        .into_iter()
+        .find(|&i| text.get(i..).is_some_and(|t| t.starts_with("${")));
+    match dollar {
+        Some(dollar) => error_at(
+            file,
+            text,
+            dollar,
+            format!(
+                "{}; a `${{VAR}}` is expanded only inside a string, like \"127.0.0.1:${{PORT}}\"",
+                toml_message(e)
+            ),
+        ),
+        None => error_at(file, text, at, toml_message(e)),
     }
 }
 
@@ -921,10 +932,7 @@ impl Config {
         base_dir: PathBuf,
         env: &Env<'_>,
     ) -> Result<Config, ConfigError> {
-        let mut doc = DeTable::parse(text).map_err(|e| {
-            let at = e.span().map_or(0, |s| s.start);
-            error_at(file, text, at, syntax_message(&e, text, at))
-        })?;
+        let mut doc = DeTable::parse(text).map_err(|e| syntax_error(file, text, &e))?;
         expand_table(doc.get_mut(), text, env)
             .map_err(|(at, message)| error_at(file, text, at, message))?;
         let src = Source { file, text, doc };
@@ -1110,8 +1118,8 @@ impl Config {
                     format!("filter `{name}` names plugin `{plugin}`; a plugin name uses only letters, digits, `-` and `_`"),
                 ));
             }
-            // Settings first, the file system after: a typo is reported
-            // the same wherever the file is checked.
+            // Settings first, the file system after: a mistake in the file
+            // is reported the same whether or not the plugin is built.
             let memory = format!("use 1 to {MAX_MEMORY_LIMIT_MIB}");
             refuse(
                 src,
@@ -1143,16 +1151,6 @@ impl Config {
                     ),
                 ],
             )?;
-            let path = self.plugin_path(plugin);
-            if !path.is_file() {
-                return Err(src.error_span(
-                    &f.plugin,
-                    format!(
-                        "filter `{name}` uses plugin `{plugin}`, but {} does not exist; build the plugin or fix the name",
-                        path.display()
-                    ),
-                ));
-            }
             if let Some(i) = f
                 .env
                 .get_ref()
@@ -1184,6 +1182,16 @@ impl Config {
                         ),
                     ));
                 }
+            }
+            let path = self.plugin_path(plugin);
+            if !path.is_file() {
+                return Err(src.error_span(
+                    &f.plugin,
+                    format!(
+                        "filter `{name}` uses plugin `{plugin}`, but {} does not exist; build the plugin or fix the name",
+                        path.display()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -1874,7 +1882,7 @@ mod tests {
         // Escapes before the variable are longer in the file than in the value.
         assert_refused(
             "[access_log]\npath = \"\\t\\u00e9\\\"x${NOPE}\"\n",
-            (4, 18),
+            (4, 20),
             "`NOPE` is not set",
         );
         // A multi-line string drops its first newline and a line-ending
@@ -1916,7 +1924,7 @@ mod tests {
         // The value is shorter than the variable on the same line...
         assert_refused(
             "[upstreams.a]\ninstances = [\"${LONG_NAME_FOR_AN_ADDRESS}\", \"nope\"]\n",
-            (4, 44),
+            (4, 45),
             "`nope`, which is not `host:port`",
         );
         // ...and spans lines where the variable did not, lines above.
@@ -2037,7 +2045,7 @@ mod tests {
     fn upstream_limits_and_weights_are_checked_at_their_value() {
         assert_refused(
             "[upstreams.api]\ninstances = [\"127.0.0.1:3000\", { address = \"127.0.0.1:3001\", weight = 0 }]\n",
-            (4, 72),
+            (4, 71),
             "weight = 0 for instance `127.0.0.1:3001` of upstream `api` would never pick it",
         );
         assert_refused(
@@ -2178,24 +2186,25 @@ mod tests {
 
     #[test]
     fn a_setting_left_to_its_default_is_reported_at_its_table() {
+        let text = "# a comment\n[server]\nlisten = \"127.0.0.1:1\"\n\n[upstreams.api.breaker]\nwindow = \"1s\"\n";
         let src = Source {
             file: "t.toml",
-            text: "[server]\nlisten = \"127.0.0.1:1\"\n\n[upstreams.api.breaker]\nwindow = \"1s\"\n",
-            doc: DeTable::parse(
-                "[server]\nlisten = \"127.0.0.1:1\"\n\n[upstreams.api.breaker]\nwindow = \"1s\"\n",
-            )
-            .unwrap(),
+            text,
+            doc: DeTable::parse(text).unwrap(),
         };
         let at = |path: &[&str]| {
             let e = src.error_key(path, "x");
             (e.line, e.column)
         };
-        assert_eq!(at(&["upstreams", "api", "breaker", "window"]), (5, 10));
-        assert_eq!(at(&["upstreams", "api", "breaker", "cool_down"]), (4, 1));
-        assert_eq!(at(&["server", "max_connections"]), (1, 1));
-        assert_eq!(at(&["server", "listen"]), (2, 10));
+        assert_eq!(at(&["upstreams", "api", "breaker", "window"]), (6, 10));
+        assert_eq!(at(&["upstreams", "api", "breaker", "cool_down"]), (5, 1));
+        assert_eq!(at(&["server", "max_connections"]), (2, 1));
+        assert_eq!(at(&["server", "listen"]), (3, 10));
+        assert_eq!(at(&["tracing", "export_timeout"]), (1, 1));
         assert_eq!(src.written(&["server", "listen"]), Some("\"127.0.0.1:1\""));
         assert_eq!(src.written(&["server", "max_connections"]), None);
+        let name = src.error_key_name(&["upstreams", "api", "breaker"], "x");
+        assert_eq!((name.line, name.column), (5, 16));
     }
 
     #[test]
