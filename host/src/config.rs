@@ -681,28 +681,27 @@ impl<'a> Source<'a> {
             let next = match node.map(Spanned::get_ref) {
                 None => self.doc.get_ref().get_key_value(*seg),
                 Some(DeValue::Table(t)) => t.get_key_value(*seg),
+                // An array's element has no name: its value stands for it.
                 Some(DeValue::Array(items)) => {
                     let item = seg.parse::<usize>().ok().and_then(|n| items.get(n));
-                    match item {
-                        Some(v) => {
-                            node = Some(v);
-                            found.at = v.span().start;
-                            found.name_at = v.span().start;
-                            found.value = (i + 1 == path.len()).then_some(v);
-                            continue;
-                        }
-                        None => return found,
-                    }
+                    let Some(v) = item else { return found };
+                    node = Some(v);
+                    found = Found {
+                        value: (i + 1 == path.len()).then_some(v),
+                        at: v.span().start,
+                        name_at: v.span().start,
+                    };
+                    continue;
                 }
                 Some(_) => None,
             };
-            let Some((key, v)) = next else {
-                return found;
-            };
+            let Some((key, v)) = next else { return found };
             node = Some(v);
-            found.at = v.span().start;
-            found.name_at = key.span().start;
-            found.value = (i + 1 == path.len()).then_some(v);
+            found = Found {
+                value: (i + 1 == path.len()).then_some(v),
+                at: v.span().start,
+                name_at: key.span().start,
+            };
         }
         found
     }
