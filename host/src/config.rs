@@ -1481,7 +1481,7 @@ fn validate_breaker(
             (
                 "successes_to_close",
                 b.successes_to_close == 0,
-                "would close the breaker without counting a success",
+                "would be read as 1: one successful probe would close the breaker",
                 "use 1 or more, like 2",
             ),
         ],
@@ -1525,13 +1525,13 @@ fn validate_health(
             (
                 "healthy_threshold",
                 h.healthy_threshold == 0,
-                "counts no passed check before bringing an instance back",
+                "would be read as 1: one passed check would bring an instance back",
                 "use 1 or more, like 2",
             ),
             (
                 "unhealthy_threshold",
                 h.unhealthy_threshold == 0,
-                "counts no failed check before taking an instance out",
+                "would be read as 1: one failed check would take an instance out",
                 "use 1 or more, like 3",
             ),
         ],
@@ -1759,9 +1759,9 @@ fn is_plain_name(s: &str) -> bool {
 /// A duration as a user would write it: `"250ms"`, `"10s"`, `"2m"`.
 fn show(d: Millis) -> String {
     let ms = d.0.as_millis();
-    if ms != 0 && ms % 60_000 == 0 {
+    if ms != 0 && ms.is_multiple_of(60_000) {
         format!("\"{}m\"", ms / 60_000)
-    } else if ms != 0 && ms % 1000 == 0 {
+    } else if ms != 0 && ms.is_multiple_of(1000) {
         format!("\"{}s\"", ms / 1000)
     } else {
         format!("\"{ms}ms\"")
