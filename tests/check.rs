@@ -231,7 +231,7 @@ fn filter_names_keep_to_a_safe_character_set() {
     assert!(!ok);
     assert_eq!(
         err,
-        "error: CONFIG:11:10: filter name `rl:a` may use only letters, digits, `-` and `_`"
+        "error: CONFIG:10:10: filter name `rl:a` may use only letters, digits, `-` and `_`"
     );
 }
 
@@ -283,7 +283,7 @@ fn sandbox_grants_and_isolation_are_checked() {
     assert!(!ok);
     assert_eq!(
         err,
-        "error: CONFIG:12:7: filter `f` grants environment variable \"A=B\", which is not a variable name"
+        "error: CONFIG:12:8: filter `f` grants environment variable \"A=B\", which is not a variable name"
     );
     let (ok, _, err) = filter("dirs = { \"/data\" = \"no-such-dir\" }");
     assert!(!ok);
@@ -317,6 +317,132 @@ fn an_instance_listed_twice_is_refused() {
     assert!(!ok);
     assert_eq!(
         err,
-        "error: CONFIG:8:13: upstream `api` lists instance `127.0.0.1:3000` twice; list it once and give it a weight instead"
+        "error: CONFIG:8:44: upstream `api` lists instance `127.0.0.1:3000` twice; list it once and give it a weight instead"
     );
+}
+
+/// `gateway check` on `text` as the whole file, with `env` added to the
+/// environment: (passed, stderr with the file's path as CONFIG).
+fn check_file(text: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(gateway_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("GATEWAY_LOG", "error")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "CONFIG");
+    (out.status.success(), err.trim().to_string())
+}
+
+#[test]
+fn variables_expand_inside_strings_only_and_positions_stay_those_of_the_file() {
+    let text = "# ${UNSET_IN_A_COMMENT}\n[server]\nlisten = \"${CHECK_LISTEN}\" # ${UNSET_TOO}\n\n[access_log]\npath = \"${CHECK_NASTY}\"\n\n[upstreams.api]\ninstances = [\"${CHECK_INSTANCE}\", \"nope\"]\n";
+    let env = [
+        ("CHECK_LISTEN", "127.0.0.1:0"),
+        // Would close the string and add a table if expanded in the text.
+        ("CHECK_NASTY", "x\"\n[admin]\nlisten = \"127.0.0.1:1"),
+        ("CHECK_INSTANCE", "127.0.0.1:3000"),
+    ];
+    let (ok, err) = check_file(text, &env);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: CONFIG:9:35: upstream `api` has instance `nope`, which is not `host:port`; write it like \"127.0.0.1:3000\""
+    );
+    let (ok, err) = check_file(&text.replace(", \"nope\"", ""), &env);
+    assert!(ok, "{err}");
+}
+
+/// Settings that would switch a mechanism off or stall it, one of each
+/// kind: (config after the [server] table, line:column, what the message
+/// must say).
+const REFUSED: &[(&str, &str, &str)] = &[
+    (
+        "max_headers = 0\n",
+        "3:15",
+        "max_headers = 0 in [server] would answer every request 431; use a count like 100",
+    ),
+    (
+        "request_timeout = \"0ms\"\n",
+        "3:19",
+        "request_timeout = \"0ms\" in [server] would time out every upstream exchange at once",
+    ),
+    (
+        "[state]\ntimeout = \"0ms\"\n",
+        "4:11",
+        "timeout = \"0ms\" in [state] would fail every state call as unavailable",
+    ),
+    (
+        "[filters.f]\nplugin = \"headers\"\ninstances = 0\n",
+        "5:13",
+        "instances = 0 in [filters.f] keeps no instance ready",
+    ),
+    (
+        "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\nmax_connections_per_instance = 0\n",
+        "5:32",
+        "max_connections_per_instance = 0 in [upstreams.api] would send no request to any instance",
+    ),
+    (
+        "[upstreams.api]\ninstances = [{ address = \"127.0.0.1:3000\", weight = 0 }]\n",
+        "4:53",
+        "weight = 0 for instance `127.0.0.1:3000` of upstream `api` would never pick it",
+    ),
+    (
+        "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n[upstreams.api.breaker]\nhalf_open_probes = 0\n",
+        "6:20",
+        "half_open_probes = 0 in [upstreams.api.breaker] lets no probe through, so an opened breaker would never close",
+    ),
+    (
+        "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n[upstreams.api.health]\npath = \"/health\"\ninterval = \"0ms\"\n",
+        "7:12",
+        "interval = \"0ms\" in [upstreams.api.health] is under 10ms",
+    ),
+    (
+        "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n[upstreams.api.outlier]\nmax_ejected_percent = 0\n",
+        "6:23",
+        "max_ejected_percent = 0 in [upstreams.api.outlier] is not a percentage of the cluster",
+    ),
+    (
+        "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n\n[[route]]\nid = \"api\"\nupstream = \"api\"\ntimeout = \"5s\"\ntry_timeout = \"10s\"\n",
+        "10:15",
+        "try_timeout = \"10s\" in route `api` is longer than the route's timeout, \"5s\"",
+    ),
+    (
+        "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n\n[[route]]\nid = \"api\"\nupstream = \"api\"\nmethods = [\"GET\", \"get\"]\n",
+        "9:19",
+        "route `api` lists method `get`; write methods in capitals",
+    ),
+    (
+        "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n\n[[route]]\nid = \"api\"\nupstream = \"api\"\n[route.retry]\nbackoff_base = \"1s\"\n",
+        "10:16",
+        "backoff_max = \"250ms\" in route `api`'s retry is shorter than backoff_base = \"1s\"",
+    ),
+    (
+        "[tracing]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\nexport_timeout = \"0ms\"\n",
+        "5:18",
+        "export_timeout = \"0ms\" in [tracing] would time out every export at once",
+    ),
+    (
+        "[metrics]\nduration_buckets = [0.1, 0.05]\n",
+        "4:26",
+        "[metrics] duration_buckets must be positive and strictly increasing",
+    ),
+];
+
+#[test]
+fn settings_that_would_disable_a_mechanism_are_refused_at_their_value() {
+    for (body, at, phrase) in REFUSED {
+        // Settings are checked before plugin files, so none is needed.
+        let (ok, err) = check_file(&format!("[server]\nlisten = \"127.0.0.1:0\"\n{body}"), &[]);
+        assert!(!ok, "{body}");
+        let prefix = format!("error: CONFIG:{at}: ");
+        assert!(
+            err.starts_with(&prefix) && err.contains(phrase),
+            "{body}\nwant {prefix}...{phrase}\ngot  {err}"
+        );
+    }
 }

@@ -430,6 +430,11 @@ fn refused_reloads_leave_the_running_version_serving_and_say_why() {
             Box::new(|| f.write_config("\n[[route]]\nid = \"broken\"\npath_prefix = /oops\n")),
             "gateway.toml:30:15: string values must be quoted",
         ),
+        (
+            "breaker that never closes",
+            Box::new(|| f.write_config("\n[upstreams.app.breaker]\nhalf_open_probes = 0\n")),
+            "gateway.toml:29:20: half_open_probes = 0 in [upstreams.app.breaker] lets no probe through",
+        ),
     ];
     for (i, (name, spoil, reason)) in cases.iter().enumerate() {
         let generation = f.plugins_json()["generation"].as_u64().unwrap();
@@ -456,7 +461,10 @@ fn refused_reloads_leave_the_running_version_serving_and_say_why() {
         );
         // Errors in the config file itself (a missing plugin file is one:
         // the config names it) are not any plugin's.
-        if !matches!(*name, "TOML error" | "file removed") {
+        if !matches!(
+            *name,
+            "TOML error" | "file removed" | "breaker that never closes"
+        ) {
             let marker = &p["plugins"][0];
             assert!(
                 marker["last_reload_error"]["error"]

@@ -1,14 +1,20 @@
 //! The gateway's TOML configuration: the schema, `${VAR}` expansion, and the
-//! checks that span fields. Every refusal names the file, line and column and
-//! says in one sentence what to change.
+//! checks that span fields. Every refusal names the file, line and column
+//! of the file as written (variables expanded or not) and says in one
+//! sentence what to change.
+//!
+//! `${NAME}` and `${NAME:-default}` are expanded inside string values only,
+//! after parsing: never in keys, comments, numbers or booleans.
 
 use serde::Deserialize;
 use serde_spanned::Spanned;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use toml::de::{DeTable, DeValue};
 
 /// The configuration shipped in the binary, served when `config/gateway.toml`
 /// is not found next to the working directory.
@@ -677,24 +683,121 @@ pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 /// address space for this much per instance slot.
 pub const MAX_MEMORY_LIMIT_MIB: u32 = 256;
 
-/// Where the config text came from, for error positions.
+/// The environment `${NAME}` is read from: the process's, or a test's.
+type Env<'e> = dyn Fn(&str) -> Option<String> + 'e;
+
+/// The config file as written, and its parsed document. Every position
+/// reported, from TOML, from `${VAR}` expansion or from validation, is a
+/// byte offset into `text`, the text the user sees in their editor.
 struct Source<'a> {
     file: &'a str,
     text: &'a str,
+    /// The document after expansion, its spans still into `text`. Where a
+    /// setting was written is looked up here by its key path, so the
+    /// runtime types need no `Spanned` just to be reported on.
+    doc: Spanned<DeTable<'a>>,
 }
 
-impl Source<'_> {
+/// What `Source::find` found of a key path.
+struct Found<'s, 'a> {
+    /// The value at the end of the path; None when the path stops early.
+    value: Option<&'s Spanned<DeValue<'a>>>,
+    /// Where to point: the value's start, or the start of the nearest
+    /// table on the path that was written.
+    at: usize,
+    /// The start of the last key name on the path that was found.
+    name_at: usize,
+}
+
+impl<'a> Source<'a> {
     fn error_at(&self, offset: usize, message: impl Into<String>) -> ConfigError {
-        let (line, column) = line_col(self.text, offset);
-        ConfigError {
-            file: self.file.to_string(),
-            line,
-            column,
-            message: message.into(),
-        }
+        error_at(self.file, self.text, offset, message)
     }
+
     fn error_span<T>(&self, s: &Spanned<T>, message: impl Into<String>) -> ConfigError {
         self.error_at(s.span().start, message)
+    }
+
+    /// An error at the value of the setting at `path`, like
+    /// `["upstreams", "api", "breaker", "half_open_probes"]`; an array's
+    /// element is named by its index (`["route", "2", "timeout"]`). For a
+    /// setting left to its default, the error points at the nearest table
+    /// that was written.
+    fn error_key(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
+        self.error_at(self.find(path).at, message)
+    }
+
+    /// Like `error_key`, but at the last key's name rather than its value:
+    /// for a name refused as a name.
+    fn error_key_name(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
+        self.error_at(self.find(path).name_at, message)
+    }
+
+    /// `Err(error_key(path, message()))` unless `ok`.
+    fn require(
+        &self,
+        ok: bool,
+        path: &[&str],
+        message: impl FnOnce() -> String,
+    ) -> Result<(), ConfigError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.error_key(path, message()))
+        }
+    }
+
+    /// The value at `path` as the user wrote it (`"0ms"`, `0`), when it
+    /// was written.
+    fn written(&self, path: &[&str]) -> Option<&str> {
+        let v = self.find(path).value?;
+        self.text.get(v.span())
+    }
+
+    fn find(&self, path: &[&str]) -> Found<'_, 'a> {
+        let mut found = Found {
+            value: None,
+            at: self.doc.span().start,
+            name_at: self.doc.span().start,
+        };
+        let mut node: Option<&Spanned<DeValue<'_>>> = None;
+        for (i, seg) in path.iter().enumerate() {
+            let next = match node.map(Spanned::get_ref) {
+                None => self.doc.get_ref().get_key_value(*seg),
+                Some(DeValue::Table(t)) => t.get_key_value(*seg),
+                // An array's element has no name: its value stands for it.
+                Some(DeValue::Array(items)) => {
+                    let item = seg.parse::<usize>().ok().and_then(|n| items.get(n));
+                    let Some(v) = item else { return found };
+                    node = Some(v);
+                    found = Found {
+                        value: (i + 1 == path.len()).then_some(v),
+                        at: v.span().start,
+                        name_at: v.span().start,
+                    };
+                    continue;
+                }
+                Some(_) => None,
+            };
+            let Some((key, v)) = next else { return found };
+            node = Some(v);
+            found = Found {
+                value: (i + 1 == path.len()).then_some(v),
+                at: v.span().start,
+                name_at: key.span().start,
+            };
+        }
+        found
+    }
+}
+
+fn error_at(file: &str, text: &str, offset: usize, message: impl Into<String>) -> ConfigError {
+    let (line, column) = line_col(text, offset);
+    ConfigError {
+        file: file.to_string(),
+        line,
+        column,
+        message: message.into(),
     }
 }
 
@@ -707,65 +810,192 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// Replaces `${NAME}` and `${NAME:-default}` with environment values.
-/// Comment lines are left alone so a commented-out variable is no error.
-fn expand_env(
-    src: &Source<'_>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
-    let mut out = String::with_capacity(src.text.len());
-    let mut offset = 0;
-    for line in src.text.split_inclusive('\n') {
-        if line.trim_start().starts_with('#') {
-            out.push_str(line);
-            offset += line.len();
-            continue;
-        }
-        let mut rest = line;
-        let mut at = offset;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let end = after.find('}').ok_or_else(|| {
-                src.error_at(
-                    at + start,
-                    "`${` is not closed; write `${NAME}` or `${NAME:-default}`",
-                )
+/// An expansion error: the byte offset of its `${` in the file, and why.
+type ExpandError = (usize, String);
+
+/// Replaces `${NAME}` and `${NAME:-default}` in every string value with
+/// the environment's value. It runs on the parsed document, so a value
+/// holding a quote, a backslash or a newline stays inside its string and
+/// cannot change the file's structure, and a `${` in a comment is never
+/// read. Keys are left as written: they name settings, filters and
+/// upstreams the rest of the file refers to by name, and a name that moved
+/// with the environment would break those references. Numbers and
+/// booleans cannot hold a variable; a port goes in a string, as in
+/// `listen = "127.0.0.1:${PORT}"`.
+fn expand_table(table: &mut DeTable<'_>, text: &str, env: &Env<'_>) -> Result<(), ExpandError> {
+    for (_, value) in table.iter_mut() {
+        expand_value(value, text, env)?;
+    }
+    Ok(())
+}
+
+fn expand_value(
+    value: &mut Spanned<DeValue<'_>>,
+    text: &str,
+    env: &Env<'_>,
+) -> Result<(), ExpandError> {
+    let span = value.span();
+    match value.get_mut() {
+        DeValue::String(s) if s.contains("${") => {
+            let expanded = expand_string(s, env).map_err(|(at, message)| {
+                let literal = text.get(span.clone()).unwrap_or_default();
+                let offset = source_offset(literal, s, at).unwrap_or(0);
+                (span.start + offset, message)
             })?;
-            let expr = &after[..end];
-            let (name, default) = match expr.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (expr, None),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(src.error_at(
-                    at + start,
-                    format!("`${{{expr}}}` is not a valid variable name"),
+            *s = Cow::Owned(expanded);
+        }
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                expand_value(item, text, env)?;
+            }
+        }
+        DeValue::Table(t) => expand_table(t, text, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Expands one string; an error's offset is into `s`.
+fn expand_string(s: &str, env: &Env<'_>) -> Result<String, ExpandError> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        let at = s.len() - rest.len() + start;
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| {
+            (
+                at,
+                "`${` is not closed; write `${NAME}` or `${NAME:-default}`".to_string(),
+            )
+        })?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err((at, format!("`${{{expr}}}` is not a valid variable name")));
+        }
+        match env(name).or_else(|| default.map(str::to_string)) {
+            Some(v) => out.push_str(&v),
+            None => {
+                return Err((
+                    at,
+                    format!(
+                        "environment variable `{name}` is not set; set it or give a default as `${{{name}:-value}}`"
+                    ),
                 ));
             }
-            match env(name).or_else(|| default.map(str::to_string)) {
-                Some(v) => out.push_str(&v),
-                None => {
-                    return Err(src.error_at(
-                        at + start,
-                        format!(
-                            "environment variable `{name}` is not set; set it or give a default as `${{{name}:-value}}`"
-                        ),
-                    ));
-                }
-            }
-            let consumed = start + 2 + end + 1;
-            rest = &rest[consumed..];
-            at += consumed;
         }
-        out.push_str(rest);
-        offset += line.len();
+        rest = &after[end + 1..];
     }
+    out.push_str(rest);
     Ok(out)
 }
 
+/// Where byte `at` of a string's value was written, as an offset into its
+/// `literal` (the quoted text in the file). Escapes, a multi-line string's
+/// first newline and its line-ending backslashes make the two differ. None
+/// when decoding `literal` here does not give `value` back, so a case this
+/// decoder misses points at the opening quote rather than somewhere wrong.
+fn source_offset(literal: &str, value: &str, at: usize) -> Option<usize> {
+    let (decoded, offsets) = decode_with_offsets(literal)?;
+    if decoded != value {
+        return None;
+    }
+    offsets.get(at).copied()
+}
+
+/// Decodes a TOML string literal, with the literal offset each decoded byte
+/// came from (and one more entry for the end).
+fn decode_with_offsets(literal: &str) -> Option<(String, Vec<usize>)> {
+    let delimiter = ["\"\"\"", "'''", "\"", "'"]
+        .into_iter()
+        .find(|d| literal.starts_with(d) && literal.len() >= 2 * d.len())?;
+    let basic = delimiter.starts_with('"');
+    let multi_line = delimiter.len() == 3;
+    let end = literal.len() - delimiter.len();
+    let mut i = delimiter.len();
+    if multi_line {
+        // A newline right after the opening delimiter is not part of the value.
+        if literal[i..].starts_with("\r\n") {
+            i += 2;
+        } else if literal[i..].starts_with('\n') {
+            i += 1;
+        }
+    }
+    let mut out = String::new();
+    let mut offsets = Vec::new();
+    let mut push = |c: char, from: usize, out: &mut String| {
+        out.push(c);
+        offsets.extend(std::iter::repeat_n(from, c.len_utf8()));
+    };
+    while i < end {
+        let c = literal[i..end].chars().next()?;
+        if !(basic && c == '\\') {
+            push(c, i, &mut out);
+            i += c.len_utf8();
+            continue;
+        }
+        let rest = &literal[i + 1..end];
+        let escaped = rest.chars().next()?;
+        let hex = |n: usize| {
+            let digits = rest.get(1..1 + n)?;
+            char::from_u32(u32::from_str_radix(digits, 16).ok()?)
+        };
+        let (c, len) = match escaped {
+            'b' => ('\u{8}', 1),
+            't' => ('\t', 1),
+            'n' => ('\n', 1),
+            'f' => ('\u{c}', 1),
+            'r' => ('\r', 1),
+            'e' => ('\u{1b}', 1),
+            '"' => ('"', 1),
+            '\\' => ('\\', 1),
+            'x' => (hex(2)?, 3),
+            'u' => (hex(4)?, 5),
+            'U' => (hex(8)?, 9),
+            // A line-ending backslash drops the newline and the
+            // whitespace after it.
+            ' ' | '\t' | '\r' | '\n' if multi_line => {
+                let skipped = rest.len() - rest.trim_start_matches([' ', '\t', '\r', '\n']).len();
+                i += 1 + skipped;
+                continue;
+            }
+            _ => return None,
+        };
+        push(c, i, &mut out);
+        i += 1 + len;
+    }
+    offsets.push(end);
+    Some((out, offsets))
+}
+
+/// toml's message and position for a syntax error. A `${VAR}` outside a
+/// string is one: toml stops at its `$` or its `{`, and the error points at
+/// the `$` with a hint.
+fn syntax_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |s| s.start);
+    let dollar = [at, at.saturating_sub(1)]
+        .into_iter()
+        .find(|&i| text.get(i..).is_some_and(|t| t.starts_with("${")));
+    match dollar {
+        Some(dollar) => error_at(
+            file,
+            text,
+            dollar,
+            format!(
+                "{}; a `${{VAR}}` is expanded only inside a string, like \"127.0.0.1:${{PORT}}\"",
+                toml_message(e)
+            ),
+        ),
+        None => error_at(file, text, at, toml_message(e)),
+    }
+}
+
 impl Config {
-    /// Reads, expands, parses and validates a config file.
+    /// Reads, parses, expands and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -783,20 +1013,18 @@ impl Config {
         file: &str,
         text: &str,
         base_dir: PathBuf,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &Env<'_>,
     ) -> Result<Config, ConfigError> {
-        let src = Source { file, text };
-        let expanded = expand_env(&src, env)?;
-        // Positions below refer to the expanded text; expansion keeps lines,
-        // so lines stay exact and columns shift only after a variable.
-        let src = Source {
-            file,
-            text: &expanded,
-        };
-        let mut config: Config = toml::from_str(&expanded).map_err(|e| {
-            let at = e.span().map_or(0, |s| s.start);
-            src.error_at(at, toml_message(&e))
-        })?;
+        let mut doc = DeTable::parse(text).map_err(|e| syntax_error(file, text, &e))?;
+        expand_table(doc.get_mut(), text, env)
+            .map_err(|(at, message)| error_at(file, text, at, message))?;
+        let src = Source { file, text, doc };
+        // The document is kept for positions; the config is built from a copy.
+        let mut config = Config::deserialize(toml::de::Deserializer::from(src.doc.clone()))
+            .map_err(|e| {
+                let at = e.span().map_or(0, |s| s.start);
+                src.error_at(at, toml_message(&e))
+            })?;
         config.base_dir = base_dir;
         config.validate(&src)?;
         config.read_filter_files(&src)?;
@@ -849,13 +1077,73 @@ impl Config {
         Ok(())
     }
 
+    /// The rules that types alone cannot say: settings that would turn a
+    /// mechanism off or stall it (a zero timeout, a breaker that never
+    /// closes), ranges, and names that must refer to something.
     fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        self.validate_server(src)?;
+        self.validate_state(src)?;
+        self.validate_filters(src)?;
+        for (name, u) in &self.upstreams {
+            validate_upstream(src, name, u)?;
+        }
+        self.validate_routes(src)?;
+        self.validate_telemetry(src)
+    }
+
+    fn validate_server(&self, src: &Source<'_>) -> Result<(), ConfigError> {
         self.server.validate(src)?;
-        if *self.state.backend.get_ref() == StateBackend::Redis {
-            match &self.state.url {
+        let s = &self.server;
+        // shutdown_grace = "0ms" is allowed: stopping at once, cutting what
+        // is in flight, is a choice (the load balancer drained already) and
+        // does what it says. So is [reload] debounce = "0ms": a reload on
+        // the first write; one that reads a half-written file is refused,
+        // the running config serves on, and the next write tries again.
+        refuse(
+            src,
+            &["server"],
+            &[
+                (
+                    "header_read_timeout",
+                    s.header_read_timeout.0.is_zero(),
+                    "gives no client time to send its request headers",
+                    "use a duration like \"10s\"",
+                ),
+                (
+                    "request_timeout",
+                    s.request_timeout.0.is_zero(),
+                    "would time out every upstream exchange at once",
+                    "use a duration like \"30s\"",
+                ),
+                (
+                    "max_header_bytes",
+                    s.max_header_bytes == 0,
+                    "would answer every request 431",
+                    "use a size like 16384",
+                ),
+                (
+                    "max_headers",
+                    s.max_headers == 0,
+                    "would answer every request 431",
+                    "use a count like 100",
+                ),
+                (
+                    "max_body_bytes",
+                    s.max_body_bytes == 0,
+                    "would answer every request that has a body 413",
+                    "use a size like 1048576",
+                ),
+            ],
+        )
+    }
+
+    fn validate_state(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        let s = &self.state;
+        if *s.backend.get_ref() == StateBackend::Redis {
+            match &s.url {
                 None => {
-                    return Err(src.error_span(
-                        &self.state.backend,
+                    return Err(src.error_key(
+                        &["state", "backend"],
                         "[state] backend \"redis\" needs a `url`, like \"redis://127.0.0.1:6379\"",
                     ));
                 }
@@ -871,70 +1159,94 @@ impl Config {
                 Some(_) => {}
             }
         }
-        if self.state.timeout.0.is_zero() {
-            return Err(src.error_span(&self.state.backend, "[state] timeout must be at least 1ms"));
-        }
-        for (what, n) in [
-            ("pool_size", &self.state.pool_size),
-            ("max_entries", &self.state.max_entries),
-        ] {
-            if *n.get_ref() == 0 {
-                return Err(src.error_span(n, format!("[state] {what} must be at least 1")));
-            }
-        }
+        refuse(
+            src,
+            &["state"],
+            &[
+                (
+                    "timeout",
+                    s.timeout.0.is_zero(),
+                    "would fail every state call as unavailable",
+                    "use a duration like \"25ms\"",
+                ),
+                (
+                    "pool_size",
+                    *s.pool_size.get_ref() == 0,
+                    "leaves no connection to Redis",
+                    "use 1 or more, like 8",
+                ),
+                (
+                    "max_entries",
+                    *s.max_entries.get_ref() == 0,
+                    "would refuse every counter",
+                    "use a count like 1000000",
+                ),
+            ],
+        )
+    }
 
+    fn validate_filters(&self, src: &Source<'_>) -> Result<(), ConfigError> {
         for (name, f) in &self.filters {
             // Filter names prefix shared-state keys and label metrics, so
             // they keep to a character set neither can confuse.
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-            {
-                return Err(src.error_span(
-                    &f.plugin,
+            if !is_plain_name(name) {
+                return Err(src.error_key_name(
+                    &["filters", name],
                     format!("filter name `{name}` may use only letters, digits, `-` and `_`"),
                 ));
             }
             let plugin = f.plugin.get_ref();
-            if plugin.is_empty()
-                || !plugin
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-            {
+            if !is_plain_name(plugin) {
                 return Err(src.error_span(
                     &f.plugin,
                     format!("filter `{name}` names plugin `{plugin}`; a plugin name uses only letters, digits, `-` and `_`"),
                 ));
             }
-            let path = self.plugin_path(plugin);
-            if !path.is_file() {
-                return Err(src.error_span(
-                    &f.plugin,
-                    format!(
-                        "filter `{name}` uses plugin `{plugin}`, but {} does not exist; build the plugin or fix the name",
-                        path.display()
+            // Settings first, the file system after: a mistake in the file
+            // is reported the same whether or not the plugin is built.
+            let memory = format!("use 1 to {MAX_MEMORY_LIMIT_MIB}");
+            refuse(
+                src,
+                &["filters", name],
+                &[
+                    (
+                        "failure_status",
+                        !(100..=599).contains(&f.failure_status),
+                        "is not an HTTP status",
+                        "use one from 100 to 599",
                     ),
-                ));
-            }
-            if !(100..=599).contains(&f.failure_status) {
-                return Err(src.error_span(
-                    &f.plugin,
-                    format!(
-                        "filter `{name}` has failure_status {}; use an HTTP status from 100 to 599",
-                        f.failure_status
+                    (
+                        "timeout",
+                        f.timeout.0.is_zero(),
+                        "would interrupt every call at once",
+                        "use a duration like \"50ms\"",
                     ),
-                ));
-            }
-            if let Some(bad) = f
+                    (
+                        "memory_limit_mib",
+                        f.memory_limit_mib == 0 || f.memory_limit_mib > MAX_MEMORY_LIMIT_MIB,
+                        "is out of range",
+                        &memory,
+                    ),
+                    (
+                        "instances",
+                        f.instances == 0,
+                        "keeps no instance ready, so every call would instantiate the plugin anew",
+                        "use 1 or more, like 16",
+                    ),
+                ],
+            )?;
+            if let Some(i) = f
                 .env
                 .get_ref()
                 .iter()
-                .find(|v| v.is_empty() || v.contains('=') || v.contains('\0'))
+                .position(|v| v.is_empty() || v.contains('=') || v.contains('\0'))
             {
-                return Err(src.error_span(
-                    &f.env,
-                    format!("filter `{name}` grants environment variable {bad:?}, which is not a variable name"),
+                return Err(src.error_key(
+                    &["filters", name, "env", &i.to_string()],
+                    format!(
+                        "filter `{name}` grants environment variable {:?}, which is not a variable name",
+                        f.env.get_ref()[i]
+                    ),
                 ));
             }
             for (guest, host) in &f.dirs {
@@ -955,53 +1267,25 @@ impl Config {
                     ));
                 }
             }
-            if f.memory_limit_mib == 0 || f.memory_limit_mib > MAX_MEMORY_LIMIT_MIB {
+            let path = self.plugin_path(plugin);
+            if !path.is_file() {
                 return Err(src.error_span(
                     &f.plugin,
                     format!(
-                        "filter `{name}` has memory_limit_mib {}; use 1 to {MAX_MEMORY_LIMIT_MIB}",
-                        f.memory_limit_mib
+                        "filter `{name}` uses plugin `{plugin}`, but {} does not exist; build the plugin or fix the name",
+                        path.display()
                     ),
                 ));
             }
         }
-        for (name, u) in &self.upstreams {
-            if u.instances.get_ref().is_empty() {
-                return Err(src.error_span(
-                    &u.instances,
-                    format!("upstream `{name}` has no instances; list at least one `host:port`"),
-                ));
-            }
-            for addr in u.instances.get_ref().iter().map(InstanceConfig::address) {
-                if parse_authority(addr).is_none() {
-                    return Err(src.error_span(
-                        &u.instances,
-                        format!("upstream `{name}` has instance `{addr}`, which is not `host:port`; write it like \"127.0.0.1:3000\""),
-                    ));
-                }
-            }
-            // Per-instance state (breaker, health, pool) is keyed by address;
-            // one address twice would be one instance counted twice.
-            let mut seen = std::collections::HashSet::new();
-            for addr in u.instances.get_ref().iter().map(InstanceConfig::address) {
-                if !seen.insert(addr) {
-                    return Err(src.error_span(
-                        &u.instances,
-                        format!("upstream `{name}` lists instance `{addr}` twice; list it once and give it a weight instead"),
-                    ));
-                }
-            }
-        }
-        for (name, u) in &self.upstreams {
-            if let Some(bad) = u.failure_on.get_ref().iter().find(|f| !is_outcome(f, true)) {
-                return Err(src.error_span(
-                    &u.failure_on,
-                    format!("upstream `{name}` lists `{bad}` in failure_on; use connect, timeout, reset, 5xx or a status code"),
-                ));
-            }
-        }
+        Ok(())
+    }
+
+    fn validate_routes(&self, src: &Source<'_>) -> Result<(), ConfigError> {
         let mut seen: HashMap<&str, usize> = HashMap::new();
-        for r in &self.routes {
+        for (i, r) in self.routes.iter().enumerate() {
+            let index = i.to_string();
+            let at = |key: &'static str| ["route", index.as_str(), key];
             let id = r.id.get_ref().as_str();
             if let Some(first) = seen.insert(id, r.id.span().start) {
                 let (line, _) = line_col(src.text, first);
@@ -1038,37 +1322,61 @@ impl Config {
                     ));
                 }
             }
-            if let Some(retry) = &r.retry {
-                let rc = retry.get_ref();
-                if let Some(bad) = rc.on.iter().find(|o| !is_outcome(o, false)) {
-                    return Err(src.error_span(
-                        retry,
-                        format!("route `{id}` retries on `{bad}`; use connect, reset, timeout or a status code"),
-                    ));
-                }
-                if rc.attempts == 0 || rc.attempts > 10 {
-                    return Err(src.error_span(
-                        retry,
-                        format!("route `{id}` has retry attempts = {}; use 1 to 10 (tries in all, the first included)", rc.attempts),
-                    ));
-                }
-                if !(0.0..=1.0).contains(&rc.budget_ratio) || rc.budget_floor_per_second < 0.0 {
-                    return Err(src.error_span(
-                        retry,
-                        format!("route `{id}` has a retry budget_ratio outside 0 to 1 or a negative budget_floor_per_second"),
-                    ));
+            if let Some(methods) = &r.methods {
+                src.require(!methods.is_empty(), &at("methods"), || {
+                    format!("route `{id}` lists no methods, so it would match no request; remove `methods` to allow any")
+                })?;
+                for (n, m) in methods.iter().enumerate() {
+                    let ok = http::Method::from_bytes(m.as_bytes()).is_ok()
+                        && !m.chars().any(|c| c.is_ascii_lowercase());
+                    src.require(ok, &["route", &index, "methods", &n.to_string()], || {
+                        format!(
+                            "route `{id}` lists method `{m}`; write methods in capitals, like \"GET\""
+                        )
+                    })?;
                 }
             }
-            if let Some(methods) = &r.methods {
-                for m in methods {
-                    if http::Method::from_bytes(m.as_bytes()).is_err()
-                        || m.chars().any(|c| c.is_ascii_lowercase())
-                    {
-                        return Err(src.error_span(&r.id, format!("route `{id}` lists method `{m}`; write methods in capitals, like \"GET\"")));
-                    }
-                }
+            let label = format!("route `{id}`");
+            refuse_labelled(
+                src,
+                &["route", &index],
+                &label,
+                &[
+                    (
+                        "timeout",
+                        r.timeout.is_some_and(|t| t.0.is_zero()),
+                        "would time out every request at once",
+                        "use a duration like \"30s\"",
+                    ),
+                    (
+                        "try_timeout",
+                        r.try_timeout.is_some_and(|t| t.0.is_zero()),
+                        "would time out every try at once",
+                        "use a duration like \"5s\"",
+                    ),
+                ],
+            )?;
+            if let Some(try_timeout) = r.try_timeout {
+                let (overall, whose) = match r.timeout {
+                    Some(t) => (t, "the route's timeout"),
+                    None => (self.server.request_timeout, "[server] request_timeout"),
+                };
+                src.require(try_timeout.0 <= overall.0, &at("try_timeout"), || {
+                    format!(
+                        "try_timeout = {} in route `{id}` is longer than {whose}, {}, which ends the exchange first; make try_timeout at most that, or remove it to give one try all of it",
+                        show(try_timeout),
+                        show(overall)
+                    )
+                })?;
+            }
+            if let Some(retry) = &r.retry {
+                validate_retry(src, &index, id, retry.get_ref())?;
             }
         }
+        Ok(())
+    }
+
+    fn validate_telemetry(&self, src: &Source<'_>) -> Result<(), ConfigError> {
         if let Some(t) = &self.tracing {
             let ok = t
                 .endpoint
@@ -1084,27 +1392,464 @@ impl Config {
                     ),
                 ));
             }
-            if !(0.0..=1.0).contains(&t.sample_ratio) {
-                return Err(src.error_span(
-                    &t.endpoint,
-                    format!(
-                        "[tracing] sample_ratio is {}; use 0 to 1 (1 keeps every trace)",
-                        t.sample_ratio
+            refuse(
+                src,
+                &["tracing"],
+                &[
+                    (
+                        "sample_ratio",
+                        !(0.0..=1.0).contains(&t.sample_ratio),
+                        "is not a share",
+                        "use 0 to 1 (1 keeps every trace)",
                     ),
-                ));
-            }
+                    (
+                        "export_interval",
+                        t.export_interval.0.is_zero(),
+                        "would send spans in a busy loop",
+                        "use a duration like \"5s\"",
+                    ),
+                    (
+                        "export_timeout",
+                        t.export_timeout.0.is_zero(),
+                        "would time out every export at once",
+                        "use a duration like \"10s\"",
+                    ),
+                    (
+                        "max_queued_spans",
+                        t.max_queued_spans == 0,
+                        "would drop every span",
+                        "use a count like 2048",
+                    ),
+                ],
+            )?;
         }
         let b = &self.metrics.duration_buckets;
-        if b.is_empty()
-            || b.windows(2).any(|w| w[0] >= w[1])
-            || b.iter().any(|x| !x.is_finite() || *x <= 0.0)
-        {
-            return Err(src.error_at(
-                0,
-                "[metrics] duration_buckets must be positive and strictly increasing",
-            ));
+        let path = ["metrics", "duration_buckets"];
+        src.require(!b.is_empty(), &path, || {
+            "[metrics] duration_buckets is empty; list bucket bounds in seconds, like [0.01, 0.1, 1.0]".into()
+        })?;
+        for (i, x) in b.iter().enumerate() {
+            let ok = x.is_finite() && *x > 0.0 && (i == 0 || b[i - 1] < *x);
+            src.require(
+                ok,
+                &["metrics", "duration_buckets", &i.to_string()],
+                || {
+                    "[metrics] duration_buckets must be positive and strictly increasing; check this bound against the one before it".into()
+                },
+            )?;
         }
         Ok(())
+    }
+}
+
+fn validate_upstream(src: &Source<'_>, name: &str, u: &UpstreamConfig) -> Result<(), ConfigError> {
+    let instances = u.instances.get_ref();
+    if instances.is_empty() {
+        return Err(src.error_span(
+            &u.instances,
+            format!("upstream `{name}` has no instances; list at least one `host:port`"),
+        ));
+    }
+    // Per-instance state (breaker, health, pool) is keyed by address;
+    // one address twice would be one instance counted twice.
+    let mut seen = std::collections::HashSet::new();
+    for (i, instance) in instances.iter().enumerate() {
+        let index = i.to_string();
+        let addr = instance.address();
+        src.require(
+            parse_authority(addr).is_some(),
+            &["upstreams", name, "instances", &index, "address"],
+            || format!("upstream `{name}` has instance `{addr}`, which is not `host:port`; write it like \"127.0.0.1:3000\""),
+        )?;
+        src.require(
+            seen.insert(addr),
+            &["upstreams", name, "instances", &index, "address"],
+            || format!("upstream `{name}` lists instance `{addr}` twice; list it once and give it a weight instead"),
+        )?;
+        let weight = ["upstreams", name, "instances", &index, "weight"];
+        src.require(instance.weight() > 0, &weight, || {
+            format!(
+                "weight = 0 for instance `{addr}` of upstream `{name}` would never pick it; use 1 or more, or remove the instance"
+            )
+        })?;
+    }
+    if let Some(i) = u
+        .failure_on
+        .get_ref()
+        .iter()
+        .position(|f| !is_outcome(f, true))
+    {
+        return Err(src.error_key(
+            &["upstreams", name, "failure_on", &i.to_string()],
+            format!(
+                "upstream `{name}` lists `{}` in failure_on; use connect, timeout, reset, 5xx or a status code",
+                u.failure_on.get_ref()[i]
+            ),
+        ));
+    }
+    // max_idle_per_instance = 0 is allowed: keeping no idle connection is
+    // a real choice (an instance that mishandles keep-alive, or one behind
+    // a balancer that should see new connections); it costs a connect per
+    // request and breaks nothing.
+    refuse(
+        src,
+        &["upstreams", name],
+        &[
+            (
+                "connect_timeout",
+                u.connect_timeout.0.is_zero(),
+                "would fail every connection attempt",
+                "use a duration like \"2s\"",
+            ),
+            (
+                "idle_timeout",
+                u.idle_timeout.0.is_zero(),
+                "would close every idle connection at once",
+                "use a duration like \"60s\", or max_idle_per_instance = 0 to keep none",
+            ),
+            (
+                "max_connections_per_instance",
+                u.max_connections_per_instance == 0,
+                "would send no request to any instance (every answer 503 pool-exhausted)",
+                "use 1 or more, like 1024",
+            ),
+        ],
+    )?;
+    validate_breaker(src, name, &u.breaker)?;
+    if let Some(h) = &u.health {
+        validate_health(src, name, h)?;
+    }
+    if let Some(o) = &u.outlier {
+        validate_outlier(src, name, o)?;
+    }
+    Ok(())
+}
+
+fn validate_breaker(
+    src: &Source<'_>,
+    name: &str,
+    b: &crate::upstream::breaker::BreakerConfig,
+) -> Result<(), ConfigError> {
+    let table = ["upstreams", name, "breaker"];
+    // consecutive_failures = 0 and failure_rate = 0 each turn one trigger
+    // off, as documented; both off is how an upstream goes without a
+    // breaker, and min_requests = 0 only makes the rate count from the
+    // first request.
+    refuse(
+        src,
+        &table,
+        &[
+            (
+                "failure_rate",
+                !(0.0..=1.0).contains(&b.failure_rate),
+                "is not a share",
+                "use 0 (off) to 1",
+            ),
+            (
+                "window",
+                b.window.0.is_zero(),
+                "would count no request, so the failure rate could never open the breaker",
+                "use a duration like \"10s\"",
+            ),
+            (
+                "cool_down",
+                b.cool_down.0.is_zero(),
+                "would let requests through again as soon as the breaker opens",
+                "use a duration like \"5s\"",
+            ),
+            (
+                "half_open_probes",
+                b.half_open_probes == 0,
+                "lets no probe through, so an opened breaker would never close",
+                "use 1 or more",
+            ),
+            (
+                "successes_to_close",
+                b.successes_to_close == 0,
+                "would be read as 1: one successful probe would close the breaker",
+                "use 1 or more, like 2",
+            ),
+        ],
+    )?;
+    not_below(
+        src,
+        &table,
+        ("max_cool_down", b.max_cool_down),
+        ("cool_down", b.cool_down),
+    )
+}
+
+fn validate_health(
+    src: &Source<'_>,
+    name: &str,
+    h: &crate::upstream::health::HealthConfig,
+) -> Result<(), ConfigError> {
+    let table = ["upstreams", name, "health"];
+    refuse(
+        src,
+        &table,
+        &[
+            (
+                "path",
+                !h.path.starts_with('/'),
+                "is not a path, so every check would fail",
+                "start it with `/`, like \"/health\"",
+            ),
+            (
+                "interval",
+                h.interval.0 < MIN_HEALTH_INTERVAL,
+                "is under 10ms, the shortest interval checks run at",
+                "use a duration like \"5s\"",
+            ),
+            (
+                "timeout",
+                h.timeout.0.is_zero(),
+                "would fail every check and take every instance out",
+                "use a duration like \"1s\"",
+            ),
+            (
+                "healthy_threshold",
+                h.healthy_threshold == 0,
+                "would be read as 1: one passed check would bring an instance back",
+                "use 1 or more, like 2",
+            ),
+            (
+                "unhealthy_threshold",
+                h.unhealthy_threshold == 0,
+                "would be read as 1: one failed check would take an instance out",
+                "use 1 or more, like 3",
+            ),
+        ],
+    )?;
+    if let Some(i) = h
+        .expected_status
+        .iter()
+        .position(|s| !(100..=599).contains(s))
+    {
+        return Err(src.error_key(
+            &["upstreams", name, "health", "expected_status", &i.to_string()],
+            format!(
+                "{} expected_status lists {}, which is not an HTTP status; use statuses from 100 to 599",
+                table_label(&table),
+                h.expected_status[i]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_outlier(
+    src: &Source<'_>,
+    name: &str,
+    o: &crate::upstream::outlier::OutlierConfig,
+) -> Result<(), ConfigError> {
+    let table = ["upstreams", name, "outlier"];
+    if o.consecutive_5xx == 0 && o.consecutive_gateway_failures == 0 {
+        return Err(src.error_key(
+            &["upstreams", name, "outlier", "consecutive_5xx"],
+            format!(
+                "{} turns off both consecutive_5xx and consecutive_gateway_failures, so it would never eject an instance; set one of them, or remove the table to go without ejection",
+                table_label(&table)
+            ),
+        ));
+    }
+    refuse(
+        src,
+        &table,
+        &[
+            (
+                "base_ejection_time",
+                o.base_ejection_time.0.is_zero(),
+                "would eject an instance for no time at all",
+                "use a duration like \"30s\"",
+            ),
+            (
+                "max_ejected_percent",
+                !(1..=100).contains(&o.max_ejected_percent),
+                "is not a percentage of the cluster",
+                "use 1 to 100 (one instance may be ejected whatever the share)",
+            ),
+        ],
+    )?;
+    not_below(
+        src,
+        &table,
+        ("max_ejection_time", o.max_ejection_time),
+        ("base_ejection_time", o.base_ejection_time),
+    )
+}
+
+fn validate_retry(
+    src: &Source<'_>,
+    index: &str,
+    id: &str,
+    rc: &RetryConfig,
+) -> Result<(), ConfigError> {
+    let table = ["route", index, "retry"];
+    if let Some(i) = rc.on.iter().position(|o| !is_outcome(o, false)) {
+        return Err(src.error_key(
+            &["route", index, "retry", "on", &i.to_string()],
+            format!(
+                "route `{id}` retries on `{}`; use connect, reset, timeout or a status code",
+                rc.on[i]
+            ),
+        ));
+    }
+    let label = format!("route `{id}`'s retry");
+    refuse_labelled(
+        src,
+        &table,
+        &label,
+        &[
+            (
+                "attempts",
+                rc.attempts == 0 || rc.attempts > 10,
+                "is out of range",
+                "use 1 to 10 (tries in all, the first included)",
+            ),
+            (
+                "backoff_base",
+                rc.backoff_base.0.is_zero(),
+                "would send retries at once, with no back-off",
+                "use a duration like \"25ms\"",
+            ),
+            (
+                "budget_ratio",
+                !(0.0..=1.0).contains(&rc.budget_ratio),
+                "is not a share",
+                "use 0 to 1, like 0.2",
+            ),
+            (
+                "budget_floor_per_second",
+                !(rc.budget_floor_per_second >= 0.0 && rc.budget_floor_per_second.is_finite()),
+                "is not a rate",
+                "use 0 or more, like 1.0",
+            ),
+            (
+                "budget_window",
+                rc.budget_window.0 < MIN_BUDGET_WINDOW,
+                "is under 10ms, the shortest window the budget counts over",
+                "use a duration like \"10s\"",
+            ),
+        ],
+    )?;
+    let zero_budget = rc.budget_ratio == 0.0 && rc.budget_floor_per_second == 0.0;
+    src.require(!zero_budget, &["route", index, "retry", "budget_ratio"], || {
+        format!("route `{id}`'s retry has budget_ratio and budget_floor_per_second both 0, so the budget would allow no retry; raise one, or remove [route.retry] to go without retries")
+    })?;
+    not_below_labelled(
+        src,
+        &table,
+        &label,
+        ("backoff_max", rc.backoff_max),
+        ("backoff_base", rc.backoff_base),
+    )
+}
+
+/// The shortest health-check interval; the checker never runs faster.
+const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The shortest retry-budget window; the budget never counts over less.
+const MIN_BUDGET_WINDOW: Duration = Duration::from_millis(10);
+
+/// A setting refused: its key, whether its value is refused, what that
+/// value would do, and what to write instead.
+type Refusal<'r> = (&'r str, bool, &'r str, &'r str);
+
+/// The first refusal that applies, at its key's value, as
+/// "`key = value` in `[table]` `effect`; `instead`".
+fn refuse(src: &Source<'_>, table: &[&str], refusals: &[Refusal<'_>]) -> Result<(), ConfigError> {
+    refuse_labelled(src, table, &table_label(table), refusals)
+}
+
+fn refuse_labelled(
+    src: &Source<'_>,
+    table: &[&str],
+    label: &str,
+    refusals: &[Refusal<'_>],
+) -> Result<(), ConfigError> {
+    for &(key, refused, effect, instead) in refusals {
+        if refused {
+            let path = [table, &[key]].concat();
+            let setting = match src.written(&path) {
+                Some(value) => format!("{key} = {value}"),
+                None => key.to_string(),
+            };
+            return Err(src.error_key(&path, format!("{setting} in {label} {effect}; {instead}")));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a cap shorter than the base it caps (`max_cool_down` under
+/// `cool_down`): the runtime would ignore it. The error points at the cap
+/// when it was written, else at the base that outgrew its default cap.
+fn not_below(
+    src: &Source<'_>,
+    table: &[&str],
+    cap: (&str, Millis),
+    base: (&str, Millis),
+) -> Result<(), ConfigError> {
+    not_below_labelled(src, table, &table_label(table), cap, base)
+}
+
+fn not_below_labelled(
+    src: &Source<'_>,
+    table: &[&str],
+    label: &str,
+    (cap, cap_value): (&str, Millis),
+    (base, base_value): (&str, Millis),
+) -> Result<(), ConfigError> {
+    if cap_value.0 >= base_value.0 {
+        return Ok(());
+    }
+    let cap_path = [table, &[cap]].concat();
+    let at = if src.written(&cap_path).is_some() {
+        cap_path
+    } else {
+        [table, &[base]].concat()
+    };
+    Err(src.error_key(
+        &at,
+        format!(
+            "{cap} = {} in {label} is shorter than {base} = {}, so it would be ignored; make {cap} at least {base}",
+            show(cap_value),
+            show(base_value)
+        ),
+    ))
+}
+
+/// `[upstreams.api.breaker]` for a key path, quoting keys TOML would.
+fn table_label(path: &[&str]) -> String {
+    let keys: Vec<String> = path
+        .iter()
+        .map(|k| {
+            if !k.is_empty() && is_plain_name(k) {
+                k.to_string()
+            } else {
+                format!("{k:?}")
+            }
+        })
+        .collect();
+    format!("[{}]", keys.join("."))
+}
+
+/// Letters, digits, `-` and `_`, at least one.
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+}
+
+/// A duration as a user would write it: `"250ms"`, `"10s"`, `"2m"`.
+fn show(d: Millis) -> String {
+    let ms = d.0.as_millis();
+    if ms != 0 && ms.is_multiple_of(60_000) {
+        format!("\"{}m\"", ms / 60_000)
+    } else if ms != 0 && ms.is_multiple_of(1000) {
+        format!("\"{}s\"", ms / 1000)
+    } else {
+        format!("\"{ms}ms\"")
     }
 }
 
@@ -1149,40 +1894,401 @@ mod tests {
     use super::*;
 
     fn env(k: &str) -> Option<String> {
-        (k == "PORT").then(|| "8081".to_string())
+        match k {
+            "PORT" => Some("8081".into()),
+            // Everything that would end a TOML string or start new syntax.
+            "NASTY" => Some("a\"b\\c\nd]e#f\n[admin]\nlisten = \"127.0.0.1:1\"".into()),
+            "LONG_NAME_FOR_AN_ADDRESS" => Some("127.0.0.1:7".into()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("t.toml", text, PathBuf::new(), &env)
+    }
+
+    const SERVER: &str = "[server]\nlisten = \"127.0.0.1:1\"\n";
+
+    /// The error for `body` after a two-line `[server]` table, as
+    /// (line, column, message).
+    fn refused(body: &str) -> (usize, usize, String) {
+        let e = parse(&format!("{SERVER}{body}")).expect_err(body);
+        (e.line, e.column, e.message)
+    }
+
+    #[track_caller]
+    fn assert_refused(body: &str, at: (usize, usize), phrase: &str) {
+        let (line, column, message) = refused(body);
+        assert_eq!((line, column), at, "{message}");
+        assert!(message.contains(phrase), "{message}");
     }
 
     #[test]
     fn expands_variables_and_defaults() {
-        let c = Config::parse(
-            "t.toml",
-            "[server]\nlisten = \"127.0.0.1:${PORT}\"\n",
-            PathBuf::new(),
-            &env,
-        )
-        .unwrap();
+        let c = parse("[server]\nlisten = \"127.0.0.1:${PORT}\"\n").unwrap();
         assert_eq!(c.server.listen.port(), 8081);
-        let c = Config::parse(
-            "t.toml",
-            "[server]\nlisten = \"${ADDR:-127.0.0.1:9}\"\n",
-            PathBuf::new(),
-            &env,
-        )
-        .unwrap();
+        let c = parse("[server]\nlisten = \"${ADDR:-127.0.0.1:9}\"\n").unwrap();
         assert_eq!(c.server.listen.port(), 9);
     }
 
     #[test]
-    fn missing_variable_names_it_with_position() {
-        let e = Config::parse(
-            "t.toml",
-            "[server]\nlisten = \"${NOPE}\"\n",
-            PathBuf::new(),
-            &env,
+    fn a_variable_holding_toml_syntax_stays_one_string_value() {
+        let c = parse(&format!(
+            "{SERVER}[access_log]\npath = \"${{NASTY}}\"\n[metrics]\nduration_buckets = [\"${{NASTY}}\"]\n"
+        ));
+        // The array holds a string, so its type is what is refused, at the
+        // array's element: the variable added no element and no table.
+        let e = c.unwrap_err();
+        assert_eq!((e.line, e.column), (6, 21), "{e}");
+        let c = parse(&format!("{SERVER}[access_log]\npath = \"${{NASTY}}\"\n")).unwrap();
+        assert_eq!(c.access_log.unwrap().path, env("NASTY").unwrap());
+        assert_eq!(c.admin, None);
+    }
+
+    #[test]
+    fn variables_in_comments_and_keys_are_left_alone() {
+        let c = parse(
+            "# ${NOPE} and an unclosed ${\n[server]\nlisten = \"127.0.0.1:1\" # ${NOPE}\n\n[upstreams.\"${PORT}\"]\ninstances = [\"127.0.0.1:2\"] # ${\n",
         )
-        .unwrap_err();
+        .unwrap();
+        assert_eq!(c.upstreams.keys().collect::<Vec<_>>(), ["${PORT}"]);
+    }
+
+    #[test]
+    fn missing_variable_names_it_with_position() {
+        let e = parse("[server]\nlisten = \"${NOPE}\"\n").unwrap_err();
         assert_eq!((e.line, e.column), (2, 11));
         assert!(e.message.contains("`NOPE` is not set"), "{e}");
+    }
+
+    #[test]
+    fn expansion_errors_point_at_the_dollar_as_written() {
+        // Escapes before the variable are longer in the file than in the value.
+        assert_refused(
+            "[access_log]\npath = \"\\t\\u00e9\\\"x${NOPE}\"\n",
+            (4, 20),
+            "`NOPE` is not set",
+        );
+        // A multi-line string drops its first newline and a line-ending
+        // backslash with the indentation after it.
+        assert_refused(
+            "[access_log]\npath = \"\"\"\nab \\\n    cd${NOPE}\"\"\"\n",
+            (6, 7),
+            "`NOPE` is not set",
+        );
+        assert_refused(
+            "[access_log]\npath = '''\nx\\n${NOPE}'''\n",
+            (5, 4),
+            "`NOPE` is not set",
+        );
+        assert_refused(
+            "[access_log]\npath = 'a ${9-x}'\n",
+            (4, 11),
+            "is not a valid variable name",
+        );
+        assert_refused(
+            "[access_log]\npath = \"a ${NOPE\"\n",
+            (4, 11),
+            "`${` is not closed",
+        );
+    }
+
+    #[test]
+    fn a_variable_outside_a_string_is_a_syntax_error_with_a_hint() {
+        let (line, column, message) = refused("[upstreams.a]\ninstances = [${PORT}]\n");
+        assert_eq!((line, column), (4, 14), "{message}");
+        assert!(
+            message.contains("expanded only inside a string"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn positions_after_an_expanded_variable_are_those_of_the_file() {
+        // The value is shorter than the variable on the same line...
+        assert_refused(
+            "[upstreams.a]\ninstances = [\"${LONG_NAME_FOR_AN_ADDRESS}\", \"nope\"]\n",
+            (4, 45),
+            "`nope`, which is not `host:port`",
+        );
+        // ...and spans lines where the variable did not, lines above.
+        assert_refused(
+            "[access_log]\npath = \"${NASTY}\"\n[tracing]\nendpoint = \"http://127.0.0.1:4318/\"\nexport_interval = \"0ms\"\n",
+            (7, 19),
+            "export_interval = \"0ms\" in [tracing]",
+        );
+    }
+
+    #[test]
+    fn zero_server_limits_are_refused_at_their_value() {
+        let server = |extra: &str| {
+            let e = parse(&format!("{SERVER}{extra}\n")).unwrap_err();
+            (e.line, e.column, e.message)
+        };
+        let (line, column, m) = server("header_read_timeout = \"0ms\"");
+        assert_eq!((line, column), (3, 23), "{m}");
+        assert_eq!(
+            m,
+            "header_read_timeout = \"0ms\" in [server] gives no client time to send its request headers; use a duration like \"10s\""
+        );
+        let (line, column, m) = server("max_headers = 0");
+        assert_eq!((line, column), (3, 15), "{m}");
+        assert!(m.contains("would answer every request 431"), "{m}");
+        let (line, column, m) = server("max_body_bytes = 0");
+        assert_eq!((line, column), (3, 18), "{m}");
+        assert!(m.contains("413"), "{m}");
+        let (line, column, m) = server("max_headers = -1");
+        assert_eq!((line, column), (3, 15), "{m}");
+    }
+
+    const UP: &str = "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n";
+
+    #[test]
+    fn breaker_settings_that_would_stall_it_are_refused() {
+        assert_refused(
+            &format!("{UP}[upstreams.api.breaker]\nhalf_open_probes = 0\n"),
+            (6, 20),
+            "half_open_probes = 0 in [upstreams.api.breaker] lets no probe through",
+        );
+        assert_refused(
+            &format!("{UP}[upstreams.api.breaker]\nsuccesses_to_close = 0\n"),
+            (6, 22),
+            "successes_to_close = 0",
+        );
+        assert_refused(
+            &format!("{UP}[upstreams.api.breaker]\nwindow = \"0s\"\n"),
+            (6, 10),
+            "could never open the breaker",
+        );
+        assert_refused(
+            &format!("{UP}[upstreams.api.breaker]\nfailure_rate = 1.5\n"),
+            (6, 16),
+            "use 0 (off) to 1",
+        );
+        // A cool-down over the default cap points at the cool-down...
+        assert_refused(
+            &format!("{UP}[upstreams.api.breaker]\ncool_down = \"2m\"\n"),
+            (6, 13),
+            "max_cool_down = \"1m\" in [upstreams.api.breaker] is shorter than cool_down = \"2m\"",
+        );
+        // ...a cap written under it, at the cap.
+        assert_refused(
+            &format!("{UP}[upstreams.api.breaker]\nmax_cool_down = \"1s\"\ncool_down = \"2s\"\n"),
+            (6, 17),
+            "make max_cool_down at least cool_down",
+        );
+        // Both triggers off is how an upstream goes without a breaker.
+        parse(&format!(
+            "{SERVER}{UP}[upstreams.api.breaker]\nconsecutive_failures = 0\nfailure_rate = 0.0\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn health_and_outlier_settings_that_would_disable_them_are_refused() {
+        let health = format!("{UP}[upstreams.api.health]\npath = \"/health\"\n");
+        assert_refused(
+            &format!("{health}interval = \"0ms\"\n"),
+            (7, 12),
+            "is under 10ms",
+        );
+        assert_refused(
+            &format!("{health}healthy_threshold = 0\n"),
+            (7, 21),
+            "healthy_threshold = 0 in [upstreams.api.health]",
+        );
+        assert_refused(
+            &format!("{health}expected_status = [200, 99]\n"),
+            (7, 25),
+            "lists 99, which is not an HTTP status",
+        );
+        assert_refused(
+            &format!("{UP}[upstreams.api.health]\npath = \"health\"\n"),
+            (6, 8),
+            "start it with `/`",
+        );
+        let outlier = format!("{UP}[upstreams.api.outlier]\n");
+        assert_refused(
+            &format!("{outlier}max_ejected_percent = 150\n"),
+            (6, 23),
+            "use 1 to 100",
+        );
+        assert_refused(
+            &format!("{outlier}consecutive_5xx = 0\nconsecutive_gateway_failures = 0\n"),
+            (6, 19),
+            "would never eject an instance",
+        );
+        assert_refused(
+            &format!("{outlier}base_ejection_time = \"0s\"\n"),
+            (6, 22),
+            "for no time at all",
+        );
+    }
+
+    #[test]
+    fn upstream_limits_and_weights_are_checked_at_their_value() {
+        assert_refused(
+            "[upstreams.api]\ninstances = [\"127.0.0.1:3000\", { address = \"127.0.0.1:3001\", weight = 0 }]\n",
+            (4, 71),
+            "weight = 0 for instance `127.0.0.1:3001` of upstream `api` would never pick it",
+        );
+        assert_refused(
+            &format!("{UP}max_connections_per_instance = 0\n"),
+            (5, 32),
+            "503 pool-exhausted",
+        );
+        assert_refused(
+            &format!("{UP}connect_timeout = \"0ms\"\n"),
+            (5, 19),
+            "would fail every connection attempt",
+        );
+        assert_refused(
+            &format!("{UP}idle_timeout = \"0s\"\n"),
+            (5, 16),
+            "max_idle_per_instance = 0 to keep none",
+        );
+        assert_refused(
+            &format!("{UP}failure_on = [\"5xx\", \"6xx\"]\n"),
+            (5, 22),
+            "lists `6xx` in failure_on",
+        );
+        // No idle connection kept is a choice, not a breakage.
+        parse(&format!("{SERVER}{UP}max_idle_per_instance = 0\n")).unwrap();
+    }
+
+    const ROUTE: &str = "[[route]]\nid = \"api\"\nupstream = \"api\"\n";
+
+    #[test]
+    fn route_timeouts_methods_and_retries_are_checked_at_their_value() {
+        let route = |extra: &str| format!("{UP}\n{ROUTE}{extra}\n");
+        assert_refused(
+            &route("timeout = \"0ms\""),
+            (9, 11),
+            "would time out every request at once",
+        );
+        assert_refused(
+            &route("timeout = \"5s\"\ntry_timeout = \"10s\""),
+            (10, 15),
+            "try_timeout = \"10s\" in route `api` is longer than the route's timeout, \"5s\"",
+        );
+        assert_refused(
+            &route("try_timeout = \"1m\""),
+            (9, 15),
+            "longer than [server] request_timeout, \"30s\"",
+        );
+        assert_refused(
+            &route("methods = [\"GET\", \"post\"]"),
+            (9, 19),
+            "lists method `post`",
+        );
+        assert_refused(&route("methods = []"), (9, 11), "would match no request");
+        let retry = |extra: &str| route(&format!("[route.retry]\n{extra}"));
+        assert_refused(
+            &retry("attempts = 0"),
+            (10, 12),
+            "attempts = 0 in route `api`'s retry is out of range",
+        );
+        assert_refused(
+            &retry("backoff_base = \"500ms\""),
+            (10, 16),
+            "backoff_max = \"250ms\" in route `api`'s retry is shorter than backoff_base = \"500ms\"",
+        );
+        assert_refused(
+            &retry("backoff_base = \"0ms\""),
+            (10, 16),
+            "with no back-off",
+        );
+        assert_refused(
+            &retry("budget_ratio = 0.0\nbudget_floor_per_second = 0.0"),
+            (10, 16),
+            "the budget would allow no retry",
+        );
+        assert_refused(
+            &retry("on = [\"connect\", \"5xx\"]"),
+            (10, 18),
+            "retries on `5xx`",
+        );
+    }
+
+    #[test]
+    fn filter_settings_are_checked_at_their_value() {
+        let filter = |extra: &str| format!("[filters.f]\nplugin = \"p\"\n{extra}\n");
+        assert_refused(
+            &filter("instances = 0"),
+            (5, 13),
+            "instances = 0 in [filters.f] keeps no instance ready",
+        );
+        assert_refused(
+            &filter("timeout = \"0ms\""),
+            (5, 11),
+            "interrupt every call",
+        );
+        assert_refused(&filter("memory_limit_mib = 1024"), (5, 20), "use 1 to 256");
+        assert_refused(
+            &filter("failure_status = 99"),
+            (5, 18),
+            "is not an HTTP status",
+        );
+        assert_refused(
+            &filter("env = [\"A\", \"\"]"),
+            (5, 13),
+            "not a variable name",
+        );
+        assert_refused(
+            "[filters.\"a:b\"]\nplugin = \"p\"\n",
+            (3, 10),
+            "filter name `a:b`",
+        );
+    }
+
+    #[test]
+    fn state_telemetry_and_metrics_settings_are_checked_at_their_value() {
+        assert_refused("[state]\ntimeout = \"0ms\"\n", (4, 11), "every state call");
+        assert_refused(
+            "[state]\npool_size = 0\n",
+            (4, 13),
+            "no connection to Redis",
+        );
+        let tracing = "[tracing]\nendpoint = \"http://127.0.0.1:4318/v1/traces\"\n";
+        assert_refused(
+            &format!("{tracing}sample_ratio = 2.0\n"),
+            (5, 16),
+            "use 0 to 1",
+        );
+        assert_refused(
+            &format!("{tracing}max_queued_spans = 0\n"),
+            (5, 20),
+            "would drop every span",
+        );
+        assert_refused(
+            "[metrics]\nduration_buckets = [0.1, 0.5, 0.5]\n",
+            (4, 31),
+            "strictly increasing",
+        );
+        assert_refused("[metrics]\nduration_buckets = []\n", (4, 20), "is empty");
+    }
+
+    #[test]
+    fn a_setting_left_to_its_default_is_reported_at_its_table() {
+        let text = "# a comment\n[server]\nlisten = \"127.0.0.1:1\"\n\n[upstreams.api.breaker]\nwindow = \"1s\"\n";
+        let src = Source {
+            file: "t.toml",
+            text,
+            doc: DeTable::parse(text).unwrap(),
+        };
+        let at = |path: &[&str]| {
+            let e = src.error_key(path, "x");
+            (e.line, e.column)
+        };
+        assert_eq!(at(&["upstreams", "api", "breaker", "window"]), (6, 10));
+        assert_eq!(at(&["upstreams", "api", "breaker", "cool_down"]), (5, 1));
+        assert_eq!(at(&["server", "max_connections"]), (2, 1));
+        assert_eq!(at(&["server", "listen"]), (3, 10));
+        assert_eq!(at(&["tracing", "export_timeout"]), (1, 1));
+        assert_eq!(src.written(&["server", "listen"]), Some("\"127.0.0.1:1\""));
+        assert_eq!(src.written(&["server", "max_connections"]), None);
+        let name = src.error_key_name(&["upstreams", "api", "breaker"], "x");
+        assert_eq!((name.line, name.column), (5, 16));
     }
 
     #[test]
@@ -1234,5 +2340,14 @@ mod tests {
     #[test]
     fn line_and_column_count_characters() {
         assert_eq!(line_col("ab\ncdé f", 9), (2, 6));
+    }
+
+    #[test]
+    fn string_offsets_follow_escapes() {
+        let (value, at) = decode_with_offsets("\"a\\u00e9b\"").unwrap();
+        assert_eq!(value, "aéb");
+        assert_eq!(at, [1, 2, 2, 8, 9]);
+        assert_eq!(decode_with_offsets("'a\\n'").unwrap().0, "a\\n");
+        assert_eq!(decode_with_offsets("\"\"\"\r\nx\"\"\"").unwrap().0, "x");
     }
 }
