@@ -10,7 +10,7 @@ SHIPPED := headers ratelimit auth tenant
 EXAMPLES := target/examples
 PY_TOOLS := target/toolchains/python/bin
 
-.PHONY: setup plugins build run test bench bench-deps vs-nginx soak-reload examples
+.PHONY: setup plugins build run test bench bench-deps vs-nginx soak-reload examples fuzz
 
 setup:
 	scripts/setup.sh
@@ -60,3 +60,23 @@ vs-nginx: build bench-deps
 # memory (opt-in: it takes a minute or two).
 soak-reload: plugins
 	$(CARGO) test --release --test reload -- --ignored --nocapture
+
+# Fuzzes the request head, host and config parsers, FUZZ_SECONDS each (needs the nightly toolchain; not part of `make test`; see SECURITY.md).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := request_head host config
+# Sanitizer none: the gateway is safe Rust (#![forbid(unsafe_code)]), so
+# panics are what the fuzzers hunt, and without ASan builds and runs cost
+# about half. Its own target dir keeps target/release's cache intact.
+FUZZ_CARGO := nice -n 15 $(CARGO) +nightly fuzz
+FUZZ_FLAGS := -s none --target-dir $(CURDIR)/target/fuzz
+FUZZ_DIR := $(CURDIR)/fuzz
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || nice -n 15 $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(FUZZ_CARGO) build $(FUZZ_FLAGS)
+	@failed=; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  (cd fuzz && $(FUZZ_CARGO) run $(FUZZ_FLAGS) $$t $(FUZZ_DIR)/corpus/$$t $(FUZZ_DIR)/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -dict=$(FUZZ_DIR)/dicts/$$t.dict) || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: findings in$$failed (see fuzz/artifacts/)"; exit 1; fi
