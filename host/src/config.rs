@@ -520,13 +520,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().map_err(|_| bad())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(bad()),
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        _ => return Err(bad()),
+    };
+    // Deadlines are `Instant::now() + d` on the request path, which panics
+    // past the clock's range; no setting needs more than a year.
+    if d > MAX_DURATION {
+        return Err(format!(
+            "`{s}` is longer than a year; use a shorter duration"
+        ));
     }
+    Ok(d)
 }
+
+/// The longest duration any setting takes.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 mod defaults {
     use super::*;
@@ -2297,6 +2308,10 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
+        // Found by fuzzing: the multiplication overflowed.
+        assert!(parse_duration("307445734561825861m").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err());
+        assert!(parse_duration("525600m").is_ok());
     }
 
     #[test]
