@@ -435,7 +435,7 @@ mod tests {
         let d = declared(&s);
         assert_eq!(d.dropped, 0);
         // The default lists, plus the extra one.
-        assert_eq!(d.count("headers_removed"), 23 + 1 + 6);
+        assert_eq!(d.count("headers_removed"), 31 + 1 + 6);
         let request: Vec<&str> = d
             .series
             .iter()
@@ -462,6 +462,6 @@ mod tests {
                     .contains(&r.violation().label())
             );
         }
-        assert_eq!(d.series.len(), 30 + 2 + 10);
+        assert_eq!(d.series.len(), 38 + 2 + 10);
     }
 }
