@@ -3,6 +3,8 @@
 //! `x-attack` header names, and every attack must fail only its own step.
 
 mod common;
+#[path = "sandbox/containment.rs"]
+mod containment;
 
 use common::{Gateway, RawResponse, Upstream, metric, tempdir};
 use std::sync::Arc;

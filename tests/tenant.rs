@@ -153,7 +153,8 @@ fn a_header_contradicting_the_context_is_refused_as_a_conflict() {
     let log = gw.log();
     assert!(
         log.contains(
-            r#"cross-tenant request refused on route "api": context says "acme", header says "globex""#
+            // The filter's words, quoted and escaped in the record's `text`.
+            r#"text="cross-tenant request refused on route \"api\": context says \"acme\", header says \"globex\"""#
         ),
         "the conflict is logged with both tenants:\n{log}"
     );

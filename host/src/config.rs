@@ -300,6 +300,27 @@ pub struct StateConfig {
     /// are refused until old ones expire.
     #[serde(default = "defaults::state_max_entries")]
     pub max_entries: Spanned<usize>,
+    /// The counters one filter may hold at once unless its table sets
+    /// `state_max_entries`; by default a tenth of `max_entries`, so no one
+    /// filter can fill the store. Also the Redis backend's per-filter cap.
+    pub filter_max_entries: Option<Spanned<usize>>,
+    /// The bytes of counter keys (plus 64 per counter) one filter may hold
+    /// in the memory backend unless it sets `state_max_bytes`.
+    #[serde(default = "defaults::filter_max_bytes")]
+    pub filter_max_bytes: Spanned<usize>,
+    /// The longest window a filter may give a counter unless it sets
+    /// `state_max_window`; at most two days.
+    #[serde(default = "defaults::filter_max_window")]
+    pub filter_max_window: Millis,
+}
+
+impl StateConfig {
+    /// The per-filter entry quota, written or derived from `max_entries`.
+    pub fn filter_max_entries(&self) -> usize {
+        self.filter_max_entries
+            .as_ref()
+            .map_or((*self.max_entries.get_ref() / 10).max(1), |s| *s.get_ref())
+    }
 }
 
 impl Default for StateConfig {
@@ -311,6 +332,9 @@ impl Default for StateConfig {
             timeout: defaults::state_timeout(),
             pool_size: defaults::state_pool_size(),
             max_entries: defaults::state_max_entries(),
+            filter_max_entries: None,
+            filter_max_bytes: defaults::filter_max_bytes(),
+            filter_max_window: defaults::filter_max_window(),
         }
     }
 }
@@ -368,6 +392,11 @@ pub struct FilterConfig {
     /// "host/path"`, host paths relative to the config file. None by default.
     #[serde(default)]
     pub dirs: BTreeMap<String, Spanned<PathBuf>>,
+    /// This filter's shared-state quota, where it differs from `[state]`'s
+    /// `filter_max_entries`, `filter_max_bytes` and `filter_max_window`.
+    pub state_max_entries: Option<Spanned<usize>>,
+    pub state_max_bytes: Option<Spanned<usize>>,
+    pub state_max_window: Option<Millis>,
     /// The filter's own settings, handed to its `configure` as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -524,6 +553,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+        "d" => Duration::from_secs(n.checked_mul(86_400).ok_or_else(bad)?),
         _ => return Err(bad()),
     };
     // Deadlines are `Instant::now() + d` on the request path, which panics
@@ -644,6 +675,12 @@ mod defaults {
     }
     pub fn state_max_entries() -> Spanned<usize> {
         Spanned::new(0..0, 1_000_000)
+    }
+    pub fn filter_max_bytes() -> Spanned<usize> {
+        Spanned::new(0..0, 16 * 1024 * 1024)
+    }
+    pub fn filter_max_window() -> Millis {
+        Millis(crate::state::MAX_WINDOW)
     }
     pub fn failure_on() -> Spanned<Vec<String>> {
         Spanned::new(
@@ -1192,6 +1229,27 @@ impl Config {
                     "would refuse every counter",
                     "use a count like 1000000",
                 ),
+                (
+                    "filter_max_entries",
+                    s.filter_max_entries
+                        .as_ref()
+                        .is_some_and(|n| *n.get_ref() == 0),
+                    "would refuse every filter's counters",
+                    "use a count like 100000",
+                ),
+                (
+                    "filter_max_bytes",
+                    *s.filter_max_bytes.get_ref() == 0,
+                    "would refuse every filter's counters",
+                    "use a size like 16777216",
+                ),
+                (
+                    "filter_max_window",
+                    s.filter_max_window.0.is_zero()
+                        || s.filter_max_window.0 > crate::state::MAX_WINDOW,
+                    "is out of range",
+                    "use 1ms to 2d",
+                ),
             ],
         )
     }
@@ -1243,6 +1301,29 @@ impl Config {
                         f.instances == 0,
                         "keeps no instance ready, so every call would instantiate the plugin anew",
                         "use 1 or more, like 16",
+                    ),
+                    (
+                        "state_max_entries",
+                        f.state_max_entries
+                            .as_ref()
+                            .is_some_and(|n| *n.get_ref() == 0),
+                        "would refuse every counter",
+                        "use a count like 10000",
+                    ),
+                    (
+                        "state_max_bytes",
+                        f.state_max_bytes
+                            .as_ref()
+                            .is_some_and(|n| *n.get_ref() == 0),
+                        "would refuse every counter",
+                        "use a size like 1048576",
+                    ),
+                    (
+                        "state_max_window",
+                        f.state_max_window
+                            .is_some_and(|w| w.0.is_zero() || w.0 > crate::state::MAX_WINDOW),
+                        "is out of range",
+                        "use 1ms to 2d",
                     ),
                 ],
             )?;

@@ -119,8 +119,8 @@ fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str
         reason = failure.reason,
         policy,
         request_id,
-        "filter call failed: {}{suppressed}",
-        failure.detail
+        detail = failure.detail.as_str(),
+        "filter call failed{suppressed}"
     );
 }
 

@@ -286,8 +286,11 @@ pub fn check_config(body: &str) -> (bool, String, String) {
     )
 }
 
-pub fn gateway_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gateway")
+/// The gateway binary this build made, or the one `GATEWAY_BIN` names (to
+/// measure another build with the same harness, as benches/containment.rs
+/// does for a before-and-after).
+pub fn gateway_bin() -> String {
+    std::env::var("GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gateway").to_string())
 }
 
 impl Gateway {
@@ -406,6 +409,11 @@ impl Gateway {
 
     pub fn metrics(&self) -> String {
         self.admin("GET", "/metrics").body_text()
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// File descriptors the gateway process has open (sockets included),

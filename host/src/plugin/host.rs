@@ -7,7 +7,7 @@ use super::bindings::gateway::filter::state;
 use super::bindings::gateway::filter::{host, types};
 use super::bindings::{HeaderStats, LogLevel};
 use super::bindings::{StateCounter, StateCounterOp, WitStateError};
-use crate::state::{CounterOp, State, StateError};
+use crate::state::{CounterOp, Owner, State, StateError};
 use crate::telemetry::{Metrics, PluginMetricKind};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
@@ -18,6 +18,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Largest header value a filter may set.
 pub const MAX_HEADER_VALUE: usize = 8 * 1024;
+/// Longest header name a filter may set or answer with.
+pub const MAX_HEADER_NAME: usize = 256;
 /// Largest context key and value, and how many entries a request may carry.
 pub const MAX_CONTEXT_KEY: usize = 128;
 pub const MAX_CONTEXT_VALUE: usize = 4 * 1024;
@@ -72,12 +74,17 @@ pub struct HostState {
     pub plugin: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub state: Arc<State>,
+    /// The filter's handle on the state, under its quota.
+    pub state_owner: Arc<Owner>,
     /// Every route id in the configuration the filter was loaded with.
     pub route_ids: Arc<[String]>,
     /// The request being served, for the log (shared, not copied, per call).
     pub request: Option<Arc<RequestInfo>>,
     /// What the current call has used of its per-call budgets.
     pub budget: CallBudget,
+    /// When the running call or start-up ends; the epoch callback checks it
+    /// at every tick.
+    pub deadline: std::time::Instant,
 }
 
 /// The store's resource limits, and the size of the largest linear memory
@@ -168,6 +175,7 @@ impl HostState {
         plugin: Arc<str>,
         metrics: Arc<Metrics>,
         state: Arc<State>,
+        state_owner: Arc<Owner>,
         route_ids: Arc<[String]>,
         limits: StoreLimits,
         grants: &Grants,
@@ -186,9 +194,11 @@ impl HostState {
             plugin,
             metrics,
             state,
+            state_owner,
             route_ids,
             request: None,
             budget: CallBudget::default(),
+            deadline: std::time::Instant::now(),
         }
     }
 }
@@ -251,7 +261,18 @@ fn header_name(name: &str) -> Option<HeaderName> {
 }
 
 fn checked(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
-    let n = header_name(name).ok_or_else(|| format!("`{name}` is not a valid header name"))?;
+    if name.len() > MAX_HEADER_NAME {
+        return Err(format!(
+            "a header name of {} bytes; the most a filter may set is {MAX_HEADER_NAME}",
+            name.len()
+        ));
+    }
+    let n = header_name(name).ok_or_else(|| {
+        format!(
+            "`{}` is not a valid header name",
+            crate::telemetry::escape(name)
+        )
+    })?;
     if is_protected(&n) {
         return Err(format!(
             "`{n}` is managed by the gateway and cannot be set by a filter"
@@ -538,12 +559,26 @@ impl host::Host for HostState {
         }
         let filter = &*self.filter;
         let request_id = self.request.as_ref().map_or("-", |r| r.request_id.as_str());
+        // The filter's words go in a field of the gateway's record, which
+        // the log writes quoted with every line break and control character
+        // escaped: a filter cannot start a line or pass one off as ours.
+        let text = message.as_str();
         match level {
-            LogLevel::Trace => tracing::trace!(filter, request_id, "{message}"),
-            LogLevel::Debug => tracing::debug!(filter, request_id, "{message}"),
-            LogLevel::Info => tracing::info!(filter, request_id, "{message}"),
-            LogLevel::Warn => tracing::warn!(filter, request_id, "{message}"),
-            LogLevel::Error => tracing::error!(filter, request_id, "{message}"),
+            LogLevel::Trace => {
+                tracing::trace!(target: "gateway::filter", filter, request_id, text, "filter log")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "gateway::filter", filter, request_id, text, "filter log")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "gateway::filter", filter, request_id, text, "filter log")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "gateway::filter", filter, request_id, text, "filter log")
+            }
+            LogLevel::Error => {
+                tracing::error!(target: "gateway::filter", filter, request_id, text, "filter log")
+            }
         }
         Ok(())
     }
@@ -607,7 +642,7 @@ impl HostState {
             )));
         }
         self.budget.state_calls += 1;
-        match self.state.add(&self.filter, &ops).await {
+        match self.state.add(&self.state_owner, &ops).await {
             Ok(out) => Ok(out
                 .into_iter()
                 .map(|c| StateCounter {
@@ -617,6 +652,8 @@ impl HostState {
                 .collect()),
             Err(StateError::Unavailable(m)) => Err(WitStateError::Unavailable(m)),
             Err(StateError::Invalid(m)) => Err(WitStateError::Invalid(m)),
+            // The 0.1 interface has no quota error; its words say which.
+            Err(e @ StateError::Quota(..)) => Err(WitStateError::Invalid(e.to_string())),
         }
     }
 }
@@ -707,11 +744,13 @@ mod tests {
     fn host_state() -> HostState {
         let metrics = Arc::new(Metrics::new(&[0.1]).unwrap());
         let state = Arc::new(State::memory(metrics.clone()));
+        let owner = state.owner(&"f".into(), state.default_quota());
         HostState::new(
             "f".into(),
             "p".into(),
             metrics,
             state,
+            owner,
             Arc::from(Vec::new()),
             StoreLimits::default(),
             &Grants::default(),

@@ -50,23 +50,56 @@ impl std::fmt::Display for Fit {
 
 /// Whether `bytes` are a component of the plugin world, explained.
 pub fn check(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8]) -> Result<Fit, String> {
-    if !bytes.starts_with(b"\0asm") {
-        return Err(not_wasm(bytes));
-    }
-    if wasmparser::Parser::is_core_wasm(bytes) {
+    let binary = component_binary(bytes)?;
+    let component =
+        Component::new(engine, &binary).map_err(|e| format!("not a valid component: {e:#}"))?;
+    check_component(engine, linker, &component)
+        .map(|imports| Fit {
+            bytes: binary.len(),
+            imports,
+        })
+        .map_err(|words| crate::telemetry::escape(&words).into_owned())
+}
+
+/// The component a plugin file holds, in binary form, whether the file is
+/// binary or WebAssembly text: what both loading and `gateway plugin check`
+/// start from, so they accept and refuse the same files in the same words.
+pub fn component_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    let text = !bytes.starts_with(b"\0asm");
+    let binary = if text {
+        let source = std::str::from_utf8(bytes)
+            .ok()
+            .filter(|s| looks_like_wat(s))
+            .ok_or_else(|| not_wasm(bytes))?;
+        std::borrow::Cow::Owned(wat::parse_str(source).map_err(|e| {
+            format!(
+                "not valid WebAssembly text (WAT): {}",
+                crate::telemetry::escape(&e.to_string())
+            )
+        })?)
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
+    };
+    if wasmparser::Parser::is_core_wasm(&binary) {
+        let what = if text {
+            "WebAssembly text (WAT) of a core module"
+        } else {
+            "a core WebAssembly module"
+        };
         return Err(format!(
-            "this is a core WebAssembly module, not a component. A filter is a \
+            "this is {what}, not a component. A filter is a \
              component of the {WIT_PACKAGE} world `plugin`: build Rust for the \
              wasm32-wasip2 target, or turn a core module written against the world \
              into a component with `gateway plugin componentize FILE -o OUT.wasm`"
         ));
     }
-    let component =
-        Component::new(engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
-    check_component(engine, linker, &component).map(|imports| Fit {
-        bytes: bytes.len(),
-        imports,
-    })
+    Ok(binary)
+}
+
+/// Whether text starts like WebAssembly text: a form or a comment.
+fn looks_like_wat(s: &str) -> bool {
+    let s = s.trim_start();
+    s.starts_with('(') || s.starts_with(";;")
 }
 
 /// The same check on a compiled component; on success, its imports.
@@ -198,11 +231,7 @@ fn quoted(names: &[&str]) -> String {
 }
 
 fn not_wasm(bytes: &[u8]) -> String {
-    if std::str::from_utf8(bytes).is_ok() && wat::parse_bytes(bytes).is_ok() {
-        "this is WebAssembly text (WAT), not a binary: turn it into a component \
-         with `gateway plugin componentize FILE -o OUT.wasm`"
-            .to_string()
-    } else if bytes.is_empty() {
+    if bytes.is_empty() {
         "the file is empty".to_string()
     } else {
         "not a WebAssembly file (it does not start with the bytes \\0asm)".to_string()

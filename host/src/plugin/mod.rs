@@ -12,7 +12,7 @@ pub mod inspect;
 
 use crate::config::{FailurePolicy, FilterConfig, Isolation};
 use crate::state::State;
-use crate::telemetry::{FilterMetrics, Metrics, Phase, shared};
+use crate::telemetry::{FilterMetrics, Metrics, Phase, escape, shared};
 use bindings::{Action, Plugin, PluginPre, Reply};
 use host::{HostState, RequestInfo, RequestState, ResponseState};
 use opentelemetry::KeyValue;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, Resource};
-use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 /// The WIT package filters are built against, as `gateway_build_info` shows it.
@@ -33,6 +33,11 @@ pub const EXPORT_INTERFACE: &str = "gateway:filter/filter@0.1.0";
 pub const WASMTIME_VERSION: &str = "48.0.8";
 
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Table entries (function references) one table may hold: what the
+/// pooling allocator reserves per table by default, so an instance meets the
+/// same limit whichever allocator runs it. Growth past it counts as a
+/// memory failure.
+const MAX_TABLE_ELEMENTS: usize = 20_000;
 /// Instantiation and `configure` run under this deadline rather than the
 /// per-call one: a plugin's start-up may legitimately take longer.
 const SETUP_DEADLINE: Duration = Duration::from_secs(2);
@@ -106,13 +111,34 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     state: Arc<State>,
     ticker_stop: Arc<AtomicBool>,
+    /// Threads of their own for making and configuring instances, so a
+    /// plugin whose start-up loops or crawls never holds a thread that
+    /// serves requests.
+    setup: Option<tokio::runtime::Runtime>,
+    setup_handle: tokio::runtime::Handle,
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+        // Dropping a tokio runtime blocks, which an async caller may not do;
+        // its threads end on their own once their tasks yield.
+        if let Some(rt) = self.setup.take() {
+            rt.shutdown_background();
+        }
     }
 }
+
+/// Threads that make instances: two, so one slow start-up does not hold
+/// every other filter's.
+const SETUP_THREADS: usize = 2;
+/// Instances one filter may be making at once; further requests for a fresh
+/// instance wait for these rather than start more.
+const SETUP_PER_FILTER: usize = 2;
+/// After a failed start-up, a filter's next attempt waits this long,
+/// doubling with each further failure up to `SETUP_BACKOFF_MAX`.
+const SETUP_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const SETUP_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// The limits every call runs under. Both are always on in the gateway;
 /// turning them off exists to measure what they cost (`cargo bench --bench
@@ -202,6 +228,12 @@ impl Runtime {
                     e.increment_epoch();
                 }
             })?;
+        let setup = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(SETUP_THREADS)
+            .thread_name("filter-setup")
+            .enable_all()
+            .build()?;
+        let setup_handle = setup.handle().clone();
         Ok(Runtime {
             engine,
             pooling,
@@ -210,6 +242,8 @@ impl Runtime {
             metrics,
             state,
             ticker_stop,
+            setup: Some(setup),
+            setup_handle,
         })
     }
 
@@ -235,7 +269,9 @@ impl Runtime {
         path: &Path,
         bytes: &[u8],
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let component = Component::new(&self.engine, bytes);
+        let component = inspect::component_binary(bytes)
+            .map_err(wasmtime::Error::msg)
+            .and_then(|binary| Component::new(&self.engine, &binary));
         self.prepare(name, path, content_hash(bytes), component)
     }
 
@@ -250,9 +286,12 @@ impl Runtime {
         sha256: String,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let engine = self.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .unwrap_or_else(|e| Err(wasmtime::Error::msg(format!("compiler thread: {e}"))));
+        let component = tokio::task::spawn_blocking(move || {
+            let binary = inspect::component_binary(&bytes).map_err(wasmtime::Error::msg)?;
+            Component::new(&engine, &binary)
+        })
+        .await
+        .unwrap_or_else(|e| Err(wasmtime::Error::msg(format!("compiler thread: {e}"))));
         self.prepare(name, path, sha256, component)
     }
 
@@ -266,7 +305,7 @@ impl Runtime {
         let component = component.map_err(|e| PluginError::Compile {
             plugin: name.into(),
             path: path.into(),
-            reason: format!("{e:#}"),
+            reason: escape(&format!("{e:#}")).into_owned(),
         })?;
         let pre = self
             .linker
@@ -278,8 +317,8 @@ impl Runtime {
                 // The same words `gateway plugin check` gives, or the
                 // linker's own where they find nothing to say.
                 reason: match inspect::check_component(&self.engine, &self.linker, &component) {
-                    Err(words) => words,
-                    Ok(_) => format!("{e:#}"),
+                    Err(words) => escape(&words).into_owned(),
+                    Ok(_) => escape(&format!("{e:#}")).into_owned(),
                 },
             })?;
         Ok(Arc::new(LoadedPlugin {
@@ -316,24 +355,14 @@ impl Runtime {
             ]
         };
         let (attrs_request, attrs_response) = (attrs("request"), attrs("response"));
-        let filter = Filter {
-            bound: FilterMetrics::new(&self.metrics, [&attrs_request, &attrs_response]),
-            attrs_request,
-            attrs_response,
+        let memory_limit = cfg.memory_limit_mib as usize * 1024 * 1024;
+        let maker = Arc::new(Maker {
             name: name.clone(),
-            plugin,
+            plugin: plugin.clone(),
             config_json,
-            policy: cfg.failure,
-            failure_status: http::StatusCode::from_u16(cfg.failure_status)
-                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
-            deadline_ticks: ticks(cfg.timeout.0),
-            // The epoch deadline ends running wasm on time; this one, a
-            // little later, ends a call waiting outside wasm.
-            wall_deadline: cfg.timeout.0 + WALL_DEADLINE_SLACK,
-            memory_limit: cfg.memory_limit_mib as usize * 1024 * 1024,
+            memory_limit,
             max_warm: cfg.instances,
             isolation: cfg.isolation,
-            replenishing: AtomicBool::new(false),
             grants: host::Grants {
                 // Variables missing from the gateway's environment are simply
                 // absent for the filter too.
@@ -350,13 +379,58 @@ impl Runtime {
                     .collect(),
             },
             guards: self.guards,
-            warm: Mutex::new(Vec::new()),
             engine: self.engine.clone(),
             metrics: self.metrics.clone(),
             state: self.state.clone(),
+            state_owner: self.state.owner(&name, {
+                let d = self.state.default_quota();
+                crate::state::Quota {
+                    max_entries: cfg
+                        .state_max_entries
+                        .as_ref()
+                        .map_or(d.max_entries, |n| *n.get_ref()),
+                    max_bytes: cfg
+                        .state_max_bytes
+                        .as_ref()
+                        .map_or(d.max_bytes, |n| *n.get_ref()),
+                    max_window: cfg.state_max_window.map_or(d.max_window, |w| w.0),
+                }
+            }),
             route_ids,
+            warm: Mutex::new(Vec::new()),
+            replenishing: AtomicBool::new(false),
+            permits: tokio::sync::Semaphore::new(SETUP_PER_FILTER),
+            backoff: Mutex::new(Backoff::default()),
+            setup: self.setup_handle.clone(),
+        });
+        let filter = Filter {
+            bound: FilterMetrics::new(&self.metrics, [&attrs_request, &attrs_response]),
+            attrs_request,
+            attrs_response,
+            name: name.clone(),
+            plugin,
+            policy: cfg.failure,
+            failure_status: http::StatusCode::from_u16(cfg.failure_status)
+                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+            timeout: cfg.timeout.0,
+            // The epoch deadline ends running wasm on time; this one, a
+            // little later, ends a call waiting outside wasm.
+            wall_deadline: cfg.timeout.0 + WALL_DEADLINE_SLACK,
+            memory_limit,
+            isolation: cfg.isolation,
+            guards: self.guards,
+            metrics: self.metrics.clone(),
+            maker: maker.clone(),
         };
-        let first = filter.instantiate().await.map_err(|f| match f {
+        // Start-up runs on the setup threads here too: a reload must not
+        // stall the threads serving requests.
+        let m = maker.clone();
+        let first = self
+            .setup_handle
+            .spawn(async move { m.instantiate().await })
+            .await
+            .unwrap_or_else(|e| Err(Setup::Failed(format!("the setup thread failed: {e}"))));
+        let first = first.map_err(|f| match f {
             Setup::Configure(reason) => PluginError::Configure {
                 plugin: filter.plugin.name.clone(),
                 filter: name.to_string(),
@@ -368,16 +442,16 @@ impl Runtime {
                 reason,
             },
         })?;
-        filter.warm.lock().push(first);
+        maker.warm.lock().push(first);
         // Under request isolation the first requests find fresh instances
         // too, rather than making them inline.
-        filter.replenish().await;
+        let m = maker.clone();
+        let _ = self
+            .setup_handle
+            .spawn(async move { m.replenish().await })
+            .await;
         Ok(filter)
     }
-}
-
-fn ticks(d: Duration) -> u64 {
-    (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64
 }
 
 /// Reads a plugin file, naming the plugin in the error.
@@ -421,28 +495,273 @@ enum Setup {
     Failed(String),
 }
 
+impl Setup {
+    fn reason(&self) -> &str {
+        match self {
+            Setup::Configure(r) | Setup::Failed(r) => r,
+        }
+    }
+}
+
+/// The pace of a filter's start-ups: after a failure, further attempts wait
+/// out a pause that doubles with each failure in a row, so a plugin whose
+/// instances cannot start costs each request a refusal, not a start-up.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+    last: String,
+}
+
+impl Backoff {
+    /// Why no instance may be started now, while a pause runs.
+    fn refusal(&self) -> Option<String> {
+        let until = self.until?;
+        let now = Instant::now();
+        (now < until).then(|| {
+            format!(
+                "new instances keep failing to start ({} in a row, last: {}); the next attempt is in {} ms",
+                self.failures,
+                self.last,
+                (until - now).as_millis()
+            )
+        })
+    }
+
+    fn record<T>(&mut self, made: &Result<T, Setup>) {
+        match made {
+            Ok(_) => *self = Backoff::default(),
+            Err(s) => {
+                self.failures = self.failures.saturating_add(1);
+                let doublings = (self.failures - 1).min(16);
+                let pause = SETUP_BACKOFF_MIN
+                    .saturating_mul(1 << doublings)
+                    .min(SETUP_BACKOFF_MAX);
+                self.until = Some(Instant::now() + pause);
+                self.last = s.reason().to_string();
+            }
+        }
+    }
+}
+
+/// What making an instance of a filter takes, shared with the setup threads
+/// that do it, and the instances made ahead.
+struct Maker {
+    name: Arc<str>,
+    plugin: Arc<LoadedPlugin>,
+    config_json: String,
+    memory_limit: usize,
+    max_warm: usize,
+    isolation: Isolation,
+    grants: host::Grants,
+    guards: Guards,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    state: Arc<State>,
+    state_owner: Arc<crate::state::Owner>,
+    route_ids: Arc<[String]>,
+    /// Pooled: instances that served calls, kept for the next. Request
+    /// isolation: fresh instances not yet used.
+    warm: Mutex<Vec<Warm>>,
+    replenishing: AtomicBool,
+    /// Start-ups of this filter running at once.
+    permits: tokio::sync::Semaphore,
+    backoff: Mutex<Backoff>,
+    setup: tokio::runtime::Handle,
+}
+
+/// Ends a guest at its deadline, and until then hands its thread back to the
+/// scheduler at every epoch tick: a guest that spins until its deadline
+/// shares the thread with other requests instead of holding it.
+fn yield_until_deadline(
+    store: wasmtime::StoreContextMut<'_, HostState>,
+) -> wasmtime::Result<UpdateDeadline> {
+    if Instant::now() >= store.data().deadline {
+        return Ok(UpdateDeadline::Interrupt);
+    }
+    Ok(UpdateDeadline::YieldCustom(
+        1,
+        Box::pin(tokio::task::yield_now()),
+    ))
+}
+
+/// The most a filter may hand the host in one call (strings and lists it
+/// passes or answers with): twice its memory limit. Lists whose elements
+/// all point at the same bytes would otherwise make the host copy far more
+/// than the filter's memory holds.
+fn hostcall_fuel(memory_limit: usize) -> usize {
+    memory_limit.saturating_mul(2)
+}
+
+/// A start-up step's failure in one line: its deadline named as such.
+fn setup_failure(step: &str, e: wasmtime::Error) -> String {
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return format!(
+            "{step} ran past its {} s setup deadline",
+            SETUP_DEADLINE.as_secs()
+        );
+    }
+    format!("{step} failed: {}", one_line(&e))
+}
+
+impl Maker {
+    async fn instantiate(&self) -> Result<Warm, Setup> {
+        let made = self.make().await;
+        if let Err(s) = &made {
+            // Start-ups back off after a failure, so these lines are few.
+            tracing::warn!(
+                filter = &*self.name,
+                plugin = &*self.plugin.name,
+                reason = s.reason(),
+                "a new instance could not start"
+            );
+        }
+        self.metrics.plugin_instance_starts.add(
+            1,
+            &[
+                KeyValue::new("filter", shared(&self.name)),
+                KeyValue::new("plugin", shared(&self.plugin.name)),
+                KeyValue::new("result", if made.is_ok() { "ok" } else { "failed" }),
+            ],
+        );
+        made
+    }
+
+    async fn make(&self) -> Result<Warm, Setup> {
+        let limits = if self.guards.memory_limits {
+            StoreLimitsBuilder::new()
+                .memory_size(self.memory_limit)
+                .table_elements(MAX_TABLE_ELEMENTS)
+                .trap_on_grow_failure(true)
+                .build()
+        } else {
+            StoreLimitsBuilder::new().build()
+        };
+        let state = HostState::new(
+            self.name.clone(),
+            self.plugin.name.clone(),
+            self.metrics.clone(),
+            self.state.clone(),
+            self.state_owner.clone(),
+            self.route_ids.clone(),
+            limits,
+            &self.grants,
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        if self.guards.memory_limits {
+            store.set_hostcall_fuel(hostcall_fuel(self.memory_limit));
+        }
+        store.epoch_deadline_callback(yield_until_deadline);
+        store.data_mut().deadline = Instant::now() + SETUP_DEADLINE;
+        store.set_epoch_deadline(1);
+        let bindings = self
+            .plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Setup::Failed(setup_failure("instantiation", e)))?;
+        match bindings
+            .gateway_filter_filter()
+            .call_configure(&mut store, &self.config_json)
+            .await
+        {
+            Ok(Ok(())) => {
+                let limits = &mut store.data_mut().limits;
+                limits.configured_bytes = limits.memory_bytes;
+                Ok(Warm { store, bindings })
+            }
+            Ok(Err(reason)) => Err(Setup::Configure(escape(&reason).into_owned())),
+            Err(e) => Err(Setup::Failed(setup_failure("configure", e))),
+        }
+    }
+
+    /// A fresh instance for a request that found none ready, made on the
+    /// setup threads. The request waits at most `wait`; an instance that
+    /// arrives later is kept for the next request.
+    async fn fresh(self: &Arc<Self>, wait: Duration) -> Result<Warm, String> {
+        if let Some(why) = self.backoff.lock().refusal() {
+            return Err(why);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<Warm, String>>();
+        let me = self.clone();
+        self.setup.spawn(async move {
+            let Ok(_turn) = me.permits.acquire().await else {
+                return;
+            };
+            // The request gave up while this waited for its turn, or a
+            // failure meanwhile set a pause: nothing to make.
+            if tx.is_closed() {
+                return;
+            }
+            if let Some(why) = me.backoff.lock().refusal() {
+                let _ = tx.send(Err(why));
+                return;
+            }
+            let made = me.instantiate().await;
+            me.backoff.lock().record(&made);
+            match made {
+                Ok(w) => {
+                    if let Err(Ok(w)) = tx.send(Ok(w)) {
+                        me.keep(w);
+                    }
+                }
+                Err(s) => {
+                    let _ = tx.send(Err(s.reason().to_string()));
+                }
+            }
+        });
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(made)) => made,
+            Ok(Err(_)) => Err("the setup thread stopped".into()),
+            Err(_) => Err(format!(
+                "no instance was ready within the {} ms call timeout; one is being made",
+                wait.as_millis()
+            )),
+        }
+    }
+
+    /// Keeps an unused instance for a later request, if there is room.
+    fn keep(&self, w: Warm) {
+        let mut warm = self.warm.lock();
+        if warm.len() < self.max_warm {
+            warm.push(w);
+        }
+    }
+
+    /// Makes fresh instances ready for request isolation, up to the warm
+    /// count, so requests find one instead of instantiating.
+    async fn replenish(&self) {
+        if self.isolation != Isolation::Request {
+            return;
+        }
+        while self.warm.lock().len() < self.max_warm {
+            if self.backoff.lock().refusal().is_some() {
+                return;
+            }
+            let made = self.instantiate().await;
+            self.backoff.lock().record(&made);
+            match made {
+                Ok(w) => self.warm.lock().push(w),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 /// A configured filter and its warm instances.
 pub struct Filter {
     pub name: Arc<str>,
     pub plugin: Arc<LoadedPlugin>,
     pub policy: FailurePolicy,
     pub failure_status: http::StatusCode,
-    config_json: String,
-    deadline_ticks: u64,
+    timeout: Duration,
     wall_deadline: Duration,
     memory_limit: usize,
-    max_warm: usize,
     pub isolation: Isolation,
-    replenishing: AtomicBool,
-    grants: host::Grants,
     guards: Guards,
-    /// Pooled: instances that served calls, kept for the next. Request
-    /// isolation: fresh instances not yet used.
-    warm: Mutex<Vec<Warm>>,
-    engine: Engine,
     metrics: Arc<Metrics>,
-    state: Arc<State>,
-    route_ids: Arc<[String]>,
+    maker: Arc<Maker>,
     attrs_request: [KeyValue; 3],
     attrs_response: [KeyValue; 3],
     /// Call counts and durations, bound to this filter's labels.
@@ -456,61 +775,19 @@ pub enum Decision {
 }
 
 impl Filter {
-    async fn instantiate(&self) -> Result<Warm, Setup> {
-        let limits = if self.guards.memory_limits {
-            StoreLimitsBuilder::new()
-                .memory_size(self.memory_limit)
-                .trap_on_grow_failure(true)
-                .build()
-        } else {
-            StoreLimitsBuilder::new().build()
-        };
-        let state = HostState::new(
-            self.name.clone(),
-            self.plugin.name.clone(),
-            self.metrics.clone(),
-            self.state.clone(),
-            self.route_ids.clone(),
-            limits,
-            &self.grants,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(ticks(SETUP_DEADLINE));
-        let bindings = self
-            .plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| Setup::Failed(format!("{e:#}")))?;
-        match bindings
-            .gateway_filter_filter()
-            .call_configure(&mut store, &self.config_json)
-            .await
-        {
-            Ok(Ok(())) => {
-                let limits = &mut store.data_mut().limits;
-                limits.configured_bytes = limits.memory_bytes;
-                Ok(Warm { store, bindings })
-            }
-            Ok(Err(reason)) => Err(Setup::Configure(reason)),
-            Err(e) => Err(Setup::Failed(format!("configure failed: {e:#}"))),
-        }
-    }
-
     /// Creates and configures one instance, then discards it: what every
     /// new instance costs, whether it refills the warm set or serves one
     /// request under request isolation (benches/languages.rs measures it).
     pub async fn instantiate_once(&self) -> Result<(), String> {
-        match self.instantiate().await {
+        match self.maker.instantiate().await {
             Ok(_) => Ok(()),
-            Err(Setup::Configure(why) | Setup::Failed(why)) => Err(why),
+            Err(s) => Err(s.reason().to_string()),
         }
     }
 
     /// Instances kept warm right now.
     pub fn warm_count(&self) -> usize {
-        self.warm.lock().len()
+        self.maker.warm.lock().len()
     }
 
     /// An instance armed with the call deadline: the one the request holds
@@ -526,14 +803,11 @@ impl Filter {
         self.plugin.calls.fetch_add(1, Ordering::Relaxed);
         let ready = match held {
             Some(Held(w)) => Some(w),
-            None => self.warm.lock().pop(),
+            None => self.maker.warm.lock().pop(),
         };
         let mut warm = match ready {
             Some(w) => w,
-            None => self.instantiate().await.map_err(|s| {
-                let detail = match s {
-                    Setup::Configure(r) | Setup::Failed(r) => r,
-                };
+            None => self.maker.fresh(self.timeout).await.map_err(|detail| {
                 self.count_failure(phase_attrs, "instantiate");
                 Failure {
                     reason: "instantiate",
@@ -544,7 +818,8 @@ impl Filter {
         let data = warm.store.data_mut();
         data.request = Some(request.clone());
         data.budget = host::CallBudget::default();
-        warm.store.set_epoch_deadline(self.deadline_ticks);
+        data.deadline = Instant::now() + self.timeout;
+        warm.store.set_epoch_deadline(1);
         Ok(warm)
     }
 
@@ -568,8 +843,8 @@ impl Filter {
                 filter = &*self.name,
                 plugin = &*self.plugin.name,
                 request_id,
-                "{} log lines dropped: a call may write {}",
-                data.budget.log_dropped,
+                dropped = data.budget.log_dropped,
+                "log lines dropped: a call may write {}",
                 host::MAX_LOG_LINES_PER_CALL
             );
         }
@@ -597,12 +872,7 @@ impl Filter {
                             data.limits.memory_bytes
                         );
                     }
-                    Isolation::Pooled => {
-                        let mut pool = self.warm.lock();
-                        if pool.len() < self.max_warm {
-                            pool.push(warm);
-                        }
-                    }
+                    Isolation::Pooled => self.maker.keep(warm),
                 }
             }
             Err(f) => self.count_failure(phase_attrs, f.reason),
@@ -642,33 +912,20 @@ impl Filter {
         }
     }
 
-    /// Makes fresh instances ready for request isolation, up to the warm
-    /// count, so requests find one instead of instantiating.
-    pub async fn replenish(&self) {
-        if self.isolation != Isolation::Request {
-            return;
-        }
-        while self.warm.lock().len() < self.max_warm {
-            match self.instantiate().await {
-                Ok(w) => self.warm.lock().push(w),
-                Err(_) => return,
-            }
-        }
-    }
-
-    /// Under request isolation, refills the fresh instances in a task of
-    /// its own once half are used, so requests rarely instantiate inline.
-    pub fn replenish_later(self: &Arc<Self>) {
-        if self.isolation != Isolation::Request
-            || self.warm.lock().len() * 2 > self.max_warm
-            || self.replenishing.swap(true, Ordering::AcqRel)
+    /// Under request isolation, refills the fresh instances on the setup
+    /// threads once half are used, so requests rarely wait for one.
+    pub fn replenish_later(&self) {
+        let m = &self.maker;
+        if m.isolation != Isolation::Request
+            || m.warm.lock().len() * 2 > m.max_warm
+            || m.replenishing.swap(true, Ordering::AcqRel)
         {
             return;
         }
-        let f = self.clone();
-        tokio::spawn(async move {
-            f.replenish().await;
-            f.replenishing.store(false, Ordering::Release);
+        let m = m.clone();
+        self.maker.setup.spawn(async move {
+            m.replenish().await;
+            m.replenishing.store(false, Ordering::Release);
         });
     }
 
@@ -791,15 +1048,28 @@ fn validate_reply(r: &Reply) -> Result<(), Failure> {
             r.body.len()
         )));
     }
-    if r.headers.len() > 100 {
+    if r.headers.len() > host::MAX_HEADER_FIELDS {
         return Err(invalid(format!(
-            "answered with {} headers; the most is 100",
-            r.headers.len()
+            "answered with {} headers; the most is {}",
+            r.headers.len(),
+            host::MAX_HEADER_FIELDS
         )));
     }
+    let mut block = 0usize;
     for (name, value) in &r.headers {
-        let n = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| invalid(format!("answered with an invalid header name {name:?}")))?;
+        if name.len() > host::MAX_HEADER_NAME {
+            return Err(invalid(format!(
+                "answered with a header name of {} bytes; the most is {}",
+                name.len(),
+                host::MAX_HEADER_NAME
+            )));
+        }
+        let n = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            invalid(format!(
+                "answered with an invalid header name \"{}\"",
+                escape(name)
+            ))
+        })?;
         if host::is_protected(&n) {
             return Err(invalid(format!(
                 "answered with `{n}`, which the gateway manages"
@@ -810,26 +1080,50 @@ fn validate_reply(r: &Reply) -> Result<(), Failure> {
                 "answered with an invalid or oversized value for `{n}`"
             )));
         }
+        block += name.len() + value.len();
+        if block > host::MAX_HEADER_BLOCK {
+            return Err(invalid(format!(
+                "answered with headers over {} bytes",
+                host::MAX_HEADER_BLOCK
+            )));
+        }
     }
     Ok(())
 }
 
 /// Sorts a failed call into the reason it is counted under.
 fn classify(e: wasmtime::Error) -> Failure {
-    // wasmtime's message carries a multi-line wasm backtrace; one log
-    // record must stay one line.
-    let detail = format!("{e:#}")
+    let detail = one_line(&e);
+    let reason = match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "deadline",
+        Some(Trap::StackOverflow) => "stack-overflow",
+        Some(_) => "trap",
+        // A memory or table grown past its limit, refused by the limiter
+        // or by the allocator's slot.
+        None if detail.contains("forcing trap when growing")
+            || detail.contains("growth failure to be a trap") =>
+        {
+            "memory"
+        }
+        // Lists whose elements share bytes, answered or passed to an
+        // import, past the filter's hostcall budget.
+        None if detail.contains("fuel allocated for hostcalls has been exhausted") => {
+            "invalid-answer"
+        }
+        None => "trap",
+    };
+    Failure { reason, detail }
+}
+
+/// A wasmtime error on one line with the guest's text escaped: its message
+/// carries a multi-line wasm backtrace whose frame names the guest chose,
+/// and one log record must stay one line the guest cannot shape.
+fn one_line(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" | ");
-    let reason = match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => "deadline",
-        Some(Trap::StackOverflow) => "stack-overflow",
-        Some(_) => "trap",
-        None if detail.contains("forcing trap when growing memory") => "memory",
-        None => "trap",
-    };
-    Failure { reason, detail }
+    escape(&text).into_owned()
 }

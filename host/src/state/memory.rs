@@ -2,12 +2,14 @@
 //! lock, so requests on different keys rarely wait for each other. Expired
 //! counters are dropped lazily, a shard at a time, and the total is capped so
 //! a flood of distinct keys (one per spoofed client, say) cannot exhaust
-//! memory.
+//! memory. Each counter is charged to the filter that made it, until it is
+//! swept, so one filter's flood meets its own quota first.
 
-use super::{Counter, CounterOp, StateError};
+use super::{Counter, CounterOp, ENTRY_COST, Owner, QuotaLimit, StateError, Usage};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,16 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 struct Entry {
     value: i64,
     expires: Instant,
+    /// The usage this counter is charged to, and how much.
+    owner: Arc<Usage>,
+    cost: usize,
+}
+
+impl Entry {
+    fn release(&self) {
+        self.owner.entries.fetch_sub(1, Ordering::Relaxed);
+        self.owner.bytes.fetch_sub(self.cost, Ordering::Relaxed);
+    }
 }
 
 struct Shard {
@@ -71,16 +83,23 @@ impl MemoryStore {
     /// Drops expired counters from one locked shard.
     fn sweep(&self, shard: &mut Shard, now: Instant) {
         let before = shard.map.len();
-        shard.map.retain(|_, e| e.expires > now);
+        shard.map.retain(|_, e| {
+            let live = e.expires > now;
+            if !live {
+                e.release();
+            }
+            live
+        });
         self.entries
             .fetch_sub(before - shard.map.len(), Ordering::Relaxed);
         shard.next_sweep = now + SWEEP_EVERY;
     }
 
-    /// When the store is full, expired counters may sit in shards nobody
-    /// touches; sweep them all, one lock at a time, at most every 100 ms.
-    fn sweep_all_if_full(&self) {
-        if self.entries.load(Ordering::Relaxed) < self.max_entries {
+    /// When the store (or a filter's quota: `quota_full`) is full, expired
+    /// counters may sit in shards nobody touches; sweep them all, one lock
+    /// at a time, at most every 100 ms.
+    fn sweep_all_if_full_or(&self, quota_full: bool) {
+        if !quota_full && self.entries.load(Ordering::Relaxed) < self.max_entries {
             return;
         }
         let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
@@ -98,8 +117,17 @@ impl MemoryStore {
         }
     }
 
-    pub fn add(&self, filter: &str, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
-        self.sweep_all_if_full();
+    pub fn add(&self, owner: &Owner, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
+        let filter = &*owner.filter;
+        let usage = &owner.usage;
+        if usage.entries.load(Ordering::Relaxed) >= owner.quota.max_entries
+            || usage.bytes.load(Ordering::Relaxed) >= owner.quota.max_bytes
+        {
+            // Expired counters of this filter may still be charged to it.
+            self.sweep_all_if_full_or(true);
+        } else {
+            self.sweep_all_if_full_or(false);
+        }
         let keys: Vec<String> = ops
             .iter()
             .map(|op| format!("{filter}\u{0}{}", op.key))
@@ -116,6 +144,53 @@ impl MemoryStore {
         for (_, shard) in &mut guards {
             if now >= shard.next_sweep {
                 self.sweep(shard, now);
+            }
+        }
+        // The call is atomic: a refusal for any counter changes none.
+        let mut new_entries = 0usize;
+        let mut new_bytes = 0usize;
+        for (key, &sid) in keys
+            .iter()
+            .zip(&shard_ids)
+            .zip(ops)
+            .filter_map(|((k, s), op)| (op.delta != 0).then_some((k, s)))
+        {
+            let shard = &guards
+                .iter()
+                .find(|(i, _)| *i == sid)
+                .expect("every shard of the call is locked")
+                .1;
+            if !shard.map.contains_key(key.as_str()) {
+                new_entries += 1;
+                new_bytes += key.len() + ENTRY_COST;
+            }
+        }
+        if new_entries > 0 {
+            let held = usage.entries.load(Ordering::Relaxed);
+            if held + new_entries > owner.quota.max_entries {
+                return Err(StateError::Quota(
+                    QuotaLimit::Entries,
+                    format!(
+                        "filter `{filter}` holds {held} counters; its quota is {} (state_max_entries)",
+                        owner.quota.max_entries
+                    ),
+                ));
+            }
+            let bytes = usage.bytes.load(Ordering::Relaxed);
+            if bytes + new_bytes > owner.quota.max_bytes {
+                return Err(StateError::Quota(
+                    QuotaLimit::Bytes,
+                    format!(
+                        "filter `{filter}` holds {bytes} bytes of counters; its quota is {} (state_max_bytes)",
+                        owner.quota.max_bytes
+                    ),
+                ));
+            }
+            if self.entries.load(Ordering::Relaxed) + new_entries > self.max_entries {
+                return Err(StateError::Invalid(format!(
+                    "the memory state holds its maximum of {} counters; raise [state] max_entries or shorten windows",
+                    self.max_entries
+                )));
             }
         }
         let mut out = Vec::with_capacity(ops.len());
@@ -138,24 +213,22 @@ impl MemoryStore {
             let entry = match shard.map.get_mut(key.as_str()) {
                 Some(e) if e.expires > now => e,
                 Some(e) => {
-                    // Expired but not yet swept: it starts a new window.
-                    *e = Entry {
-                        value: 0,
-                        expires: now + op.window,
-                    };
+                    // Expired but not yet swept: it starts a new window,
+                    // still charged to its filter.
+                    e.value = 0;
+                    e.expires = now + op.window;
                     e
                 }
                 None => {
-                    if self.entries.load(Ordering::Relaxed) >= self.max_entries {
-                        return Err(StateError::Invalid(format!(
-                            "the memory state holds its maximum of {} counters; raise [state] max_entries or shorten windows",
-                            self.max_entries
-                        )));
-                    }
                     self.entries.fetch_add(1, Ordering::Relaxed);
+                    let cost = key.len() + ENTRY_COST;
+                    usage.entries.fetch_add(1, Ordering::Relaxed);
+                    usage.bytes.fetch_add(cost, Ordering::Relaxed);
                     shard.map.entry(key.into_boxed_str()).or_insert(Entry {
                         value: 0,
                         expires: now + op.window,
+                        owner: usage.clone(),
+                        cost,
                     })
                 }
             };
@@ -177,24 +250,42 @@ mod tests {
         CounterOp::new(key, delta, ms)
     }
 
+    fn owner_with(name: &str, max_entries: usize, max_bytes: usize) -> Owner {
+        Owner {
+            filter: name.into(),
+            quota: super::super::Quota {
+                max_entries,
+                max_bytes,
+                max_window: Duration::from_secs(3600),
+            },
+            usage: Arc::default(),
+        }
+    }
+
+    fn owner(name: &str) -> Owner {
+        owner_with(name, 1000, 1 << 20)
+    }
+
     #[test]
     fn counts_within_a_window_and_restarts_after_it() {
         let m = MemoryStore::new(100);
+        let f = owner("f");
         for n in 1..=3 {
-            let c = m.add("f", &[op("k", 1, 50)]).unwrap()[0];
+            let c = m.add(&f, &[op("k", 1, 50)]).unwrap()[0];
             assert_eq!(c.value, n);
             assert!(c.ttl_ms <= 50);
         }
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(m.add("f", &[op("k", 1, 50)]).unwrap()[0].value, 1);
+        assert_eq!(m.add(&f, &[op("k", 1, 50)]).unwrap()[0].value, 1);
     }
 
     #[test]
     fn later_adds_do_not_move_the_expiry() {
         let m = MemoryStore::new(100);
-        m.add("f", &[op("k", 1, 80)]).unwrap();
+        let f = owner("f");
+        m.add(&f, &[op("k", 1, 80)]).unwrap();
         std::thread::sleep(Duration::from_millis(40));
-        let c = m.add("f", &[op("k", 1, 80)]).unwrap()[0];
+        let c = m.add(&f, &[op("k", 1, 80)]).unwrap()[0];
         assert_eq!(c.value, 2);
         assert!(c.ttl_ms <= 41, "ttl {} should have shrunk", c.ttl_ms);
     }
@@ -202,9 +293,10 @@ mod tests {
     #[test]
     fn filters_do_not_share_keys_and_many_ops_answer_in_order() {
         let m = MemoryStore::new(100);
-        m.add("a", &[op("k", 5, 1000)]).unwrap();
+        let (a, b) = (owner("a"), owner("b"));
+        m.add(&a, &[op("k", 5, 1000)]).unwrap();
         let out = m
-            .add("b", &[op("k", 1, 1000), op("j", 0, 1000), op("k", 2, 1000)])
+            .add(&b, &[op("k", 1, 1000), op("j", 0, 1000), op("k", 2, 1000)])
             .unwrap();
         let values: Vec<i64> = out.iter().map(|c| c.value).collect();
         assert_eq!(values, [1, 0, 3]);
@@ -213,27 +305,68 @@ mod tests {
     #[test]
     fn reading_a_missing_counter_creates_nothing() {
         let m = MemoryStore::new(100);
-        let c = m.add("f", &[op("k", 0, 1000)]).unwrap()[0];
+        let f = owner("f");
+        let c = m.add(&f, &[op("k", 0, 1000)]).unwrap()[0];
         assert_eq!((c.value, c.ttl_ms), (0, 0));
         assert!(m.is_empty());
-        m.add("f", &[op("k", 2, 1000)]).unwrap();
-        assert_eq!(m.add("f", &[op("k", 0, 1000)]).unwrap()[0].value, 2);
+        m.add(&f, &[op("k", 2, 1000)]).unwrap();
+        assert_eq!(m.add(&f, &[op("k", 0, 1000)]).unwrap()[0].value, 2);
         assert_eq!(m.len(), 1);
     }
 
     #[test]
     fn a_full_store_refuses_new_keys_until_old_ones_expire() {
         let m = MemoryStore::new(2);
-        m.add("f", &[op("a", 1, 30)]).unwrap();
-        m.add("f", &[op("b", 1, 30)]).unwrap();
+        let f = owner("f");
+        m.add(&f, &[op("a", 1, 30)]).unwrap();
+        m.add(&f, &[op("b", 1, 30)]).unwrap();
         assert!(matches!(
-            m.add("f", &[op("c", 1, 30)]),
+            m.add(&f, &[op("c", 1, 30)]),
             Err(StateError::Invalid(_))
         ));
         // Existing keys still count while the store is full.
-        assert_eq!(m.add("f", &[op("a", 1, 30)]).unwrap()[0].value, 2);
+        assert_eq!(m.add(&f, &[op("a", 1, 30)]).unwrap()[0].value, 2);
         std::thread::sleep(Duration::from_millis(110));
-        assert_eq!(m.add("f", &[op("c", 1, 30)]).unwrap()[0].value, 1);
+        assert_eq!(m.add(&f, &[op("c", 1, 30)]).unwrap()[0].value, 1);
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_filter_over_its_quota_is_refused_alone_and_freed_as_its_counters_expire() {
+        let m = MemoryStore::new(1000);
+        let bomb = owner_with("bomb", 5, 1 << 20);
+        let calm = owner("calm");
+        for i in 0..5 {
+            m.add(&bomb, &[op(&format!("k{i}"), 1, 40)]).unwrap();
+        }
+        assert!(matches!(
+            m.add(&bomb, &[op("k5", 1, 40)]),
+            Err(StateError::Quota(QuotaLimit::Entries, _))
+        ));
+        // Its existing counters still count; the calm filter is untouched.
+        assert_eq!(m.add(&bomb, &[op("k0", 1, 40)]).unwrap()[0].value, 2);
+        assert_eq!(m.add(&calm, &[op("k5", 1, 40)]).unwrap()[0].value, 1);
+        // A call that would cross the quota changes nothing at all.
+        let before = m.len();
+        assert!(m.add(&bomb, &[op("k0", 1, 40), op("new", 1, 40)]).is_err());
+        assert_eq!(m.len(), before);
+        assert_eq!(m.add(&bomb, &[op("k0", 0, 40)]).unwrap()[0].value, 2);
+        std::thread::sleep(Duration::from_millis(150));
+        m.add(&bomb, &[op("k6", 1, 40)]).unwrap();
+        assert_eq!(bomb.usage.entries.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn key_bytes_count_against_the_quota() {
+        let m = MemoryStore::new(1000);
+        let f = owner_with("f", 1000, 2 * (200 + ENTRY_COST + 2));
+        let key = |c: char| c.to_string().repeat(200);
+        m.add(&f, &[op(&key('a'), 1, 1000)]).unwrap();
+        m.add(&f, &[op(&key('b'), 1, 1000)]).unwrap();
+        assert!(matches!(
+            m.add(&f, &[op(&key('c'), 1, 1000)]),
+            Err(StateError::Quota(QuotaLimit::Bytes, _))
+        ));
+        assert!(m.add(&f, &[op("c", 1, 1000)]).is_err(), "full is full");
     }
 }

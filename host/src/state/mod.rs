@@ -7,6 +7,10 @@
 //! and sliding window limits from that (see plugins/ratelimit). Keys are
 //! namespaced by filter name here, so a filter can neither read nor reset
 //! another filter's counters.
+//!
+//! Each filter holds its counters under a quota (entries, key bytes, the
+//! longest window): a filter that creates counters without end is refused
+//! alone, and the store keeps room for every other filter.
 
 pub mod memory;
 pub mod redis;
@@ -14,8 +18,10 @@ pub mod redis;
 use crate::config::{StateBackend, StateConfig};
 use crate::telemetry::Metrics;
 use opentelemetry::KeyValue;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Most operations one call may carry.
@@ -59,6 +65,10 @@ pub enum StateError {
     /// The call was malformed or the backend refused it; retrying will not help.
     #[error("state call refused: {0}")]
     Invalid(String),
+    /// The call would take the filter past its quota; it may succeed once
+    /// some of the filter's counters expire.
+    #[error("state quota: {1}")]
+    Quota(QuotaLimit, String),
 }
 
 impl StateError {
@@ -66,8 +76,62 @@ impl StateError {
         match self {
             StateError::Unavailable(_) => "unavailable",
             StateError::Invalid(_) => "invalid",
+            StateError::Quota(..) => "quota",
         }
     }
+}
+
+/// Which part of a filter's quota refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaLimit {
+    Entries,
+    Bytes,
+    Window,
+}
+
+impl QuotaLimit {
+    pub const ALL: [QuotaLimit; 3] = [QuotaLimit::Entries, QuotaLimit::Bytes, QuotaLimit::Window];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            QuotaLimit::Entries => "entries",
+            QuotaLimit::Bytes => "bytes",
+            QuotaLimit::Window => "window",
+        }
+    }
+}
+
+/// What one filter may hold in shared state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Counters held at once (live ones; expired ones free their place).
+    pub max_entries: usize,
+    /// Bytes of those counters' keys plus a fixed cost per counter, in the
+    /// memory backend (Redis holds the keys itself and counts entries only).
+    pub max_bytes: usize,
+    /// The longest window a counter may be given.
+    pub max_window: Duration,
+}
+
+/// What one counter costs a quota beyond its key: the entry, its expiry and
+/// the map's own bookkeeping, about what the memory backend spends.
+pub const ENTRY_COST: usize = 64;
+
+/// What a filter holds in the memory backend right now. Shared by every
+/// configuration of the filter of that name, since its counters outlive a
+/// reload.
+#[derive(Debug, Default)]
+pub struct Usage {
+    pub entries: AtomicUsize,
+    pub bytes: AtomicUsize,
+}
+
+/// One filter's handle on the store: its name, quota and usage.
+#[derive(Debug)]
+pub struct Owner {
+    pub filter: Arc<str>,
+    pub quota: Quota,
+    pub usage: Arc<Usage>,
 }
 
 enum Backend {
@@ -84,6 +148,9 @@ pub struct State {
     /// writes one line a second rather than one per request.
     last_error_log_ms: AtomicU64,
     epoch: Instant,
+    /// The quota of a filter that sets none of its own.
+    default_quota: Quota,
+    usage: Mutex<HashMap<Arc<str>, Arc<Usage>>>,
 }
 
 impl State {
@@ -118,23 +185,51 @@ impl State {
             metrics,
             last_error_log_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            default_quota: Quota {
+                max_entries: cfg.filter_max_entries(),
+                max_bytes: *cfg.filter_max_bytes.get_ref(),
+                max_window: cfg.filter_max_window.0,
+            },
+            usage: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The quota a filter gets unless its table sets its own.
+    pub fn default_quota(&self) -> Quota {
+        self.default_quota
+    }
+
+    /// The handle a filter uses the store through, under `quota`. Every
+    /// configuration of one filter name shares its usage, which its
+    /// counters carry across reloads.
+    pub fn owner(&self, filter: &Arc<str>, quota: Quota) -> Arc<Owner> {
+        let usage = self.usage.lock().entry(filter.clone()).or_default().clone();
+        self.metrics.declare_state_quota(filter);
+        Arc::new(Owner {
+            filter: filter.clone(),
+            quota,
+            usage,
+        })
     }
 
     pub fn backend(&self) -> &'static str {
         self.label
     }
 
-    /// Applies `ops` for `filter` atomically, answering in order.
-    pub async fn add(&self, filter: &str, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
+    /// Applies `ops` for `owner` atomically, answering in order.
+    pub async fn add(&self, owner: &Owner, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
         let started = Instant::now();
-        let out = match validate(ops) {
+        let filter = &*owner.filter;
+        let out = match validate(ops, &owner.quota) {
             Err(e) => Err(e),
             Ok(()) => match &self.backend {
-                Backend::Memory(m) => m.add(filter, ops),
-                Backend::Redis(r) => r.add(filter, ops).await,
+                Backend::Memory(m) => m.add(owner, ops),
+                Backend::Redis(r) => r.add(owner, ops).await,
             },
         };
+        if let Err(StateError::Quota(limit, _)) = &out {
+            self.metrics.count_state_quota(&owner.filter, limit.label());
+        }
         let result = match &out {
             Ok(_) => "ok",
             Err(e) => e.kind(),
@@ -174,7 +269,7 @@ impl State {
     }
 }
 
-fn validate(ops: &[CounterOp]) -> Result<(), StateError> {
+fn validate(ops: &[CounterOp], quota: &Quota) -> Result<(), StateError> {
     if ops.is_empty() || ops.len() > MAX_OPS {
         return Err(StateError::Invalid(format!(
             "{} operations in one call; send 1 to {MAX_OPS}",
@@ -192,8 +287,19 @@ fn validate(ops: &[CounterOp]) -> Result<(), StateError> {
             return Err(StateError::Invalid(format!(
                 "window of {} ms for `{}`; use 1 ms to two days",
                 op.window.as_millis(),
-                op.key
+                crate::telemetry::escape(&op.key)
             )));
+        }
+        if op.window > quota.max_window {
+            return Err(StateError::Quota(
+                QuotaLimit::Window,
+                format!(
+                    "window of {} ms for `{}`; this filter's longest is {} ms (state_max_window)",
+                    op.window.as_millis(),
+                    crate::telemetry::escape(&op.key),
+                    quota.max_window.as_millis()
+                ),
+            ));
         }
     }
     Ok(())
@@ -207,19 +313,37 @@ mod tests {
         CounterOp::new(key, delta, ms)
     }
 
+    const QUOTA: Quota = Quota {
+        max_entries: 10,
+        max_bytes: 10_000,
+        max_window: Duration::from_secs(60),
+    };
+
     #[test]
     fn malformed_calls_are_refused_before_any_backend() {
-        assert!(matches!(validate(&[]), Err(StateError::Invalid(_))));
+        assert!(matches!(validate(&[], &QUOTA), Err(StateError::Invalid(_))));
         assert!(matches!(
-            validate(&[op("", 1, 10)]),
+            validate(&[op("", 1, 10)], &QUOTA),
             Err(StateError::Invalid(_))
         ));
         assert!(matches!(
-            validate(&[op("k", 1, 0)]),
+            validate(&[op("k", 1, 0)], &QUOTA),
             Err(StateError::Invalid(_))
         ));
         let many: Vec<_> = (0..=MAX_OPS).map(|i| op(&i.to_string(), 1, 10)).collect();
-        assert!(matches!(validate(&many), Err(StateError::Invalid(_))));
-        assert!(validate(&[op("k", 1, 10)]).is_ok());
+        assert!(matches!(
+            validate(&many, &QUOTA),
+            Err(StateError::Invalid(_))
+        ));
+        assert!(validate(&[op("k", 1, 10)], &QUOTA).is_ok());
+    }
+
+    #[test]
+    fn a_window_past_the_filters_longest_is_a_quota_refusal() {
+        assert!(validate(&[op("k", 1, 60_000)], &QUOTA).is_ok());
+        assert!(matches!(
+            validate(&[op("k", 1, 60_001)], &QUOTA),
+            Err(StateError::Quota(QuotaLimit::Window, _))
+        ));
     }
 }

@@ -8,7 +8,7 @@
 //! pause instead of each waiting out the timeout, and the filter's own
 //! policy decides what a request gets.
 
-use super::{Counter, CounterOp, StateError};
+use super::{Counter, CounterOp, Owner, QuotaLimit, StateError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,13 +17,38 @@ use std::time::{Duration, Instant};
 /// After a failure, calls fail fast for this long before one tries again.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(200);
 
-/// KEYS are the counters; ARGV holds a (delta, window in ms) pair per key.
-/// Answers a flat list of (value, ttl in ms) pairs. A zero delta only
-/// reads and creates nothing, as in the memory backend.
+/// KEYS are the counters, then the filter's index: a sorted set of the
+/// counters it holds, scored by expiry, which is how its quota is counted
+/// (Redis drops expired counters itself, so the index is pruned by score).
+/// ARGV[1] is the quota; then a (delta, window in ms) pair per counter.
+/// Answers a flat list of (value, ttl in ms) pairs, or the error `QUOTA`
+/// when the call would create counters past the quota, having changed
+/// nothing. A zero delta only reads and creates nothing, as in the memory
+/// backend.
 const SCRIPT: &str = r#"
+local n = #KEYS - 1
+local index = KEYS[#KEYS]
+local quota = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local new = 0
+for i = 1, n do
+  if tonumber(ARGV[2 * i]) ~= 0 and redis.call('EXISTS', KEYS[i]) == 0 then
+    new = new + 1
+  end
+end
+if new > 0 then
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  local held = redis.call('ZCARD', index)
+  if held + new > quota then
+    return redis.error_reply('QUOTA the filter holds ' .. held .. ' counters; its quota is ' .. quota .. ' (state_max_entries)')
+  end
+end
 local out = {}
-for i, key in ipairs(KEYS) do
-  local delta = tonumber(ARGV[2 * i - 1])
+for i = 1, n do
+  local key = KEYS[i]
+  local delta = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
   local value, ttl
   if delta == 0 then
     value = tonumber(redis.call('GET', key)) or 0
@@ -33,8 +58,12 @@ for i, key in ipairs(KEYS) do
     value = redis.call('INCRBY', key, delta)
     ttl = redis.call('PTTL', key)
     if ttl < 0 then
-      redis.call('PEXPIRE', key, ARGV[2 * i])
-      ttl = tonumber(ARGV[2 * i])
+      redis.call('PEXPIRE', key, window)
+      ttl = window
+      redis.call('ZADD', index, now + window, key)
+      if redis.call('PTTL', index) < window then
+        redis.call('PEXPIRE', index, window)
+      end
     end
   end
   out[2 * i - 1] = value
@@ -98,7 +127,8 @@ impl RedisStore {
         self.epoch.elapsed().as_nanos() as u64 + 1
     }
 
-    pub async fn add(&self, filter: &str, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
+    pub async fn add(&self, owner: &Owner, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
+        let filter = &*owner.filter;
         let paused = self.paused_until_ns.load(Ordering::Relaxed);
         if paused != 0 && self.now_ns() < paused {
             return Err(StateError::Unavailable(
@@ -108,10 +138,14 @@ impl RedisStore {
         let conns = self.connections()?;
         let conn = &conns[self.next.fetch_add(1, Ordering::Relaxed) % conns.len()];
         let mut call = self.script.prepare_invoke();
+        call.arg(owner.quota.max_entries);
         for op in ops {
             call.key(format!("{}:{filter}:{}", self.prefix, op.key));
             call.arg(op.delta).arg(op.window.as_millis() as u64);
         }
+        // `#` cannot follow the prefix in a counter's key (`prefix:filter:`),
+        // so no filter's counter can be another's index.
+        call.key(format!("{}#quota:{filter}", self.prefix));
         let attempt = async {
             let first = call.invoke_async::<Vec<i64>>(&mut conn.clone()).await;
             match first {
@@ -128,6 +162,12 @@ impl RedisStore {
         };
         let values = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok(v)) => v,
+            Ok(Err(e)) if e.code() == Some("QUOTA") => {
+                return Err(StateError::Quota(
+                    QuotaLimit::Entries,
+                    e.detail().unwrap_or("over quota").to_string(),
+                ));
+            }
             Ok(Err(e)) if is_refusal(&e) => {
                 return Err(StateError::Invalid(format!("redis refused the call: {e}")));
             }

@@ -54,6 +54,15 @@ const PLUGIN_PLAIN_BUCKETS: &[f64] = &[
 pub const PLUGIN_SERIES_CAP: usize = 100;
 /// Distinct metrics one plugin may create.
 pub const PLUGIN_METRICS_CAP: usize = 32;
+/// Label sets one plugin may have over all its metrics, and the bytes they
+/// may add to a scrape (estimated as Prometheus' text writes them, a
+/// histogram's buckets included); past either, new label sets fold into
+/// their metric's `overflow="true"` series, so one plugin cannot bloat the
+/// scrape however it spends its metric and label caps.
+pub const PLUGIN_SERIES_BUDGET: usize = 1_000;
+pub const PLUGIN_EXPOSITION_BUDGET: usize = 512 * 1024;
+/// Longest label value a plugin may use, in bytes.
+pub const PLUGIN_LABEL_VALUE_MAX: usize = 128;
 
 /// Why a filter call failed, as counted in `gateway_plugin_failures_total`.
 pub const FAILURE_REASONS: &[&str] = &[
@@ -117,6 +126,8 @@ pub struct Metrics {
     pub plugin_calls: Counter<u64>,
     pub plugin_failures: Counter<u64>,
     pub plugin_instances_retired: Counter<u64>,
+    /// Instances made and configured, by filter and result.
+    pub plugin_instance_starts: Counter<u64>,
     pub plugin_duration: HistogramVec,
     pub state_calls: Counter<u64>,
     pub upstream_requests: Counter<u64>,
@@ -137,10 +148,25 @@ pub struct Metrics {
     requests_refused: Counter<u64>,
     /// Request headers removed before routing, by reason.
     headers_dropped: Counter<u64>,
-    plugin_metrics: Mutex<HashMap<String, PluginMetric>>,
+    plugin_metrics: Mutex<PluginMetrics>,
+    /// State calls refused by a filter's quota, by filter and limit.
+    state_quota_refusals: Counter<u64>,
     /// The access log and the tracer, when configured; set once at start.
     pub access_log: OnceLock<access_log::AccessLog>,
     pub tracing: OnceLock<trace::Tracing>,
+}
+
+/// The metrics plugins made, and what each plugin has spent of its budget.
+#[derive(Default)]
+struct PluginMetrics {
+    metrics: HashMap<String, PluginMetric>,
+    spent: HashMap<String, Spent>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Spent {
+    series: usize,
+    bytes: usize,
 }
 
 /// A metric a plugin made, and the label sets it has used so far.
@@ -156,6 +182,34 @@ enum PluginInstrument {
     Histogram(Histogram<f64>),
 }
 
+/// About how many bytes a new series adds to the scrape: one line per
+/// counter, one per bucket plus `_sum` and `_count` for a histogram, each
+/// with the name, every label and a value.
+fn exposition_bytes(
+    name: &str,
+    plugin: &str,
+    labels: &[(String, String)],
+    instrument: &PluginInstrument,
+) -> usize {
+    let labels: usize = labels
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 4)
+        .sum::<usize>()
+        + "plugin".len()
+        + plugin.len()
+        + 4;
+    let line = name.len() + labels + 32;
+    match instrument {
+        PluginInstrument::Counter(_) => line,
+        // Bucket lines also carry `le="…"` and the `_bucket` suffix.
+        PluginInstrument::Histogram(_) => PLUGIN_HISTOGRAM_LINES * (line + 20),
+    }
+}
+
+/// Lines one plugin histogram series writes: its largest bucket set, `+Inf`,
+/// `_sum` and `_count`.
+const PLUGIN_HISTOGRAM_LINES: usize = 14 + 3;
+
 /// What a plugin asks for through `counter-add` or `histogram-observe`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum PluginMetricKind {
@@ -166,6 +220,40 @@ pub enum PluginMetricKind {
 /// An attribute value shared without copying the string on every request.
 pub fn shared(s: &Arc<str>) -> opentelemetry::Value {
     opentelemetry::Value::String(StringValue::from(s.clone()))
+}
+
+/// Text a plugin chose (a log message, an error, a trap's frame names) made
+/// safe for one log record: line breaks, other control characters and the
+/// invisible characters that reorder or split a line on a terminal are
+/// written as escapes, and so is the backslash, so an escape in the output
+/// always came from here. Such text can then neither start a line of its
+/// own nor disguise the line it sits in.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    fn needs(c: char) -> bool {
+        c.is_control()
+            || c == '\\'
+            || matches!(
+                c,
+                '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{feff}'
+            )
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    }
+    if !text.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if needs(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl Metrics {
@@ -288,6 +376,12 @@ impl Metrics {
                      (memory: grown past three quarters of memory_limit_mib)",
                 )
                 .build(),
+            plugin_instance_starts: meter
+                .u64_counter("gateway_plugin_instance_starts_total")
+                .with_description(
+                    "Filter instances made and configured, by filter, plugin and result (ok, failed)",
+                )
+                .build(),
             state_calls: meter
                 .u64_counter("gateway_state_calls_total")
                 .with_description(
@@ -365,7 +459,13 @@ impl Metrics {
                     "Request headers removed before filters ran, by reason (underscore: a `_` in the name; untrusted_forwarding: a client's forwarding header)",
                 )
                 .build(),
-            plugin_metrics: Mutex::new(HashMap::new()),
+            plugin_metrics: Mutex::new(PluginMetrics::default()),
+            state_quota_refusals: meter
+                .u64_counter("gateway_state_quota_refusals_total")
+                .with_description(
+                    "Shared-state calls refused because the filter would pass its quota, by filter and limit (entries, bytes, window)",
+                )
+                .build(),
             access_log: OnceLock::new(),
             tracing: OnceLock::new(),
             registry,
@@ -438,6 +538,16 @@ impl Metrics {
                 KeyValue::new("reason", "memory"),
             ],
         );
+        for result in ["ok", "failed"] {
+            self.plugin_instance_starts.add(
+                0,
+                &[
+                    KeyValue::new("filter", shared(filter)),
+                    KeyValue::new("plugin", shared(plugin)),
+                    KeyValue::new("result", result),
+                ],
+            );
+        }
         for phase in ["request", "response"] {
             let base = [
                 KeyValue::new("filter", shared(filter)),
@@ -454,8 +564,31 @@ impl Metrics {
     }
 
     /// The state backend's series, at zero.
+    /// A filter's quota refusals, at zero.
+    pub fn declare_state_quota(&self, filter: &Arc<str>) {
+        for limit in crate::state::QuotaLimit::ALL {
+            self.state_quota_refusals.add(
+                0,
+                &[
+                    KeyValue::new("filter", shared(filter)),
+                    KeyValue::new("limit", limit.label()),
+                ],
+            );
+        }
+    }
+
+    pub fn count_state_quota(&self, filter: &Arc<str>, limit: &'static str) {
+        self.state_quota_refusals.add(
+            1,
+            &[
+                KeyValue::new("filter", shared(filter)),
+                KeyValue::new("limit", limit),
+            ],
+        );
+    }
+
     pub fn declare_state(&self, backend: &'static str) {
-        for result in ["ok", "unavailable", "invalid"] {
+        for result in ["ok", "unavailable", "invalid", "quota"] {
             self.state_calls.add(
                 0,
                 &[
@@ -510,7 +643,9 @@ impl Metrics {
             return false;
         }
         if labels.iter().any(|(k, v)| {
-            !valid(k) || ["plugin", "filter", "overflow"].contains(&k.as_str()) || v.len() > 128
+            !valid(k)
+                || ["plugin", "filter", "overflow"].contains(&k.as_str())
+                || v.len() > PLUGIN_LABEL_VALUE_MAX
         }) {
             return false;
         }
@@ -519,7 +654,8 @@ impl Metrics {
             PluginMetricKind::Counter => format!("{prefix}{name}_total"),
             PluginMetricKind::Histogram => format!("{prefix}{name}"),
         };
-        let mut metrics = self.plugin_metrics.lock();
+        let mut guard = self.plugin_metrics.lock();
+        let PluginMetrics { metrics, spent } = &mut *guard;
         if !metrics.contains_key(&full) {
             let per_plugin = metrics.keys().filter(|k| k.starts_with(&prefix)).count();
             // A histogram named like a counter's series (`x_total`) or the
@@ -577,8 +713,23 @@ impl Metrics {
         key.push(("filter".to_string(), filter.to_string()));
         key.sort();
         let mut attrs = vec![KeyValue::new("plugin", plugin.to_string())];
-        if pm.series.contains(&key) || pm.series.len() < PLUGIN_SERIES_CAP {
-            pm.series.insert(key.clone());
+        let known = pm.series.contains(&key);
+        let budget = spent.entry(plugin.to_string()).or_default();
+        let cost = if known {
+            0
+        } else {
+            exposition_bytes(&full, plugin, &key, &pm.instrument)
+        };
+        let within = known
+            || (pm.series.len() < PLUGIN_SERIES_CAP
+                && budget.series < PLUGIN_SERIES_BUDGET
+                && budget.bytes + cost <= PLUGIN_EXPOSITION_BUDGET);
+        if within {
+            if !known {
+                budget.series += 1;
+                budget.bytes += cost;
+                pm.series.insert(key.clone());
+            }
             attrs.extend(key.into_iter().map(|(k, v)| KeyValue::new(k, v)));
         } else {
             attrs.push(KeyValue::new("filter", filter.to_string()));
@@ -590,7 +741,7 @@ impl Metrics {
                 tracing::warn!(
                     plugin,
                     metric = full,
-                    "more than {PLUGIN_SERIES_CAP} label sets: further ones are counted under overflow=\"true\""
+                    "plugin metric over its label-set cap ({PLUGIN_SERIES_CAP} per metric) or the plugin's budget ({PLUGIN_SERIES_BUDGET} label sets, {PLUGIN_EXPOSITION_BUDGET} bytes of scrape): further ones are counted under overflow=\"true\""
                 );
             }
         }

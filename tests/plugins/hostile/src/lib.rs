@@ -32,6 +32,14 @@ const MAX_VALUE: usize = 1024;
 struct Config {
     /// Tags the filter's log lines, to tell instances apart in the log.
     label: Option<String>,
+    /// What every `configure` after the first in the gateway does (counted
+    /// in shared state): `loop` spins, `fail` refuses. The first instance
+    /// starts, so the filter loads; every later one cannot.
+    later_configure: Option<String>,
+    /// `configure` refuses with exactly this text.
+    refuse_with: Option<String>,
+    /// `configure` spins until the host ends it.
+    configure_spins: Option<bool>,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -321,6 +329,21 @@ struct Hostile;
 impl Guest for Hostile {
     fn configure(config: String) -> Result<(), String> {
         let c: Config = serde_json::from_str(&config).map_err(|e| format!("hostile: {e}"))?;
+        if c.configure_spins == Some(true) {
+            spin();
+        }
+        if let Some(text) = c.refuse_with {
+            return Err(text);
+        }
+        if let Some(later) = &c.later_configure {
+            let n = state::counter_add("configured", 1, 3_600_000).map_or(1, |c| c.value);
+            if n > 1 {
+                match later.as_str() {
+                    "loop" => spin(),
+                    _ => return Err(format!("configure #{n} refuses on purpose")),
+                }
+            }
+        }
         let _ = CONFIG.set(c);
         Ok(())
     }
@@ -379,6 +402,28 @@ impl Guest for Hostile {
             "read-file" => read_file(req),
             "env" => env(req),
             "connect" => connect(req),
+            "state-bomb" => state_bomb(req),
+            "state-one" => state_one(req),
+            "metrics-bomb" => metrics_bomb(req),
+            "log-forge" => {
+                host::log(LogLevel::Warn, FORGED);
+                report(req, "x-attack-result", "logged");
+                Action::Continue
+            }
+            "reply-long-names" => reply(
+                200,
+                (0..100)
+                    .map(|i| (format!("x-{i}-{}", "n".repeat(60_000)), b"v".to_vec()))
+                    .collect(),
+                Vec::new(),
+            ),
+            "reply-big-head" => reply(
+                200,
+                (0..100)
+                    .map(|i| (format!("x-big-{i}"), vec![b'v'; 8 * 1024]))
+                    .collect(),
+                Vec::new(),
+            ),
             "reply-status" => reply(1000, Vec::new(), Vec::new()),
             "reply-huge-header" => reply(200, vec![("x-huge".into(), vec![b'a'; MIB])], Vec::new()),
             "reply-many-headers" => reply(
@@ -420,6 +465,72 @@ impl Guest for Hostile {
         let _ = resp.set_header("x-hostile-out", b"ok");
         Action::Continue
     }
+}
+
+/// A log message that, written raw, would end the filter's line and start
+/// one that looks like the gateway's own, then erase the terminal line.
+pub const FORGED: &str = "innocent\n2026-11-30T00:00:00.000000Z  INFO gateway::reload: reload #9 applied in 1 ms\r\u{1b}[2K\u{202e}";
+
+/// A window of two days: the longest the host allows.
+const TWO_DAYS_MS: u64 = 2 * 24 * 3600 * 1000;
+
+/// Sixteen counters no call has made before, kept two days: a filter
+/// trying to fill the store for everyone.
+fn state_bomb(req: &Request) -> Action {
+    let stamp = host::monotonic_ns();
+    let ops: Vec<CounterOp> = (0..16)
+        .map(|i| CounterOp {
+            key: format!("bomb-{stamp}-{i}-{}", "k".repeat(200)),
+            delta: 1,
+            window_ms: TWO_DAYS_MS,
+        })
+        .collect();
+    let verdict = match state::counter_add_many(&ops) {
+        Ok(_) => "created 16".to_string(),
+        Err(e) => format!("refused: {}", error_text(&state_error(&e))),
+    };
+    report(req, "x-attack-result", &verdict);
+    Action::Continue
+}
+
+/// One counter no call has made before, for a minute: what a calm filter
+/// does for each new client.
+fn state_one(req: &Request) -> Action {
+    let key = format!("one-{}", host::monotonic_ns());
+    let verdict = match state::counter_add(&key, 1, 60_000) {
+        Ok(c) => format!("ok {}", c.value),
+        Err(e) => format!("refused: {}", error_text(&state_error(&e))),
+    };
+    report(req, "x-attack-result", &verdict);
+    Action::Continue
+}
+
+fn state_error(e: &state::StateError) -> String {
+    match e {
+        state::StateError::Unavailable(m) => format!("unavailable: {m}"),
+        state::StateError::Invalid(m) => format!("invalid: {m}"),
+    }
+}
+
+/// Every metric and label set the per-call caps allow, each label value as
+/// long as allowed and new on every request (`x-nonce`): a plugin trying to
+/// bloat the scrape.
+fn metrics_bomb(req: &Request) -> Action {
+    let nonce = header_text(req, "x-nonce").unwrap_or_default();
+    for m in 0..32 {
+        for i in 0..40 {
+            let labels: Vec<(String, String)> = (0..8)
+                .map(|j| {
+                    let v = format!("{nonce}-{i}-{j}-");
+                    let pad = 128 - v.len().min(128);
+                    (format!("label_{j}"), format!("{v}{}", "x".repeat(pad)))
+                })
+                .collect();
+            host::histogram_observe(&format!("bomb_{m}_seconds"), &labels, 0.01);
+        }
+    }
+    report(req, "x-attack-result", "recorded");
+    Action::Continue
 }
 
 /// Calls to `count` this instance has seen.
