@@ -79,8 +79,8 @@ filters = ["calm"]
         "calm route latency, {SAMPLES} sequential requests per phase, {ATTACKERS} attacking clients"
     );
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>9}",
-        "phase", "p50 ms", "p99 ms", "max ms", "attacks"
+        "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "phase", "p50 ms", "p99 ms", "max ms", "not 200", "attacks"
     );
     for (phase, attack) in [
         ("idle", None),
@@ -108,11 +108,16 @@ filters = ["calm"]
         std::thread::sleep(Duration::from_millis(300));
         let started = Instant::now();
         let mut took: Vec<Duration> = Vec::with_capacity(SAMPLES);
+        // Calm requests answered otherwise than 200 (a 504 when the route
+        // timeout passed while the gateway's threads were held).
+        let mut failed = 0;
         while took.len() < SAMPLES && started.elapsed() < PHASE_LIMIT {
             let t = Instant::now();
             let r = gw.get("/calm", &[]);
             took.push(t.elapsed());
-            assert_eq!(r.status, 200, "calm route: {}", r.body_text());
+            if r.status != 200 {
+                failed += 1;
+            }
         }
         stop.store(true, Ordering::Relaxed);
         let attacks: u64 = attackers.into_iter().map(|t| t.join().unwrap()).sum();
@@ -120,7 +125,7 @@ filters = ["calm"]
         let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "{phase:<22} {:>9.2} {:>9.2} {:>9.2} {attacks:>9}",
+            "{phase:<22} {:>9.2} {:>9.2} {:>9.2} {failed:>9} {attacks:>9}",
             ms(at(0.50)),
             ms(at(0.99)),
             ms(*took.last().unwrap())
