@@ -511,7 +511,9 @@ async fn pipeline(
             .context
             .iter()
             .find(|(k, _)| k == "tenant")
-            .map(|(_, v)| v.clone());
+            // A filter chose it: JSON escapes line breaks, not the
+            // characters that reorder a line on a terminal.
+            .map(|(_, v)| crate::telemetry::escape(v).into_owned());
     }
     let mut parts = resp_state.parts;
     if !parts.headers.contains_key(&X_REQUEST_ID) {

@@ -337,6 +337,22 @@ mod tests {
                 .starts_with("this is WebAssembly text")
         );
         assert_eq!(rt.check_plugin(b"").unwrap_err(), "the file is empty");
+        // A component in text form is judged as the same component in
+        // binary form, as loading judges it.
+        let text = rt.check_plugin(b"(component)").unwrap_err();
+        let binary = rt
+            .check_plugin(&wat::parse_str("(component)").unwrap())
+            .unwrap_err();
+        assert_eq!(text, binary);
+        assert!(
+            rt.check_plugin(b"(component (core module))")
+                .is_err_and(|e| !e.contains("WebAssembly text"))
+        );
+        assert!(
+            rt.check_plugin(b"(module")
+                .unwrap_err()
+                .starts_with("not valid WebAssembly text (WAT)")
+        );
         assert!(
             rt.check_plugin(b"{}")
                 .unwrap_err()

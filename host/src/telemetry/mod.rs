@@ -1261,6 +1261,26 @@ fn status_text(status: u16) -> opentelemetry::Value {
 mod tests {
     use super::*;
 
+    #[test]
+    fn escaped_text_keeps_to_one_line_and_shows_what_it_hid() {
+        assert!(matches!(
+            escape("plain text, \"quoted\""),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let forged = "ok\n2026-01-01T00:00:00Z  INFO gateway: forged\r\u{1b}[2K\u{202e}\u{2028}\\n";
+        let out = escape(forged);
+        assert_eq!(
+            out,
+            r"ok\n2026-01-01T00:00:00Z  INFO gateway: forged\r\u{1b}[2K\u{202e}\u{2028}\\n"
+        );
+        assert!(!out.chars().any(|c| c.is_control()));
+        // Every character is either kept or written as a visible escape.
+        for c in ['\0', '\u{7f}', '\u{85}', '\u{200f}', '\u{2066}', '\u{feff}'] {
+            let e = escape(&c.to_string()).into_owned();
+            assert!(e.starts_with('\\') && e.is_ascii(), "{c:?} became {e:?}");
+        }
+    }
+
     fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
