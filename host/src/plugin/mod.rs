@@ -19,7 +19,7 @@ use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -400,6 +400,8 @@ impl Runtime {
             warm: Mutex::new(Vec::new()),
             replenishing: AtomicBool::new(false),
             permits: tokio::sync::Semaphore::new(SETUP_PER_FILTER),
+            waiting: AtomicUsize::new(0),
+            returned: tokio::sync::Notify::new(),
             backoff: Mutex::new(Backoff::default()),
             setup: self.setup_handle.clone(),
         });
@@ -566,6 +568,11 @@ struct Maker {
     replenishing: AtomicBool,
     /// Start-ups of this filter running at once.
     permits: tokio::sync::Semaphore,
+    /// Requests waiting for an instance, and the signal that one was kept:
+    /// a waiting request takes whichever comes first, a fresh instance or
+    /// one another request has finished with.
+    waiting: AtomicUsize,
+    returned: tokio::sync::Notify,
     backoff: Mutex<Backoff>,
     setup: tokio::runtime::Handle,
 }
@@ -711,9 +718,24 @@ impl Maker {
                 }
             }
         });
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(made)) => made,
-            Ok(Err(_)) => Err("the setup thread stopped".into()),
+        let _waiting = Waiting::new(&self.waiting);
+        let first_ready = async {
+            tokio::pin!(rx);
+            loop {
+                tokio::select! {
+                    made = &mut rx => {
+                        return made.unwrap_or_else(|_| Err("the setup thread stopped".into()));
+                    }
+                    () = self.returned.notified() => {
+                        if let Some(w) = self.warm.lock().pop() {
+                            return Ok(w);
+                        }
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(wait, first_ready).await {
+            Ok(made) => made,
             Err(_) => Err(format!(
                 "no instance was ready within the {} ms call timeout; one is being made",
                 wait.as_millis()
@@ -721,11 +743,18 @@ impl Maker {
         }
     }
 
-    /// Keeps an unused instance for a later request, if there is room.
+    /// Keeps an unused instance for a later request, if there is room, and
+    /// hands it to a request waiting for one.
     fn keep(&self, w: Warm) {
-        let mut warm = self.warm.lock();
-        if warm.len() < self.max_warm {
+        {
+            let mut warm = self.warm.lock();
+            if warm.len() >= self.max_warm {
+                return;
+            }
             warm.push(w);
+        }
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.returned.notify_one();
         }
     }
 
@@ -742,10 +771,26 @@ impl Maker {
             let made = self.instantiate().await;
             self.backoff.lock().record(&made);
             match made {
-                Ok(w) => self.warm.lock().push(w),
+                Ok(w) => self.keep(w),
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// Counts a request among those waiting for an instance while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
