@@ -288,26 +288,47 @@ where
     // Set once a graceful shutdown was asked for; past it the connection is
     // dropped (None: when the server's grace runs out).
     let mut closing: Option<Option<Instant>> = None;
-    loop {
-        // Made before the phase is read, so a change in between still wakes.
-        let changed = activity.changed.notified();
+    // Deadlines are checked lazily: exchanges and reads only record the
+    // phase, and this timer, when it fires, reads it and either acts or is
+    // set again. Waking the task at every phase change would cost each
+    // request several polls of the connection and timer updates. A new
+    // deadline is never earlier than `header_read_timeout` after it began,
+    // so a check at least that often misses none.
+    let next_check = |closing: Option<Option<Instant>>, now: Instant| {
         let deadline = match closing {
             Some(give_up) => give_up.map(|at| (at, Expiry::Closing)),
             None => activity.deadline(settings),
         };
+        let recheck = now + settings.header_read_timeout;
+        (
+            deadline,
+            deadline.map_or(recheck, |(at, _)| at.min(recheck)),
+        )
+    };
+    let sleep = tokio::time::sleep_until(next_check(closing, Instant::now()).1);
+    tokio::pin!(sleep);
+    loop {
         tokio::select! {
             ended = conn.as_mut() => return ended.map_err(|e| e.to_string()),
-            _ = changed => {}
-            _ = sleep_until(deadline.map(|(at, _)| at)) => match deadline.map(|(_, why)| why) {
-                Some(Expiry::Head) => return Err("no complete request head within header_read_timeout".into()),
-                Some(Expiry::Idle) => {
-                    graceful(conn.as_mut());
-                    // An HTTP/2 goodbye takes a ping's round trip; a peer
-                    // that never finishes it gets one more idle period.
-                    closing = Some(Some(Instant::now() + settings.idle_timeout));
+            () = &mut sleep => {
+                let now = Instant::now();
+                let (deadline, check) = next_check(closing, now);
+                match deadline {
+                    Some((at, why)) if at <= now => match why {
+                        Expiry::Head => return Err("no complete request head within header_read_timeout".into()),
+                        Expiry::Idle => {
+                            graceful(conn.as_mut());
+                            // An HTTP/2 goodbye takes a ping's round trip; a
+                            // peer that never finishes it gets one more idle
+                            // period.
+                            closing = Some(Some(now + settings.idle_timeout));
+                            sleep.as_mut().reset(next_check(closing, now).1);
+                        }
+                        Expiry::Closing => return Err("did not close after a graceful shutdown".into()),
+                    },
+                    _ => sleep.as_mut().reset(check),
                 }
-                Some(Expiry::Closing) | None => return Err("did not close after a graceful shutdown".into()),
-            },
+            }
             _ = shutdown.as_mut(), if closing.is_none() => {
                 if activity.awaiting_head() {
                     // No request has begun that could be finished.
@@ -317,13 +338,6 @@ where
                 closing = Some(None);
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -360,8 +374,6 @@ struct Activity {
     /// checked on every read without the lock.
     reads_start_head: AtomicBool,
     protocol: Protocol,
-    /// Wakes the connection task to take up a new deadline.
-    changed: Notify,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -394,7 +406,6 @@ impl Activity {
             phase: Mutex::new(phase),
             reads_start_head: AtomicBool::new(false),
             protocol,
-            changed: Notify::new(),
         }
     }
 
@@ -418,7 +429,6 @@ impl Activity {
         };
         self.reads_start_head.store(false, Ordering::Relaxed);
         drop(phase);
-        self.changed.notify_one();
         OpenExchange(self.clone())
     }
 
@@ -432,8 +442,6 @@ impl Activity {
                 Phase::Idle(Instant::now())
             }
         };
-        drop(phase);
-        self.changed.notify_one();
     }
 
     /// Bytes came from the client: on an idle HTTP/1.1 connection they are
@@ -447,8 +455,6 @@ impl Activity {
             *phase = Phase::Head(Instant::now());
         }
         self.reads_start_head.store(false, Ordering::Relaxed);
-        drop(phase);
-        self.changed.notify_one();
     }
 }
 

@@ -188,6 +188,31 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_not_the_header
     assert_eq!(up.count(), 2);
 }
 
+/// A head that starts after a keep-alive wait gets the header timeout from
+/// its first byte, not what was left of the idle timeout.
+#[test]
+fn a_head_begun_after_a_keep_alive_wait_is_cut_off_at_the_header_timeout() {
+    let up = Upstream::start("up");
+    let gw = gateway(
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"30s\"",
+        &up,
+    );
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut r).status, 200);
+    std::thread::sleep(Duration::from_millis(400));
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n").unwrap();
+    // Closed by the header timeout: `wait_closed` fails past its bound,
+    // and the idle timeout (30 s) is far past that.
+    let closed = wait_closed(&mut s, CLOSE_BOUND);
+    assert!(
+        !matches!(&closed, Closed::Eof(b) | Closed::Reset(b) if b.starts_with(b"HTTP/1.1 200")),
+        "the half head was answered: {closed:?}"
+    );
+    assert_eq!(up.count(), 1);
+}
+
 #[test]
 fn an_idle_h2c_connection_is_sent_goaway_after_the_idle_timeout() {
     let up = Upstream::start("up");
