@@ -28,6 +28,7 @@ if [[ "${1:-}" == "--bench" ]]; then
   want wrk wrk
   want curl curl
   want taskset util-linux
+  want perf linux-perf
 fi
 
 if [[ ${#need_apt[@]} -gt 0 ]]; then

@@ -50,6 +50,37 @@ pub enum PathError {
 /// A trailing slash is kept, because upstreams often treat `/a/` and `/a`
 /// differently.
 pub fn normalize_path(raw: &str, parameters: PathParameters) -> Result<String, PathError> {
+    // Most paths are already in their one reading; they cost a copy.
+    if is_normal(raw) {
+        return Ok(raw.to_string());
+    }
+    normalize_all(raw, parameters)
+}
+
+/// Whether `raw` is its own normal form: absolute, visible ASCII without
+/// escapes, backslashes or `;`, and no empty (but the last), `.` or `..`
+/// segment. What `normalize_all` would give back unchanged.
+fn is_normal(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    if !raw
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && !matches!(b, b'%' | b'\\' | b';'))
+    {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last) || seg == "." || seg == ".." {
+            return false;
+        }
+    }
+    true
+}
+
+fn normalize_all(raw: &str, parameters: PathParameters) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
@@ -429,6 +460,20 @@ mod tests {
             fn no_output_can_be_read_two_ways(raw in tricky_path(), p in policy()) {
                 if let Ok(out) = normalize_path(&raw, p) {
                     check_output(&out, p)?;
+                }
+            }
+
+            #[test]
+            fn the_fast_path_agrees_with_the_full_normaliser(raw in tricky_path(), p in policy()) {
+                if is_normal(&raw) {
+                    prop_assert_eq!(normalize_all(&raw, p), Ok(raw.clone()));
+                }
+            }
+
+            #[test]
+            fn the_fast_path_agrees_on_any_visible_ascii(raw in "/[!-~]{0,30}", p in policy()) {
+                if is_normal(&raw) {
+                    prop_assert_eq!(normalize_all(&raw, p), Ok(raw.clone()));
                 }
             }
 
