@@ -8,8 +8,9 @@ use super::bindings::gateway::filter::{host, types};
 use super::bindings::{HeaderStats, LogLevel};
 use super::bindings::{StateCounter, StateCounterOp, WitStateError};
 use crate::state::{CounterOp, Owner, State, StateError};
-use crate::telemetry::{Metrics, PluginMetricKind};
+use crate::telemetry::{Metrics, PluginMetricKind, PluginSeries};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use wasmtime::StoreLimits;
@@ -20,6 +21,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub const MAX_HEADER_VALUE: usize = 8 * 1024;
 /// Longest header name a filter may set or answer with.
 pub const MAX_HEADER_NAME: usize = 256;
+/// Plugin metric series one instance keeps resolved; past it, further ones
+/// are resolved at every call.
+const MAX_KEPT_SERIES: usize = 256;
+
+type SeriesKey = (PluginMetricKind, String, Vec<(String, String)>);
+
 /// Largest context key and value, and how many entries a request may carry.
 pub const MAX_CONTEXT_KEY: usize = 128;
 pub const MAX_CONTEXT_VALUE: usize = 4 * 1024;
@@ -82,6 +89,9 @@ pub struct HostState {
     pub request: Option<Arc<RequestInfo>>,
     /// What the current call has used of its per-call budgets.
     pub budget: CallBudget,
+    /// Plugin metric series this instance has recorded, by kind, name and
+    /// labels (`None`: refused).
+    series: HashMap<SeriesKey, Option<PluginSeries>>,
     /// When the running call or start-up ends; the epoch callback checks it
     /// at every tick.
     pub deadline: std::time::Instant,
@@ -198,6 +208,7 @@ impl HostState {
             route_ids,
             request: None,
             budget: CallBudget::default(),
+            series: HashMap::new(),
             deadline: std::time::Instant::now(),
         }
     }
@@ -599,7 +610,7 @@ impl host::Host for HostState {
         labels: Vec<(String, String)>,
         value: f64,
     ) -> wasmtime::Result<()> {
-        self.plugin_metric(PluginMetricKind::Counter, &name, &labels, value);
+        self.plugin_metric(PluginMetricKind::Counter, name, labels, value);
         Ok(())
     }
     fn histogram_observe(
@@ -608,26 +619,45 @@ impl host::Host for HostState {
         labels: Vec<(String, String)>,
         value: f64,
     ) -> wasmtime::Result<()> {
-        self.plugin_metric(PluginMetricKind::Histogram, &name, &labels, value);
+        self.plugin_metric(PluginMetricKind::Histogram, name, labels, value);
         Ok(())
     }
 }
 
 impl HostState {
+    /// Records a plugin measurement. The series its name and labels resolve
+    /// to is kept in the instance, so a filter recording the same series on
+    /// every request resolves it once, not at every call.
     fn plugin_metric(
-        &self,
+        &mut self,
         kind: PluginMetricKind,
-        name: &str,
-        labels: &[(String, String)],
+        name: String,
+        labels: Vec<(String, String)>,
         value: f64,
     ) {
-        if !self
-            .metrics
-            .plugin_metric(kind, &self.plugin, &self.filter, name, labels, value)
-        {
+        let key = (kind, name, labels);
+        let recorded = crate::telemetry::valid_plugin_value(value)
+            && match self.series.get(&key) {
+                Some(known) => known.as_ref().map(|s| s.record(value)).is_some(),
+                None => {
+                    let series = self.metrics.plugin_series(
+                        kind,
+                        &self.plugin,
+                        &self.filter,
+                        &key.1,
+                        &key.2,
+                    );
+                    let recorded = series.as_ref().map(|s| s.record(value)).is_some();
+                    if self.series.len() < MAX_KEPT_SERIES {
+                        self.series.insert(key.clone(), series);
+                    }
+                    recorded
+                }
+            };
+        if !recorded {
             tracing::debug!(
                 filter = &*self.filter,
-                name,
+                name = key.1.as_str(),
                 "{kind:?} refused: bad name, label or value, or too many metrics"
             );
         }
@@ -792,6 +822,44 @@ mod tests {
             !h.verify_es256(key(), big, big_sig).unwrap(),
             "over the cap is refused even when the signature is good"
         );
+    }
+
+    #[test]
+    fn a_series_resolved_once_records_like_one_resolved_every_time() {
+        use host::Host;
+        let mut h = host_state();
+        let l = |v: &str| vec![("k".to_string(), v.to_string())];
+        for _ in 0..3 {
+            h.counter_add("kept".into(), l("a"), 2.0).unwrap();
+        }
+        // Refusals are kept too, and stay refusals.
+        for _ in 0..2 {
+            h.counter_add("Bad-Name".into(), l("a"), 1.0).unwrap();
+        }
+        // A bad value is refused whatever the series.
+        h.counter_add("kept".into(), l("a"), f64::NAN).unwrap();
+        assert_eq!(h.series.len(), 2);
+        // Label sets past the cap fold into the overflow series, which
+        // counts every measurement as overflow, kept or not.
+        for i in 0..crate::telemetry::PLUGIN_SERIES_CAP + 3 {
+            for _ in 0..2 {
+                h.counter_add("many".into(), l(&i.to_string()), 1.0)
+                    .unwrap();
+            }
+        }
+        let scrape = h.metrics.render();
+        assert!(
+            scrape.contains(r#"gateway_plugin_p_kept_total{filter="f",k="a",plugin="p"} 6"#),
+            "{scrape}"
+        );
+        assert!(!scrape.contains("Bad-Name") && !scrape.contains("bad_name"));
+        assert!(
+            scrape.contains(
+                r#"gateway_plugin_p_many_total{filter="f",overflow="true",plugin="p"} 6"#
+            ),
+            "{scrape}"
+        );
+        assert!(scrape.contains(r#"gateway_plugin_metric_overflow_total{plugin="p"} 6"#));
     }
 
     #[test]

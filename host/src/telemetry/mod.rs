@@ -177,9 +177,33 @@ struct PluginMetric {
     overflowed: bool,
 }
 
+#[derive(Clone)]
 enum PluginInstrument {
     Counter(Counter<f64>),
     Histogram(Histogram<f64>),
+}
+
+/// One series of a plugin metric, resolved once: what a measurement with
+/// the same name and labels records into, without the name formatting, the
+/// checks and the lock that resolving takes.
+pub struct PluginSeries {
+    instrument: PluginInstrument,
+    attrs: Vec<KeyValue>,
+    /// Set when the series is the metric's overflow series: each
+    /// measurement is also counted as overflow for the plugin.
+    overflow: Option<(Counter<u64>, [KeyValue; 1])>,
+}
+
+impl PluginSeries {
+    pub fn record(&self, value: f64) {
+        match &self.instrument {
+            PluginInstrument::Counter(c) => c.add(value, &self.attrs),
+            PluginInstrument::Histogram(h) => h.record(value, &self.attrs),
+        }
+        if let Some((overflow, plugin)) = &self.overflow {
+            overflow.add(1, plugin);
+        }
+    }
 }
 
 /// About how many bytes a new series adds to the scrape: one line per
@@ -210,8 +234,14 @@ fn exposition_bytes(
 /// `_sum` and `_count`.
 const PLUGIN_HISTOGRAM_LINES: usize = 14 + 3;
 
+/// Whether a plugin's measurement is one the gateway records: finite and
+/// not negative.
+pub fn valid_plugin_value(value: f64) -> bool {
+    value.is_finite() && value >= 0.0
+}
+
 /// What a plugin asks for through `counter-add` or `histogram-observe`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum PluginMetricKind {
     Counter,
     Histogram,
@@ -633,21 +663,45 @@ impl Metrics {
         labels: &[(String, String)],
         value: f64,
     ) -> bool {
+        if !valid_plugin_value(value) {
+            return false;
+        }
+        match self.plugin_series(kind, plugin, filter, name, labels) {
+            Some(series) => {
+                series.record(value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Resolves the series a plugin's measurement goes to, creating the
+    /// metric and the label set within the caps and budgets; `None` when
+    /// refused (see `plugin_metric`). The answer for the same arguments
+    /// never changes, so callers may keep it.
+    pub fn plugin_series(
+        &self,
+        kind: PluginMetricKind,
+        plugin: &str,
+        filter: &str,
+        name: &str,
+        labels: &[(String, String)],
+    ) -> Option<PluginSeries> {
         let valid = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64
                 && s.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         };
-        if !valid(name) || !value.is_finite() || value < 0.0 || labels.len() > 8 {
-            return false;
+        if !valid(name) || labels.len() > 8 {
+            return None;
         }
         if labels.iter().any(|(k, v)| {
             !valid(k)
                 || ["plugin", "filter", "overflow"].contains(&k.as_str())
                 || v.len() > PLUGIN_LABEL_VALUE_MAX
         }) {
-            return false;
+            return None;
         }
         let prefix = format!("gateway_plugin_{}_", plugin.replace('-', "_"));
         let full = match kind {
@@ -667,7 +721,7 @@ impl Metrics {
                 }
             };
             if per_plugin >= PLUGIN_METRICS_CAP || clash {
-                return false;
+                return None;
             }
             let description = format!("Recorded by plugin {plugin}: {name}");
             let instrument = match kind {
@@ -707,12 +761,13 @@ impl Metrics {
         match (&pm.instrument, kind) {
             (PluginInstrument::Counter(_), PluginMetricKind::Counter)
             | (PluginInstrument::Histogram(_), PluginMetricKind::Histogram) => {}
-            _ => return false,
+            _ => return None,
         }
         let mut key: Vec<(String, String)> = labels.to_vec();
         key.push(("filter".to_string(), filter.to_string()));
         key.sort();
         let mut attrs = vec![KeyValue::new("plugin", plugin.to_string())];
+        let mut overflow = None;
         let known = pm.series.contains(&key);
         let budget = spent.entry(plugin.to_string()).or_default();
         let cost = if known {
@@ -734,8 +789,10 @@ impl Metrics {
         } else {
             attrs.push(KeyValue::new("filter", filter.to_string()));
             attrs.push(KeyValue::new("overflow", "true"));
-            self.plugin_metric_overflow
-                .add(1, &[KeyValue::new("plugin", plugin.to_string())]);
+            overflow = Some((
+                self.plugin_metric_overflow.clone(),
+                [KeyValue::new("plugin", plugin.to_string())],
+            ));
             if !pm.overflowed {
                 pm.overflowed = true;
                 tracing::warn!(
@@ -745,11 +802,11 @@ impl Metrics {
                 );
             }
         }
-        match &pm.instrument {
-            PluginInstrument::Counter(c) => c.add(value, &attrs),
-            PluginInstrument::Histogram(h) => h.record(value, &attrs),
-        }
-        true
+        Some(PluginSeries {
+            instrument: pm.instrument.clone(),
+            attrs,
+            overflow,
+        })
     }
 
     /// The meter the gateway's instruments come from (benches compare
