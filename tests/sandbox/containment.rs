@@ -424,6 +424,48 @@ plugin = "hostile-abi"
     );
 }
 
+/// A filter writing as many lines as each call allows, call after call, is
+/// held to its lines a second; the next line let through says how many were
+/// left out.
+#[test]
+fn a_filters_log_lines_are_limited_per_second() {
+    let upstream = Upstream::start("app");
+    let gw = start(
+        &upstream,
+        "[filters.flood]\nplugin = \"hostile\"\n",
+        &["flood"],
+    );
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(gw.get("/flood", &[("x-attack", "log-flood")]).status, 200);
+    }
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(gw.get("/flood", &[("x-attack", "log-flood")]).status, 200);
+    let log = gw.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(r#"filter log filter="flood""#))
+        .collect();
+    // 640 lines asked for in `took`, then 32 more a period later.
+    let periods = took.as_secs() as usize + 2;
+    assert!(
+        lines.len() <= 100 * periods && lines.len() < 640,
+        "{} lines in {took:?}",
+        lines.len()
+    );
+    let reported: u64 = lines
+        .iter()
+        .filter_map(|l| l.split("suppressed=").nth(1))
+        .filter_map(|n| n.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        lines.len() as u64 + reported,
+        21 * 32,
+        "every line asked for was written or reported as left out"
+    );
+}
+
 /// A configure error with a forged line stays on one line of `gateway check`.
 #[test]
 fn a_configure_error_cannot_forge_lines() {

@@ -8,6 +8,7 @@ use super::bindings::gateway::filter::{host, types};
 use super::bindings::{HeaderStats, LogLevel};
 use super::bindings::{StateCounter, StateCounterOp, WitStateError};
 use crate::state::{CounterOp, Owner, State, StateError};
+use crate::telemetry::log_limit::LogQuota;
 use crate::telemetry::{Metrics, PluginMetricKind, PluginSeries};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::collections::HashMap;
@@ -39,6 +40,9 @@ pub const MAX_RESOURCES: usize = 1024;
 /// Log lines one filter call may write; the rest are dropped and counted in
 /// one line at the end of the call, so a looping filter cannot flood the log.
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
+/// Log lines one filter may write a second over all its calls; the rest are
+/// left out and the next line let through says how many.
+pub const MAX_LOG_LINES_PER_SECOND: u64 = 100;
 /// Shared-state calls one filter call may make (each may be a Redis round
 /// trip); past it they are refused as invalid.
 pub const MAX_STATE_CALLS_PER_CALL: u32 = 16;
@@ -83,6 +87,8 @@ pub struct HostState {
     pub state: Arc<State>,
     /// The filter's handle on the state, under its quota.
     pub state_owner: Arc<Owner>,
+    /// The filter's log lines a second, shared by its instances.
+    pub log_quota: Arc<LogQuota>,
     /// Every route id in the configuration the filter was loaded with.
     pub route_ids: Arc<[String]>,
     /// The request being served, for the log (shared, not copied, per call).
@@ -186,6 +192,7 @@ impl HostState {
         metrics: Arc<Metrics>,
         state: Arc<State>,
         state_owner: Arc<Owner>,
+        log_quota: Arc<LogQuota>,
         route_ids: Arc<[String]>,
         limits: StoreLimits,
         grants: &Grants,
@@ -205,6 +212,7 @@ impl HostState {
             metrics,
             state,
             state_owner,
+            log_quota,
             route_ids,
             request: None,
             budget: CallBudget::default(),
@@ -559,6 +567,11 @@ impl host::Host for HostState {
             return Ok(());
         }
         self.budget.log_lines += 1;
+        let Some(suppressed) = self.log_quota.admit() else {
+            return Ok(());
+        };
+        // Recorded only when lines were left out.
+        let suppressed = (suppressed.0 > 0).then_some(suppressed.0);
         let mut message = message;
         if message.len() > MAX_LOG_MESSAGE {
             let mut cut = MAX_LOG_MESSAGE;
@@ -576,19 +589,19 @@ impl host::Host for HostState {
         let text = message.as_str();
         match level {
             LogLevel::Trace => {
-                tracing::trace!(target: "gateway::filter", filter, request_id, text, "filter log")
+                tracing::trace!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
             }
             LogLevel::Debug => {
-                tracing::debug!(target: "gateway::filter", filter, request_id, text, "filter log")
+                tracing::debug!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
             }
             LogLevel::Info => {
-                tracing::info!(target: "gateway::filter", filter, request_id, text, "filter log")
+                tracing::info!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
             }
             LogLevel::Warn => {
-                tracing::warn!(target: "gateway::filter", filter, request_id, text, "filter log")
+                tracing::warn!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
             }
             LogLevel::Error => {
-                tracing::error!(target: "gateway::filter", filter, request_id, text, "filter log")
+                tracing::error!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
             }
         }
         Ok(())
@@ -781,6 +794,7 @@ mod tests {
             metrics,
             state,
             owner,
+            Arc::new(LogQuota::new(MAX_LOG_LINES_PER_SECOND)),
             Arc::from(Vec::new()),
             StoreLimits::default(),
             &Grants::default(),

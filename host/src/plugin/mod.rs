@@ -396,6 +396,9 @@ impl Runtime {
                     max_window: cfg.state_max_window.map_or(d.max_window, |w| w.0),
                 }
             }),
+            log_quota: Arc::new(crate::telemetry::log_limit::LogQuota::new(
+                host::MAX_LOG_LINES_PER_SECOND,
+            )),
             route_ids,
             warm: Mutex::new(Vec::new()),
             replenishing: AtomicBool::new(false),
@@ -561,6 +564,7 @@ struct Maker {
     metrics: Arc<Metrics>,
     state: Arc<State>,
     state_owner: Arc<crate::state::Owner>,
+    log_quota: Arc<crate::telemetry::log_limit::LogQuota>,
     route_ids: Arc<[String]>,
     /// Pooled: instances that served calls, kept for the next. Request
     /// isolation: fresh instances not yet used.
@@ -650,6 +654,7 @@ impl Maker {
             self.metrics.clone(),
             self.state.clone(),
             self.state_owner.clone(),
+            self.log_quota.clone(),
             self.route_ids.clone(),
             limits,
             &self.grants,

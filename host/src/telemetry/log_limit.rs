@@ -66,6 +66,56 @@ impl LogLimit {
     }
 }
 
+/// Up to `per_period` lines each period, for a source that writes lines of
+/// its own choosing (a filter's `log`): enough for a filter that reports
+/// what it decides, not enough to flood the log. The first line let through
+/// in a new period says how many the last period left out.
+#[derive(Debug)]
+pub struct LogQuota {
+    per_period: u64,
+    /// When the current period ends, on `crate::clock`'s scale.
+    period_end_ns: AtomicU64,
+    used: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogQuota {
+    pub const fn new(per_period: u64) -> LogQuota {
+        LogQuota {
+            per_period,
+            period_end_ns: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn admit(&self) -> Option<Suppressed> {
+        self.admit_at(crate::clock::monotonic_ns())
+    }
+
+    pub fn admit_at(&self, now_ns: u64) -> Option<Suppressed> {
+        let end = self.period_end_ns.load(Ordering::Acquire);
+        if now_ns >= end
+            && self
+                .period_end_ns
+                .compare_exchange(
+                    end,
+                    now_ns.saturating_add(PERIOD_NS),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.used.store(0, Ordering::Release);
+        }
+        if self.used.fetch_add(1, Ordering::AcqRel) >= self.per_period {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Suppressed(self.suppressed.swap(0, Ordering::AcqRel)))
+    }
+}
+
 /// How many lines like the one being written were left out before it.
 /// Displays as nothing when none were, else as ` (N similar suppressed)`,
 /// to be put at the end of the line's message.
@@ -226,5 +276,16 @@ mod tests {
         let left = l.suppressed.load(Ordering::Relaxed);
         assert_eq!(written + reported + left, 4 * calls_per_thread);
         assert!(written >= 2, "time passed several periods: {written}");
+    }
+
+    #[test]
+    fn a_quota_lets_its_lines_through_each_period_and_reports_the_rest() {
+        let q = LogQuota::new(3);
+        let t = 5 * PERIOD_NS;
+        let admitted: Vec<_> = (0..10).map(|i| q.admit_at(t + i)).collect();
+        assert_eq!(admitted.iter().filter(|a| a.is_some()).count(), 3);
+        assert_eq!(admitted[0], Some(Suppressed(0)));
+        assert_eq!(q.admit_at(t + PERIOD_NS), Some(Suppressed(7)));
+        assert_eq!(q.admit_at(t + PERIOD_NS + 1), Some(Suppressed(0)));
     }
 }

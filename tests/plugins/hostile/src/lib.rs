@@ -405,6 +405,13 @@ impl Guest for Hostile {
             "state-bomb" => state_bomb(req),
             "state-one" => state_one(req),
             "metrics-bomb" => metrics_bomb(req),
+            "log-flood" => {
+                for i in 0..32 {
+                    host::log(LogLevel::Info, &format!("flood line {i}"));
+                }
+                report(req, "x-attack-result", "logged");
+                Action::Continue
+            }
             "log-forge" => {
                 host::log(LogLevel::Warn, FORGED);
                 report(req, "x-attack-result", "logged");
