@@ -269,6 +269,45 @@ fn bench(c: &mut Criterion) {
         )
     });
 
+    // The same call from 64 tasks spread over a multi-thread runtime's
+    // workers, as the gateway makes it: instances move between cores and
+    // calls meet on the filter's pool. Per call, wall time (with two
+    // workers busy, about half the CPU a call takes); request construction
+    // included, as in the baseline below.
+    let workers = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let shared_probe = probe.clone();
+    c.bench_function("probe filter on-request, 64 tasks over every worker", |b| {
+        b.iter_custom(|iters| {
+            let f = shared_probe.clone();
+            workers.block_on(async move {
+                let per_task = iters.div_ceil(64);
+                let started = std::time::Instant::now();
+                let tasks: Vec<_> = (0..64)
+                    .map(|_| {
+                        let f = f.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..per_task {
+                                let (_, out) = f.on_request(request()).await;
+                                if let Err(e) = &out {
+                                    panic!("{}: {}", e.reason, e.detail);
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+                started
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per_task * 64) as f64)
+            })
+        })
+    });
+
     c.bench_function("chain of four filters, on-request and on-response", |b| {
         b.to_async(&tokio).iter_batched(
             || (request(), response()),

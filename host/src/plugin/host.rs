@@ -98,8 +98,9 @@ pub struct HostState {
     /// Plugin metric series this instance has recorded, by kind, name and
     /// labels (`None`: refused).
     series: HashMap<SeriesKey, Option<PluginSeries>>,
-    /// When the running call or start-up ends; the epoch callback checks it
-    /// at every tick.
+    /// When the running call or start-up began and when it ends; the epoch
+    /// callback checks them at every tick.
+    pub call_started: std::time::Instant,
     pub deadline: std::time::Instant,
 }
 
@@ -217,6 +218,7 @@ impl HostState {
             request: None,
             budget: CallBudget::default(),
             series: HashMap::new(),
+            call_started: std::time::Instant::now(),
             deadline: std::time::Instant::now(),
         }
     }

@@ -581,14 +581,26 @@ struct Maker {
     setup: tokio::runtime::Handle,
 }
 
-/// Ends a guest at its deadline, and until then hands its thread back to the
-/// scheduler at every epoch tick: a guest that spins until its deadline
-/// shares the thread with other requests instead of holding it.
+/// How long a call runs before it starts handing its thread back at each
+/// epoch tick. Calls that do a filter's usual work (microseconds) never
+/// yield, so a busy scheduler cannot make them miss their deadline while
+/// queued; one that spins yields from here on.
+const YIELD_AFTER: Duration = Duration::from_millis(2);
+
+/// Ends a guest at its deadline, and until then, once it has run for
+/// `YIELD_AFTER`, hands its thread back to the scheduler at every epoch
+/// tick: a guest that spins until its deadline shares the thread with other
+/// requests instead of holding it.
 fn yield_until_deadline(
     store: wasmtime::StoreContextMut<'_, HostState>,
 ) -> wasmtime::Result<UpdateDeadline> {
-    if Instant::now() >= store.data().deadline {
+    let now = Instant::now();
+    let data = store.data();
+    if now >= data.deadline {
         return Ok(UpdateDeadline::Interrupt);
+    }
+    if now.saturating_duration_since(data.call_started) < YIELD_AFTER {
+        return Ok(UpdateDeadline::Continue(1));
     }
     Ok(UpdateDeadline::YieldCustom(
         1,
@@ -665,7 +677,9 @@ impl Maker {
             store.set_hostcall_fuel(hostcall_fuel(self.memory_limit));
         }
         store.epoch_deadline_callback(yield_until_deadline);
-        store.data_mut().deadline = Instant::now() + SETUP_DEADLINE;
+        let now = Instant::now();
+        store.data_mut().call_started = now;
+        store.data_mut().deadline = now + SETUP_DEADLINE;
         store.set_epoch_deadline(1);
         let bindings = self
             .plugin
@@ -868,7 +882,9 @@ impl Filter {
         let data = warm.store.data_mut();
         data.request = Some(request.clone());
         data.budget = host::CallBudget::default();
-        data.deadline = Instant::now() + self.timeout;
+        let now = Instant::now();
+        data.call_started = now;
+        data.deadline = now + self.timeout;
         warm.store.set_epoch_deadline(1);
         Ok(warm)
     }
