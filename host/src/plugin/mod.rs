@@ -139,6 +139,8 @@ const SETUP_PER_FILTER: usize = 2;
 /// doubling with each further failure up to `SETUP_BACKOFF_MAX`.
 const SETUP_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const SETUP_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Most instances a pooled filter makes ahead when it is loaded.
+const POOLED_AHEAD: usize = 4;
 
 /// The limits every call runs under. Both are always on in the gateway;
 /// turning them off exists to measure what they cost (`cargo bench --bench
@@ -448,8 +450,7 @@ impl Runtime {
             },
         })?;
         maker.warm.lock().push(first);
-        // Under request isolation the first requests find fresh instances
-        // too, rather than making them inline.
+        // The first requests find instances ready rather than wait for one.
         let m = maker.clone();
         let _ = self
             .setup_handle
@@ -777,13 +778,20 @@ impl Maker {
         }
     }
 
-    /// Makes fresh instances ready for request isolation, up to the warm
-    /// count, so requests find one instead of instantiating.
+    /// Makes fresh instances ready ahead: under request isolation up to the
+    /// warm count, so requests find one instead of instantiating; pooled,
+    /// one for each thread that may call at once, so a filter just loaded
+    /// (a reload under load) meets its first concurrent calls warm.
     async fn replenish(&self) {
-        if self.isolation != Isolation::Request {
-            return;
-        }
-        while self.warm.lock().len() < self.max_warm {
+        let target = match self.isolation {
+            Isolation::Request => self.max_warm,
+            Isolation::Pooled => self.max_warm.min(
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(POOLED_AHEAD),
+            ),
+        };
+        while self.warm.lock().len() < target {
             if self.backoff.lock().refusal().is_some() {
                 return;
             }
