@@ -423,10 +423,7 @@ impl Runtime {
             // The epoch deadline ends running wasm on time; this one, a
             // little later, ends a call waiting outside wasm.
             wall_deadline: cfg.timeout.0 + WALL_DEADLINE_SLACK,
-            memory_limit,
             isolation: cfg.isolation,
-            guards: self.guards,
-            metrics: self.metrics.clone(),
             maker: maker.clone(),
         };
         // Start-up runs on the setup threads here too: a reload must not
@@ -829,10 +826,9 @@ pub struct Filter {
     pub failure_status: http::StatusCode,
     timeout: Duration,
     wall_deadline: Duration,
-    memory_limit: usize,
     pub isolation: Isolation,
-    guards: Guards,
-    metrics: Arc<Metrics>,
+    /// How instances are made, and the limits, metrics and warm set they
+    /// share with the setup threads.
     maker: Arc<Maker>,
     attrs_request: [KeyValue; 3],
     attrs_response: [KeyValue; 3],
@@ -929,10 +925,10 @@ impl Filter {
                     Isolation::Request if hold => return Some(Held(warm)),
                     Isolation::Request => {}
                     Isolation::Pooled
-                        if self.guards.memory_limits
-                            && data.limits.grown_near(self.memory_limit) =>
+                        if self.maker.guards.memory_limits
+                            && data.limits.grown_near(self.maker.memory_limit) =>
                     {
-                        self.metrics.plugin_instances_retired.add(
+                        self.maker.metrics.plugin_instances_retired.add(
                             1,
                             &[
                                 KeyValue::new("filter", shared(&self.name)),
@@ -965,7 +961,7 @@ impl Filter {
         self.plugin.failures.fetch_add(1, Ordering::Relaxed);
         let mut attrs = phase_attrs.to_vec();
         attrs.push(KeyValue::new("reason", reason));
-        self.metrics.plugin_failures.add(1, &attrs);
+        self.maker.metrics.plugin_failures.add(1, &attrs);
     }
 
     /// Runs a call, ending it at the deadline even where no wasm runs to
@@ -976,7 +972,7 @@ impl Filter {
         &self,
         call: impl std::future::Future<Output = wasmtime::Result<T>>,
     ) -> wasmtime::Result<T> {
-        if !self.guards.deadlines {
+        if !self.maker.guards.deadlines {
             return call.await;
         }
         match tokio::time::timeout(self.wall_deadline, call).await {

@@ -120,14 +120,12 @@ impl MemoryStore {
     pub fn add(&self, owner: &Owner, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
         let filter = &*owner.filter;
         let usage = &owner.usage;
-        if usage.entries.load(Ordering::Relaxed) >= owner.quota.max_entries
-            || usage.bytes.load(Ordering::Relaxed) >= owner.quota.max_bytes
-        {
-            // Expired counters of this filter may still be charged to it.
-            self.sweep_all_if_full_or(true);
-        } else {
-            self.sweep_all_if_full_or(false);
-        }
+        // Expired counters of a filter at its quota may still be charged to
+        // it.
+        self.sweep_all_if_full_or(
+            usage.entries.load(Ordering::Relaxed) >= owner.quota.max_entries
+                || usage.bytes.load(Ordering::Relaxed) >= owner.quota.max_bytes,
+        );
         let keys: Vec<String> = ops
             .iter()
             .map(|op| format!("{filter}\u{0}{}", op.key))

@@ -597,19 +597,17 @@ impl Metrics {
     /// A filter's quota refusals, at zero.
     pub fn declare_state_quota(&self, filter: &Arc<str>) {
         for limit in crate::state::QuotaLimit::ALL {
-            self.state_quota_refusals.add(
-                0,
-                &[
-                    KeyValue::new("filter", shared(filter)),
-                    KeyValue::new("limit", limit.label()),
-                ],
-            );
+            self.add_state_quota(filter, limit.label(), 0);
         }
     }
 
     pub fn count_state_quota(&self, filter: &Arc<str>, limit: &'static str) {
+        self.add_state_quota(filter, limit, 1);
+    }
+
+    fn add_state_quota(&self, filter: &Arc<str>, limit: &'static str, n: u64) {
         self.state_quota_refusals.add(
-            1,
+            n,
             &[
                 KeyValue::new("filter", shared(filter)),
                 KeyValue::new("limit", limit),
