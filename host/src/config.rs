@@ -126,9 +126,21 @@ pub struct ServerConfig {
     /// nginx: CGI-style upstreams read `X_User` as `X-User`.
     #[serde(default)]
     pub underscores_in_headers: bool,
+    /// Threads serving client connections, each with a single-threaded
+    /// runtime of its own; one per core the process may run on when absent.
+    /// Read at start.
+    pub workers: Option<Spanned<usize>>,
 }
 
 impl ServerConfig {
+    /// How many threads serve client connections.
+    pub fn worker_count(&self) -> usize {
+        match &self.workers {
+            Some(n) => *n.get_ref(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
     /// Refuses zeros that would silently turn a protection off (or close
     /// every connection at once).
     fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
@@ -155,6 +167,12 @@ impl ServerConfig {
             return Err(src.error_span(
                 n,
                 "[server] max_connections_per_client must be at least 1; leave it out for no per-client limit",
+            ));
+        }
+        if let Some(n) = self.workers.as_ref().filter(|n| *n.get_ref() == 0) {
+            return Err(src.error_span(
+                n,
+                "[server] workers must be at least 1; leave it out for one per core",
             ));
         }
         Ok(())

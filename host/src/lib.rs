@@ -371,6 +371,7 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::with_state(metrics.clone(), state)?);
     metrics.start_outputs(&config)?;
     let listen = config.server.listen;
+    let workers = config.server.worker_count();
     let grace = config.server.shutdown_grace.0;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let echo_listen = config.echo.as_ref().map(|e| e.listen);
@@ -427,7 +428,10 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         })
     };
-    server::serve(listener, shared, stop_rx, grace).await;
+    tracing::info!("{workers} worker thread(s) serving connections");
+    server::serve(listener, workers, shared, stop_rx, grace)
+        .await
+        .context("cannot start the worker threads")?;
     signals.abort();
     hangups.abort();
     watcher.abort();

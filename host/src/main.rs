@@ -74,7 +74,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // Reloads, health checks, the admin listener and signals: client
+    // connections are served by worker threads of their own (`[server]
+    // workers`), so this runtime needs few threads.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

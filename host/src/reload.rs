@@ -101,12 +101,13 @@ pub struct BuildReport {
     pub upstreams_renewed: Vec<String>,
 }
 
-/// Settings a running gateway cannot change: its sockets, its drain time,
+/// Settings a running gateway cannot change: its sockets and threads, its drain time,
 /// its state backend, its histogram buckets, its watcher, its access log
 /// and its trace exporter. A reload that changes
 /// them applies the rest and says these wait for a restart.
 struct RestartOnly {
     listen: std::net::SocketAddr,
+    workers: usize,
     grace: Duration,
     admin: Option<std::net::SocketAddr>,
     echo: Option<std::net::SocketAddr>,
@@ -121,6 +122,7 @@ impl RestartOnly {
     fn of(c: &Config) -> RestartOnly {
         RestartOnly {
             listen: c.server.listen,
+            workers: c.server.worker_count(),
             grace: c.server.shutdown_grace.0,
             admin: c.admin.as_ref().map(|a| a.listen),
             echo: c.echo.as_ref().map(|e| e.listen),
@@ -135,6 +137,7 @@ impl RestartOnly {
     fn differences(&self, new: &RestartOnly) -> Vec<&'static str> {
         [
             (self.listen != new.listen, "[server] listen"),
+            (self.workers != new.workers, "[server] workers"),
             (self.grace != new.grace, "[server] shutdown_grace"),
             (self.admin != new.admin, "[admin] listen"),
             (self.echo != new.echo, "[echo] listen"),

@@ -140,53 +140,121 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-/// Serves the proxy on `listener` until `shutdown` turns true, then waits up
-/// to `grace` for open requests to finish.
+/// Serves the proxy on `listener` with `workers` threads until `shutdown`
+/// turns true, then waits up to `grace` for open requests to finish.
+///
+/// Each worker is a thread with a single-threaded runtime of its own,
+/// accepting from its own copy of the listening socket, as nginx's worker
+/// processes do: a connection, its requests, their filter calls and their
+/// upstream exchanges stay on the thread that accepted it, with no work
+/// stealing and no wake-ups across threads. One shared socket rather than
+/// `SO_REUSEPORT` listeners, so a second process cannot bind the same port
+/// and take a share of the connections, and an idle worker is the one that
+/// accepts. The connection limits are counted over all workers.
 pub async fn serve(
     listener: TcpListener,
+    workers: usize,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-) {
-    let mut current = CurrentSettings::new(&shared.current().server);
+) -> io::Result<()> {
+    let listener = listener.into_std()?;
     let slots = Arc::new(Slots::default());
     let lingering = Arc::new(AtomicUsize::new(0));
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = accept(&listener) => accepted,
-            _ = shutdown.changed() => break,
+    // Each worker holds a sender; the channel closes when the last ends.
+    let (running, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
+    for i in 0..workers.max(1) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = listener.try_clone()?;
+        let worker = Worker {
+            shared: shared.clone(),
+            shutdown: shutdown.clone(),
+            slots: slots.clone(),
+            lingering: lingering.clone(),
+            grace,
         };
-        let _ = stream.set_nodelay(true);
-        let settings = current.get(&shared.current().server).clone();
-        let (max, max_per_client) = current.limits();
-        let slot = match slots.take(peer.ip(), max, max_per_client) {
-            Ok(slot) => slot,
-            Err(reason) => {
-                shared.metrics.count_connection_refused(reason);
-                tracing::debug!(%peer, "connection refused: {}", reason.as_str());
-                tokio::spawn(refuse(stream, reason, lingering.clone()));
-                continue;
-            }
-        };
-        let open = shared.metrics.connection_opened();
-        let shared = shared.clone();
-        let handler = move |req| crate::proxy::handle(shared.current(), req, peer);
-        let mut stopped = shutdown.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _open = open;
-            // A dropped sender means the server is going away: stop too.
-            let stopping = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            serve_connection(stream, peer, &settings, handler, stopping).await;
-        });
+        let running = running.clone();
+        std::thread::Builder::new()
+            .name(format!("gateway-worker-{i}"))
+            .spawn(move || {
+                let _running = running;
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => worker.run(listener).await,
+                        Err(e) => tracing::error!("worker {i} cannot use the listener: {e}"),
+                    }
+                });
+            })?;
     }
+    drop(running);
     drop(listener);
-    tracing::info!("stopped accepting; waiting up to {grace:?} for in-flight requests");
     tokio::select! {
-        _ = slots.all_released() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+        _ = all_ended.recv() => return Ok(()),
+        _ = shutdown.wait_for(|stop| *stop) => {}
+    }
+    tracing::info!("stopped accepting; waiting up to {grace:?} for in-flight requests");
+    all_ended.recv().await;
+    if slots.counts.lock().open == 0 {
+        tracing::info!("all connections closed");
+    } else {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// One thread serving connections; see [`serve`].
+struct Worker {
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    slots: Arc<Slots>,
+    lingering: Arc<AtomicUsize>,
+    grace: Duration,
+}
+
+impl Worker {
+    /// Accepts until shutdown, then keeps the runtime, and so this
+    /// worker's connections, going until every connection of every worker
+    /// has closed or `grace` is over.
+    async fn run(mut self, listener: TcpListener) {
+        let mut current = CurrentSettings::new(&self.shared.current().server);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = accept(&listener) => accepted,
+                _ = self.shutdown.wait_for(|stop| *stop) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let settings = current.get(&self.shared.current().server).clone();
+            let (max, max_per_client) = current.limits();
+            let slot = match self.slots.take(peer.ip(), max, max_per_client) {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    self.shared.metrics.count_connection_refused(reason);
+                    tracing::debug!(%peer, "connection refused: {}", reason.as_str());
+                    tokio::spawn(refuse(stream, reason, self.lingering.clone()));
+                    continue;
+                }
+            };
+            let open = self.shared.metrics.connection_opened();
+            let shared = self.shared.clone();
+            let handler = move |req| crate::proxy::handle(shared.current(), req, peer);
+            let mut stopped = self.shutdown.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _open = open;
+                // A dropped sender means the server is going away: stop too.
+                let stopping = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                serve_connection(stream, peer, &settings, handler, stopping).await;
+            });
+        }
+        drop(listener);
+        tokio::select! {
+            _ = self.slots.all_released() => {}
+            _ = tokio::time::sleep(self.grace) => {}
+        }
     }
 }
 

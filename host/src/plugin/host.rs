@@ -11,7 +11,6 @@ use crate::state::{CounterOp, Owner, State, StateError};
 use crate::telemetry::log_limit::LogQuota;
 use crate::telemetry::{Metrics, PluginMetricKind, PluginSeries};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use wasmtime::StoreLimits;
@@ -97,7 +96,7 @@ pub struct HostState {
     pub budget: CallBudget,
     /// Plugin metric series this instance has recorded, by kind, name and
     /// labels (`None`: refused).
-    series: HashMap<SeriesKey, Option<PluginSeries>>,
+    series: rustc_hash::FxHashMap<SeriesKey, Option<PluginSeries>>,
     /// When the running call or start-up began and when it ends; the epoch
     /// callback checks them at every tick.
     pub call_started: std::time::Instant,
@@ -217,7 +216,7 @@ impl HostState {
             route_ids,
             request: None,
             budget: CallBudget::default(),
-            series: HashMap::new(),
+            series: Default::default(),
             call_started: std::time::Instant::now(),
             deadline: std::time::Instant::now(),
         }

@@ -183,12 +183,18 @@ enum PluginInstrument {
     Histogram(Histogram<f64>),
 }
 
+enum BoundPluginInstrument {
+    Counter(BoundCounter<f64>),
+    Histogram(BoundHistogram<f64>),
+}
+
 /// One series of a plugin metric, resolved once: what a measurement with
 /// the same name and labels records into, without the name formatting, the
 /// checks and the lock that resolving takes.
 pub struct PluginSeries {
-    instrument: PluginInstrument,
-    attrs: Vec<KeyValue>,
+    /// Bound to the series' labels: recording neither hashes nor looks
+    /// them up.
+    instrument: BoundPluginInstrument,
     /// Set when the series is the metric's overflow series: each
     /// measurement is also counted as overflow for the plugin.
     overflow: Option<(Counter<u64>, [KeyValue; 1])>,
@@ -197,8 +203,8 @@ pub struct PluginSeries {
 impl PluginSeries {
     pub fn record(&self, value: f64) {
         match &self.instrument {
-            PluginInstrument::Counter(c) => c.add(value, &self.attrs),
-            PluginInstrument::Histogram(h) => h.record(value, &self.attrs),
+            BoundPluginInstrument::Counter(c) => c.add(value),
+            BoundPluginInstrument::Histogram(h) => h.record(value),
         }
         if let Some((overflow, plugin)) = &self.overflow {
             overflow.add(1, plugin);
@@ -800,9 +806,12 @@ impl Metrics {
                 );
             }
         }
+        let instrument = match &pm.instrument {
+            PluginInstrument::Counter(c) => BoundPluginInstrument::Counter(c.bind(&attrs)),
+            PluginInstrument::Histogram(h) => BoundPluginInstrument::Histogram(h.bind(&attrs)),
+        };
         Some(PluginSeries {
-            instrument: pm.instrument.clone(),
-            attrs,
+            instrument,
             overflow,
         })
     }
