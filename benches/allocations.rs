@@ -137,6 +137,7 @@ fn main() {
     let configs = [
         ("plain", "/"),
         ("headers", "/"),
+        ("probes", "/"),
         ("plugins", "/?api_key=bench-key-0123456789"),
     ];
     println!("{:10} {:>12} {:>14}", "config", "allocs/req", "bytes/req");

@@ -865,6 +865,7 @@ impl Filter {
         phase: Phase,
         request: &Arc<RequestInfo>,
         held: Option<Held>,
+        started: Instant,
     ) -> Result<Warm, Failure> {
         let phase_attrs = self.attrs(phase);
         self.bound.called(phase);
@@ -875,7 +876,9 @@ impl Filter {
         };
         let mut warm = match ready {
             Some(w) => w,
-            None => self.maker.fresh(self.timeout).await.map_err(|detail| {
+            // Boxed: the wait for a fresh instance is the rare path, and
+            // its state inline would grow every call's future.
+            None => Box::pin(self.maker.fresh(self.timeout)).await.map_err(|detail| {
                 self.count_failure(phase_attrs, "instantiate");
                 Failure {
                     reason: "instantiate",
@@ -886,9 +889,8 @@ impl Filter {
         let data = warm.store.data_mut();
         data.request = Some(request.clone());
         data.budget = host::CallBudget::default();
-        let now = Instant::now();
-        data.call_started = now;
-        data.deadline = now + self.timeout;
+        data.call_started = started;
+        data.deadline = started + self.timeout;
         warm.store.set_epoch_deadline(1);
         Ok(warm)
     }
@@ -970,6 +972,7 @@ impl Filter {
     /// a call cut off this way is discarded like any failed one.
     async fn within_deadline<T>(
         &self,
+        started: Instant,
         call: impl std::future::Future<Output = wasmtime::Result<T>>,
     ) -> wasmtime::Result<T> {
         if !self.maker.guards.deadlines {
@@ -978,7 +981,7 @@ impl Filter {
         // Most calls finish at their first poll, with no timer made; only a
         // call that waits (in a host call, or yielding after a long run)
         // starts one, so the deadline costs nothing when nothing waits.
-        let deadline = tokio::time::Instant::now() + self.wall_deadline;
+        let deadline = tokio::time::Instant::from_std(started + self.wall_deadline);
         let mut call = std::pin::pin!(call);
         let first = std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
             std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
@@ -988,7 +991,7 @@ impl Filter {
         if let Some(out) = first {
             return out;
         }
-        match tokio::time::timeout_at(deadline, call).await {
+        match Box::pin(tokio::time::timeout_at(deadline, call)).await {
             Ok(out) => out,
             Err(_) => Err(wasmtime::Error::new(Trap::Interrupt)
                 .context("the call was still waiting in a host call at its deadline")),
@@ -1026,7 +1029,7 @@ impl Filter {
         req: RequestState,
     ) -> (RequestState, Result<Decision, Failure>, Option<Held>) {
         let started = Instant::now();
-        let mut w = match self.checkout(Phase::Request, &req.info, None).await {
+        let mut w = match self.checkout(Phase::Request, &req.info, None, started).await {
             Ok(w) => w,
             Err(f) => return (req, Err(f), None),
         };
@@ -1039,6 +1042,7 @@ impl Filter {
         let borrowed = Resource::new_borrow(res.rep());
         let out = self
             .within_deadline(
+                started,
                 w.bindings
                     .gateway_filter_filter()
                     .call_on_request(&mut w.store, borrowed),
@@ -1072,7 +1076,7 @@ impl Filter {
         held: Option<Held>,
     ) -> (RequestState, ResponseState, Result<Decision, Failure>) {
         let started = Instant::now();
-        let mut w = match self.checkout(Phase::Response, &req.info, held).await {
+        let mut w = match self.checkout(Phase::Response, &req.info, held, started).await {
             Ok(w) => w,
             Err(f) => return (req, resp, Err(f)),
         };
@@ -1082,7 +1086,7 @@ impl Filter {
             .push(resp)
             .expect("a filter's resource table has room");
         let out = self
-            .within_deadline(w.bindings.gateway_filter_filter().call_on_response(
+            .within_deadline(started, w.bindings.gateway_filter_filter().call_on_response(
                 &mut w.store,
                 Resource::new_borrow(rq.rep()),
                 Resource::new_borrow(rs.rep()),

@@ -36,6 +36,9 @@ struct Config {
     /// compare it with what the upstream got.
     #[serde(default)]
     report_view: bool,
+    /// Do nothing in either phase: the cost of a call itself.
+    #[serde(default)]
+    idle: bool,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -75,6 +78,9 @@ impl Guest for Probe {
 
     fn on_request(req: &Request) -> Action {
         let c = config();
+        if c.idle {
+            return Action::Continue;
+        }
         if c.trap.as_deref() == Some("request") {
             panic!("probe {} traps on request", c.name);
         }
@@ -135,6 +141,9 @@ impl Guest for Probe {
 
     fn on_response(_req: &Request, resp: &Response) -> Action {
         let c = config();
+        if c.idle {
+            return Action::Continue;
+        }
         if c.trap.as_deref() == Some("response") {
             panic!("probe {} traps on response", c.name);
         }
