@@ -44,16 +44,19 @@ examples: build
 
 bench: examples
 	$(CARGO) bench --bench filters
+	$(CARGO) bench --bench allocations
 	$(CARGO) bench --bench languages
 
 bench-deps:
 	scripts/setup.sh --bench
 
 # The whole gateway against nginx on this machine: plain, with the header
-# filter, and with all four shipped plugins (see README.md, Benchmarks).
+# filter, with four filters that do nothing (a call's own cost), and with
+# all four shipped plugins (see README.md, Performance).
 vs-nginx: build bench-deps
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/plain.toml
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/headers.toml
+	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/probes.toml
 	../shared/bench/vs-nginx.sh -p '/?api_key=bench-key-0123456789' -- target/release/gateway run --config benches/vs-nginx/plugins.toml
 
 # Where the CPU goes under each vs-nginx load: flamegraphs and the hottest

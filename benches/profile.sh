@@ -4,7 +4,7 @@
 # ../shared/bench/vs-nginx.sh drives it, and renders a flamegraph with
 # inferno (installed from crates.io into target/tools on first use).
 #
-#   benches/profile.sh [plain|headers|plugins ...]    (default: all three)
+#   benches/profile.sh [plain|headers|probes|plugins ...]    (default: plain, headers, plugins)
 #   make profile
 #
 # For each config it leaves, under target/profile/:
