@@ -285,6 +285,31 @@ fn hs256_rs256_and_es256_tokens_pass_and_set_the_context() {
 }
 
 #[test]
+fn the_auth_filter_is_called_on_the_way_in_only_as_its_plugin_declares() {
+    let up = Upstream::start("up");
+    let gw = start(&up);
+    for _ in 0..3 {
+        let r = gw.get("/tenant", &[("x-api-key", KEY_BILLING)]);
+        assert_eq!(r.status, 200, "{}", r.body_text());
+    }
+    let calls = |filter: &str, phase: &str| {
+        metric(
+            &gw.metrics(),
+            "gateway_plugin_calls_total",
+            &[("filter", filter), ("phase", phase)],
+        )
+    };
+    // The SDK's `RESPONSE_PHASE = false`, read from the plugin at load.
+    assert_eq!(calls("auth", "request"), Some(3.0));
+    assert_eq!(calls("auth", "response"), Some(0.0));
+    // A plugin without the section (the probe is built without the SDK)
+    // gets both calls, as 0.1.0 plugins do.
+    assert_eq!(calls("read-tenant", "request"), Some(3.0));
+    assert_eq!(calls("read-tenant", "response"), Some(3.0));
+    assert_eq!(up.last().header("x-context"), Some("globex"));
+}
+
+#[test]
 fn invalid_tokens_are_refused_with_their_reason_and_counted() {
     let up = Upstream::start("up");
     let gw = start(&up);

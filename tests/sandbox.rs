@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 /// directory as `/etc`), under request isolation on `/isolated`, and a calm
 /// route `/calm` through the probe filter.
 fn start(upstream: &Upstream) -> Gateway {
+    start_with_server(upstream, "")
+}
+
+/// `start` with `server` added to the `[server]` table.
+fn start_with_server(upstream: &Upstream, server: &str) -> Gateway {
     let dir = tempdir::Dir::new();
     let etc = dir.path().join("granted-etc");
     std::fs::create_dir_all(&etc).unwrap();
@@ -28,7 +33,8 @@ fn start(upstream: &Upstream) -> Gateway {
             ("SANDBOX_SECRET", "must-not-leak"),
         ],
         |listen, admin| {
-            let mut c = common::preamble(listen, admin);
+            let mut c =
+                common::preamble(listen, admin).replacen("[server]\n", &format!("[server]\n{server}"), 1);
             c.push_str(&format!(
                 r#"
 [filters.hostile]
@@ -430,7 +436,10 @@ fn other_routes_are_unaffected_while_a_hostile_one_is_hammered() {
 #[test]
 fn instances_grown_near_their_memory_limit_are_retired_not_reused() {
     let upstream = Upstream::start("app");
-    let gw = start(&upstream);
+    // One worker: sequential calls then meet the same instance, so each
+    // instance's calls can be counted in a row (with more, each worker's
+    // calls go to the instances it keeps).
+    let gw = start_with_server(&upstream, "workers = 1\n");
     let retired = || {
         metric(
             &gw.metrics(),

@@ -2149,6 +2149,9 @@ mod tests {
         assert!(m.contains("413"), "{m}");
         let (line, column, m) = server("max_headers = -1");
         assert_eq!((line, column), (3, 15), "{m}");
+        let (line, column, m) = server("workers = 0");
+        assert_eq!((line, column), (3, 11), "{m}");
+        assert!(m.contains("workers must be at least 1"), "{m}");
     }
 
     const UP: &str = "[upstreams.api]\ninstances = [\"127.0.0.1:3000\"]\n";

@@ -427,13 +427,17 @@ async fn pipeline(
         context: Vec::new(),
     };
 
-    // Filters on the way in. `passed` are those whose on-request continued:
-    // they, and only they, see the response on the way out.
-    // Under request isolation a filter's instance is held from one phase to
-    // the other.
+    // Filters on the way in. `passed` are those whose on-request continued
+    // (or that asked for no on-request call): they, and only they, see the
+    // response on the way out, if they asked for that call. Under request
+    // isolation a filter's instance is held from one phase to the other.
     let mut passed: Vec<(&Arc<Filter>, Option<Held>)> = Vec::with_capacity(rt.filters.len());
     let mut early: Option<Response<ProxyBody>> = None;
     for f in &rt.filters {
+        if !f.plugin.phases.request {
+            passed.push((f, None));
+            continue;
+        }
         let span = trace.map(|t| t.filter_span(&f.name, &f.plugin.name, "request"));
         let (s, outcome, held) = f.on_request_held(state).await;
         f.replenish_later();
@@ -465,7 +469,7 @@ async fn pipeline(
     let response = match early {
         Some(r) => r,
         None => {
-            let response_filters = !passed.is_empty();
+            let response_filters = passed.iter().any(|(f, _)| f.plugin.phases.response);
             // The route's timeout bounds reading the body and every try
             // together, once; filters have deadlines of their own.
             let deadline = Instant::now() + rt.timeout;
@@ -495,6 +499,9 @@ async fn pipeline(
     let mut resp_state = ResponseState { parts: resp_parts };
     let mut body = resp_body;
     for (f, held) in passed.into_iter().rev() {
+        if !f.plugin.phases.response {
+            continue;
+        }
         let span = trace.map(|t| t.filter_span(&f.name, &f.plugin.name, "response"));
         let (rq, rs, outcome) = f.on_response_held(state, resp_state, held).await;
         state = rq;

@@ -180,6 +180,7 @@ pub async fn serve(
             .name(format!("gateway-worker-{i}"))
             .spawn(move || {
                 let _running = running;
+                WORKER_INDEX.with(|w| w.set(Some(i)));
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => worker.run(listener).await,
@@ -202,6 +203,16 @@ pub async fn serve(
         tracing::warn!("grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+std::thread_local! {
+    static WORKER_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the worker thread this runs on, if it runs on one: what
+/// keeps per-worker state (a filter's warm instances) on its core.
+pub fn worker_index() -> Option<usize> {
+    WORKER_INDEX.with(|w| w.get())
 }
 
 /// One thread serving connections; see [`serve`].

@@ -368,6 +368,32 @@ fn a_connection_over_max_connections_is_refused_with_a_503_until_a_slot_frees() 
 }
 
 #[test]
+fn connections_are_served_by_the_configured_worker_threads_and_limited_over_all_of_them() {
+    let up = Upstream::start("up");
+    let gw = gateway("workers = 3\nmax_connections = 3", &up);
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("gateway-worker"))
+        .collect();
+    assert_eq!(threads.len(), 3, "{threads:?}");
+    // Three kept-alive connections, each answered on whichever worker took
+    // it, fill the limit together.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        assert_eq!(read_response(&mut r).status, 200);
+        held.push((s, r));
+    }
+    let r = gw.get("/", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-gateway-error"), Some("too-many-connections"));
+    assert_eq!(up.count(), 3);
+}
+
+#[test]
 fn a_client_over_max_connections_per_client_is_refused_while_others_are_served() {
     let up = Upstream::start("up");
     let gw = gateway(

@@ -61,6 +61,54 @@ pub fn check(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8]) -> Resul
         .map_err(|words| crate::telemetry::escape(&words).into_owned())
 }
 
+/// Which of a filter's calls the gateway makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phases {
+    pub request: bool,
+    pub response: bool,
+}
+
+impl Phases {
+    pub const ALL: Phases = Phases {
+        request: true,
+        response: true,
+    };
+}
+
+/// The custom section in which a plugin says which calls it wants: one
+/// byte, bit 0 `on-request`, bit 1 `on-response`. The Rust SDK writes it
+/// from `Filter::REQUEST_PHASE` and `RESPONSE_PHASE`.
+pub const PHASES_SECTION: &str = "gateway:phases";
+
+/// The phases `binary` (a component) declares in its core modules'
+/// `gateway:phases` sections; both when none does, as for 0.1.0 plugins
+/// and guests in other languages. A section of another shape is ignored
+/// rather than trusted to skip a call.
+pub fn declared_phases(binary: &[u8]) -> Phases {
+    let mut declared: Option<u8> = None;
+    for payload in wasmparser::Parser::new(0).parse_all(binary) {
+        let Ok(payload) = payload else {
+            return Phases::ALL;
+        };
+        if let wasmparser::Payload::CustomSection(c) = payload
+            && c.name() == PHASES_SECTION
+        {
+            match c.data() {
+                [bits] if *bits & !3 == 0 => *declared.get_or_insert(0) |= bits,
+                _ => return Phases::ALL,
+            }
+        }
+    }
+    match declared {
+        // A filter that asks for no call at all is taken at its word.
+        Some(bits) => Phases {
+            request: bits & 1 != 0,
+            response: bits & 2 != 0,
+        },
+        None => Phases::ALL,
+    }
+}
+
 /// The component a plugin file holds, in binary form, whether the file is
 /// binary or WebAssembly text: what both loading and `gateway plugin check`
 /// start from, so they accept and refuse the same files in the same words.
@@ -276,6 +324,35 @@ fn componentize_against(module: &[u8], wit: &str) -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests {
+
+    fn module_with_phases(sections: &[&str]) -> Vec<u8> {
+        let customs: String = sections
+            .iter()
+            .map(|data| format!("(@custom \"gateway:phases\" \"{data}\")"))
+            .collect();
+        // A core module: the scan reads nested modules of a component the
+        // same way (the shipped plugins show it end to end).
+        wat::parse_str(format!("(module {customs})")).unwrap()
+    }
+
+    #[test]
+    fn a_plugin_says_which_calls_it_wants_in_a_custom_section() {
+        let request_only = module_with_phases(&["\\01"]);
+        assert_eq!(
+            declared_phases(&request_only),
+            Phases {
+                request: true,
+                response: false
+            }
+        );
+        assert_eq!(declared_phases(&module_with_phases(&["\\03"])), Phases::ALL);
+        // No section: a 0.1.0 plugin, or one from another language.
+        assert_eq!(declared_phases(&module_with_phases(&[])), Phases::ALL);
+        // A section of another shape skips nothing.
+        assert_eq!(declared_phases(&module_with_phases(&["\\05"])), Phases::ALL);
+        assert_eq!(declared_phases(&module_with_phases(&["\\01\\01"])), Phases::ALL);
+    }
+
     use super::*;
     use crate::plugin::Runtime;
     use crate::telemetry::Metrics;

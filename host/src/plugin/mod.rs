@@ -273,7 +273,12 @@ impl Runtime {
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let component = inspect::component_binary(bytes)
             .map_err(wasmtime::Error::msg)
-            .and_then(|binary| Component::new(&self.engine, &binary));
+            .and_then(|binary| {
+                Ok((
+                    Component::new(&self.engine, &binary)?,
+                    inspect::declared_phases(&binary),
+                ))
+            });
         self.prepare(name, path, content_hash(bytes), component)
     }
 
@@ -290,7 +295,10 @@ impl Runtime {
         let engine = self.engine.clone();
         let component = tokio::task::spawn_blocking(move || {
             let binary = inspect::component_binary(&bytes).map_err(wasmtime::Error::msg)?;
-            Component::new(&engine, &binary)
+            Ok((
+                Component::new(&engine, &binary)?,
+                inspect::declared_phases(&binary),
+            ))
         })
         .await
         .unwrap_or_else(|e| Err(wasmtime::Error::msg(format!("compiler thread: {e}"))));
@@ -302,9 +310,9 @@ impl Runtime {
         name: &str,
         path: &Path,
         sha256: String,
-        component: wasmtime::Result<Component>,
+        component: wasmtime::Result<(Component, inspect::Phases)>,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let component = component.map_err(|e| PluginError::Compile {
+        let (component, phases) = component.map_err(|e| PluginError::Compile {
             plugin: name.into(),
             path: path.into(),
             reason: escape(&format!("{e:#}")).into_owned(),
@@ -330,6 +338,7 @@ impl Runtime {
             loaded_at: std::time::SystemTime::now(),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            phases,
             pre,
         }))
     }
@@ -402,7 +411,7 @@ impl Runtime {
                 host::MAX_LOG_LINES_PER_SECOND,
             )),
             route_ids,
-            warm: Mutex::new(Vec::new()),
+            warm: WarmSet::new(),
             replenishing: AtomicBool::new(false),
             permits: tokio::sync::Semaphore::new(SETUP_PER_FILTER),
             waiting: AtomicUsize::new(0),
@@ -446,7 +455,7 @@ impl Runtime {
                 reason,
             },
         })?;
-        maker.warm.lock().push(first);
+        maker.warm.push(first);
         // The first requests find instances ready rather than wait for one.
         let m = maker.clone();
         let _ = self
@@ -485,6 +494,8 @@ pub struct LoadedPlugin {
     /// Calls and failed calls to this version, over all its filters.
     pub calls: AtomicU64,
     pub failures: AtomicU64,
+    /// The calls the plugin asked for; the proxy skips the others.
+    pub phases: inspect::Phases,
     pre: PluginPre<HostState>,
 }
 
@@ -547,6 +558,67 @@ impl Backoff {
     }
 }
 
+/// A filter's warm instances, a shard for each worker thread and one for
+/// the other threads (the setup threads, the control runtime). A call takes
+/// from its worker's shard and gives the instance back there, so an
+/// instance and the memory it touches stay on one core; a worker whose
+/// shard is empty takes from the others before anyone makes a new one.
+struct WarmSet {
+    shards: Box<[Mutex<Vec<Warm>>]>,
+    len: AtomicUsize,
+}
+
+impl WarmSet {
+    fn new() -> WarmSet {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        WarmSet {
+            shards: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// This thread's shard: its worker's (workers beyond the shards share
+    /// them), or the last for any other thread.
+    fn home(&self) -> usize {
+        let workers = self.shards.len() - 1;
+        crate::server::worker_index().map_or(workers, |i| i % workers)
+    }
+
+    fn pop(&self) -> Option<Warm> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let home = self.home();
+        let n = self.shards.len();
+        (0..n).find_map(|k| {
+            let w = self.shards[(home + k) % n].lock().pop()?;
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            Some(w)
+        })
+    }
+
+    fn push(&self, w: Warm) {
+        self.len.fetch_add(1, Ordering::AcqRel);
+        self.shards[self.home()].lock().push(w);
+    }
+
+    /// Keeps `w` unless `max` are kept already; says whether it did.
+    fn push_within(&self, w: Warm, max: usize) -> bool {
+        let kept = self
+            .len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok();
+        if kept {
+            self.shards[self.home()].lock().push(w);
+        }
+        kept
+    }
+
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+}
+
 /// What making an instance of a filter takes, shared with the setup threads
 /// that do it, and the instances made ahead.
 struct Maker {
@@ -566,7 +638,7 @@ struct Maker {
     route_ids: Arc<[String]>,
     /// Pooled: instances that served calls, kept for the next. Request
     /// isolation: fresh instances not yet used.
-    warm: Mutex<Vec<Warm>>,
+    warm: WarmSet,
     replenishing: AtomicBool,
     /// Start-ups of this filter running at once.
     permits: tokio::sync::Semaphore,
@@ -744,7 +816,7 @@ impl Maker {
                         return made.unwrap_or_else(|_| Err("the setup thread stopped".into()));
                     }
                     () = self.returned.notified() => {
-                        if let Some(w) = self.warm.lock().pop() {
+                        if let Some(w) = self.warm.pop() {
                             return Ok(w);
                         }
                     }
@@ -763,12 +835,8 @@ impl Maker {
     /// Keeps an unused instance for a later request, if there is room, and
     /// hands it to a request waiting for one.
     fn keep(&self, w: Warm) {
-        {
-            let mut warm = self.warm.lock();
-            if warm.len() >= self.max_warm {
-                return;
-            }
-            warm.push(w);
+        if !self.warm.push_within(w, self.max_warm) {
+            return;
         }
         if self.waiting.load(Ordering::Acquire) > 0 {
             self.returned.notify_one();
@@ -788,7 +856,7 @@ impl Maker {
                     .min(POOLED_AHEAD),
             ),
         };
-        while self.warm.lock().len() < target {
+        while self.warm.len() < target {
             if self.backoff.lock().refusal().is_some() {
                 return;
             }
@@ -855,7 +923,7 @@ impl Filter {
 
     /// Instances kept warm right now.
     pub fn warm_count(&self) -> usize {
-        self.maker.warm.lock().len()
+        self.maker.warm.len()
     }
 
     /// An instance armed with the call deadline: the one the request holds
@@ -872,7 +940,7 @@ impl Filter {
         self.plugin.calls.fetch_add(1, Ordering::Relaxed);
         let ready = match held {
             Some(Held(w)) => Some(w),
-            None => self.maker.warm.lock().pop(),
+            None => self.maker.warm.pop(),
         };
         let mut warm = match ready {
             Some(w) => w,
@@ -1003,7 +1071,7 @@ impl Filter {
     pub fn replenish_later(&self) {
         let m = &self.maker;
         if m.isolation != Isolation::Request
-            || m.warm.lock().len() * 2 > m.max_warm
+            || m.warm.len() * 2 > m.max_warm
             || m.replenishing.swap(true, Ordering::AcqRel)
         {
             return;

@@ -371,6 +371,9 @@ fn refuse(s: &Settings, policy: &Policy, method: Method, reason: Reason, detail:
 struct Auth(Settings);
 
 impl Filter for Auth {
+    // Decides on the way in only: no call on the way out.
+    const RESPONSE_PHASE: bool = false;
+
     fn configure(config: &str) -> Result<Self, String> {
         let s = config::parse(config)?;
         filter_sdk::check_route_ids("auth", s.routes.keys(), &host::route_ids())?;

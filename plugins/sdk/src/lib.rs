@@ -50,6 +50,16 @@ pub trait Filter: Sized + 'static {
     /// load, and its text is shown to the operator.
     fn configure(config: &str) -> Result<Self, String>;
 
+    /// Whether the gateway calls [`Filter::on_request`]. A filter that
+    /// keeps the default method says `false` and saves a call per request.
+    const REQUEST_PHASE: bool = true;
+
+    /// Whether the gateway calls [`Filter::on_response`]. A filter that
+    /// keeps the default method says `false`: the gateway skips the call,
+    /// and when no filter of a route needs the way out it sends the request
+    /// upstream without keeping a copy of its head.
+    const RESPONSE_PHASE: bool = true;
+
     /// Called for each request, in the order of the route's chain.
     fn on_request(&mut self, req: &Request) -> Action {
         let _ = req;
@@ -83,6 +93,14 @@ macro_rules! export_filter {
                     None => panic!("called before configure"),
                 })
             }
+
+            // The phases the gateway calls, read when the plugin loads:
+            // bit 0 on-request, bit 1 on-response. A plugin without this
+            // section gets both calls.
+            #[unsafe(link_section = "gateway:phases")]
+            #[used]
+            static PHASES: [u8; 1] = [(<$filter as $crate::Filter>::REQUEST_PHASE as u8)
+                | ((<$filter as $crate::Filter>::RESPONSE_PHASE as u8) << 1)];
 
             struct Export;
 

@@ -373,6 +373,9 @@ fn refuse(route: &str, r: Refusal) -> Action {
 struct Tenant(Settings);
 
 impl Filter for Tenant {
+    // Decides on the way in only: no call on the way out.
+    const RESPONSE_PHASE: bool = false;
+
     fn configure(config: &str) -> Result<Self, String> {
         let s = config::parse(config)?;
         let route_ids = host::route_ids();
