@@ -10,7 +10,7 @@ SHIPPED := headers ratelimit auth tenant
 EXAMPLES := target/examples
 PY_TOOLS := target/toolchains/python/bin
 
-.PHONY: setup plugins build run test bench bench-deps vs-nginx profile soak-reload examples fuzz
+.PHONY: setup plugins build run test bench bench-deps vs-nginx peers profile soak-reload examples fuzz
 
 setup:
 	scripts/setup.sh
@@ -58,6 +58,11 @@ vs-nginx: build bench-deps
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/headers.toml
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/probes.toml
 	../shared/bench/vs-nginx.sh -p '/?api_key=bench-key-0123456789' -- target/release/gateway run --config benches/vs-nginx/plugins.toml
+
+# HAProxy, Caddy and nginx + njs (the shipped plugins' policy), each against
+# nginx as vs-nginx measures the gateway.
+peers: bench-deps
+	../shared/bench/peers.sh
 
 # Where the CPU goes under each vs-nginx load: flamegraphs and the hottest
 # functions in target/profile (see benches/profile.sh).

@@ -5,8 +5,8 @@
 # Prometheus and check the alert rules), the JavaScript and Python filter
 # toolchains at the versions the examples pin (componentize-js from npm into
 # plugins/examples/shard-header/node_modules, componentize-py from PyPI into
-# target/toolchains/python), and (with --bench) nginx and wrk for the
-# comparison benchmark. Safe to run again: it only installs what is missing.
+# target/toolchains/python), and (with --bench) nginx, wrk, perf and the
+# peers (HAProxy, Caddy, nginx's njs module) for the comparison benchmarks. Safe to run again: it only installs what is missing.
 set -euo pipefail
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
@@ -16,6 +16,7 @@ fi
 
 need_apt=()
 want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
+want_file() { [[ -e "$1" ]] || need_apt+=("$2"); }
 want redis-server redis-server
 want prometheus prometheus
 want promtool prometheus
@@ -29,6 +30,10 @@ if [[ "${1:-}" == "--bench" ]]; then
   want curl curl
   want taskset util-linux
   want perf linux-perf
+  # The peers ../shared/bench/peers.sh measures beside the gateway.
+  want haproxy haproxy
+  want caddy caddy
+  want_file /usr/lib/nginx/modules/ngx_http_js_module.so libnginx-mod-http-js
 fi
 
 if [[ ${#need_apt[@]} -gt 0 ]]; then
