@@ -192,8 +192,13 @@ pub async fn serve(
     drop(running);
     drop(listener);
     tokio::select! {
-        _ = all_ended.recv() => return Ok(()),
+        // Shutdown first: once it is asked for, workers may end before
+        // this task looks.
+        biased;
         _ = shutdown.wait_for(|stop| *stop) => {}
+        // Otherwise workers end only when each one has panicked: the
+        // gateway then stops with an error rather than serve nothing.
+        _ = all_ended.recv() => return Err(io::Error::other("every worker thread stopped")),
     }
     tracing::info!("stopped accepting; waiting up to {grace:?} for in-flight requests");
     all_ended.recv().await;
