@@ -96,7 +96,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 fn drive(gateway: SocketAddr, path: &str, n: u64) {
     let mut conn = TcpStream::connect(gateway).unwrap();
     conn.set_nodelay(true).unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nhost: bench.local\r\nuser-agent: alloc-bench\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: bench.local\r\nuser-agent: alloc-bench\r\n\r\n");
     let mut buf = [0u8; 16 * 1024];
     for _ in 0..n {
         conn.write_all(request.as_bytes()).unwrap();
@@ -128,7 +129,10 @@ fn drive(gateway: SocketAddr, path: &str, n: u64) {
 }
 
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn main() {
@@ -162,14 +166,23 @@ fn main() {
         });
         let started = Instant::now();
         while TcpStream::connect(listen).is_err() {
-            assert!(started.elapsed() < RUN_LIMIT, "{name}: the gateway did not start");
+            assert!(
+                started.elapsed() < RUN_LIMIT,
+                "{name}: the gateway did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         // Warm: instances made, pools filled, series bound.
         drive(listen, path, REQUESTS);
-        let (a0, b0) = (ALLOCATIONS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+        let (a0, b0) = (
+            ALLOCATIONS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
         drive(listen, path, REQUESTS);
-        let (a1, b1) = (ALLOCATIONS.load(Ordering::Relaxed), BYTES.load(Ordering::Relaxed));
+        let (a1, b1) = (
+            ALLOCATIONS.load(Ordering::Relaxed),
+            BYTES.load(Ordering::Relaxed),
+        );
         assert!(started.elapsed() < RUN_LIMIT, "{name}: over the time limit");
         println!(
             "{name:10} {:>12.1} {:>14.0}",

@@ -11,7 +11,6 @@
 //! same load.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::{Gateway, Upstream, tempdir};

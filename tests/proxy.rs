@@ -419,7 +419,7 @@ fn h2c_prior_knowledge_is_served() {
         .unwrap();
         tokio::spawn(conn);
         let req = http::Request::builder()
-            .uri(format!("http://h2.test/x/../y"))
+            .uri("http://h2.test/x/../y")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
         let resp = send.send_request(req).await.unwrap();

@@ -474,7 +474,7 @@ fn refused_reloads_leave_the_running_version_serving_and_say_why() {
                 "{name}: {p}"
             );
             // The running version is still the one described.
-            assert_eq!(marker["instances_warm"].as_u64().unwrap() >= 1, true);
+            assert!(marker["instances_warm"].as_u64().unwrap() >= 1);
         }
         // Put things right; the next reload applies.
         std::fs::write(f.plugin_file(), &good).unwrap();

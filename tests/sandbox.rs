@@ -33,8 +33,11 @@ fn start_with_server(upstream: &Upstream, server: &str) -> Gateway {
             ("SANDBOX_SECRET", "must-not-leak"),
         ],
         |listen, admin| {
-            let mut c =
-                common::preamble(listen, admin).replacen("[server]\n", &format!("[server]\n{server}"), 1);
+            let mut c = common::preamble(listen, admin).replacen(
+                "[server]\n",
+                &format!("[server]\n{server}"),
+                1,
+            );
             c.push_str(&format!(
                 r#"
 [filters.hostile]

@@ -96,7 +96,10 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => match gateway::check_plugin_file(&file) {
-            Ok(Ok(fit)) => Ok(println!("{fit}")),
+            Ok(Ok(fit)) => {
+                println!("{fit}");
+                Ok(())
+            }
             Ok(Err(why)) => {
                 eprintln!("{why}");
                 return ExitCode::FAILURE;

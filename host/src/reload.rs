@@ -82,7 +82,7 @@ impl PluginCache {
             .filter(|(_, c)| !used(&c.plugin))
             .map(|(k, c)| (c.last_used, k.clone()))
             .collect();
-        spare.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        spare.sort_unstable_by_key(|(used, _)| std::cmp::Reverse(*used));
         for (_, k) in spare.into_iter().skip(SPARE_VERSIONS) {
             self.entries.remove(&k);
         }

@@ -580,7 +580,7 @@ impl host::Host for HostState {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         let filter = &*self.filter;
         let request_id = self.request.as_ref().map_or("-", |r| r.request_id.as_str());

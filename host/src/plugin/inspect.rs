@@ -350,7 +350,10 @@ mod tests {
         assert_eq!(declared_phases(&module_with_phases(&[])), Phases::ALL);
         // A section of another shape skips nothing.
         assert_eq!(declared_phases(&module_with_phases(&["\\05"])), Phases::ALL);
-        assert_eq!(declared_phases(&module_with_phases(&["\\01\\01"])), Phases::ALL);
+        assert_eq!(
+            declared_phases(&module_with_phases(&["\\01\\01"])),
+            Phases::ALL
+        );
     }
 
     use super::*;

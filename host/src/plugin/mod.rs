@@ -606,7 +606,9 @@ impl WarmSet {
     fn push_within(&self, w: Warm, max: usize) -> bool {
         let kept = self
             .len
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok();
         if kept {
             self.shards[self.home()].lock().push(w);
@@ -946,13 +948,15 @@ impl Filter {
             Some(w) => w,
             // Boxed: the wait for a fresh instance is the rare path, and
             // its state inline would grow every call's future.
-            None => Box::pin(self.maker.fresh(self.timeout)).await.map_err(|detail| {
-                self.count_failure(phase_attrs, "instantiate");
-                Failure {
-                    reason: "instantiate",
-                    detail,
-                }
-            })?,
+            None => Box::pin(self.maker.fresh(self.timeout))
+                .await
+                .map_err(|detail| {
+                    self.count_failure(phase_attrs, "instantiate");
+                    Failure {
+                        reason: "instantiate",
+                        detail,
+                    }
+                })?,
         };
         let data = warm.store.data_mut();
         data.request = Some(request.clone());
@@ -1097,7 +1101,10 @@ impl Filter {
         req: RequestState,
     ) -> (RequestState, Result<Decision, Failure>, Option<Held>) {
         let started = Instant::now();
-        let mut w = match self.checkout(Phase::Request, &req.info, None, started).await {
+        let mut w = match self
+            .checkout(Phase::Request, &req.info, None, started)
+            .await
+        {
             Ok(w) => w,
             Err(f) => return (req, Err(f), None),
         };
@@ -1144,7 +1151,10 @@ impl Filter {
         held: Option<Held>,
     ) -> (RequestState, ResponseState, Result<Decision, Failure>) {
         let started = Instant::now();
-        let mut w = match self.checkout(Phase::Response, &req.info, held, started).await {
+        let mut w = match self
+            .checkout(Phase::Response, &req.info, held, started)
+            .await
+        {
             Ok(w) => w,
             Err(f) => return (req, resp, Err(f)),
         };
@@ -1154,11 +1164,14 @@ impl Filter {
             .push(resp)
             .expect("a filter's resource table has room");
         let out = self
-            .within_deadline(started, w.bindings.gateway_filter_filter().call_on_response(
-                &mut w.store,
-                Resource::new_borrow(rq.rep()),
-                Resource::new_borrow(rs.rep()),
-            ))
+            .within_deadline(
+                started,
+                w.bindings.gateway_filter_filter().call_on_response(
+                    &mut w.store,
+                    Resource::new_borrow(rq.rep()),
+                    Resource::new_borrow(rs.rep()),
+                ),
+            )
             .await;
         let table = &mut w.store.data_mut().table;
         let resp = table

@@ -58,9 +58,9 @@ impl RetryBudget {
 
     fn current<'a>(&self, b: &'a mut [Bucket; BUCKETS], now: Instant) -> &'a mut Bucket {
         let len = self.window / BUCKETS as u32;
-        if !b[0]
+        if b[0]
             .start
-            .is_some_and(|s| now.saturating_duration_since(s) < len)
+            .is_none_or(|s| now.saturating_duration_since(s) >= len)
         {
             b.rotate_right(1);
             b[0] = Bucket {
