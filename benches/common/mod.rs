@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use gateway::config::FilterConfig;
-use gateway::plugin::host::{RequestInfo, RequestState, ResponseState};
+use gateway::plugin::host::{RequestId, RequestInfo, RequestState, ResponseState};
 use gateway::plugin::{Filter, Runtime};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub fn request_with(uri: &str, headers: &[(&str, &str)]) -> RequestState {
         info: Arc::new(RequestInfo {
             route: "api".into(),
             client_addr: "127.0.0.1:5555".parse().unwrap(),
-            request_id: "0123456789abcdef0123456789abcdef".into(),
+            request_id: RequestId::random(),
             scheme: "http",
         }),
         context: Vec::new(),

@@ -16,7 +16,7 @@ use crate::Gateway;
 use crate::config::FailurePolicy;
 use crate::edge::{self, Refusal, RefusalKind};
 use crate::plugin::bindings::Reply;
-use crate::plugin::host::{RequestInfo, RequestState, ResponseState};
+use crate::plugin::host::{RequestId, RequestInfo, RequestState, ResponseState};
 use crate::plugin::{Decision, Failure, Filter, Held};
 use crate::routing::normalize_path;
 use crate::telemetry::access_log::{self, Entry};
@@ -40,16 +40,12 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_GATEWAY_ERROR: HeaderName = HeaderName::from_static("x-gateway-error");
 
-fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
-
 /// An answer the gateway makes itself.
 pub fn local_reply(
     status: StatusCode,
     code: &'static str,
     message: &str,
-    request_id: &str,
+    request_id: &RequestId,
 ) -> Response<ProxyBody> {
     let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!(
         "{message}\n"
@@ -61,14 +57,12 @@ pub fn local_reply(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(X_GATEWAY_ERROR, HeaderValue::from_static(code));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(X_REQUEST_ID, v);
-    }
+    h.insert(X_REQUEST_ID, request_id.header());
     r
 }
 
 /// The gateway's answer to a request refused at the edge, counted by kind.
-fn refuse(gw: &Gateway, refusal: Refusal, request_id: &str) -> Response<ProxyBody> {
+fn refuse(gw: &Gateway, refusal: Refusal, request_id: &RequestId) -> Response<ProxyBody> {
     gw.metrics.count_refusal(refusal.kind);
     local_reply(
         refusal.kind.status(),
@@ -94,12 +88,16 @@ fn reply_response(reply: Reply) -> Response<ProxyBody> {
     r
 }
 
-fn failure_reply(filter: &Filter, failure: &Failure, request_id: &str) -> Response<ProxyBody> {
+fn failure_reply(
+    filter: &Filter,
+    failure: &Failure,
+    request_id: &RequestId,
+) -> Response<ProxyBody> {
     let msg = format!("filter {} failed ({})", filter.name, failure.reason);
     local_reply(filter.failure_status, "filter-failed", &msg, request_id)
 }
 
-fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str) {
+fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &RequestId) {
     // A filter that fails tends to fail every request: a line a second per
     // filter, phase and reason shows it, `gateway_plugin_failures_total`
     // counts each call.
@@ -118,7 +116,7 @@ fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str
         phase,
         reason = failure.reason,
         policy,
-        request_id,
+        request_id = request_id.as_str(),
         detail = failure.detail.as_str(),
         "filter call failed{suppressed}"
     );
@@ -130,7 +128,7 @@ fn log_failure(filter: &Filter, phase: &str, failure: &Failure, request_id: &str
 struct Trail {
     /// The matched route's index.
     route: Option<usize>,
-    request_id: String,
+    request_id: Option<RequestId>,
     answered_by: AnsweredBy,
     /// The instance last tried, as an index into the route's upstream.
     instance: Option<usize>,
@@ -202,7 +200,10 @@ async fn serve_request(
     }
     drop(in_flight);
     let log = log.map(|mut e| {
-        e.request_id = std::mem::take(&mut trail.request_id);
+        e.request_id = trail
+            .request_id
+            .take()
+            .map_or_else(String::new, |id| id.as_str().to_string());
         e.route = rt.map_or(NO_ROUTE, |rt| &*rt.id).to_string();
         e.status = status;
         e.upstream = rt
@@ -304,15 +305,13 @@ async fn pipeline(
     let (mut parts, body) = req.into_parts();
     let trust = gw.server.trust_forwarded;
 
-    let request_id = match parts
+    let request_id = parts
         .headers
         .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id) if trust && !id.is_empty() && id.len() <= 128 => id.to_string(),
-        _ => new_request_id(),
-    };
-    trail.request_id = request_id.clone();
+        .filter(|_| trust)
+        .and_then(RequestId::given)
+        .unwrap_or_else(RequestId::random);
+    trail.request_id = Some(request_id.clone());
 
     if !gw.server.underscores_in_headers {
         let dropped = edge::drop_underscore_headers(&mut parts.headers);
@@ -351,7 +350,10 @@ async fn pipeline(
     trail.route = Some(route.index);
     if let Some(t) = trace {
         t.routed(parts.method.as_str(), &rt.id);
-        t.set_attribute(KeyValue::new("gateway.request_id", request_id.clone()));
+        t.set_attribute(KeyValue::new(
+            "gateway.request_id",
+            request_id.as_str().to_string(),
+        ));
     }
 
     if let Some(len) = parts
@@ -384,10 +386,7 @@ async fn pipeline(
     );
     gw.metrics
         .count_dropped_headers("untrusted_forwarding", removed);
-    parts.headers.insert(
-        X_REQUEST_ID,
-        HeaderValue::from_str(&request_id).expect("hex id"),
-    );
+    parts.headers.insert(X_REQUEST_ID, request_id.header());
     // The upstream gets the normalised path, so it acts on what filters saw.
     let pq = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -536,10 +535,7 @@ async fn pipeline(
     }
     let mut parts = resp_state.parts;
     if !parts.headers.contains_key(&X_REQUEST_ID) {
-        parts.headers.insert(
-            X_REQUEST_ID,
-            HeaderValue::from_str(&request_id).expect("hex id"),
-        );
+        parts.headers.insert(X_REQUEST_ID, request_id.header());
     }
     Response::from_parts(parts, body)
 }
@@ -558,7 +554,7 @@ async fn forward(
     response_filters: bool,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let info = state.info.clone();
-    let request_id = info.request_id.as_str();
+    let request_id = &info.request_id;
     let limit = gw.server.max_body_bytes;
     let read = Limited::new(body, limit).collect();
     let body = match tokio::time::timeout_at(deadline.into(), read).await {
@@ -615,7 +611,7 @@ async fn forward(
         retry: rt.retry.as_deref(),
         try_timeout: rt.try_timeout,
         deadline,
-        request_id,
+        request_id: request_id.as_str(),
         trace,
     };
     let mut tries = crate::upstream::Tries::default();

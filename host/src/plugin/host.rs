@@ -52,12 +52,52 @@ pub const MAX_STATE_CALLS_PER_CALL: u32 = 16;
 pub const MAX_HEADER_FIELDS: usize = 100;
 pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
+/// A request's id, made once: the header value the upstream and the client
+/// are sent, which every log line, span and filter reads as text. Clones
+/// share its bytes.
+#[derive(Debug, Clone)]
+pub struct RequestId(http::HeaderValue);
+
+impl RequestId {
+    /// A new random id: 32 hex digits.
+    pub fn random() -> RequestId {
+        let mut hex = [0u8; 32];
+        let n = rand::random::<u128>();
+        for (i, b) in hex.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[((n >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        RequestId(http::HeaderValue::from_bytes(&hex).expect("hex digits"))
+    }
+
+    /// The id a trusted client or proxy sent, if it is usable as one:
+    /// visible ASCII, 1 to 128 bytes.
+    pub fn given(v: &http::HeaderValue) -> Option<RequestId> {
+        let text = v.to_str().ok()?;
+        (!text.is_empty() && text.len() <= 128).then(|| RequestId(v.clone()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Made from hex digits or checked by `given`.
+        self.0.to_str().unwrap_or("-")
+    }
+
+    pub fn header(&self) -> http::HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What is fixed about a request once it is routed.
 #[derive(Debug)]
 pub struct RequestInfo {
     pub route: Arc<str>,
     pub client_addr: SocketAddr,
-    pub request_id: String,
+    pub request_id: RequestId,
     pub scheme: &'static str,
 }
 
@@ -400,7 +440,7 @@ impl types::HostRequest for HostState {
         Ok(self.table.get(&r)?.info.route.to_string())
     }
     fn request_id(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.info.request_id.clone())
+        Ok(self.table.get(&r)?.info.request_id.as_str().to_string())
     }
     fn header(
         &mut self,
