@@ -687,7 +687,11 @@ upstream = "steady"
     for _ in 0..5 {
         assert_eq!(f.gw.get("/steady", &[]).status, 200);
     }
-    assert_eq!(opened(&f.gw.metrics(), &app), 1.0);
+    // Usually one: back-to-back requests may land on two worker threads
+    // before the first one's connection is back in the pool. What follows
+    // compares with this count.
+    let pooled = opened(&f.gw.metrics(), &app);
+    assert!((1.0..=2.0).contains(&pooled), "{pooled} connections opened");
 
     // An unrelated change: every upstream is kept whole.
     f.write_config(&clusters(&flaky_only, "1s", true, "round_robin"));
@@ -707,7 +711,7 @@ upstream = "steady"
     assert_eq!(f.gw.get("/more", &[]).status, 200);
     assert_eq!(
         opened(&f.gw.metrics(), &app),
-        1.0,
+        pooled,
         "the pooled connection was dropped"
     );
 
@@ -742,7 +746,7 @@ upstream = "steady"
     assert_eq!(f.gw.get("/steady", &[]).status, 200);
     assert_eq!(
         opened(&f.gw.metrics(), &app),
-        1.0,
+        pooled,
         "the pool was not carried over"
     );
 
@@ -750,7 +754,7 @@ upstream = "steady"
     f.write_config(&clusters(&both, "2s", true, "random"));
     assert_eq!(f.reload().0, 200);
     assert_eq!(f.gw.get("/steady", &[]).status, 200);
-    assert_eq!(opened(&f.gw.metrics(), &app), 2.0);
+    assert_eq!(opened(&f.gw.metrics(), &app), pooled + 1.0);
 }
 
 /// `bytes` (a component) with a custom section appended holding `n`: the
