@@ -86,12 +86,6 @@ impl RequestId {
     }
 }
 
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// What is fixed about a request once it is routed.
 #[derive(Debug)]
 pub struct RequestInfo {

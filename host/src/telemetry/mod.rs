@@ -197,7 +197,7 @@ pub struct PluginSeries {
     instrument: BoundPluginInstrument,
     /// Set when the series is the metric's overflow series: each
     /// measurement is also counted as overflow for the plugin.
-    overflow: Option<(Counter<u64>, [KeyValue; 1])>,
+    overflow: Option<BoundCounter<u64>>,
 }
 
 impl PluginSeries {
@@ -206,8 +206,8 @@ impl PluginSeries {
             BoundPluginInstrument::Counter(c) => c.add(value),
             BoundPluginInstrument::Histogram(h) => h.record(value),
         }
-        if let Some((overflow, plugin)) = &self.overflow {
-            overflow.add(1, plugin);
+        if let Some(overflow) = &self.overflow {
+            overflow.add(1);
         }
     }
 }
@@ -651,13 +651,9 @@ impl Metrics {
         }
     }
 
-    /// A plugin's own metric: a counter `gateway_plugin_<plugin>_<name>_total`
-    /// or a histogram `gateway_plugin_<plugin>_<name>`, labelled with the
-    /// filter that recorded it, so two filters of one plugin (two rate
-    /// limiters, say) keep apart. A histogram's buckets follow its unit:
-    /// names ending `_seconds` get latency buckets, `_bytes` size buckets,
-    /// others 1 to 10^6. Returns false when the call was refused (bad name,
-    /// label or value, too many metrics, a name used for the other kind).
+    /// Resolves and records at once; filters keep their series instead
+    /// (`HostState`), so only the unit tests measure this way.
+    #[cfg(test)]
     pub fn plugin_metric(
         &self,
         kind: PluginMetricKind,
@@ -679,9 +675,15 @@ impl Metrics {
         }
     }
 
-    /// Resolves the series a plugin's measurement goes to, creating the
-    /// metric and the label set within the caps and budgets; `None` when
-    /// refused (see `plugin_metric`). The answer for the same arguments
+    /// The series of a plugin's own metric: a counter
+    /// `gateway_plugin_<plugin>_<name>_total` or a histogram
+    /// `gateway_plugin_<plugin>_<name>`, labelled with the filter that
+    /// recorded it, so two filters of one plugin (two rate limiters, say)
+    /// keep apart. A histogram's buckets follow its unit: names ending
+    /// `_seconds` get latency buckets, `_bytes` size buckets, others 1 to
+    /// 10^6. The metric and the label set are created within the caps and
+    /// budgets; `None` when refused (bad name or label, too many metrics, a
+    /// name used for the other kind). The answer for the same arguments
     /// never changes, so callers may keep it.
     pub fn plugin_series(
         &self,
@@ -793,10 +795,10 @@ impl Metrics {
         } else {
             attrs.push(KeyValue::new("filter", filter.to_string()));
             attrs.push(KeyValue::new("overflow", "true"));
-            overflow = Some((
-                self.plugin_metric_overflow.clone(),
-                [KeyValue::new("plugin", plugin.to_string())],
-            ));
+            overflow = Some(
+                self.plugin_metric_overflow
+                    .bind(&[KeyValue::new("plugin", plugin.to_string())]),
+            );
             if !pm.overflowed {
                 pm.overflowed = true;
                 tracing::warn!(
