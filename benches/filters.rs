@@ -269,6 +269,19 @@ fn bench(c: &mut Criterion) {
         )
     });
 
+    // A filter that returns at once: what the call itself costs, the same
+    // request handed through every iteration so nothing else is timed.
+    let idle = tokio.block_on(filter(&rt, "idle", "probe", "name = \"idle\"\nidle = true"));
+    let mut held = Some(request());
+    c.bench_function("idle filter on-request, warm instance", |b| {
+        b.iter(|| {
+            let req = held.take().unwrap();
+            let (req, out) = tokio.block_on(idle.on_request(req));
+            assert!(matches!(out, Ok(Decision::Continue)));
+            held = Some(req);
+        })
+    });
+
     // The same call from 64 tasks spread over a multi-thread runtime's
     // workers, as the gateway makes it: instances move between cores and
     // calls meet on the filter's pool. Per call, wall time (with two

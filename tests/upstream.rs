@@ -612,3 +612,79 @@ fn an_instance_closing_connections_mid_request_is_retried_elsewhere() {
     assert_eq!(r.status, 502);
     assert_eq!(r.header("x-gateway-error"), Some("upstream-error"));
 }
+
+/// An instance that answers one request per connection with keep-alive,
+/// then closes the connection 50 ms later, as an upstream with a short
+/// keep-alive timeout does.
+fn closing_after_answer_instance() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(1000) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut s, &mut buf);
+                let _ = std::io::Write::write_all(
+                    &mut s,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_pooled_connection_the_instance_closed_is_replaced_not_failed() {
+    let inst = closing_after_answer_instance();
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{inst}\"]\n\n{}",
+        route("")
+    ));
+    for _ in 0..3 {
+        let r = gw.get("/x", &[]);
+        assert_eq!((r.status, r.body_text().as_str()), (200, "ok"));
+        // Long enough for the instance to close the kept connection.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let scrape = gw.metrics();
+    let opened = metric(&scrape, "gateway_upstream_connections_opened_total", &[]).unwrap();
+    assert_eq!(opened, 3.0, "each request found its kept connection closed");
+    let resets = series_sum(
+        &scrape,
+        "gateway_upstream_requests_total",
+        &[("outcome", "reset")],
+    );
+    assert_eq!(resets, 0.0);
+}
+
+#[test]
+fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let up = Upstream::start("app");
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\"]\nidle_timeout = \"400ms\"\n\n{}",
+        up.addr,
+        route("")
+    ));
+    assert_eq!(gw.get("/x", &[]).status, 200);
+    let open = || {
+        metric(
+            &gw.metrics(),
+            "gateway_upstream_connections_open",
+            &[("endpoint", &up.addr.to_string())],
+        )
+        .unwrap()
+    };
+    assert_eq!(open(), 1.0, "the connection is kept after the answer");
+    let waited = Instant::now();
+    while open() > 0.0 && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(open(), 0.0, "the idle connection was closed");
+    // The next request opens a new one and is answered.
+    assert_eq!(gw.get("/x", &[]).status, 200);
+    let opened = metric(&gw.metrics(), "gateway_upstream_connections_opened_total", &[]).unwrap();
+    assert_eq!(opened, 2.0);
+}

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod echo;
 pub mod edge;
+pub mod per_worker;
 pub mod plugin;
 pub mod proxy;
 pub mod reload;
@@ -168,7 +169,7 @@ impl Gateway {
                         metrics.clone(),
                         before.map(|(up, cfg)| (&**up, cfg)),
                     ));
-                    up.start_health_checks();
+                    up.start_tasks();
                     up
                 }
             };

@@ -221,6 +221,12 @@ pub fn worker_index() -> Option<usize> {
     WORKER_INDEX.with(|w| w.get())
 }
 
+/// Makes this thread count as worker `i`, for tests of per-worker state.
+#[cfg(test)]
+pub fn set_worker_index_for_test(i: usize) {
+    WORKER_INDEX.with(|w| w.set(Some(i)));
+}
+
 /// One thread serving connections; see [`serve`].
 struct Worker {
     shared: Arc<Shared>,

@@ -11,6 +11,7 @@ pub mod host;
 pub mod inspect;
 
 use crate::config::{FailurePolicy, FilterConfig, Isolation};
+use crate::per_worker::PerWorker;
 use crate::state::State;
 use crate::telemetry::{FilterMetrics, Metrics, Phase, escape, shared};
 use bindings::{Action, Plugin, PluginPre, Reply};
@@ -411,7 +412,7 @@ impl Runtime {
                 host::MAX_LOG_LINES_PER_SECOND,
             )),
             route_ids,
-            warm: WarmSet::new(),
+            warm: PerWorker::default(),
             replenishing: AtomicBool::new(false),
             permits: tokio::sync::Semaphore::new(SETUP_PER_FILTER),
             waiting: AtomicUsize::new(0),
@@ -558,69 +559,6 @@ impl Backoff {
     }
 }
 
-/// A filter's warm instances, a shard for each worker thread and one for
-/// the other threads (the setup threads, the control runtime). A call takes
-/// from its worker's shard and gives the instance back there, so an
-/// instance and the memory it touches stay on one core; a worker whose
-/// shard is empty takes from the others before anyone makes a new one.
-struct WarmSet {
-    shards: Box<[Mutex<Vec<Warm>>]>,
-    len: AtomicUsize,
-}
-
-impl WarmSet {
-    fn new() -> WarmSet {
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        WarmSet {
-            shards: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
-            len: AtomicUsize::new(0),
-        }
-    }
-
-    /// This thread's shard: its worker's (workers beyond the shards share
-    /// them), or the last for any other thread.
-    fn home(&self) -> usize {
-        let workers = self.shards.len() - 1;
-        crate::server::worker_index().map_or(workers, |i| i % workers)
-    }
-
-    fn pop(&self) -> Option<Warm> {
-        if self.len.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let home = self.home();
-        let n = self.shards.len();
-        (0..n).find_map(|k| {
-            let w = self.shards[(home + k) % n].lock().pop()?;
-            self.len.fetch_sub(1, Ordering::AcqRel);
-            Some(w)
-        })
-    }
-
-    fn push(&self, w: Warm) {
-        self.len.fetch_add(1, Ordering::AcqRel);
-        self.shards[self.home()].lock().push(w);
-    }
-
-    /// Keeps `w` unless `max` are kept already; says whether it did.
-    fn push_within(&self, w: Warm, max: usize) -> bool {
-        let kept = self
-            .len
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
-        if kept {
-            self.shards[self.home()].lock().push(w);
-        }
-        kept
-    }
-
-    fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
-    }
-}
-
 /// What making an instance of a filter takes, shared with the setup threads
 /// that do it, and the instances made ahead.
 struct Maker {
@@ -639,8 +577,10 @@ struct Maker {
     log_quota: Arc<crate::telemetry::log_limit::LogQuota>,
     route_ids: Arc<[String]>,
     /// Pooled: instances that served calls, kept for the next. Request
-    /// isolation: fresh instances not yet used.
-    warm: WarmSet,
+    /// isolation: fresh instances not yet used. A call takes from its
+    /// worker's and, when those are gone, from the others' before anyone
+    /// makes a new one.
+    warm: PerWorker<Warm>,
     replenishing: AtomicBool,
     /// Start-ups of this filter running at once.
     permits: tokio::sync::Semaphore,

@@ -17,7 +17,6 @@ use breaker::{Breaker, Transition};
 use budget::RetryBudget;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::KeyValue;
@@ -198,6 +197,10 @@ pub struct Upstream {
     breakers: Vec<Arc<Breaker>>,
     failure_on: Outcomes,
     max_in_flight: u32,
+    /// Requests go over HTTP/2 with prior knowledge, by `client`; HTTP/1
+    /// ones over each instance's own connections.
+    h2c: bool,
+    /// The h2c requests' client, and every instance's health checks'.
     pub client: UpstreamClient,
     /// `upstream` and `instance` labels per instance.
     labels: Vec<[KeyValue; 2]>,
@@ -213,12 +216,16 @@ pub struct Upstream {
     logs: Vec<InstanceLogs>,
     /// The health checker, stopped when the upstream is dropped.
     checker: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Closes idle connections past their timeout, stopped likewise.
+    sweeper: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        if let Some(t) = self.checker.lock().take() {
-            t.abort();
+        for task in [&self.checker, &self.sweeper] {
+            if let Some(t) = task.lock().take() {
+                t.abort();
+            }
         }
     }
 }
@@ -338,7 +345,15 @@ impl Upstream {
         let pools: Vec<Arc<pool::InstancePool>> = (0..n)
             .map(|i| match (kept_client, before[i]) {
                 (Some((up, _)), Some(j)) => up.pools[j].clone(),
-                _ => Arc::new(pool::InstancePool::new(labels[i].clone(), &metrics)),
+                _ => Arc::new(pool::InstancePool::new(
+                    labels[i].clone(),
+                    &metrics,
+                    pool::ConnectionSettings {
+                        connect_timeout: cfg.connect_timeout.0,
+                        idle_timeout: cfg.idle_timeout.0,
+                        max_idle: cfg.max_idle_per_instance,
+                    },
+                )),
             })
             .collect();
         pool.set_instances(
@@ -373,6 +388,7 @@ impl Upstream {
             breakers,
             failure_on: Outcomes::parse(cfg.failure_on.get_ref()),
             max_in_flight: cfg.max_connections_per_instance.max(1),
+            h2c: cfg.protocol == crate::config::UpstreamProtocol::H2c,
             client,
             labels,
             metrics,
@@ -385,12 +401,41 @@ impl Upstream {
             outlier_cfg: cfg.outlier.clone(),
             logs: (0..n).map(|_| InstanceLogs::default()).collect(),
             checker: parking_lot::Mutex::new(None),
+            sweeper: parking_lot::Mutex::new(None),
         }
     }
 
-    /// Starts the active health checks, if configured. The task holds only
-    /// a weak reference, so dropping the upstream (a reload) stops it.
-    pub fn start_health_checks(self: &Arc<Self>) {
+    /// Starts what runs beside the requests: the sweep of idle connections
+    /// and the active health checks, if configured. The tasks hold only a
+    /// weak reference, so dropping the upstream (a reload) stops them.
+    pub fn start_tasks(self: &Arc<Self>) {
+        self.start_sweeper();
+        self.start_health_checks();
+    }
+
+    /// Closes idle connections once they pass the idle timeout, even when
+    /// no request comes to take them. Sweeps four times per timeout, so a
+    /// connection outlives it by at most a quarter.
+    fn start_sweeper(self: &Arc<Self>) {
+        let Some(every) = self.pools.first().map(|p| p.sweep_interval()) else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(up) = weak.upgrade() else { return };
+                for p in &up.pools {
+                    p.sweep();
+                }
+            }
+        });
+        *self.sweeper.lock() = Some(task);
+    }
+
+    fn start_health_checks(self: &Arc<Self>) {
         let Some(cfg) = self.health_cfg.clone() else {
             return;
         };
@@ -501,6 +546,30 @@ impl Upstream {
             && !self.health.iter().any(|h| h.is_healthy())
     }
 
+    /// One try on instance `i`: over its own HTTP/1 connections, or by the
+    /// h2c client.
+    async fn exchange(
+        &self,
+        i: usize,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<pool::UpstreamBody>, pool::SendError> {
+        if !self.h2c {
+            return self.pools[i]
+                .send(&self.balancer.endpoints()[i].addr, req)
+                .await;
+        }
+        match self.client.request(req).await {
+            Ok(resp) => {
+                if let Some(conn) = resp.extensions().get::<pool::ConnectionUse>() {
+                    self.pool.answered(&self.pools[i], conn);
+                }
+                Ok(resp.map(pool::UpstreamBody::unpooled))
+            }
+            Err(e) if e.is_connect() => Err(pool::SendError::Connect(format!("{e:#}"))),
+            Err(e) => Err(pool::SendError::Failed(format!("{e:#}"))),
+        }
+    }
+
     /// The absolute URI for sending `origin` (path and query) to `instance`.
     pub fn uri_for(&self, instance: &str, origin: &http::Uri) -> Option<http::Uri> {
         let pq = origin.path_and_query().map_or("/", |p| p.as_str());
@@ -543,7 +612,7 @@ impl Upstream {
         tries: &mut Tries,
         parts: http::request::Parts,
         body: Bytes,
-    ) -> Result<http::Response<Incoming>, Failed> {
+    ) -> Result<http::Response<pool::UpstreamBody>, Failed> {
         let idempotent = matches!(
             parts.method,
             http::Method::GET
@@ -630,15 +699,21 @@ impl Upstream {
                     .expect("parts are kept until the last try")
                     .clone()
             };
-            p.uri = match self.uri_for(&endpoint.addr, &p.uri) {
-                Some(u) => u,
-                None => {
-                    return Err(Failed::Error(format!(
-                        "bad instance address {}",
-                        endpoint.addr
-                    )));
-                }
-            };
+            if self.h2c {
+                p.uri = match self.uri_for(&endpoint.addr, &p.uri) {
+                    Some(u) => u,
+                    None => {
+                        return Err(Failed::Error(format!(
+                            "bad instance address {}",
+                            endpoint.addr
+                        )));
+                    }
+                };
+            } else if !p.headers.contains_key(http::header::HOST)
+                && let Ok(v) = http::HeaderValue::from_str(&endpoint.addr)
+            {
+                p.headers.insert(http::header::HOST, v);
+            }
             let span = x
                 .trace
                 .map(|t| t.try_span(p.method.as_str(), &endpoint.addr, attempt, &mut p.headers));
@@ -649,21 +724,16 @@ impl Upstream {
             tries.count += 1;
             tries.last_instance = Some(i);
             let active = self.pools[i].connections.active();
-            let result = tokio::time::timeout(budget, self.client.request(req)).await;
+            let result = tokio::time::timeout(budget, self.exchange(i, req)).await;
             drop(active);
             drop(slot);
             let (outcome, result) = match result {
                 Err(_) => (TryOutcome::Timeout, Err(Failed::Timeout)),
-                Ok(Err(e)) if e.is_connect() => {
-                    (TryOutcome::Connect, Err(Failed::Connect(format!("{e:#}"))))
+                Ok(Err(pool::SendError::Connect(e))) => {
+                    (TryOutcome::Connect, Err(Failed::Connect(e)))
                 }
-                Ok(Err(e)) => (TryOutcome::Reset, Err(Failed::Error(format!("{e:#}")))),
-                Ok(Ok(resp)) => {
-                    if let Some(conn) = resp.extensions().get::<pool::ConnectionUse>() {
-                        self.pool.answered(&self.pools[i], conn);
-                    }
-                    (TryOutcome::Status(resp.status().as_u16()), Ok(resp))
-                }
+                Ok(Err(pool::SendError::Failed(e))) => (TryOutcome::Reset, Err(Failed::Error(e))),
+                Ok(Ok(resp)) => (TryOutcome::Status(resp.status().as_u16()), Ok(resp)),
             };
             let took = started.elapsed();
             endpoint.record_latency(took);

@@ -1,13 +1,25 @@
-//! What the connection pool does, counted: each connection opened and how
-//! long connecting took, connections open and in use, and for each answered
-//! try whether it rode a connection that had carried an answer before (a
-//! pool hit) or a new one (a miss). Each connection carries a flag the
-//! client copies into every response it answers, so telling the two apart
-//! is one atomic swap.
+//! Upstream connections. HTTP/1 instances keep their own: ready senders
+//! per worker thread, each given back when its answer has been read, so a
+//! request's exchange with the upstream stays on the thread that serves
+//! it (hyper-util's pooled client, shared by every thread, costs 15–25%
+//! more CPU per request: `benches/floor.rs`). h2c instances and health
+//! checks use hyper-util's client, whose one connection multiplexes.
+//!
+//! Both are counted alike: each connection opened and how long connecting
+//! took, connections open and in use, and for each answered try whether
+//! it rode a connection that had carried an answer before (a pool hit) or
+//! a new one (a miss). A hyper-util connection carries a flag the client
+//! copies into every response it answers, so telling the two apart is one
+//! atomic swap.
 
+use crate::per_worker::PerWorker;
 use crate::telemetry::{ConnectionGauge, ConnectionGuard, Metrics};
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::Uri;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use opentelemetry::KeyValue;
@@ -18,21 +30,61 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// One instance's connections as the counters see them. Shared across
-/// reloads with the connection pool it describes.
+/// How an instance's connections are made and kept.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSettings {
+    pub connect_timeout: Duration,
+    /// An idle connection older than this is closed.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per instance, over all worker threads.
+    pub max_idle: usize,
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+struct IdleConnection {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One instance's connections: the idle HTTP/1 ones, and what the counters
+/// see of all. Shared across reloads that keep the connection settings.
 pub struct InstancePool {
     labels: [KeyValue; 2],
     /// Answered tries on a reused (`hit`) and a new (`miss`) connection.
     hit_miss: [BoundCounter<u64>; 2],
     /// Connections open and in use, for the scrape.
     pub connections: Arc<ConnectionGauge>,
+    idle: PerWorker<IdleConnection>,
+    settings: ConnectionSettings,
+    metrics: Arc<Metrics>,
+}
+
+/// A connection checked out for one try.
+pub struct Checkout {
+    sender: Sender,
+    /// It carried an answer before.
+    pub reused: bool,
+}
+
+/// Why a try got no answer on its own connection.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made: nothing was sent.
+    Connect(String),
+    /// The connection failed after the request may have gone out.
+    Failed(String),
 }
 
 impl InstancePool {
-    pub fn new(labels: [KeyValue; 2], metrics: &Metrics) -> InstancePool {
+    pub fn new(
+        labels: [KeyValue; 2],
+        metrics: &Arc<Metrics>,
+        settings: ConnectionSettings,
+    ) -> InstancePool {
         let hit_miss = ["hit", "miss"].map(|result| {
             let mut attrs = labels.to_vec();
             attrs.push(KeyValue::new("result", result));
@@ -45,7 +97,190 @@ impl InstancePool {
             connections: ConnectionGauge::new(metrics, labels.clone()),
             labels,
             hit_miss,
+            idle: PerWorker::default(),
+            settings,
+            metrics: metrics.clone(),
         }
+    }
+
+    /// Sends `req` to the instance at `addr` over HTTP/1, on an idle
+    /// connection of this thread's or a new one. A request that never left
+    /// (its idle connection had closed) is sent again on another.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: &str,
+        mut req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<UpstreamBody>, SendError> {
+        loop {
+            let mut c = self.checkout(addr).await.map_err(SendError::Connect)?;
+            if let Err(e) = c.sender.ready().await {
+                if c.reused {
+                    continue;
+                }
+                return Err(SendError::Failed(format!("{e:#}")));
+            }
+            match c.sender.try_send_request(req).await {
+                Ok(resp) => {
+                    self.hit_miss[usize::from(!c.reused)].add(1);
+                    return Ok(UpstreamBody::pooled(resp, c.sender, self.clone()));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if c.reused => req = unsent,
+                    _ => return Err(SendError::Failed(format!("{:#}", e.into_error()))),
+                },
+            }
+        }
+    }
+
+    async fn checkout(&self, addr: &str) -> Result<Checkout, String> {
+        while let Some(idle) = self.idle.pop_home() {
+            if self.usable(&idle) {
+                return Ok(Checkout {
+                    sender: idle.sender,
+                    reused: true,
+                });
+            }
+        }
+        let started = Instant::now();
+        let stream = match tokio::time::timeout(
+            self.settings.connect_timeout,
+            TcpStream::connect(addr),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(format!(
+                    "connecting to {addr} took over {:?}",
+                    self.settings.connect_timeout
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("connecting to {addr}: {e}")),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        self.metrics.connect_duration.record(
+            started.elapsed().as_secs_f64(),
+            std::slice::from_ref(&self.labels[0]),
+        );
+        self.metrics.connections_opened.add(1, &self.labels);
+        let open = self.connections.opened();
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        // Driven on this thread's runtime; it ends, closing the socket,
+        // when the upstream closes or the last sender is dropped.
+        tokio::spawn(async move {
+            let _open = open;
+            let _ = conn.await;
+        });
+        Ok(Checkout {
+            sender,
+            reused: false,
+        })
+    }
+
+    fn usable(&self, c: &IdleConnection) -> bool {
+        !c.sender.is_closed() && c.since.elapsed() < self.settings.idle_timeout
+    }
+
+    /// Keeps a connection whose answer has been read in full for the next
+    /// request of this thread, unless enough are kept.
+    fn give_back(&self, sender: Sender) {
+        if !sender.is_closed() {
+            self.idle.push_within(
+                IdleConnection {
+                    sender,
+                    since: Instant::now(),
+                },
+                self.settings.max_idle,
+            );
+        }
+    }
+
+    /// Closes idle connections past the idle timeout or closed by the
+    /// upstream.
+    pub fn sweep(&self) {
+        self.idle.retain(|c| self.usable(c));
+    }
+
+    /// How often the idle connections are swept.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.settings.idle_timeout / 4).max(Duration::from_millis(10))
+    }
+
+    /// Idle HTTP/1 connections kept.
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// An upstream response body. On a kept HTTP/1 connection, the connection
+/// goes back to its pool once the body has been read to its end; a body
+/// dropped before that closes it.
+pub struct UpstreamBody {
+    inner: Incoming,
+    back: Option<(Sender, Arc<InstancePool>)>,
+}
+
+impl UpstreamBody {
+    fn pooled(
+        resp: http::Response<Incoming>,
+        sender: Sender,
+        pool: Arc<InstancePool>,
+    ) -> http::Response<UpstreamBody> {
+        resp.map(|inner| {
+            let mut body = UpstreamBody {
+                inner,
+                back: Some((sender, pool)),
+            };
+            body.give_back_if_ended();
+            body
+        })
+    }
+
+    /// A body on a hyper-util connection, which its client keeps.
+    pub fn unpooled(inner: Incoming) -> UpstreamBody {
+        UpstreamBody { inner, back: None }
+    }
+
+    fn give_back_if_ended(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some((sender, pool)) = self.back.take()
+        {
+            pool.give_back(sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let out = Pin::new(&mut self.inner).poll_frame(cx);
+        match &out {
+            Poll::Ready(None) => {
+                if let Some((sender, pool)) = self.back.take() {
+                    pool.give_back(sender);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => self.give_back_if_ended(),
+            // A failed body's connection is not kept.
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            Poll::Pending => {}
+        }
+        out
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
