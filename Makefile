@@ -50,10 +50,13 @@ bench: examples
 bench-deps:
 	scripts/setup.sh --bench
 
-# The whole gateway against nginx on this machine: plain, with the header
-# filter, with four filters that do nothing (a call's own cost), and with
-# all four shipped plugins (see README.md, Performance).
+# The whole gateway against nginx on this machine: the floor of its stack
+# (hyper alone, benches/floor.rs), plain, with the header filter, with four
+# filters that do nothing (a call's own cost), and with all four shipped
+# plugins (see README.md, Performance).
 vs-nginx: build bench-deps
+	$(CARGO) build --release --example floor
+	FLOOR_POOL=own ../shared/bench/vs-nginx.sh -- target/release/examples/floor
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/plain.toml
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/headers.toml
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/probes.toml
