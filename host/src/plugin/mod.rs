@@ -112,6 +112,8 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     state: Arc<State>,
     ticker_stop: Arc<AtomicBool>,
+    /// Whether the epoch ticker runs.
+    ticker: Mutex<bool>,
     /// Threads of their own for making and configuring instances, so a
     /// plugin whose start-up loops or crawls never holds a thread that
     /// serves requests.
@@ -222,15 +224,6 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (e, stop) = (engine.clone(), ticker_stop.clone());
-        std::thread::Builder::new()
-            .name("epoch-ticker".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    e.increment_epoch();
-                }
-            })?;
         let setup = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(SETUP_THREADS)
             .thread_name("filter-setup")
@@ -245,9 +238,30 @@ impl Runtime {
             metrics,
             state,
             ticker_stop,
+            ticker: Mutex::new(false),
             setup: Some(setup),
             setup_handle,
         })
+    }
+
+    /// Starts advancing the epoch, which call deadlines count. Not before
+    /// the first filter: a gateway without filters has no thread waking
+    /// every tick.
+    fn start_ticker(&self) -> std::io::Result<()> {
+        let mut started = self.ticker.lock();
+        if !*started {
+            let (e, stop) = (self.engine.clone(), self.ticker_stop.clone());
+            std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        e.increment_epoch();
+                    }
+                })?;
+            *started = true;
+        }
+        Ok(())
     }
 
     pub fn engine(&self) -> &Engine {
@@ -356,6 +370,11 @@ impl Runtime {
         base_dir: &Path,
         route_ids: Arc<[String]>,
     ) -> Result<Filter, PluginError> {
+        self.start_ticker().map_err(|e| PluginError::Instantiate {
+            plugin: plugin.name.clone(),
+            filter: name.to_string(),
+            reason: format!("the epoch ticker thread could not start: {e}"),
+        })?;
         let config_json = serde_json::to_string(&cfg.config).expect("a TOML table is valid JSON");
         let name: Arc<str> = name.into();
         self.metrics.declare_filter(&name, &plugin.name);
