@@ -17,11 +17,11 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame};
+use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper::body::{Body, Frame};
-use hyper::client::conn::http1::SendRequest;
 use std::cell::RefCell;
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -118,11 +118,17 @@ async fn forward(
 ) -> Result<http::Response<http_body_util::Either<Incoming, Pooled>>, Infallible> {
     use http_body_util::Either;
     let (mut parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let req = match client {
         Some(client) => {
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = format!("{base}{path}").parse().expect("a valid upstream URI");
+            parts.uri = format!("{base}{path}")
+                .parse()
+                .expect("a valid upstream URI");
             parts.headers.remove(http::header::HOST);
             let resp = client
                 .request(http::Request::from_parts(parts, Full::new(body)))
@@ -133,9 +139,7 @@ async fn forward(
         // A connection of our own takes the origin form the client sent.
         None => http::Request::from_parts(parts, Full::new(body)),
     };
-    own_pool(upstream, req)
-        .await
-        .map(|r| r.map(Either::Right))
+    own_pool(upstream, req).await.map(|r| r.map(Either::Right))
 }
 
 fn main() -> std::io::Result<()> {
@@ -160,8 +164,7 @@ fn main() -> std::io::Result<()> {
             stream.set_nodelay(true)?;
             let client = (!own).then(|| client.clone());
             tokio::spawn(async move {
-                let service =
-                    service_fn(move |req| forward(client.clone(), upstream, base, req));
+                let service = service_fn(move |req| forward(client.clone(), upstream, base, req));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .serve_connection(TokioIo::new(stream), service)

@@ -19,7 +19,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use gateway::telemetry::{
     FilterMetrics, InstanceMetrics, Metrics, Phase, RouteMetrics, TryKind, shared,
 };
-use gateway::upstream::pool::{ConnectionUse, InstancePool, PoolStats};
+use gateway::upstream::pool::{ConnectionSettings, ConnectionUse, InstancePool, PoolStats};
 use opentelemetry::KeyValue;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -53,7 +53,12 @@ fn bench(c: &mut Criterion) {
     ];
     let im = InstanceMetrics::new(&m, &labels);
     let pool = PoolStats::new(KeyValue::new("upstream", "orders"), m.clone());
-    let inst = Arc::new(InstancePool::new(labels.clone(), &m));
+    let settings = ConnectionSettings {
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(60),
+        max_idle: 64,
+    };
+    let inst = Arc::new(InstancePool::new(labels.clone(), &m, settings));
     pool.set_instances([("127.0.0.1:9000".to_string(), inst.clone())]);
     let conn = ConnectionUse::default();
     let took = Duration::from_micros(420);

@@ -685,6 +685,11 @@ fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(open(), 0.0, "the idle connection was closed");
     // The next request opens a new one and is answered.
     assert_eq!(gw.get("/x", &[]).status, 200);
-    let opened = metric(&gw.metrics(), "gateway_upstream_connections_opened_total", &[]).unwrap();
+    let opened = metric(
+        &gw.metrics(),
+        "gateway_upstream_connections_opened_total",
+        &[],
+    )
+    .unwrap();
     assert_eq!(opened, 2.0);
 }

@@ -33,7 +33,7 @@ impl<T> PerWorker<T> {
     /// The most recently given back item of this thread's shard, or when
     /// that is empty, of another's.
     pub fn pop(&self) -> Option<T> {
-        if self.len() == 0 {
+        if self.is_empty() {
             return None;
         }
         let home = self.home();
@@ -43,7 +43,7 @@ impl<T> PerWorker<T> {
 
     /// The most recently given back item of this thread's shard only.
     pub fn pop_home(&self) -> Option<T> {
-        if self.len() == 0 {
+        if self.is_empty() {
             return None;
         }
         self.pop_from(self.home())

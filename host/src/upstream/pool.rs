@@ -142,21 +142,19 @@ impl InstancePool {
             }
         }
         let started = Instant::now();
-        let stream = match tokio::time::timeout(
-            self.settings.connect_timeout,
-            TcpStream::connect(addr),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(format!(
-                    "connecting to {addr} took over {:?}",
-                    self.settings.connect_timeout
-                ));
-            }
-            Ok(Err(e)) => return Err(format!("connecting to {addr}: {e}")),
-            Ok(Ok(s)) => s,
-        };
+        let stream =
+            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
+                .await
+            {
+                Err(_) => {
+                    return Err(format!(
+                        "connecting to {addr} took over {:?}",
+                        self.settings.connect_timeout
+                    ));
+                }
+                Ok(Err(e)) => return Err(format!("connecting to {addr}: {e}")),
+                Ok(Ok(s)) => s,
+            };
         let _ = stream.set_nodelay(true);
         self.metrics.connect_duration.record(
             started.elapsed().as_secs_f64(),
