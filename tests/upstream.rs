@@ -693,3 +693,55 @@ fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     .unwrap();
     assert_eq!(opened, 2.0);
 }
+
+/// An instance answering every request on a connection with 204 and no
+/// body, keeping the connection open.
+fn no_content_instance() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(1000) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = std::io::Read::read(&mut s, &mut buf) {
+                    head.extend_from_slice(&buf[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        if std::io::Write::write_all(&mut s, b"HTTP/1.1 204 No Content\r\n\r\n")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_connection_whose_answer_has_no_body_is_kept_for_the_next_request() {
+    let inst = no_content_instance();
+    let gw = Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{inst}\"]\n\n{}",
+        route("")
+    ));
+    for _ in 0..5 {
+        assert_eq!(gw.get("/x", &[]).status, 204);
+    }
+    let scrape = gw.metrics();
+    let opened = metric(&scrape, "gateway_upstream_connections_opened_total", &[]).unwrap();
+    let hits = metric(
+        &scrape,
+        "gateway_upstream_pool_requests_total",
+        &[("result", "hit")],
+    )
+    .unwrap();
+    // Requests one after another may land on either worker thread; each
+    // keeps its own connections.
+    assert!(opened <= 2.0, "{opened} connections for 5 requests");
+    assert_eq!(hits + opened, 5.0);
+}
