@@ -9,122 +9,46 @@
 //!   ../shared/bench/vs-nginx.sh -- target/release/examples/floor
 //!
 //! It reads the same LISTEN and UPSTREAM the vs-nginx configs do. With
-//! `FLOOR_POOL=own` it keeps its upstream connections itself instead of in
-//! hyper-util's client: per thread, ready HTTP/1 senders in a stack, each
-//! put back when its response body ends, so the two pools can be compared
-//! on the same load.
+//! `FLOOR_POOL=own` it keeps its upstream connections in the gateway's own
+//! pool (`gateway::upstream::pool::InstancePool`: ready HTTP/1 senders per
+//! thread, each given back when its response body ends) instead of in
+//! hyper-util's client, so the two pools can be compared on the same load.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use gateway::telemetry::Metrics;
+use gateway::upstream::pool::{ConnectionSettings, InstancePool, UpstreamBody};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use hyper::body::{Body, Frame};
-use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::cell::RefCell;
+use opentelemetry::KeyValue;
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::time::Duration;
 
 type Upstream = Client<HttpConnector, Full<Bytes>>;
 
-thread_local! {
-    /// Idle connections to the upstream, most recently used on top.
-    static IDLE: RefCell<Vec<SendRequest<Full<Bytes>>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A response body that gives its connection back once it has ended.
-struct Pooled {
-    inner: Incoming,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
-
-impl Pooled {
-    fn give_back(&mut self) {
-        if let Some(s) = self.sender.take() {
-            IDLE.with(|idle| idle.borrow_mut().push(s));
-        }
-    }
-}
-
-impl Body for Pooled {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let out = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(out, Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.give_back();
-        }
-        out
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-}
-
-async fn own_pool(
-    upstream: &'static str,
-    req: http::Request<Full<Bytes>>,
-) -> Result<http::Response<Pooled>, Infallible> {
-    let idle = IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                return Some(s);
-            }
-        }
-        None
-    });
-    let mut sender = match idle {
-        Some(s) => s,
-        None => {
-            let stream = tokio::net::TcpStream::connect(upstream)
-                .await
-                .expect("the upstream accepts");
-            stream.set_nodelay(true).expect("nodelay");
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .expect("handshake");
-            tokio::spawn(conn);
-            sender
-        }
-    };
-    let resp = sender
-        .send_request(req)
-        .await
-        .expect("the upstream answers");
-    let (parts, inner) = resp.into_parts();
-    let mut body = Pooled {
-        inner,
-        sender: Some(sender),
-    };
-    if body.inner.is_end_stream() {
-        body.give_back();
-    }
-    Ok(http::Response::from_parts(parts, body))
+/// Where requests go: hyper-util's client, or the gateway's pool.
+enum Pool {
+    HyperUtil(Box<Upstream>),
+    Own(Arc<InstancePool>),
 }
 
 async fn forward(
-    client: Option<Upstream>,
+    pool: Arc<Pool>,
     upstream: &'static str,
     base: &'static str,
     req: http::Request<Incoming>,
-) -> Result<http::Response<http_body_util::Either<Incoming, Pooled>>, Infallible> {
-    use http_body_util::Either;
+) -> Result<http::Response<Either<Incoming, UpstreamBody>>, Infallible> {
     let (mut parts, body) = req.into_parts();
     let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let req = match client {
-        Some(client) => {
+    match &*pool {
+        Pool::HyperUtil(client) => {
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = format!("{base}{path}")
                 .parse()
@@ -134,12 +58,17 @@ async fn forward(
                 .request(http::Request::from_parts(parts, Full::new(body)))
                 .await
                 .expect("the upstream answers");
-            return Ok(resp.map(Either::Left));
+            Ok(resp.map(Either::Left))
         }
-        // A connection of our own takes the origin form the client sent.
-        None => http::Request::from_parts(parts, Full::new(body)),
-    };
-    own_pool(upstream, req).await.map(|r| r.map(Either::Right))
+        // Its connections take the origin form the client sent.
+        Pool::Own(pool) => {
+            let resp = pool
+                .send(upstream, http::Request::from_parts(parts, Full::new(body)))
+                .await
+                .expect("the upstream answers");
+            Ok(resp.map(Either::Right))
+        }
+    }
 }
 
 fn main() -> std::io::Result<()> {
@@ -152,19 +81,38 @@ fn main() -> std::io::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client: Upstream = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let pool = Arc::new(if own {
+            let metrics =
+                Arc::new(Metrics::new(&[0.001, 0.01, 0.1]).map_err(std::io::Error::other)?);
+            Pool::Own(Arc::new(InstancePool::new(
+                [
+                    KeyValue::new("upstream", "floor"),
+                    KeyValue::new("endpoint", upstream),
+                ],
+                &metrics,
+                ConnectionSettings {
+                    connect_timeout: Duration::from_secs(1),
+                    idle_timeout: Duration::from_secs(60),
+                    max_idle: 256,
+                },
+            )))
+        } else {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Pool::HyperUtil(Box::new(
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_max_idle_per_host(256)
+                    .build(connector),
+            ))
+        });
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         loop {
             let (stream, _) = listener.accept().await?;
             stream.set_nodelay(true)?;
-            let client = (!own).then(|| client.clone());
+            let pool = pool.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| forward(client.clone(), upstream, base, req));
+                let service = service_fn(move |req| forward(pool.clone(), upstream, base, req));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .serve_connection(TokioIo::new(stream), service)

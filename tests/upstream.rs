@@ -570,18 +570,34 @@ fn slow_instance(
 
 /// A server that accepts connections and closes them unanswered, as a
 /// crashing instance does mid-request.
-fn resetting_instance() -> std::net::SocketAddr {
+/// An instance speaking raw TCP on loopback: each of up to 10,000
+/// connections is handed to `serve` on a thread of its own.
+fn raw_instance(serve: fn(std::net::TcpStream)) -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in l.incoming().take(10_000) {
-            let Ok(mut s) = s else { continue };
-            let mut buf = [0u8; 1024];
-            let _ = std::io::Read::read(&mut s, &mut buf);
-            drop(s);
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || serve(s));
         }
     });
     addr
+}
+
+/// The gateway in front of one instance, with the plain route.
+fn gateway_to(instance: std::net::SocketAddr) -> Gateway {
+    Gateway::start(&format!(
+        "[upstreams.app]\ninstances = [\"{instance}\"]\n\n{}",
+        route("")
+    ))
+}
+
+/// An instance that reads the request and closes the connection unanswered.
+fn resetting_instance() -> std::net::SocketAddr {
+    raw_instance(|mut s| {
+        let mut buf = [0u8; 1024];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+    })
 }
 
 #[test]
@@ -604,10 +620,7 @@ fn an_instance_closing_connections_mid_request_is_retried_elsewhere() {
     .unwrap();
     assert!(resets >= 1.0, "{resets}");
     // Without retries the client sees the failure as a 502.
-    let gw = Gateway::start(&format!(
-        "[upstreams.app]\ninstances = [\"{bad}\"]\n\n{}",
-        route("")
-    ));
+    let gw = gateway_to(bad);
     let r = gw.get("/x", &[]);
     assert_eq!(r.status, 502);
     assert_eq!(r.header("x-gateway-error"), Some("upstream-error"));
@@ -617,32 +630,18 @@ fn an_instance_closing_connections_mid_request_is_retried_elsewhere() {
 /// then closes the connection 50 ms later, as an upstream with a short
 /// keep-alive timeout does.
 fn closing_after_answer_instance() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().take(1000) {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let _ = std::io::Read::read(&mut s, &mut buf);
-                let _ = std::io::Write::write_all(
-                    &mut s,
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            });
-        }
-    });
-    addr
+    raw_instance(|mut s| {
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+        let _ =
+            std::io::Write::write_all(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        std::thread::sleep(Duration::from_millis(50));
+    })
 }
 
 #[test]
 fn a_pooled_connection_the_instance_closed_is_replaced_not_failed() {
-    let inst = closing_after_answer_instance();
-    let gw = Gateway::start(&format!(
-        "[upstreams.app]\ninstances = [\"{inst}\"]\n\n{}",
-        route("")
-    ));
+    let gw = gateway_to(closing_after_answer_instance());
     for _ in 0..3 {
         let r = gw.get("/x", &[]);
         assert_eq!((r.status, r.body_text().as_str()), (200, "ok"));
@@ -697,38 +696,24 @@ fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
 /// An instance answering every request on a connection with 204 and no
 /// body, keeping the connection open.
 fn no_content_instance() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming().take(1000) {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = std::io::Read::read(&mut s, &mut buf) {
-                    head.extend_from_slice(&buf[..n]);
-                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        head.drain(..end + 4);
-                        if std::io::Write::write_all(&mut s, b"HTTP/1.1 204 No Content\r\n\r\n")
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
+    raw_instance(|mut s| {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut s, &mut buf) {
+            head.extend_from_slice(&buf[..n]);
+            while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                head.drain(..end + 4);
+                if std::io::Write::write_all(&mut s, b"HTTP/1.1 204 No Content\r\n\r\n").is_err() {
+                    return;
                 }
-            });
+            }
         }
-    });
-    addr
+    })
 }
 
 #[test]
 fn a_connection_whose_answer_has_no_body_is_kept_for_the_next_request() {
-    let inst = no_content_instance();
-    let gw = Gateway::start(&format!(
-        "[upstreams.app]\ninstances = [\"{inst}\"]\n\n{}",
-        route("")
-    ));
+    let gw = gateway_to(no_content_instance());
     for _ in 0..5 {
         assert_eq!(gw.get("/x", &[]).status, 204);
     }

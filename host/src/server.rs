@@ -145,10 +145,10 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 ///
 /// Each worker is a thread with a single-threaded runtime of its own,
 /// accepting from its own copy of the listening socket, as nginx's worker
-/// processes do: a connection, its requests and their filter calls stay on
-/// the thread that accepted it, with no work stealing. (The upstream pool
-/// is still shared, so a request may ride a connection another worker's
-/// runtime drives.) One shared socket rather than
+/// processes do: a connection, its requests, their filter calls and their
+/// HTTP/1 upstream connections stay on the thread that accepted it, with no
+/// work stealing (h2c upstreams share one multiplexing client). One shared
+/// socket rather than
 /// `SO_REUSEPORT` listeners, so a second process cannot bind the same port
 /// and take a share of the connections, and an idle worker is the one that
 /// accepts. The connection limits are counted over all workers.
@@ -216,7 +216,8 @@ std::thread_local! {
 }
 
 /// The index of the worker thread this runs on, if it runs on one: what
-/// keeps per-worker state (a filter's warm instances) on its core.
+/// keeps per-worker state (warm filter instances, idle upstream
+/// connections) on its core.
 pub fn worker_index() -> Option<usize> {
     WORKER_INDEX.with(|w| w.get())
 }

@@ -64,10 +64,10 @@ pub struct InstancePool {
 }
 
 /// A connection checked out for one try.
-pub struct Checkout {
+struct Checkout {
     sender: Sender,
     /// It carried an answer before.
-    pub reused: bool,
+    reused: bool,
 }
 
 /// Why a try got no answer on its own connection.
@@ -156,12 +156,7 @@ impl InstancePool {
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
-        self.metrics.connect_duration.record(
-            started.elapsed().as_secs_f64(),
-            std::slice::from_ref(&self.labels[0]),
-        );
-        self.metrics.connections_opened.add(1, &self.labels);
-        let open = self.connections.opened();
+        let open = self.opened(started.elapsed());
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("{e:#}"))?;
@@ -175,6 +170,16 @@ impl InstancePool {
             sender,
             reused: false,
         })
+    }
+
+    /// Counts a connection made in `took`; the guard counts it open until
+    /// it drops.
+    fn opened(&self, took: Duration) -> ConnectionGuard {
+        self.metrics
+            .connect_duration
+            .record(took.as_secs_f64(), std::slice::from_ref(&self.labels[0]));
+        self.metrics.connections_opened.add(1, &self.labels);
+        self.connections.opened()
     }
 
     fn usable(&self, c: &IdleConnection) -> bool {
@@ -205,11 +210,6 @@ impl InstancePool {
     pub fn sweep_interval(&self) -> Duration {
         (self.settings.idle_timeout / 4).max(Duration::from_millis(10))
     }
-
-    /// Idle HTTP/1 connections kept.
-    pub fn idle_count(&self) -> usize {
-        self.idle.len()
-    }
 }
 
 /// An upstream response body. On a kept HTTP/1 connection, the connection
@@ -231,7 +231,9 @@ impl UpstreamBody {
                 inner,
                 back: Some((sender, pool)),
             };
-            body.give_back_if_ended();
+            if body.inner.is_end_stream() {
+                body.give_back();
+            }
             body
         })
     }
@@ -241,10 +243,8 @@ impl UpstreamBody {
         UpstreamBody { inner, back: None }
     }
 
-    fn give_back_if_ended(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some((sender, pool)) = self.back.take()
-        {
+    fn give_back(&mut self) {
+        if let Some((sender, pool)) = self.back.take() {
             pool.give_back(sender);
         }
     }
@@ -260,15 +260,11 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let out = Pin::new(&mut self.inner).poll_frame(cx);
         match &out {
-            Poll::Ready(None) => {
-                if let Some((sender, pool)) = self.back.take() {
-                    pool.give_back(sender);
-                }
-            }
-            Poll::Ready(Some(Ok(_))) => self.give_back_if_ended(),
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
             // A failed body's connection is not kept.
             Poll::Ready(Some(Err(_))) => self.back = None,
-            Poll::Pending => {}
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
         out
     }
@@ -313,13 +309,16 @@ impl PoolStats {
 
     /// Counts a new connection; the guard counts it open until it drops.
     fn opened(&self, uri: &Uri, took: std::time::Duration) -> Option<ConnectionGuard> {
-        self.metrics
-            .connect_duration
-            .record(took.as_secs_f64(), &self.upstream);
         let map = self.by_authority.load();
-        let inst = uri.authority().and_then(|a| map.get(a.as_str()))?;
-        self.metrics.connections_opened.add(1, &inst.labels);
-        Some(inst.connections.opened())
+        match uri.authority().and_then(|a| map.get(a.as_str())) {
+            Some(inst) => Some(inst.opened(took)),
+            None => {
+                self.metrics
+                    .connect_duration
+                    .record(took.as_secs_f64(), &self.upstream);
+                None
+            }
+        }
     }
 
     /// Counts one answered try on `inst` as a hit or a miss, by the flag
