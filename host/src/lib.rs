@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod echo;
 pub mod edge;
+pub mod listeners;
 pub mod per_worker;
 pub mod plugin;
 pub mod proxy;
@@ -364,7 +365,7 @@ pub fn componentize_file(module: &std::path::Path, out: &std::path::Path) -> any
 
 /// `gateway run`: serve until SIGTERM or SIGINT, then drain; reload on
 /// file changes, SIGHUP and `POST /admin/reload`.
-pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
+pub async fn run(source: ConfigSource, inherited: listeners::Inherited) -> anyhow::Result<()> {
     let config = load_config(&source)?;
     let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
     let state = Arc::new(state::State::from_config(&config.state, metrics.clone()));
@@ -380,9 +381,7 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
     // The echo upstream starts first so the gateway never forwards to a
     // port nobody has opened yet.
     if let Some(addr) = echo_listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for [echo]"))?;
+        let l = listeners::listen(inherited.echo, addr, "[echo]").await?;
         tracing::info!("echo upstream on {}", l.local_addr()?);
         tokio::spawn(echo::serve(l));
     }
@@ -390,14 +389,10 @@ pub async fn run(source: ConfigSource) -> anyhow::Result<()> {
         reload::Reloader::start(source, config, runtime.clone(), metrics.clone()).await?;
     let shared = reloader.shared.clone();
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} for [server]"))?;
+    let listener = listeners::listen(inherited.server, listen, "[server]").await?;
     tracing::info!("gateway listening on {}", listener.local_addr()?);
     if let Some(addr) = admin_listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for [admin]"))?;
+        let l = listeners::listen(inherited.admin, addr, "[admin]").await?;
         tracing::info!("admin listening on {}", l.local_addr()?);
         tokio::spawn(admin::serve(l, reloader.clone()));
     }

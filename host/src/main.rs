@@ -74,6 +74,15 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // Before the runtime's threads start: taking the sockets edits the
+    // environment.
+    let inherited = match gateway::listeners::Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Reloads, health checks, the admin listener and signals: client
     // connections are served by worker threads of their own (`[server]
     // workers`), so this runtime needs few threads.
@@ -92,7 +101,7 @@ fn main() -> ExitCode {
         Command::Check { config } => runtime
             .block_on(gateway::check(&source(config)))
             .map(|msg| println!("{msg}")),
-        Command::Run { config } => runtime.block_on(gateway::run(source(config))),
+        Command::Run { config } => runtime.block_on(gateway::run(source(config), inherited)),
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => match gateway::check_plugin_file(&file) {

@@ -1,0 +1,74 @@
+//! Listening sockets a supervisor opened for the gateway and handed over
+//! at start: systemd's socket activation protocol (`LISTEN_FDS`, and
+//! `LISTEN_FDNAMES` naming each socket `server`, `admin` or `echo`). A
+//! section with an inherited socket serves on it instead of binding its
+//! `listen` address, so a restart never races another process for the port.
+
+use std::net::TcpListener;
+
+/// The sockets handed over, by the section they serve.
+#[derive(Default)]
+pub struct Inherited {
+    pub server: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+    pub echo: Option<TcpListener>,
+}
+
+impl Inherited {
+    /// Takes the sockets the environment announces (`listenfd` clears
+    /// `LISTEN_FDS` so no child process inherits the announcement). Call it
+    /// before any other thread starts: it changes the environment.
+    pub fn from_env() -> Result<Inherited, String> {
+        let names = std::env::var("LISTEN_FDNAMES").ok();
+        let mut fds = listenfd::ListenFd::from_env();
+        let names: Vec<String> = match names {
+            Some(n) => n.split(':').map(str::to_string).collect(),
+            None if fds.len() == 0 => return Ok(Inherited::default()),
+            // Unnamed, the first socket is the proxy's, as a supervisor
+            // handing over one socket means it.
+            None => vec!["server".to_string()],
+        };
+        let mut inherited = Inherited::default();
+        for (i, name) in names.iter().enumerate().take(fds.len()) {
+            let listener = fds
+                .take_tcp_listener(i)
+                .map_err(|e| format!("inherited socket {i} (`{name}`): {e}"))?
+                .ok_or_else(|| format!("inherited socket {i} (`{name}`) is missing"))?;
+            let slot = match name.as_str() {
+                "server" => &mut inherited.server,
+                "admin" => &mut inherited.admin,
+                "echo" => &mut inherited.echo,
+                other => {
+                    return Err(format!(
+                        "inherited socket {i} is named `{other}`; LISTEN_FDNAMES names are server, admin and echo"
+                    ));
+                }
+            };
+            if slot.replace(listener).is_some() {
+                return Err(format!("LISTEN_FDNAMES names `{name}` twice"));
+            }
+        }
+        Ok(inherited)
+    }
+}
+
+/// The inherited socket for a section, made async, or a fresh one bound on
+/// `addr`; `what` names the section in errors.
+pub async fn listen(
+    inherited: Option<TcpListener>,
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    match inherited {
+        Some(l) => {
+            l.set_nonblocking(true)
+                .with_context(|| format!("cannot use the inherited socket for {what}"))?;
+            tokio::net::TcpListener::from_std(l)
+                .with_context(|| format!("cannot use the inherited socket for {what}"))
+        }
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for {what}")),
+    }
+}
