@@ -160,7 +160,10 @@ fn main() {
                 .enable_all()
                 .build()
                 .unwrap();
-            if let Err(e) = rt.block_on(gateway::run(gateway::ConfigSource::File(config))) {
+            if let Err(e) = rt.block_on(gateway::app::run(
+                gateway::config::ConfigSource::File(config),
+                gateway::listeners::Inherited::default(),
+            )) {
                 panic!("the gateway stopped: {e:#}");
             }
         });

@@ -1,7 +1,7 @@
 //! The `gateway` command.
 
 use clap::{Parser, Subcommand};
-use gateway::ConfigSource;
+use gateway::config::ConfigSource;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -99,12 +99,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::Check { config } => runtime
-            .block_on(gateway::check(&source(config)))
+            .block_on(gateway::app::check(&source(config)))
             .map(|msg| println!("{msg}")),
-        Command::Run { config } => runtime.block_on(gateway::run(source(config), inherited)),
+        Command::Run { config } => runtime.block_on(gateway::app::run(source(config), inherited)),
         Command::Plugin {
             command: PluginCommand::Check { file },
-        } => match gateway::check_plugin_file(&file) {
+        } => match gateway::app::check_plugin_file(&file) {
             Ok(Ok(fit)) => {
                 println!("{fit}");
                 Ok(())
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         },
         Command::Plugin {
             command: PluginCommand::Componentize { module, out },
-        } => gateway::componentize_file(&module, &out)
+        } => gateway::app::componentize_file(&module, &out)
             .map(|()| println!("{} written", out.display())),
     };
     match result {

@@ -12,6 +12,23 @@ pub struct PerWorker<T> {
     len: AtomicUsize,
 }
 
+std::thread_local! {
+    static WORKER_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index of the worker thread this runs on, if it runs on one: what
+/// keeps per-worker state (warm filter instances, idle upstream
+/// connections) on its core.
+pub fn worker_index() -> Option<usize> {
+    WORKER_INDEX.with(|w| w.get())
+}
+
+/// Makes this thread worker `i`: called once by each worker thread as it
+/// starts, and by tests of per-worker state.
+pub fn set_worker_index(i: usize) {
+    WORKER_INDEX.with(|w| w.set(Some(i)));
+}
+
 impl<T> Default for PerWorker<T> {
     fn default() -> Self {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -27,7 +44,7 @@ impl<T> PerWorker<T> {
     /// them), or the last for any other thread.
     fn home(&self) -> usize {
         let workers = self.shards.len() - 1;
-        crate::server::worker_index().map_or(workers, |i| i % workers)
+        worker_index().map_or(workers, |i| i % workers)
     }
 
     /// The most recently given back item of this thread's shard, or when
@@ -117,7 +134,7 @@ mod tests {
         p.push(7);
         let q = p.clone();
         std::thread::spawn(move || {
-            crate::server::set_worker_index_for_test(0);
+            set_worker_index(0);
             assert_eq!(q.pop_home(), None);
             assert_eq!(q.pop(), Some(7));
         })

@@ -12,13 +12,13 @@
 //! Every refusal the gateway itself makes goes through [`local_reply`], so
 //! each has the same shape: a status, a one-line reason, the request id.
 
-use crate::Gateway;
 use crate::config::FailurePolicy;
 use crate::edge::{self, Refusal, RefusalKind};
 use crate::plugin::bindings::Reply;
 use crate::plugin::host::{RequestId, RequestInfo, RequestState, ResponseState};
 use crate::plugin::{Decision, Failure, Filter, Held};
 use crate::routing::normalize_path;
+use crate::serving::Gateway;
 use crate::telemetry::access_log::{self, Entry};
 use crate::telemetry::method_label;
 use crate::telemetry::trace::{self, RequestTrace};
@@ -292,8 +292,7 @@ impl Drop for ObservedBody {
     }
 }
 
-/// The route label for requests that matched none.
-pub const NO_ROUTE: &str = "-";
+pub use crate::telemetry::NO_ROUTE;
 
 async fn pipeline(
     gw: &Gateway,
@@ -545,7 +544,7 @@ async fn pipeline(
 #[allow(clippy::too_many_arguments)] // until one request context holds them
 async fn forward(
     gw: &Gateway,
-    rt: &crate::RouteRuntime,
+    rt: &crate::serving::RouteRuntime,
     state: &mut RequestState,
     body: Incoming,
     deadline: Instant,

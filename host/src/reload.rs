@@ -15,91 +15,16 @@
 //! Reloads come from a file watcher (the config file, the plugin files and
 //! `config_files` it names), from SIGHUP and from `POST /admin/reload`.
 
-use crate::config::Config;
-use crate::plugin::{LoadedPlugin, PluginError, Runtime, content_hash, read_plugin};
-use crate::{ConfigSource, Gateway, Shared, load_config};
+use crate::assemble::{BuildReport, PluginCache};
+use crate::config::{Config, ConfigSource};
+use crate::plugin::Runtime;
+use crate::serving::{Gateway, Shared};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
-
-/// Compiled plugins by name and content hash. Versions in use are always
-/// kept; of the others, the most recently used few stay, so flipping back
-/// and forth between two versions compiles each once.
-#[derive(Default)]
-pub struct PluginCache {
-    entries: HashMap<(String, String), Cached>,
-    uses: u64,
-}
-
-struct Cached {
-    plugin: Arc<LoadedPlugin>,
-    last_used: u64,
-}
-
-/// Versions not in use that the cache keeps.
-const SPARE_VERSIONS: usize = 8;
-
-impl PluginCache {
-    /// The plugin `name` as its file now reads, compiled only if this
-    /// content has not been seen; `true` when it was compiled now.
-    pub async fn get(
-        &mut self,
-        runtime: &Runtime,
-        name: &str,
-        path: &Path,
-    ) -> Result<(Arc<LoadedPlugin>, bool), PluginError> {
-        let bytes = read_plugin(name, path)?;
-        let hash = content_hash(&bytes);
-        self.uses += 1;
-        let key = (name.to_string(), hash);
-        if let Some(c) = self.entries.get_mut(&key) {
-            c.last_used = self.uses;
-            // A version compiled from another path (the plugin folder
-            // moved) is the same code; reuse it.
-            return Ok((c.plugin.clone(), false));
-        }
-        let plugin = runtime.compile(name, path, bytes, key.1.clone()).await?;
-        self.entries.insert(
-            key,
-            Cached {
-                plugin: plugin.clone(),
-                last_used: self.uses,
-            },
-        );
-        Ok((plugin, true))
-    }
-
-    /// Drops versions no longer needed: all but those in `in_use` and the
-    /// most recently used spares.
-    pub fn trim(&mut self, in_use: &[Arc<LoadedPlugin>]) {
-        let used = |p: &Arc<LoadedPlugin>| in_use.iter().any(|u| Arc::ptr_eq(u, p));
-        let mut spare: Vec<(u64, (String, String))> = self
-            .entries
-            .iter()
-            .filter(|(_, c)| !used(&c.plugin))
-            .map(|(k, c)| (c.last_used, k.clone()))
-            .collect();
-        spare.sort_unstable_by_key(|(used, _)| std::cmp::Reverse(*used));
-        for (_, k) in spare.into_iter().skip(SPARE_VERSIONS) {
-            self.entries.remove(&k);
-        }
-    }
-}
-
-/// What a build reused and what it made anew, for the log and the admin
-/// endpoint.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct BuildReport {
-    pub plugins_compiled: Vec<String>,
-    pub plugins_reused: Vec<String>,
-    pub filters_configured: Vec<String>,
-    pub filters_kept: Vec<String>,
-    pub upstreams_kept: Vec<String>,
-    pub upstreams_renewed: Vec<String>,
-}
 
 /// Settings a running gateway cannot change: its sockets and threads, its drain time,
 /// its state backend, its histogram buckets, its watcher, its access log
@@ -207,7 +132,8 @@ impl Reloader {
             restart_only: RestartOnly::of(&config),
         };
         let (gw, _) =
-            Gateway::build(config, &runtime, metrics.clone(), &mut builder.cache, None).await?;
+            crate::assemble::build(config, &runtime, metrics.clone(), &mut builder.cache, None)
+                .await?;
         builder.cache.trim(&gw.plugins);
         metrics.declare_reloads();
         metrics.declare_edge();
@@ -237,7 +163,7 @@ impl Reloader {
         let mut builder = self.builder.lock().await;
         let started = Instant::now();
         let metrics = self.shared.metrics.clone();
-        let config = match load_config(&self.source) {
+        let config = match self.source.load() {
             Ok(c) => c,
             Err(e) => {
                 let msg = e.to_string();
@@ -247,7 +173,7 @@ impl Reloader {
         };
         let needs_restart = builder.restart_only.differences(&RestartOnly::of(&config));
         let previous = self.shared.current();
-        let built = Gateway::build(
+        let built = crate::assemble::build(
             config,
             &self.runtime,
             metrics.clone(),

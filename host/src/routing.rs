@@ -5,7 +5,7 @@
 //! what the upstream will act on. Anything that could be read two ways is
 //! refused rather than guessed.
 
-use crate::config::{PathParameters, RouteConfig};
+use crate::config::{HostPattern, PathParameters, RouteConfig};
 use crate::edge::Host;
 use http::Method;
 
@@ -218,39 +218,23 @@ fn decode_segment(seg: &str) -> Result<String, PathError> {
 pub struct Route {
     pub index: usize,
     pub id: String,
-    host: Option<HostMatch>,
+    host: Option<HostPattern>,
     prefix: String,
     methods: Option<Vec<Method>>,
 }
 
-#[derive(Debug)]
-enum HostMatch {
-    Exact(String),
-    /// `*.example.com` stored as `.example.com`.
-    Suffix(String),
-}
-
 impl Route {
     pub fn new(index: usize, cfg: &RouteConfig) -> Route {
-        let host = cfg.host.as_ref().map(|h| {
-            // Compared with request hosts as `edge::Host` writes them.
-            let h = h.to_ascii_lowercase();
-            let h = h.strip_suffix('.').unwrap_or(&h).to_string();
-            match h.strip_prefix('*') {
-                Some(suffix) => HostMatch::Suffix(suffix.to_string()),
-                None => HostMatch::Exact(h),
-            }
-        });
         Route {
             index,
-            id: cfg.id.get_ref().clone(),
-            host,
-            prefix: cfg.path_prefix.get_ref().clone(),
-            methods: cfg.methods.as_ref().map(|ms| {
-                ms.iter()
-                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
-                    .collect()
-            }),
+            id: cfg.id.clone(),
+            // Compared with request hosts as `edge::Host` writes them.
+            host: cfg.host.clone(),
+            prefix: cfg.path_prefix.clone(),
+            methods: cfg
+                .methods
+                .as_ref()
+                .map(|ms| ms.iter().map(|m| m.as_method().clone()).collect()),
         }
     }
 
@@ -264,9 +248,10 @@ impl Route {
         if let Some(want) = &self.host {
             let Some(host) = host else { return false };
             let ok = match want {
-                HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
-                HostMatch::Suffix(s) => {
-                    host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                HostPattern::Exact(h) => host.eq_ignore_ascii_case(h.as_str()),
+                HostPattern::Suffix(s) => {
+                    host.len() > s.len()
+                        && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_str())
                 }
             };
             if !ok {

@@ -11,8 +11,8 @@
 //! wait after `header_read_timeout` and leave `idle_timeout` no say. The
 //! connection task keeps both deadlines itself (`Activity`).
 
-use crate::Shared;
 use crate::config::ServerConfig;
+use crate::serving::Shared;
 use crate::telemetry::ConnectionRefusal;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -79,13 +79,13 @@ impl ConnSettings {
             .max_header_list_size(cfg.max_header_bytes.min(u32::MAX as usize) as u32)
             // A peer that stops answering pings is gone; its streams are
             // dropped rather than held until the idle timeout.
-            .keep_alive_interval(cfg.http2_keepalive_interval.get_ref().0)
-            .keep_alive_timeout(cfg.http2_keepalive_timeout.get_ref().0);
+            .keep_alive_interval(cfg.http2_keepalive_interval.0)
+            .keep_alive_timeout(cfg.http2_keepalive_timeout.0);
         ConnSettings {
             http1,
             http2,
             header_read_timeout: cfg.header_read_timeout.0,
-            idle_timeout: cfg.idle_timeout.get_ref().0,
+            idle_timeout: cfg.idle_timeout.0,
         }
     }
 }
@@ -117,12 +117,7 @@ impl CurrentSettings {
 
     fn limits(&self) -> (usize, Option<usize>) {
         let cfg = &self.built_for;
-        (
-            *cfg.max_connections.get_ref(),
-            cfg.max_connections_per_client
-                .as_ref()
-                .map(|n| *n.get_ref()),
-        )
+        (cfg.max_connections, cfg.max_connections_per_client)
     }
 }
 
@@ -181,7 +176,7 @@ pub async fn serve(
             .name(format!("gateway-worker-{i}"))
             .spawn(move || {
                 let _running = running;
-                WORKER_INDEX.with(|w| w.set(Some(i)));
+                crate::per_worker::set_worker_index(i);
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => worker.run(listener).await,
@@ -209,23 +204,6 @@ pub async fn serve(
         tracing::warn!("grace period over; closing remaining connections");
     }
     Ok(())
-}
-
-std::thread_local! {
-    static WORKER_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// The index of the worker thread this runs on, if it runs on one: what
-/// keeps per-worker state (warm filter instances, idle upstream
-/// connections) on its core.
-pub fn worker_index() -> Option<usize> {
-    WORKER_INDEX.with(|w| w.get())
-}
-
-/// Makes this thread count as worker `i`, for tests of per-worker state.
-#[cfg(test)]
-pub fn set_worker_index_for_test(i: usize) {
-    WORKER_INDEX.with(|w| w.set(Some(i)));
 }
 
 /// One thread serving connections; see [`serve`].

@@ -25,14 +25,9 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 
-/// How often the epoch advances; call deadlines are counted in these ticks.
-/// The WIT package filters are built against, as `gateway_build_info` shows it.
-pub const WIT_PACKAGE: &str = "gateway:filter@0.1.0";
-/// The interface a filter exports, as the component model names it.
-pub const EXPORT_INTERFACE: &str = "gateway:filter/filter@0.1.0";
-/// The wasmtime release the gateway embeds (pinned in Cargo.toml).
-pub const WASMTIME_VERSION: &str = "48.0.8";
+pub use crate::build_info::{EXPORT_INTERFACE, WASMTIME_VERSION, WIT_PACKAGE};
 
+/// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// Table entries (function references) one table may hold: what the
 /// pooling allocator reserves per table by default, so an instance meets the
@@ -386,7 +381,7 @@ impl Runtime {
             ]
         };
         let (attrs_request, attrs_response) = (attrs("request"), attrs("response"));
-        let memory_limit = cfg.memory_limit_mib as usize * 1024 * 1024;
+        let memory_limit = cfg.memory_limit_mib.get() as usize * 1024 * 1024;
         let maker = Arc::new(Maker {
             name: name.clone(),
             plugin: plugin.clone(),
@@ -399,14 +394,13 @@ impl Runtime {
                 // absent for the filter too.
                 env: cfg
                     .env
-                    .get_ref()
                     .iter()
                     .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
                     .collect(),
                 dirs: cfg
                     .dirs
                     .iter()
-                    .map(|(guest, host)| (base_dir.join(host.get_ref()), guest.clone()))
+                    .map(|(guest, host)| (base_dir.join(host), guest.clone()))
                     .collect(),
             },
             guards: self.guards,
@@ -416,14 +410,8 @@ impl Runtime {
             state_owner: self.state.owner(&name, {
                 let d = self.state.default_quota();
                 crate::state::Quota {
-                    max_entries: cfg
-                        .state_max_entries
-                        .as_ref()
-                        .map_or(d.max_entries, |n| *n.get_ref()),
-                    max_bytes: cfg
-                        .state_max_bytes
-                        .as_ref()
-                        .map_or(d.max_bytes, |n| *n.get_ref()),
+                    max_entries: cfg.state_max_entries.unwrap_or(d.max_entries),
+                    max_bytes: cfg.state_max_bytes.unwrap_or(d.max_bytes),
                     max_window: cfg.state_max_window.map_or(d.max_window, |w| w.0),
                 }
             }),
@@ -446,7 +434,7 @@ impl Runtime {
             name: name.clone(),
             plugin,
             policy: cfg.failure,
-            failure_status: http::StatusCode::from_u16(cfg.failure_status)
+            failure_status: http::StatusCode::from_u16(cfg.failure_status.get())
                 .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
             timeout: cfg.timeout.0,
             // The epoch deadline ends running wasm on time; this one, a

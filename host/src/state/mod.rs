@@ -28,9 +28,7 @@ use std::time::{Duration, Instant};
 pub const MAX_OPS: usize = 16;
 /// Longest key a filter may use, in bytes.
 pub const MAX_KEY: usize = 256;
-/// Longest window: two days, so a sliding limit over a day (whose counters
-/// live two windows) fits. Longer limits belong in a billing system.
-pub const MAX_WINDOW: Duration = Duration::from_secs(2 * 24 * 60 * 60);
+pub use crate::config::MAX_WINDOW;
 
 /// One counter update.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +55,8 @@ pub struct Counter {
     pub ttl_ms: u64,
 }
 
+pub use crate::telemetry::QuotaLimit;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
     /// The backend did not answer in time or at all; a retry later may work.
@@ -77,26 +77,6 @@ impl StateError {
             StateError::Unavailable(_) => "unavailable",
             StateError::Invalid(_) => "invalid",
             StateError::Quota(..) => "quota",
-        }
-    }
-}
-
-/// Which part of a filter's quota refused a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaLimit {
-    Entries,
-    Bytes,
-    Window,
-}
-
-impl QuotaLimit {
-    pub const ALL: [QuotaLimit; 3] = [QuotaLimit::Entries, QuotaLimit::Bytes, QuotaLimit::Window];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            QuotaLimit::Entries => "entries",
-            QuotaLimit::Bytes => "bytes",
-            QuotaLimit::Window => "window",
         }
     }
 }
@@ -163,17 +143,17 @@ impl State {
     /// Builds the configured backend. The Redis backend connects lazily and
     /// reconnects by itself, so a gateway starts even while Redis is down.
     pub fn from_config(cfg: &StateConfig, metrics: Arc<Metrics>) -> State {
-        let (backend, label) = match cfg.backend.get_ref() {
+        let (backend, label) = match cfg.backend {
             StateBackend::Memory => (
-                Backend::Memory(memory::MemoryStore::new(*cfg.max_entries.get_ref())),
+                Backend::Memory(memory::MemoryStore::new(cfg.max_entries)),
                 "memory",
             ),
             StateBackend::Redis => (
                 Backend::Redis(redis::RedisStore::new(
-                    cfg.url.as_ref().map_or("", |u| u.get_ref()),
+                    cfg.url.as_deref().unwrap_or(""),
                     &cfg.prefix,
                     cfg.timeout.0,
-                    *cfg.pool_size.get_ref(),
+                    cfg.pool_size,
                 )),
                 "redis",
             ),
@@ -187,7 +167,7 @@ impl State {
             epoch: Instant::now(),
             default_quota: Quota {
                 max_entries: cfg.filter_max_entries(),
-                max_bytes: *cfg.filter_max_bytes.get_ref(),
+                max_bytes: cfg.filter_max_bytes,
                 max_window: cfg.filter_max_window.0,
             },
             usage: Mutex::new(HashMap::new()),

@@ -602,7 +602,7 @@ impl Metrics {
     /// The state backend's series, at zero.
     /// A filter's quota refusals, at zero.
     pub fn declare_state_quota(&self, filter: &Arc<str>) {
-        for limit in crate::state::QuotaLimit::ALL {
+        for limit in QuotaLimit::ALL {
             self.add_state_quota(filter, limit.label(), 0);
         }
     }
@@ -875,8 +875,8 @@ fn observe_process(
         .build();
     let build = [
         KeyValue::new("version", env!("CARGO_PKG_VERSION")),
-        KeyValue::new("wit", crate::plugin::WIT_PACKAGE),
-        KeyValue::new("wasmtime", crate::plugin::WASMTIME_VERSION),
+        KeyValue::new("wit", crate::build_info::WIT_PACKAGE),
+        KeyValue::new("wasmtime", crate::build_info::WASMTIME_VERSION),
     ];
     meter
         .i64_observable_gauge("gateway_build_info")
@@ -1321,6 +1321,29 @@ fn status_text(status: u16) -> opentelemetry::Value {
     http::StatusCode::from_u16(status)
         .map(|s| opentelemetry::Value::from(s.as_str().to_string()))
         .unwrap_or_else(|_| opentelemetry::Value::from("other"))
+}
+
+/// The route label for requests that matched none.
+pub const NO_ROUTE: &str = "-";
+
+/// Which part of a filter's quota refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaLimit {
+    Entries,
+    Bytes,
+    Window,
+}
+
+impl QuotaLimit {
+    pub const ALL: [QuotaLimit; 3] = [QuotaLimit::Entries, QuotaLimit::Bytes, QuotaLimit::Window];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            QuotaLimit::Entries => "entries",
+            QuotaLimit::Bytes => "bytes",
+            QuotaLimit::Window => "window",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -88,7 +88,7 @@ impl Tracing {
             .with_http()
             .with_http_client(client)
             .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(cfg.endpoint.get_ref().clone())
+            .with_endpoint(cfg.endpoint.clone())
             .with_timeout(cfg.export_timeout.0)
             .build()?;
         let processor = BatchSpanProcessor::builder(exporter)
@@ -104,7 +104,7 @@ impl Tracing {
             // A sampled client keeps its trace whole; otherwise the ratio
             // decides, by trace id, so every replica agrees.
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                cfg.sample_ratio,
+                cfg.sample_ratio.get(),
             ))))
             .with_resource(
                 opentelemetry_sdk::Resource::builder()

@@ -3,31 +3,12 @@
 //! ejected, healthy) and not already tried by this request, so a retry
 //! lands elsewhere when it can.
 
+pub use crate::config::Strategy;
 use parking_lot::Mutex;
 use rand::Rng;
-use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Each instance in turn.
-    #[default]
-    RoundRobin,
-    /// Uniformly at random.
-    Random,
-    /// The instance with the fewest requests in flight.
-    LeastConnections,
-    /// In proportion to the weights, spread evenly (nginx's smooth
-    /// weighted round robin: no bursts to the heaviest instance).
-    Weighted,
-    /// Power of two choices: two instances at random, the one with the
-    /// lower in-flight count times latency average wins (Finagle's and
-    /// linkerd's default: near least-loaded without a global scan).
-    P2c,
-}
 
 /// What the balancer knows about one instance.
 #[derive(Debug)]

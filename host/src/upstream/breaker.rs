@@ -6,83 +6,9 @@
 //!
 //! Time is passed in, so the state machine is tested without sleeping.
 
-use crate::config::Millis;
+pub use crate::config::BreakerConfig;
 use parking_lot::Mutex;
-use serde::Deserialize;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BreakerConfig {
-    /// Failures in a row that open the breaker; 0 turns this trigger off.
-    #[serde(default = "defaults::consecutive_failures")]
-    pub consecutive_failures: u32,
-    /// Share of failed requests (0 to 1) over `window` that opens it; 0
-    /// turns this trigger off.
-    #[serde(default = "defaults::failure_rate")]
-    pub failure_rate: f64,
-    #[serde(default = "defaults::window")]
-    pub window: Millis,
-    /// Requests the window must hold before the rate counts.
-    #[serde(default = "defaults::min_requests")]
-    pub min_requests: u32,
-    /// How long the breaker stays open after its first trip; each trip in
-    /// a row doubles it, up to `max_cool_down`.
-    #[serde(default = "defaults::cool_down")]
-    pub cool_down: Millis,
-    #[serde(default = "defaults::max_cool_down")]
-    pub max_cool_down: Millis,
-    /// Requests let through at once while half-open.
-    #[serde(default = "defaults::half_open_probes")]
-    pub half_open_probes: u32,
-    /// Successful probes that close the breaker.
-    #[serde(default = "defaults::successes_to_close")]
-    pub successes_to_close: u32,
-}
-
-mod defaults {
-    use crate::config::Millis;
-    use std::time::Duration;
-    pub fn consecutive_failures() -> u32 {
-        5
-    }
-    pub fn failure_rate() -> f64 {
-        0.5
-    }
-    pub fn window() -> Millis {
-        Millis(Duration::from_secs(10))
-    }
-    pub fn min_requests() -> u32 {
-        20
-    }
-    pub fn cool_down() -> Millis {
-        Millis(Duration::from_secs(5))
-    }
-    pub fn max_cool_down() -> Millis {
-        Millis(Duration::from_secs(60))
-    }
-    pub fn half_open_probes() -> u32 {
-        1
-    }
-    pub fn successes_to_close() -> u32 {
-        2
-    }
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            consecutive_failures: defaults::consecutive_failures(),
-            failure_rate: defaults::failure_rate(),
-            window: defaults::window(),
-            min_requests: defaults::min_requests(),
-            cool_down: defaults::cool_down(),
-            max_cool_down: defaults::max_cool_down(),
-            half_open_probes: defaults::half_open_probes(),
-            successes_to_close: defaults::successes_to_close(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -376,6 +302,7 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Millis;
 
     fn cfg() -> BreakerConfig {
         BreakerConfig {

@@ -4,48 +4,9 @@
 //! Instances start healthy, so a gateway serves at once and a dead instance
 //! leaves after its first few checks.
 
-use crate::config::Millis;
-use serde::Deserialize;
+pub use crate::config::HealthConfig;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HealthConfig {
-    /// The path checked on each instance.
-    pub path: String,
-    #[serde(default = "defaults::interval")]
-    pub interval: Millis,
-    #[serde(default = "defaults::timeout")]
-    pub timeout: Millis,
-    /// Statuses that pass; any 2xx when absent.
-    #[serde(default)]
-    pub expected_status: Vec<u16>,
-    #[serde(default = "defaults::healthy_threshold")]
-    pub healthy_threshold: u32,
-    #[serde(default = "defaults::unhealthy_threshold")]
-    pub unhealthy_threshold: u32,
-    /// `/ready` on the admin listener fails while no instance is healthy.
-    #[serde(default)]
-    pub required: bool,
-}
-
-mod defaults {
-    use crate::config::Millis;
-    use std::time::Duration;
-    pub fn interval() -> Millis {
-        Millis(Duration::from_secs(5))
-    }
-    pub fn timeout() -> Millis {
-        Millis(Duration::from_secs(1))
-    }
-    pub fn healthy_threshold() -> u32 {
-        2
-    }
-    pub fn unhealthy_threshold() -> u32 {
-        3
-    }
-}
 
 impl HealthConfig {
     pub fn passes(&self, status: u16) -> bool {
@@ -110,12 +71,13 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Millis;
 
     fn cfg() -> HealthConfig {
         HealthConfig {
             path: "/healthz".into(),
-            interval: defaults::interval(),
-            timeout: defaults::timeout(),
+            interval: Millis(Duration::from_secs(5)),
+            timeout: Millis(Duration::from_secs(1)),
             expected_status: vec![],
             healthy_threshold: 2,
             unhealthy_threshold: 3,

@@ -9,7 +9,7 @@ pub mod health;
 pub mod outlier;
 pub mod pool;
 
-use crate::config::{RetryConfig, UpstreamConfig};
+use crate::config::{Outcome, RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;
 use crate::telemetry::log_limit::LogLimit;
 use balancer::{Balancer, Endpoint};
@@ -36,23 +36,23 @@ pub struct Outcomes {
     codes: Vec<u16>,
 }
 
-impl Outcomes {
-    /// From names already checked by the config: `connect`, `timeout`,
-    /// `reset`, `5xx` and status codes.
-    pub fn parse(list: &[String]) -> Outcomes {
+impl FromIterator<Outcome> for Outcomes {
+    fn from_iter<I: IntoIterator<Item = Outcome>>(list: I) -> Outcomes {
         let mut o = Outcomes::default();
-        for s in list {
-            match s.as_str() {
-                "connect" => o.connect = true,
-                "timeout" => o.timeout = true,
-                "reset" => o.reset = true,
-                "5xx" => o.any_5xx = true,
-                code => o.codes.extend(code.parse::<u16>().ok()),
+        for outcome in list {
+            match outcome {
+                Outcome::Connect => o.connect = true,
+                Outcome::Timeout => o.timeout = true,
+                Outcome::Reset => o.reset = true,
+                Outcome::Any5xx => o.any_5xx = true,
+                Outcome::Status(code) => o.codes.push(code),
             }
         }
         o
     }
+}
 
+impl Outcomes {
     pub fn matches(&self, t: TryOutcome) -> bool {
         match t {
             TryOutcome::Connect => self.connect,
@@ -141,11 +141,15 @@ impl RetryPolicy {
     pub fn new(c: &RetryConfig) -> RetryPolicy {
         RetryPolicy {
             attempts: c.attempts.max(1),
-            on: Outcomes::parse(&c.on),
+            on: c.on.iter().map(|o| o.0).collect(),
             non_idempotent: c.non_idempotent,
             backoff_base: c.backoff_base.0,
             backoff_max: c.backoff_max.0,
-            budget: RetryBudget::new(c.budget_ratio, c.budget_floor_per_second, c.budget_window.0),
+            budget: RetryBudget::new(
+                c.budget_ratio.get(),
+                c.budget_floor_per_second,
+                c.budget_window.0,
+            ),
         }
     }
 
@@ -230,25 +234,33 @@ impl Drop for Upstream {
     }
 }
 
+/// What a renewed upstream takes over from the one it replaces, for each
+/// instance both list; decided by `assemble` from the two configurations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Carry {
+    /// The client and its pooled connections (same connection settings).
+    pub connections: bool,
+    pub breakers: bool,
+    pub health: bool,
+    pub outliers: bool,
+}
+
 impl Upstream {
     pub fn new(name: &str, cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Upstream {
         Upstream::renewed(name, cfg, metrics, None)
     }
 
-    /// The upstream for a new configuration. From `previous` (the running
-    /// upstream of that name and the configuration it was built from) it
-    /// keeps what the change leaves meaningful: the client and its pooled
-    /// connections when the connection settings are the same, and for each
-    /// instance still listed its balancer record, breaker, health and
-    /// outlier state when their settings are the same.
+    /// The upstream for a new configuration, taking over from `previous`
+    /// (the running upstream of that name) what `Carry` says. An instance's
+    /// balancer record carries over whenever its weight is the same.
     pub fn renewed(
         name: &str,
         cfg: &UpstreamConfig,
         metrics: Arc<Metrics>,
-        previous: Option<(&Upstream, &UpstreamConfig)>,
+        previous: Option<(&Upstream, Carry)>,
     ) -> Upstream {
         let name: Arc<str> = name.into();
-        let instances = cfg.instances.get_ref();
+        let instances = &cfg.instances;
         let labels: Vec<[KeyValue; 2]> = instances
             .iter()
             .map(|i| {
@@ -258,13 +270,7 @@ impl Upstream {
                 ]
             })
             .collect();
-        let same_connections = |old: &UpstreamConfig| {
-            old.connect_timeout == cfg.connect_timeout
-                && old.idle_timeout == cfg.idle_timeout
-                && old.max_idle_per_instance == cfg.max_idle_per_instance
-                && old.protocol == cfg.protocol
-        };
-        let kept_client = previous.filter(|(_, old)| same_connections(old));
+        let kept_client = previous.filter(|(_, carry)| carry.connections);
         let (client, pool) = match kept_client {
             Some((up, _)) => (up.client.clone(), up.pool.clone()),
             None => {
@@ -303,10 +309,9 @@ impl Upstream {
                 _ => None,
             }
         };
-        let old_cfg = previous.map(|(_, c)| c);
-        let same_breaker = old_cfg.is_some_and(|o| o.breaker == cfg.breaker);
-        let same_health = old_cfg.is_some_and(|o| o.health == cfg.health);
-        let same_outlier = old_cfg.is_some_and(|o| o.outlier == cfg.outlier);
+        let carry = previous.map(|(_, c)| c).unwrap_or_default();
+        let (same_breaker, same_health, same_outlier) =
+            (carry.breakers, carry.health, carry.outliers);
         let n = instances.len();
         let endpoints: Vec<Arc<Endpoint>> = (0..n)
             .map(|i| {
@@ -386,7 +391,7 @@ impl Upstream {
                 .collect(),
             balancer: Balancer::new(cfg.strategy, endpoints),
             breakers,
-            failure_on: Outcomes::parse(cfg.failure_on.get_ref()),
+            failure_on: cfg.failure_on.iter().map(|f| f.0).collect(),
             max_in_flight: cfg.max_connections_per_instance.max(1),
             h2c: cfg.protocol == crate::config::UpstreamProtocol::H2c,
             client,

@@ -7,50 +7,9 @@
 //! Time is passed in, so ejection is tested without sleeping.
 
 use super::TryOutcome;
-use crate::config::Millis;
+pub use crate::config::OutlierConfig;
 use parking_lot::Mutex;
-use serde::Deserialize;
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutlierConfig {
-    /// 5xx answers or failures to reach the instance, in a row (0: off).
-    #[serde(default = "defaults::consecutive_5xx")]
-    pub consecutive_5xx: u32,
-    /// Connect failures, timeouts, resets, 502, 503 and 504, in a row (0: off).
-    #[serde(default = "defaults::consecutive_gateway_failures")]
-    pub consecutive_gateway_failures: u32,
-    /// The first ejection's length; the n-th lasts n times as long.
-    #[serde(default = "defaults::base_ejection_time")]
-    pub base_ejection_time: Millis,
-    #[serde(default = "defaults::max_ejection_time")]
-    pub max_ejection_time: Millis,
-    /// The most of the cluster ejected at once, in percent; one instance
-    /// may always be ejected.
-    #[serde(default = "defaults::max_ejected_percent")]
-    pub max_ejected_percent: u32,
-}
-
-mod defaults {
-    use crate::config::Millis;
-    use std::time::Duration;
-    pub fn consecutive_5xx() -> u32 {
-        5
-    }
-    pub fn consecutive_gateway_failures() -> u32 {
-        5
-    }
-    pub fn base_ejection_time() -> Millis {
-        Millis(Duration::from_secs(30))
-    }
-    pub fn max_ejection_time() -> Millis {
-        Millis(Duration::from_secs(300))
-    }
-    pub fn max_ejected_percent() -> u32 {
-        50
-    }
-}
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -126,6 +85,7 @@ pub fn max_ejected(cfg: &OutlierConfig, n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Millis;
 
     fn cfg() -> OutlierConfig {
         OutlierConfig {

@@ -1,0 +1,137 @@
+//! The gateway's commands, composed from the modules: `run` starts the
+//! listeners, the reloader, the watcher and the signal handlers and drains
+//! on shutdown; `check` and the plugin commands load and stop. `main.rs`
+//! parses the command line and calls these.
+
+use crate::assemble::{self, PluginCache};
+use crate::config::{ConfigSource, MetricsConfig};
+use crate::listeners::{Inherited, listen};
+use crate::plugin::Runtime;
+use crate::reload::Reloader;
+use crate::state::State;
+use crate::telemetry::Metrics;
+use anyhow::Context;
+use std::sync::Arc;
+
+/// `gateway check`: parse, validate and load every plugin, then stop.
+pub async fn check(source: &ConfigSource) -> anyhow::Result<String> {
+    let config = source.load()?;
+    let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
+    let state = Arc::new(State::from_config(&config.state, metrics.clone()));
+    let runtime = Runtime::with_state(metrics.clone(), state)?;
+    let routes = config.routes.len();
+    let mut cache = PluginCache::default();
+    let (gw, _) = assemble::build(config, &runtime, metrics, &mut cache, None).await?;
+    Ok(format!(
+        "configuration OK: {} routes, {} filters loaded",
+        routes,
+        gw.filters.len()
+    ))
+}
+
+/// `gateway plugin check FILE`: whether the file is a filter this gateway
+/// can load. `Ok` describes it; `Err` says what is missing or mismatched.
+pub fn check_plugin_file(path: &std::path::Path) -> anyhow::Result<Result<String, String>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return Ok(Err(format!("cannot read {}: {e}", path.display()))),
+    };
+    let metrics = Arc::new(Metrics::new(&MetricsConfig::default().duration_buckets)?);
+    let runtime = Runtime::new(metrics)?;
+    Ok(match runtime.check_plugin(&bytes) {
+        Ok(fit) => Ok(format!("{}: {fit}", path.display())),
+        Err(why) => Err(format!("{} is not a filter plugin: {why}", path.display())),
+    })
+}
+
+/// `gateway plugin componentize MODULE -o OUT`: a core module (binary or
+/// WAT) written against the world `plugin`, made a component.
+pub fn componentize_file(module: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    let component = crate::plugin::inspect::componentize(&bytes)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", module.display()))?;
+    std::fs::write(out, component).with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// `gateway run`: serve until SIGTERM or SIGINT, then drain; reload on
+/// file changes, SIGHUP and `POST /admin/reload`.
+pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<()> {
+    let config = source.load()?;
+    let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
+    let state = Arc::new(State::from_config(&config.state, metrics.clone()));
+    tracing::info!("plugin state in {}", state.backend());
+    let runtime = Arc::new(Runtime::with_state(metrics.clone(), state)?);
+    metrics.start_outputs(&config)?;
+    let server_listen = config.server.listen;
+    let workers = config.server.worker_count();
+    let grace = config.server.shutdown_grace.0;
+    let admin_listen = config.admin.as_ref().map(|a| a.listen);
+    let echo_listen = config.echo.as_ref().map(|e| e.listen);
+
+    // The echo upstream starts first so the gateway never forwards to a
+    // port nobody has opened yet.
+    if let Some(addr) = echo_listen {
+        let l = listen(inherited.echo, addr, "[echo]").await?;
+        tracing::info!("echo upstream on {}", l.local_addr()?);
+        tokio::spawn(crate::echo::serve(l));
+    }
+    let reloader = Reloader::start(source, config, runtime.clone(), metrics.clone()).await?;
+    let shared = reloader.shared.clone();
+
+    let listener = listen(inherited.server, server_listen, "[server]").await?;
+    tracing::info!("gateway listening on {}", listener.local_addr()?);
+    if let Some(addr) = admin_listen {
+        let l = listen(inherited.admin, addr, "[admin]").await?;
+        tracing::info!("admin listening on {}", l.local_addr()?);
+        tokio::spawn(crate::admin::serve(l, reloader.clone()));
+    }
+    let watcher = tokio::spawn(reloader.clone().watch());
+    let hangups = {
+        let reloader = reloader.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP received; reloading");
+                let _ = reloader.reload("sighup").await;
+            }
+        })
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
+            tracing::info!("{name} received; draining");
+            shared
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = stop_tx.send(true);
+        })
+    };
+    tracing::info!("{workers} worker thread(s) serving connections");
+    crate::server::serve(listener, workers, shared, stop_rx, grace)
+        .await
+        .context("cannot start the worker threads")?;
+    signals.abort();
+    hangups.abort();
+    watcher.abort();
+    drop(reloader);
+    drop(runtime);
+    // Queued spans go out before the process ends.
+    if metrics.tracing.get().is_some() {
+        let m = metrics.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(t) = m.tracing.get() {
+                t.shutdown()
+            }
+        })
+        .await;
+    }
+    Ok(())
+}

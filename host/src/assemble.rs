@@ -1,0 +1,387 @@
+//! Builds the [`Gateway`] a configuration describes. On a reload, what did
+//! not change is taken from the gateway being served rather than built
+//! again: plugins by content hash, filters whose plugin, settings and
+//! routes are the same (with their warm instances), upstreams whose
+//! settings are the same (and, when only some changed, the connection
+//! pools and each remaining instance's breaker, health and outlier state),
+//! and a route's retry budget while its retry settings stay.
+//!
+//! What is reused is decided first, from settings and plugin hashes alone
+//! ([`Plan`]), and only then built, so the decisions are tested without
+//! compiling a plugin or opening a socket.
+
+use crate::config::{Config, FilterConfig, RetryConfig, UpstreamConfig};
+use crate::plugin::{Filter, LoadedPlugin, PluginError, Runtime, content_hash, read_plugin};
+use crate::routing::RouteTable;
+use crate::serving::{Gateway, RouteRuntime};
+use crate::telemetry::{self, Metrics, RouteMetrics};
+use crate::upstream::{Carry, RetryPolicy, Upstream};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Compiled plugins by name and content hash. Versions in use are always
+/// kept; of the others, the most recently used few stay, so flipping back
+/// and forth between two versions compiles each once.
+#[derive(Default)]
+pub struct PluginCache {
+    entries: HashMap<(String, String), Cached>,
+    uses: u64,
+}
+
+struct Cached {
+    plugin: Arc<LoadedPlugin>,
+    last_used: u64,
+}
+
+/// Versions not in use that the cache keeps.
+const SPARE_VERSIONS: usize = 8;
+
+impl PluginCache {
+    /// The plugin `name` as its file now reads, compiled only if this
+    /// content has not been seen; `true` when it was compiled now.
+    pub async fn get(
+        &mut self,
+        runtime: &Runtime,
+        name: &str,
+        path: &Path,
+    ) -> Result<(Arc<LoadedPlugin>, bool), PluginError> {
+        let bytes = read_plugin(name, path)?;
+        let hash = content_hash(&bytes);
+        self.uses += 1;
+        let key = (name.to_string(), hash);
+        if let Some(c) = self.entries.get_mut(&key) {
+            c.last_used = self.uses;
+            // A version compiled from another path (the plugin folder
+            // moved) is the same code; reuse it.
+            return Ok((c.plugin.clone(), false));
+        }
+        let plugin = runtime.compile(name, path, bytes, key.1.clone()).await?;
+        self.entries.insert(
+            key,
+            Cached {
+                plugin: plugin.clone(),
+                last_used: self.uses,
+            },
+        );
+        Ok((plugin, true))
+    }
+
+    /// Drops versions no longer needed: all but those in `in_use` and the
+    /// most recently used spares.
+    pub fn trim(&mut self, in_use: &[Arc<LoadedPlugin>]) {
+        let used = |p: &Arc<LoadedPlugin>| in_use.iter().any(|u| Arc::ptr_eq(u, p));
+        let mut spare: Vec<(u64, (String, String))> = self
+            .entries
+            .iter()
+            .filter(|(_, c)| !used(&c.plugin))
+            .map(|(k, c)| (c.last_used, k.clone()))
+            .collect();
+        spare.sort_unstable_by_key(|(used, _)| std::cmp::Reverse(*used));
+        for (_, k) in spare.into_iter().skip(SPARE_VERSIONS) {
+            self.entries.remove(&k);
+        }
+    }
+}
+
+/// What a build reused and what it made anew, for the log and the admin
+/// endpoint.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct BuildReport {
+    pub plugins_compiled: Vec<String>,
+    pub plugins_reused: Vec<String>,
+    pub filters_configured: Vec<String>,
+    pub filters_kept: Vec<String>,
+    pub upstreams_kept: Vec<String>,
+    pub upstreams_renewed: Vec<String>,
+}
+
+/// The settings a gateway was built from, which the next build compares
+/// its own with.
+#[derive(Default)]
+pub struct Built {
+    /// Each filter's settings and the content hash of the plugin it ran.
+    filters: BTreeMap<String, (FilterConfig, String)>,
+    upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Each route's retry settings, by route id.
+    retries: HashMap<String, RetryConfig>,
+    route_ids: Arc<[String]>,
+}
+
+/// What a build does with one filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterStep {
+    /// The running filter, with its warm instances, serves on.
+    Keep,
+    /// A new filter is configured from the plugin.
+    Configure,
+}
+
+/// What a build does with one upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamStep {
+    /// The running upstream serves on: its settings are the same.
+    Keep,
+    /// A new upstream, taking over from the running one what `Carry` says.
+    Renew(Carry),
+    /// A new upstream; nothing ran under this name.
+    New,
+}
+
+/// Every reuse decision of one build.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The route ids are the ones the running filters were configured
+    /// with (filters may read them at `configure`).
+    pub same_routes: bool,
+    pub filters: BTreeMap<String, FilterStep>,
+    pub upstreams: BTreeMap<String, UpstreamStep>,
+    /// Routes whose retry budget carries over, by id.
+    pub kept_retries: Vec<String>,
+}
+
+impl Plan {
+    /// Decides what of `previous` the build of `config` reuses, given the
+    /// content hash of each plugin `config` names.
+    pub fn new(
+        previous: Option<&Built>,
+        config: &Config,
+        plugin_hashes: &BTreeMap<String, String>,
+    ) -> Plan {
+        let empty = Built::default();
+        let (previous, first) = match previous {
+            Some(p) => (p, false),
+            None => (&empty, true),
+        };
+        let same_routes = !first
+            && config
+                .routes
+                .iter()
+                .map(|r| r.id.as_str())
+                .eq(previous.route_ids.iter().map(String::as_str));
+        let filters = config
+            .filters
+            .iter()
+            .map(|(name, fc)| {
+                let hash = plugin_hashes.get(fc.plugin.as_str());
+                let kept = previous.filters.get(name).is_some_and(|(old, old_hash)| {
+                    same_routes && old == fc && Some(old_hash) == hash
+                });
+                let step = if kept {
+                    FilterStep::Keep
+                } else {
+                    FilterStep::Configure
+                };
+                (name.clone(), step)
+            })
+            .collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|(name, new)| {
+                let step = match previous.upstreams.get(name) {
+                    None => UpstreamStep::New,
+                    Some(old) if old == new => UpstreamStep::Keep,
+                    Some(old) => UpstreamStep::Renew(Carry {
+                        connections: old.connect_timeout == new.connect_timeout
+                            && old.idle_timeout == new.idle_timeout
+                            && old.max_idle_per_instance == new.max_idle_per_instance
+                            && old.protocol == new.protocol,
+                        breakers: old.breaker == new.breaker,
+                        health: old.health == new.health,
+                        outliers: old.outlier == new.outlier,
+                    }),
+                };
+                (name.clone(), step)
+            })
+            .collect();
+        let kept_retries = config
+            .routes
+            .iter()
+            .filter(|r| {
+                r.retry
+                    .as_ref()
+                    .is_some_and(|new| previous.retries.get(r.id.as_str()) == Some(new))
+            })
+            .map(|r| r.id.to_string())
+            .collect();
+        Plan {
+            same_routes,
+            filters,
+            upstreams,
+            kept_retries,
+        }
+    }
+}
+
+/// Loads every plugin, configures every filter and resolves every route.
+/// With `previous` (a reload), what the [`Plan`] keeps is taken from it.
+pub async fn build(
+    config: Config,
+    runtime: &Runtime,
+    metrics: Arc<Metrics>,
+    cache: &mut PluginCache,
+    previous: Option<&Gateway>,
+) -> Result<(Gateway, BuildReport), PluginError> {
+    let mut report = BuildReport::default();
+    let mut plugins: BTreeMap<String, Arc<LoadedPlugin>> = BTreeMap::new();
+    for fc in config.filters.values() {
+        let name = fc.plugin.as_str();
+        if plugins.contains_key(name) {
+            continue;
+        }
+        let (p, compiled) = cache.get(runtime, name, &config.plugin_path(name)).await?;
+        if compiled {
+            report.plugins_compiled.push(name.to_string());
+        } else {
+            report.plugins_reused.push(name.to_string());
+        }
+        plugins.insert(name.to_string(), p);
+    }
+    let hashes = plugins
+        .iter()
+        .map(|(n, p)| (n.clone(), p.sha256.clone()))
+        .collect();
+    let plan = Plan::new(previous.map(|p| &p.built), &config, &hashes);
+    let route_ids: Arc<[String]> = match previous {
+        Some(p) if plan.same_routes => p.built.route_ids.clone(),
+        _ => config.routes.iter().map(|r| r.id.to_string()).collect(),
+    };
+
+    let mut filters: HashMap<String, Arc<Filter>> = HashMap::new();
+    for (name, fc) in &config.filters {
+        let kept = previous
+            .filter(|_| plan.filters[name] == FilterStep::Keep)
+            .and_then(|p| p.filters.get(name));
+        let filter = match kept {
+            Some(f) => {
+                report.filters_kept.push(name.clone());
+                f.clone()
+            }
+            None => {
+                report.filters_configured.push(name.clone());
+                let plugin = plugins[fc.plugin.as_str()].clone();
+                Arc::new(
+                    runtime
+                        .filter(name, plugin, fc, &config.base_dir, route_ids.clone())
+                        .await?,
+                )
+            }
+        };
+        filters.insert(name.clone(), filter);
+    }
+
+    // Upstreams last: nothing after this can fail, so a refused reload
+    // never starts a health checker.
+    let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+    for (name, cfg) in &config.upstreams {
+        let running = previous.and_then(|p| p.upstreams.get(name));
+        let up = match (plan.upstreams[name], running) {
+            (UpstreamStep::Keep, Some(up)) => {
+                report.upstreams_kept.push(name.clone());
+                up.clone()
+            }
+            (step, running) => {
+                let carried = match step {
+                    UpstreamStep::Renew(carry) => running.map(|up| (&**up, carry)),
+                    _ => None,
+                };
+                if carried.is_some() {
+                    report.upstreams_renewed.push(name.clone());
+                }
+                let up = Arc::new(Upstream::renewed(name, cfg, metrics.clone(), carried));
+                up.start_tasks();
+                up
+            }
+        };
+        upstreams.insert(name.clone(), up);
+    }
+
+    let route_runtime = config
+        .routes
+        .iter()
+        .map(|r| {
+            let id: Arc<str> = r.id.as_str().into();
+            let kept_retry = previous
+                .filter(|_| plan.kept_retries.iter().any(|k| **k == *id))
+                .and_then(|p| p.route_runtime.iter().find(|old| old.id == id))
+                .and_then(|old| old.retry.clone());
+            let label = telemetry::shared(&id);
+            let methods: Vec<&'static str> = match &r.methods {
+                Some(ms) => ms
+                    .iter()
+                    .map(|m| telemetry::method_label(m.as_method()))
+                    .collect(),
+                None => vec!["GET"],
+            };
+            if r.retry.is_some() {
+                metrics.declare_retries(&label);
+            }
+            let timeout = r.timeout.unwrap_or(config.server.request_timeout).0;
+            RouteRuntime {
+                metrics: RouteMetrics::new(&metrics, label.clone(), &methods),
+                label,
+                id,
+                filters: r
+                    .filters
+                    .iter()
+                    .map(|f| filters[f.as_str()].clone())
+                    .collect(),
+                upstream: upstreams[r.upstream.as_str()].clone(),
+                timeout,
+                try_timeout: r.try_timeout.map_or(timeout, |t| t.0),
+                retry: kept_retry
+                    .or_else(|| r.retry.as_ref().map(|c| Arc::new(RetryPolicy::new(c)))),
+            }
+        })
+        .collect();
+    let plugin_files = plugins.keys().map(|p| config.plugin_path(p)).collect();
+    let plugin_dir = config.base_dir.join(&config.plugins.dir);
+    let config_files = config
+        .filters
+        .values()
+        .flat_map(|f| f.config_files.values())
+        .map(|p| config.base_dir.join(p))
+        .collect();
+    let built = Built {
+        filters: config
+            .filters
+            .iter()
+            .map(|(n, f)| {
+                (
+                    n.clone(),
+                    (f.clone(), plugins[f.plugin.as_str()].sha256.clone()),
+                )
+            })
+            .collect(),
+        retries: config
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.id.to_string(), r.retry.clone()?)))
+            .collect(),
+        upstreams: config.upstreams.clone(),
+        route_ids,
+    };
+    Ok((
+        Gateway {
+            routes: RouteTable::new(&config.routes),
+            route_runtime,
+            filters,
+            upstreams,
+            unrouted: RouteMetrics::new(
+                &metrics,
+                opentelemetry::Value::from(telemetry::NO_ROUTE),
+                &["GET"],
+            ),
+            metrics,
+            server: config.server,
+            generation: 0,
+            plugins: plugins.into_values().collect(),
+            plugin_files,
+            config_files,
+            plugin_dir,
+            built,
+        },
+        report,
+    ))
+}

@@ -1,0 +1,238 @@
+//! `[filters.NAME]`: a plugin with its own settings, its limits and what
+//! it is granted. Several filters may share one plugin file with different
+//! `config` tables.
+
+use super::{
+    ConfigError, MemoryMib, Millis, PluginName, Source, Status, is_plain_name, refuse,
+    state::window_in_range,
+};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Answer the client with the filter's `failure_status`.
+    FailClosed,
+    /// Skip the filter and go on with the chain.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Pooled,
+    Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// The plugin's name: the file `<plugin>.wasm` in `[plugins] dir`.
+    pub plugin: PluginName,
+    #[serde(default = "defaults::failure")]
+    pub failure: FailurePolicy,
+    /// The status answered under `fail-closed`.
+    #[serde(default = "defaults::failure_status")]
+    pub failure_status: Status,
+    /// The most time one call may take before it is interrupted.
+    #[serde(default = "defaults::timeout")]
+    pub timeout: Millis,
+    /// The most linear memory one instance may grow to, in MiB.
+    #[serde(default = "defaults::memory_limit_mib")]
+    pub memory_limit_mib: MemoryMib,
+    /// Warm instances kept for reuse (under `request` isolation: fresh
+    /// instances made ready ahead).
+    #[serde(default = "defaults::instances")]
+    pub instances: usize,
+    /// `pooled`: instances are reused from call to call. `request`: every
+    /// request gets a fresh instance for its on-request and on-response, so
+    /// nothing a request leaves in the instance's memory reaches another.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Environment variables the filter may read, by name; their values are
+    /// taken from the gateway's environment when the filter is configured.
+    /// None by default.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Directories the filter may read (never write): `"/guest/path" =
+    /// "host/path"`, host paths relative to the config file. None by default.
+    #[serde(default)]
+    pub dirs: BTreeMap<String, PathBuf>,
+    /// This filter's shared-state quota, where it differs from `[state]`'s
+    /// `filter_max_entries`, `filter_max_bytes` and `filter_max_window`.
+    pub state_max_entries: Option<usize>,
+    pub state_max_bytes: Option<usize>,
+    pub state_max_window: Option<Millis>,
+    /// The filter's own settings, handed to its `configure` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Files the gateway reads for the filter, which has no filesystem of
+    /// its own: each `key = "path"` puts the file's text into `config` under
+    /// `key` (a JWKS document, say). Paths are relative to the config file.
+    #[serde(default)]
+    pub config_files: BTreeMap<String, PathBuf>,
+}
+
+/// `NAME` as a shell would read it: a letter or `_`, then letters, digits
+/// and `_`.
+fn is_variable_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The largest file `config_files` may hand a filter.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
+impl FilterConfig {
+    /// Settings first, the file system after: a mistake in the file is
+    /// reported the same whether or not the plugin is built.
+    pub(super) fn validate(
+        &self,
+        src: &Source<'_>,
+        name: &str,
+        base_dir: &Path,
+    ) -> Result<(), ConfigError> {
+        // Filter names prefix shared-state keys and label metrics, so they
+        // keep to a character set neither can confuse.
+        if !is_plain_name(name) {
+            return Err(src.error_key_name(
+                &["filters", name],
+                format!("filter name `{name}` may use only letters, digits, `-` and `_`"),
+            ));
+        }
+        refuse(
+            src,
+            &["filters", name],
+            &[
+                (
+                    "timeout",
+                    self.timeout.0.is_zero(),
+                    "would interrupt every call at once",
+                    "use a duration like \"50ms\"",
+                ),
+                (
+                    "instances",
+                    self.instances == 0,
+                    "keeps no instance ready, so every call would instantiate the plugin anew",
+                    "use 1 or more, like 16",
+                ),
+                (
+                    "state_max_entries",
+                    self.state_max_entries == Some(0),
+                    "would refuse every counter",
+                    "use a count like 10000",
+                ),
+                (
+                    "state_max_bytes",
+                    self.state_max_bytes == Some(0),
+                    "would refuse every counter",
+                    "use a size like 1048576",
+                ),
+                (
+                    "state_max_window",
+                    self.state_max_window.is_some_and(|w| !window_in_range(w)),
+                    "is out of range",
+                    "use 1ms to 2d",
+                ),
+            ],
+        )?;
+        if let Some(i) = self.env.iter().position(|v| !is_variable_name(v)) {
+            return Err(src.error_key(
+                &["filters", name, "env", &i.to_string()],
+                format!(
+                    "filter `{name}` grants environment variable {:?}, which is not a variable name",
+                    self.env[i]
+                ),
+            ));
+        }
+        for (guest, host) in &self.dirs {
+            let at = ["filters", name, "dirs", guest.as_str()];
+            if !guest.starts_with('/') {
+                return Err(src.error_key_name(
+                    &at,
+                    format!("filter `{name}` grants directory `{guest}`; the path the filter sees must start with `/`"),
+                ));
+            }
+            let full = base_dir.join(host);
+            src.require(full.is_dir(), &at, || {
+                let what = if full.exists() { "is not a directory" } else { "does not exist" };
+                format!(
+                    "filter `{name}` is granted {}, which {what}; give a directory (relative to the config file)",
+                    full.display()
+                )
+            })?;
+        }
+        for key in self.config_files.keys() {
+            src.require(
+                !self.config.contains_key(key),
+                &["filters", name, "config_files", key],
+                || {
+                    format!(
+                        "filter `{name}` sets `{key}` both in config and in config_files; keep one"
+                    )
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Inlines `config_files` into `config`, read relative to `base_dir`.
+    pub(super) fn read_files(
+        &mut self,
+        src: &Source<'_>,
+        name: &str,
+        base_dir: &Path,
+    ) -> Result<(), ConfigError> {
+        for (key, path) in &self.config_files {
+            let at = ["filters", name, "config_files", key.as_str()];
+            let full = base_dir.join(path);
+            let too_big = std::fs::metadata(&full)
+                .map(|m| m.len() > MAX_CONFIG_FILE_BYTES)
+                .unwrap_or(false);
+            src.require(!too_big, &at, || {
+                format!(
+                    "filter `{name}` reads {} for `{key}`, which is over {} KiB; a filter's config file must be smaller",
+                    full.display(),
+                    MAX_CONFIG_FILE_BYTES / 1024
+                )
+            })?;
+            let text = std::fs::read_to_string(&full).map_err(|e| {
+                src.error_key(
+                    &at,
+                    format!(
+                        "filter `{name}` reads {} for `{key}`, but it cannot be read ({e}); fix the path (relative to the config file)",
+                        full.display()
+                    ),
+                )
+            })?;
+            self.config.insert(key.clone(), toml::Value::String(text));
+        }
+        Ok(())
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn failure() -> FailurePolicy {
+        FailurePolicy::FailClosed
+    }
+    pub fn failure_status() -> Status {
+        Status::try_from(500).expect("500 is a status")
+    }
+    pub fn timeout() -> Millis {
+        Millis(Duration::from_millis(50))
+    }
+    pub fn memory_limit_mib() -> MemoryMib {
+        MemoryMib::new_const(64)
+    }
+    pub fn instances() -> usize {
+        16
+    }
+}

@@ -1,0 +1,253 @@
+//! `[server]`, `[admin]`, `[echo]`, `[plugins]` and `[reload]`: the
+//! listeners, their limits and how file changes are taken up.
+
+use super::{ConfigError, Millis, Source, refuse};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How long a client may take to send its request headers.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Millis,
+    /// Default time for the whole upstream exchange, per route overridable.
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout: Millis,
+    /// Largest request head (request line plus headers), answered with 431.
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header lines in a request, answered with 431.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Largest request body, answered with 413.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Keep the client's `X-Forwarded-*` and `X-Request-Id` (only behind a
+    /// trusted proxy); otherwise the gateway replaces them.
+    #[serde(default)]
+    pub trust_forwarded: bool,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace: Millis,
+    /// How long a connection may sit with no request in progress (an
+    /// HTTP/1.1 keep-alive between requests, an HTTP/2 connection with no
+    /// open stream) before the gateway closes it.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Millis,
+    /// How often the gateway pings an HTTP/2 client...
+    #[serde(default = "defaults::http2_keepalive_interval")]
+    pub http2_keepalive_interval: Millis,
+    /// ...and how long it waits for the answer before dropping the
+    /// connection, so a vanished peer does not hold its streams open.
+    #[serde(default = "defaults::http2_keepalive_timeout")]
+    pub http2_keepalive_timeout: Millis,
+    /// Client connections open at once on the listener; past it a new
+    /// connection is answered 503 `too-many-connections` and closed.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one client IP address; past it a new
+    /// one is answered 503 `too-many-client-connections`. No limit when absent.
+    pub max_connections_per_client: Option<usize>,
+    /// What to do with `;` parameters in path segments (`/a;jsessionid=1`),
+    /// which Java upstreams strip before resolving `..`.
+    #[serde(default)]
+    pub path_parameters: PathParameters,
+    /// Pass request headers whose names contain `_`. Off by default, as in
+    /// nginx: CGI-style upstreams read `X_User` as `X-User`.
+    #[serde(default)]
+    pub underscores_in_headers: bool,
+    /// Threads serving client connections, each with a single-threaded
+    /// runtime of its own; one per core the process may run on when absent.
+    /// Read at start.
+    pub workers: Option<usize>,
+}
+
+impl ServerConfig {
+    /// How many threads serve client connections.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// Refuses zeros that would silently turn a protection off (or close
+    /// every connection at once, or answer every request with an error).
+    pub(super) fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("http2_keepalive_interval", self.http2_keepalive_interval),
+            ("http2_keepalive_timeout", self.http2_keepalive_timeout),
+        ] {
+            src.require(!d.0.is_zero(), &["server", key], || {
+                format!("[server] {key} must be at least 1ms")
+            })?;
+        }
+        src.require(
+            self.max_connections != 0,
+            &["server", "max_connections"],
+            || "[server] max_connections must be at least 1".into(),
+        )?;
+        src.require(
+            self.max_connections_per_client != Some(0),
+            &["server", "max_connections_per_client"],
+            || "[server] max_connections_per_client must be at least 1; leave it out for no per-client limit".into(),
+        )?;
+        src.require(self.workers != Some(0), &["server", "workers"], || {
+            "[server] workers must be at least 1; leave it out for one per core".into()
+        })?;
+        // shutdown_grace = "0ms" is allowed: stopping at once, cutting what
+        // is in flight, is a choice (the load balancer drained already) and
+        // does what it says.
+        refuse(
+            src,
+            &["server"],
+            &[
+                (
+                    "header_read_timeout",
+                    self.header_read_timeout.0.is_zero(),
+                    "gives no client time to send its request headers",
+                    "use a duration like \"10s\"",
+                ),
+                (
+                    "request_timeout",
+                    self.request_timeout.0.is_zero(),
+                    "would time out every upstream exchange at once",
+                    "use a duration like \"30s\"",
+                ),
+                (
+                    "max_header_bytes",
+                    self.max_header_bytes == 0,
+                    "would answer every request 431",
+                    "use a size like 16384",
+                ),
+                (
+                    "max_headers",
+                    self.max_headers == 0,
+                    "would answer every request 431",
+                    "use a count like 100",
+                ),
+                (
+                    "max_body_bytes",
+                    self.max_body_bytes == 0,
+                    "would answer every request that has a body 413",
+                    "use a size like 1048576",
+                ),
+            ],
+        )
+    }
+}
+
+/// The policy for `;` parameters in path segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathParameters {
+    /// Answer 400 to any path with a `;` (or `%3B`) in a segment.
+    #[default]
+    Refuse,
+    /// Keep parameters on segments whose name (before the first `;`) is
+    /// not empty, `.` or `..`; refuse the rest.
+    Keep,
+}
+
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// An echo upstream the gateway runs itself, for demos and tests.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Where plugin files are found, relative to the config file.
+    #[serde(default = "defaults::plugin_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: defaults::plugin_dir(),
+        }
+    }
+}
+
+/// How file changes are taken up while serving. `debounce = "0ms"` is
+/// allowed: a reload on the first write; one that reads a half-written
+/// file is refused, the running config serves on, and the next write
+/// tries again.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the config file, a plugin file or a filter's
+    /// `config_files` change. SIGHUP and `POST /admin/reload` work either way.
+    #[serde(default = "defaults::watch")]
+    pub watch: bool,
+    /// How long the files must stay unchanged before a reload starts, so a
+    /// burst of writes (an editor, a copy) makes one reload.
+    #[serde(default = "defaults::debounce")]
+    pub debounce: Millis,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: defaults::watch(),
+            debounce: defaults::debounce(),
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn header_read_timeout() -> Millis {
+        Millis(Duration::from_secs(10))
+    }
+    pub fn request_timeout() -> Millis {
+        Millis(Duration::from_secs(30))
+    }
+    pub fn shutdown_grace() -> Millis {
+        Millis(Duration::from_secs(30))
+    }
+    pub fn idle_timeout() -> Millis {
+        Millis(Duration::from_secs(60))
+    }
+    pub fn http2_keepalive_interval() -> Millis {
+        Millis(Duration::from_secs(20))
+    }
+    pub fn http2_keepalive_timeout() -> Millis {
+        Millis(Duration::from_secs(10))
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn max_header_bytes() -> usize {
+        16 * 1024
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_body_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn watch() -> bool {
+        true
+    }
+    pub fn debounce() -> Millis {
+        Millis(Duration::from_millis(100))
+    }
+    pub fn plugin_dir() -> PathBuf {
+        PathBuf::from("../plugins/dist")
+    }
+}

@@ -1,0 +1,80 @@
+//! The rules that span sections: what routes refer to, deadlines measured
+//! against `[server]`'s, and plugin files found through `[plugins]`.
+
+use super::{Config, ConfigError, Source, list_or_none};
+
+pub(super) fn across_sections(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
+    // Two listeners on one address: the second would fail to bind at start
+    // (port 0 asks for any free port, so it never collides).
+    let mut listeners = vec![(config.server.listen, ["server", "listen"])];
+    listeners.extend(
+        config
+            .admin
+            .as_ref()
+            .map(|a| (a.listen, ["admin", "listen"])),
+    );
+    listeners.extend(config.echo.as_ref().map(|e| (e.listen, ["echo", "listen"])));
+    for (i, (addr, at)) in listeners.iter().enumerate() {
+        if let Some((_, first)) = listeners[..i]
+            .iter()
+            .find(|(other, _)| other == addr && addr.port() != 0)
+        {
+            return Err(src.error_key(
+                at,
+                format!(
+                    "[{}] listen is {addr}, which [{}] listens on already; give each listener its own port",
+                    at[0], first[0]
+                ),
+            ));
+        }
+    }
+    for (name, f) in &config.filters {
+        let plugin = f.plugin.as_str();
+        let path = config.plugin_path(plugin);
+        src.require(path.is_file(), &["filters", name, "plugin"], || {
+            format!(
+                "filter `{name}` uses plugin `{plugin}`, but {} does not exist; build the plugin or fix the name",
+                path.display()
+            )
+        })?;
+    }
+    for (i, r) in config.routes.iter().enumerate() {
+        let index = i.to_string();
+        let id = &r.id;
+        let up = &r.upstream;
+        src.require(
+            config.upstreams.contains_key(up),
+            &["route", &index, "upstream"],
+            || {
+                let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+                format!("route `{id}` sends to upstream `{up}`, which is not defined; define [upstreams.{up}] or use one of: {}", list_or_none(&known))
+            },
+        )?;
+        for (n, f) in r.filters.iter().enumerate() {
+            src.require(
+                config.filters.contains_key(f),
+                &["route", &index, "filters", &n.to_string()],
+                || {
+                    let known: Vec<&str> = config.filters.keys().map(String::as_str).collect();
+                    format!("route `{id}` runs filter `{f}`, which is not defined; define [filters.{f}] or use one of: {}", list_or_none(&known))
+                },
+            )?;
+        }
+        if let Some(try_timeout) = r.try_timeout {
+            let (overall, whose) = match r.timeout {
+                Some(t) => (t, "the route's timeout"),
+                None => (config.server.request_timeout, "[server] request_timeout"),
+            };
+            src.require(
+                try_timeout.0 <= overall.0,
+                &["route", &index, "try_timeout"],
+                || {
+                    format!(
+                        "try_timeout = {try_timeout} in route `{id}` is longer than {whose}, {overall}, which ends the exchange first; make try_timeout at most that, or remove it to give one try all of it"
+                    )
+                },
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! What requests are served with: the [`Gateway`] built from one
+//! configuration, and the [`Shared`] handle that swaps it on reload.
+
+use crate::assemble::Built;
+use crate::config::ServerConfig;
+use crate::plugin::{Filter, LoadedPlugin};
+use crate::routing::RouteTable;
+use crate::telemetry::{Metrics, RouteMetrics};
+use crate::upstream::{RetryPolicy, Upstream};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// What one route needs at request time, resolved once at load.
+pub struct RouteRuntime {
+    pub id: Arc<str>,
+    pub label: opentelemetry::Value,
+    /// Request instruments bound to this route.
+    pub metrics: RouteMetrics,
+    pub filters: Vec<Arc<Filter>>,
+    pub upstream: Arc<Upstream>,
+    pub timeout: Duration,
+    pub try_timeout: Duration,
+    /// Shared with the next configuration while the route's retry settings
+    /// stay the same, so the retry budget carries over a reload.
+    pub retry: Option<Arc<RetryPolicy>>,
+}
+
+/// Everything a request is served with. Replaced whole on reload; requests
+/// hold the version they started with.
+pub struct Gateway {
+    pub server: ServerConfig,
+    pub routes: RouteTable,
+    pub route_runtime: Vec<RouteRuntime>,
+    pub filters: HashMap<String, Arc<Filter>>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub metrics: Arc<Metrics>,
+    /// Request instruments for requests no route matched (`route="-"`).
+    pub unrouted: RouteMetrics,
+    /// Counts the configurations applied since start-up (0 is the first).
+    pub generation: u64,
+    /// The plugin versions the filters run.
+    pub plugins: Vec<Arc<LoadedPlugin>>,
+    /// The files this configuration was read from, which the watcher
+    /// follows: plugin files and filters' `config_files`.
+    pub plugin_files: Vec<PathBuf>,
+    pub config_files: Vec<PathBuf>,
+    pub plugin_dir: PathBuf,
+    /// What was built from which settings, for the next reload to compare.
+    pub(crate) built: Built,
+}
+
+/// State shared by the listeners.
+pub struct Shared {
+    current: ArcSwap<Gateway>,
+    pub metrics: Arc<Metrics>,
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(gw: Gateway, metrics: Arc<Metrics>) -> Shared {
+        metrics.set_plugin_versions(plugin_versions(&gw));
+        Shared {
+            current: ArcSwap::from_pointee(gw),
+            metrics,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Gateway> {
+        self.current.load_full()
+    }
+
+    /// Makes `gw` the configuration new requests are served with.
+    pub fn swap(&self, gw: Gateway) {
+        self.metrics.set_plugin_versions(plugin_versions(&gw));
+        self.current.store(Arc::new(gw));
+    }
+}
+
+fn plugin_versions(gw: &Gateway) -> Vec<(Arc<str>, String)> {
+    gw.plugins
+        .iter()
+        .map(|p| (p.name.clone(), p.sha256.clone()))
+        .collect()
+}
