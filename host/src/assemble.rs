@@ -10,10 +10,10 @@
 //! ([`Plan`]), and only then built, so the decisions are tested without
 //! compiling a plugin or opening a socket.
 
-use crate::config::{Config, FilterConfig, RetryConfig, UpstreamConfig};
+use crate::config::Config;
 use crate::plugin::{Filter, LoadedPlugin, PluginError, Runtime, content_hash, read_plugin};
 use crate::routing::RouteTable;
-use crate::serving::{Gateway, RouteRuntime};
+use crate::serving::{Built, Gateway, RouteRuntime};
 use crate::telemetry::{self, Metrics, RouteMetrics};
 use crate::upstream::{Carry, RetryPolicy, Upstream};
 use std::collections::{BTreeMap, HashMap};
@@ -94,18 +94,6 @@ pub struct BuildReport {
     pub filters_kept: Vec<String>,
     pub upstreams_kept: Vec<String>,
     pub upstreams_renewed: Vec<String>,
-}
-
-/// The settings a gateway was built from, which the next build compares
-/// its own with.
-#[derive(Default)]
-pub struct Built {
-    /// Each filter's settings and the content hash of the plugin it ran.
-    filters: BTreeMap<String, (FilterConfig, String)>,
-    upstreams: BTreeMap<String, UpstreamConfig>,
-    /// Each route's retry settings, by route id.
-    retries: HashMap<String, RetryConfig>,
-    route_ids: Arc<[String]>,
 }
 
 /// What a build does with one filter.
@@ -384,4 +372,176 @@ pub async fn build(
         },
         report,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A plugin folder with an (empty) plugin file `p.wasm`: the
+    /// configuration checks that it exists; the plan never reads it.
+    fn plugin_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("gateway-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("p.wasm"), b"").unwrap();
+        dir
+    }
+
+    const BASE: &str = r#"
+[filters.a]
+plugin = "p"
+[filters.b]
+plugin = "p"
+config = { x = 1 }
+
+[upstreams.api]
+instances = ["127.0.0.1:3000", "127.0.0.1:3001"]
+[upstreams.api.health]
+path = "/health"
+
+[upstreams.web]
+instances = ["127.0.0.1:4000"]
+
+[[route]]
+id = "one"
+upstream = "api"
+filters = ["a", "b"]
+[route.retry]
+attempts = 3
+
+[[route]]
+id = "two"
+upstream = "web"
+[route.retry]
+attempts = 2
+"#;
+
+    fn config(body: &str) -> Config {
+        let dir = plugin_dir();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[plugins]\ndir = \"{}\"\n{body}",
+            dir.display()
+        );
+        Config::parse("t.toml", &text, dir, &|_| None).unwrap()
+    }
+
+    fn hashes(p: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([("p".to_string(), p.to_string())])
+    }
+
+    /// What `build` records of a configuration, as it would for the next
+    /// reload to compare with.
+    fn built(c: &Config, hash: &str) -> Built {
+        Built {
+            filters: c
+                .filters
+                .iter()
+                .map(|(n, f)| (n.clone(), (f.clone(), hash.to_string())))
+                .collect(),
+            upstreams: c.upstreams.clone(),
+            retries: c
+                .routes
+                .iter()
+                .filter_map(|r| Some((r.id.clone(), r.retry.clone()?)))
+                .collect(),
+            route_ids: c.routes.iter().map(|r| r.id.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_first_build_makes_everything() {
+        let plan = Plan::new(None, &config(BASE), &hashes("h1"));
+        assert!(!plan.same_routes);
+        assert!(plan.filters.values().all(|s| *s == FilterStep::Configure));
+        assert!(plan.upstreams.values().all(|s| *s == UpstreamStep::New));
+        assert!(plan.kept_retries.is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_configuration_keeps_everything() {
+        let before = built(&config(BASE), "h1");
+        let plan = Plan::new(Some(&before), &config(BASE), &hashes("h1"));
+        assert!(plan.same_routes);
+        assert!(plan.filters.values().all(|s| *s == FilterStep::Keep));
+        assert!(plan.upstreams.values().all(|s| *s == UpstreamStep::Keep));
+        assert_eq!(plan.kept_retries, ["one", "two"]);
+    }
+
+    #[test]
+    fn a_new_plugin_version_configures_its_filters_anew() {
+        let before = built(&config(BASE), "h1");
+        let plan = Plan::new(Some(&before), &config(BASE), &hashes("h2"));
+        assert!(plan.filters.values().all(|s| *s == FilterStep::Configure));
+        assert!(plan.upstreams.values().all(|s| *s == UpstreamStep::Keep));
+    }
+
+    #[test]
+    fn only_the_filter_whose_settings_changed_is_configured() {
+        let before = built(&config(BASE), "h1");
+        let changed = config(&BASE.replace("config = { x = 1 }", "config = { x = 2 }"));
+        let plan = Plan::new(Some(&before), &changed, &hashes("h1"));
+        assert_eq!(plan.filters["a"], FilterStep::Keep);
+        assert_eq!(plan.filters["b"], FilterStep::Configure);
+    }
+
+    #[test]
+    fn filters_are_configured_anew_when_the_routes_change() {
+        // Filters read the route ids at configure time.
+        let before = built(&config(BASE), "h1");
+        let more = config(&format!(
+            "{BASE}\n[[route]]\nid = \"three\"\nupstream = \"web\"\n"
+        ));
+        let plan = Plan::new(Some(&before), &more, &hashes("h1"));
+        assert!(!plan.same_routes);
+        assert!(plan.filters.values().all(|s| *s == FilterStep::Configure));
+        assert!(plan.upstreams.values().all(|s| *s == UpstreamStep::Keep));
+        assert_eq!(plan.kept_retries, ["one", "two"]);
+    }
+
+    #[test]
+    fn an_upstream_renewed_carries_what_its_change_leaves_meaningful() {
+        let before = built(&config(BASE), "h1");
+        let health = config(&BASE.replace("path = \"/health\"", "path = \"/ready\""));
+        let plan = Plan::new(Some(&before), &health, &hashes("h1"));
+        assert_eq!(
+            plan.upstreams["api"],
+            UpstreamStep::Renew(Carry {
+                connections: true,
+                breakers: true,
+                health: false,
+                outliers: true,
+            })
+        );
+        assert_eq!(plan.upstreams["web"], UpstreamStep::Keep);
+
+        let connect = config(&BASE.replace(
+            "instances = [\"127.0.0.1:4000\"]",
+            "instances = [\"127.0.0.1:4000\"]\nconnect_timeout = \"1s\"\n[upstreams.web.breaker]\nconsecutive_failures = 9",
+        ));
+        let plan = Plan::new(Some(&before), &connect, &hashes("h1"));
+        assert_eq!(
+            plan.upstreams["web"],
+            UpstreamStep::Renew(Carry {
+                connections: false,
+                breakers: false,
+                health: true,
+                outliers: true,
+            })
+        );
+    }
+
+    #[test]
+    fn an_upstream_under_a_new_name_is_new_and_a_changed_retry_starts_a_new_budget() {
+        let before = built(&config(BASE), "h1");
+        let renamed = config(
+            &BASE
+                .replace("[upstreams.web]", "[upstreams.site]")
+                .replace("upstream = \"web\"", "upstream = \"site\"")
+                .replace("attempts = 2", "attempts = 4"),
+        );
+        let plan = Plan::new(Some(&before), &renamed, &hashes("h1"));
+        assert_eq!(plan.upstreams["site"], UpstreamStep::New);
+        assert_eq!(plan.kept_retries, ["one"]);
+    }
 }

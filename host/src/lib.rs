@@ -17,10 +17,10 @@
 //!    and route matching).
 //! 4. `upstream` (pools, balancing, breakers, health, retries) and `plugin`
 //!    (the wasm runtime and the host functions filters call).
-//! 5. `serving` (the [`serving::Gateway`] requests are served with) and
-//!    `assemble` (building one from a configuration, reusing the running
-//!    one's parts).
-//! 6. `proxy` (one request through routing, filters and upstream).
+//! 5. `serving`: the [`serving::Gateway`] requests are served with.
+//! 6. `assemble` (building a gateway from a configuration, reusing the
+//!    running one's parts) and `proxy` (one request through routing,
+//!    filters and upstream).
 //! 7. `server` (client connections) and `reload` (swapping configurations).
 //! 8. `admin` (the admin listener).
 //! 9. `app` (the commands: run, check, plugin check and componentize).

@@ -1,14 +1,13 @@
 //! What requests are served with: the [`Gateway`] built from one
 //! configuration, and the [`Shared`] handle that swaps it on reload.
 
-use crate::assemble::Built;
-use crate::config::ServerConfig;
+use crate::config::{FilterConfig, RetryConfig, ServerConfig, UpstreamConfig};
 use crate::plugin::{Filter, LoadedPlugin};
 use crate::routing::RouteTable;
 use crate::telemetry::{Metrics, RouteMetrics};
 use crate::upstream::{RetryPolicy, Upstream};
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -86,4 +85,16 @@ fn plugin_versions(gw: &Gateway) -> Vec<(Arc<str>, String)> {
         .iter()
         .map(|p| (p.name.clone(), p.sha256.clone()))
         .collect()
+}
+
+/// The settings a gateway was built from, which the next build compares
+/// its own with.
+#[derive(Default)]
+pub struct Built {
+    /// Each filter's settings and the content hash of the plugin it ran.
+    pub(crate) filters: BTreeMap<String, (FilterConfig, String)>,
+    pub(crate) upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Each route's retry settings, by route id.
+    pub(crate) retries: HashMap<String, RetryConfig>,
+    pub(crate) route_ids: Arc<[String]>,
 }

@@ -832,6 +832,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_renewed_upstream_keeps_the_state_of_the_instances_it_still_lists() {
+        let metrics = Arc::new(Metrics::new(&[0.1]).unwrap());
+        let cfg = |instances: &str| -> UpstreamConfig {
+            toml::from_str(&format!(
+                "instances = {instances}\n[health]\npath = \"/h\"\n"
+            ))
+            .unwrap()
+        };
+        let old = Upstream::new(
+            "app",
+            &cfg(r#"["127.0.0.1:1", "127.0.0.1:2"]"#),
+            metrics.clone(),
+        );
+        let new_cfg = cfg(r#"["127.0.0.1:2", "127.0.0.1:3"]"#);
+        let all = Carry {
+            connections: true,
+            breakers: true,
+            health: true,
+            outliers: true,
+        };
+        let up = Upstream::renewed("app", &new_cfg, metrics.clone(), Some((&old, all)));
+        // 127.0.0.1:2 moved from index 1 to 0 and took its state along;
+        // 127.0.0.1:3 starts afresh.
+        assert!(Arc::ptr_eq(&up.breakers[0], &old.breakers[1]));
+        assert!(Arc::ptr_eq(&up.health[0], &old.health[1]));
+        assert!(Arc::ptr_eq(&up.outliers[0], &old.outliers[1]));
+        assert!(Arc::ptr_eq(&up.pools[0], &old.pools[1]));
+        assert!(!old.breakers.iter().any(|b| Arc::ptr_eq(b, &up.breakers[1])));
+        assert!(!old.pools.iter().any(|p| Arc::ptr_eq(p, &up.pools[1])));
+
+        let none = Carry::default();
+        let fresh = Upstream::renewed("app", &new_cfg, metrics, Some((&old, none)));
+        assert!(!Arc::ptr_eq(&fresh.breakers[0], &old.breakers[1]));
+        assert!(!Arc::ptr_eq(&fresh.health[0], &old.health[1]));
+        assert!(!Arc::ptr_eq(&fresh.outliers[0], &old.outliers[1]));
+        assert!(!Arc::ptr_eq(&fresh.pools[0], &old.pools[1]));
+    }
+
+    #[tokio::test]
     async fn a_probe_cancelled_mid_try_gives_back_its_slots() {
         let addr = silent_instance().await;
         let cfg: UpstreamConfig = toml::from_str(&format!(
