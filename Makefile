@@ -75,7 +75,7 @@ profile: build bench-deps
 # A thousand reloads, each compiling a new plugin version, against resident
 # memory (opt-in: it takes a minute or two).
 soak-reload: plugins
-	$(CARGO) test --release --test reload -- --ignored --nocapture
+	$(CARGO) test --release --test e2e reload:: -- --ignored --nocapture
 
 # Fuzzes the request head, host and config parsers, FUZZ_SECONDS each (needs the nightly toolchain; not part of `make test`; see SECURITY.md).
 FUZZ_SECONDS ?= 60

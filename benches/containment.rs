@@ -10,7 +10,8 @@
 //! The second form measures another build (an older commit, say) with the
 //! same load.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)]
 mod common;
 
 use common::{Gateway, Upstream, tempdir};

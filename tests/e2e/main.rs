@@ -1,0 +1,23 @@
+//! The end-to-end tests: one binary, one harness (`common`), a module per
+//! area. Each test starts real upstreams on loopback and a real `gateway`
+//! process, handing it its listening sockets (see `common::Gateway`).
+
+// The harness serves every area; not every area uses all of it.
+#[allow(dead_code)]
+mod common;
+
+mod auth;
+mod cascade;
+mod check;
+mod config_errors;
+mod languages;
+mod layering;
+mod observability;
+mod proxy;
+mod ratelimit;
+mod reload;
+mod sandbox;
+mod security;
+mod tenant;
+mod tracing_export;
+mod upstream;
