@@ -79,6 +79,11 @@ async fn route(reloader: &Arc<Reloader>, req: &Request<Incoming>) -> Response<Fu
             shared.metrics.render(),
         ),
         "/health" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/ready" if !shared.serving.load(Ordering::Relaxed) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "starting\n".into(),
+        ),
         "/ready" if shared.draining.load(Ordering::Relaxed) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",

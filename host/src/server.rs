@@ -187,6 +187,9 @@ pub async fn serve(
     }
     drop(running);
     drop(listener);
+    shared
+        .serving
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::select! {
         // Shutdown first: once it is asked for, workers may end before
         // this task looks.

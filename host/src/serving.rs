@@ -56,6 +56,10 @@ pub struct Gateway {
 pub struct Shared {
     current: ArcSwap<Gateway>,
     pub metrics: Arc<Metrics>,
+    /// The worker threads are accepting. Until then `/ready` says
+    /// `starting`: with a socket handed over at start, the kernel queues
+    /// connections before anyone serves them.
+    pub serving: AtomicBool,
     pub draining: AtomicBool,
 }
 
@@ -65,6 +69,7 @@ impl Shared {
         Shared {
             current: ArcSwap::from_pointee(gw),
             metrics,
+            serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }
     }

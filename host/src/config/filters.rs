@@ -162,9 +162,8 @@ impl FilterConfig {
             }
             let full = base_dir.join(host);
             src.require(full.is_dir(), &at, || {
-                let what = if full.exists() { "is not a directory" } else { "does not exist" };
                 format!(
-                    "filter `{name}` is granted {}, which {what}; give a directory (relative to the config file)",
+                    "filter `{name}` is granted {}, which is not a directory",
                     full.display()
                 )
             })?;

@@ -149,7 +149,7 @@ impl Config {
         let mut config = Config::deserialize(toml::de::Deserializer::from(src.doc.clone()))
             .map_err(|e| {
                 let at = e.span().map_or(0, |s| s.start);
-                src.error_at(at, toml_message(&e))
+                src.error_at(at, src.with_subject(at, toml_message(&e)))
             })?;
         config.base_dir = base_dir;
         config.validate(&src)?;
@@ -247,6 +247,42 @@ impl<'a> Source<'a> {
     fn written(&self, path: &[&str]) -> Option<&str> {
         let v = self.find(path).value?;
         self.text.get(v.span())
+    }
+
+    /// A value's own check says "a route lists …": name the route, upstream
+    /// or filter whose table holds the value at `offset`.
+    fn with_subject(&self, offset: usize, message: String) -> String {
+        // A table written with a header spans the header only: the value
+        // belongs to the last table that starts before it.
+        let starts_before = |v: &&Spanned<DeValue<'_>>| v.span().start <= offset;
+        let top = self.doc.get_ref();
+        let subject = if let Some(rest) = message.strip_prefix("a route ") {
+            let route = match top.get("route").map(Spanned::get_ref) {
+                Some(DeValue::Array(items)) => items.iter().rfind(starts_before),
+                _ => None,
+            };
+            let id = route.and_then(|r| match r.get_ref() {
+                DeValue::Table(t) => match t.get("id").map(Spanned::get_ref) {
+                    Some(DeValue::String(id)) => Some(id.to_string()),
+                    _ => None,
+                },
+                _ => None,
+            });
+            id.map(|id| format!("route `{id}` {rest}"))
+        } else if let Some(rest) = message.strip_prefix("an upstream ") {
+            let name = match top.get("upstreams").map(Spanned::get_ref) {
+                Some(DeValue::Table(t)) => t
+                    .iter()
+                    .filter(|(_, v)| starts_before(v))
+                    .max_by_key(|(_, v)| v.span().start)
+                    .map(|(k, _)| k.get_ref().to_string()),
+                _ => None,
+            };
+            name.map(|n| format!("upstream `{n}` {rest}"))
+        } else {
+            None
+        };
+        subject.unwrap_or(message)
     }
 
     fn find(&self, path: &[&str]) -> Found<'_, 'a> {
@@ -411,7 +447,6 @@ fn toml_message(e: &toml::de::Error) -> String {
         ("expected u32", "expected a whole number, 0 or more"),
         ("expected u16", "expected a whole number, 0 or more"),
         ("expected f64", "expected a number"),
-        ("expected a sequence", "expected a list"),
         ("expected a boolean", "expected true or false"),
         ("expected path string", "expected a path as a string"),
         ("invalid type: map,", "invalid type: table,"),

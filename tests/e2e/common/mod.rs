@@ -366,7 +366,7 @@ impl Gateway {
         // Compiling a JavaScript or Python filter (12 to 18 MB of wasm) takes
         // seconds; this bound only turns a hang into a failure.
         let deadline = Instant::now() + Duration::from_secs(120);
-        while TcpStream::connect(admin).is_err() || TcpStream::connect(addr).is_err() {
+        while !started(admin) {
             if let Ok(Some(status)) = gw.child.try_wait() {
                 panic!("gateway exited with {status}:\n{}", gw.log());
             }
@@ -467,6 +467,22 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether the gateway behind `admin` serves: its listeners are bound
+/// before it starts (they are handed over), so a connection alone says
+/// nothing; `/ready` says `starting` until the worker threads accept.
+fn started(admin: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(admin) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let asked = s.write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    let mut answer = String::new();
+    asked.is_ok()
+        && s.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 ")
+        && !answer.ends_with("\r\n\r\nstarting\n")
 }
 
 /// A response read off the wire.
