@@ -154,12 +154,9 @@ impl FilterConfig {
         }
         for (guest, host) in &self.dirs {
             let at = ["filters", name, "dirs", guest.as_str()];
-            if !guest.starts_with('/') {
-                return Err(src.error_key_name(
-                    &at,
-                    format!("filter `{name}` grants directory `{guest}`; the path the filter sees must start with `/`"),
-                ));
-            }
+            src.require(guest.starts_with('/'), &at, || {
+                format!("filter `{name}` grants directory `{guest}`; the path the filter sees must start with `/`")
+            })?;
             let full = base_dir.join(host);
             src.require(full.is_dir(), &at, || {
                 format!(

@@ -325,8 +325,8 @@ impl Gateway {
         // The listeners are bound here and handed to the gateway as it
         // starts (socket activation: LISTEN_FDS, LISTEN_FDNAMES), so no
         // other process can take a port between choosing it and serving.
-        let server = StdListener::bind("127.0.0.1:0").unwrap();
-        let admin_listener = StdListener::bind("127.0.0.1:0").unwrap();
+        let server = loopback_listener();
+        let admin_listener = loopback_listener();
         let addr = server.local_addr().unwrap();
         let admin = admin_listener.local_addr().unwrap();
         let path = dir.path().join("gateway.toml");
@@ -467,6 +467,18 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A listener on a free loopback port with the backlog the gateway gives
+/// the sockets it binds itself (std's 128 would drop a burst of connects).
+fn loopback_listener() -> StdListener {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(1024).unwrap();
+    s.into()
 }
 
 /// Whether the gateway behind `admin` serves: its listeners are bound
