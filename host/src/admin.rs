@@ -1,5 +1,5 @@
 //! The admin listener: `/metrics` for Prometheus, `/health` (the process is
-//! up), `/ready` (it has a loaded configuration, is not draining, and
+//! up), `/ready` (its workers accept, it is not draining, and
 //! every upstream whose health is `required` has a healthy instance),
 //! `POST /admin/reload` and `/admin/plugins` (what is loaded, and how the
 //! last reload went).
