@@ -25,26 +25,27 @@
 //! 8. `admin` (the admin listener).
 //! 9. `app` (the commands: run, check, plugin check and componentize).
 //!
-//! Runtime modules take plain values from `config` (durations, statuses,
+//! Modules the binary, the benches and the fuzzers do not use are
+//! `pub(crate)`. Runtime modules take plain values from `config` (durations, statuses,
 //! outcomes already parsed); positions in the file stay inside `config`.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
-pub mod assemble;
-pub mod build_info;
-pub mod clock;
+pub(crate) mod assemble;
+pub(crate) mod build_info;
+pub(crate) mod clock;
 pub mod config;
-pub mod echo;
+pub(crate) mod echo;
 pub mod edge;
 pub mod listeners;
-pub mod per_worker;
+pub(crate) mod per_worker;
 pub mod plugin;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod reload;
 pub mod routing;
-pub mod server;
-pub mod serving;
+pub(crate) mod server;
+pub(crate) mod serving;
 pub mod state;
 pub mod telemetry;
 pub mod upstream;
