@@ -22,17 +22,22 @@ fn routes_by_host_path_and_method() {
         Upstream::start("c"),
         Upstream::start("d"),
     );
-    let gw = Gateway::start(&format!(
-        "{}{}{}{}\
-         [[route]]\nid = \"by-host\"\nhost = \"api.example.com\"\nupstream = \"a\"\n\n\
-         [[route]]\nid = \"wildcard\"\nhost = \"*.tenants.example.com\"\nupstream = \"d\"\n\n\
-         [[route]]\nid = \"writes\"\npath_prefix = \"/orders\"\nmethods = [\"POST\"]\nupstream = \"c\"\n\n\
-         [[route]]\nid = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"b\"\n",
-        upstream_block("a", &a),
-        upstream_block("b", &b),
-        upstream_block("c", &c),
-        upstream_block("d", &d)
-    ));
+    let gw = Gateway::start(
+        &Body::new()
+            .upstream("a", &[&a])
+            .upstream("b", &[&b])
+            .upstream("c", &[&c])
+            .upstream("d", &[&d])
+            .route(Route::new("by-host", "a").host("api.example.com"))
+            .route(Route::new("wildcard", "d").host("*.tenants.example.com"))
+            .route(
+                Route::new("writes", "c")
+                    .prefix("/orders")
+                    .methods(&["POST"]),
+            )
+            .route(Route::new("orders", "b").prefix("/orders"))
+            .to_toml(),
+    );
     let r = gw.get("/anything", &[("host", "API.example.com:8080")]);
     assert_eq!(r.header("x-upstream"), Some("a"));
     let r = gw.get("/x", &[("host", "acme.tenants.example.com")]);
@@ -53,16 +58,25 @@ fn routes_by_host_path_and_method() {
 #[test]
 fn chain_runs_in_order_and_an_early_answer_stops_it() {
     let up = Upstream::start("up");
-    let gw = Gateway::start(&format!(
-        "{}{}{}{}{}\
-         [[route]]\nid = \"all\"\npath_prefix = \"/all\"\nupstream = \"up\"\nfilters = [\"p1\", \"p2\", \"p3\"]\n\n\
-         [[route]]\nid = \"stop\"\npath_prefix = \"/stop\"\nupstream = \"up\"\nfilters = [\"p1\", \"deny\", \"p3\"]\n",
-        upstream_block("up", &up),
-        probe("p1", "set_context = \"who\""),
-        probe("p2", ""),
-        probe("p3", "read_context = \"who\""),
-        probe("deny", "answer = 403"),
-    ));
+    let gw = Gateway::start(
+        &Body::new()
+            .upstream("up", &[&up])
+            .filter("p1", "probe", "name = \"p1\"\nset_context = \"who\"")
+            .filter("p2", "probe", "name = \"p2\"")
+            .filter("p3", "probe", "name = \"p3\"\nread_context = \"who\"")
+            .filter("deny", "probe", "name = \"deny\"\nanswer = 403")
+            .route(
+                Route::new("all", "up")
+                    .prefix("/all")
+                    .filters(&["p1", "p2", "p3"]),
+            )
+            .route(
+                Route::new("stop", "up")
+                    .prefix("/stop")
+                    .filters(&["p1", "deny", "p3"]),
+            )
+            .to_toml(),
+    );
     let r = gw.get("/all", &[]);
     assert_eq!(r.status, 200);
     let seen = up.last();

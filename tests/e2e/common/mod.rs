@@ -2,6 +2,9 @@
 //! real upstreams and a real `gateway` process on ephemeral loopback ports,
 //! and speaks raw HTTP/1.1 so tests can send exactly the bytes they mean.
 
+mod config;
+pub use config::{Body, Route};
+
 use bytes::Bytes;
 use command_fds::{CommandFdExt, FdMapping};
 use http_body_util::{BodyExt, Full};
