@@ -26,8 +26,9 @@
 //! 9. `app` (the commands: run, check, plugin check and componentize).
 //!
 //! Modules the binary, the benches and the fuzzers do not use are
-//! `pub(crate)`. Runtime modules take plain values from `config` (durations, statuses,
-//! outcomes already parsed); positions in the file stay inside `config`.
+//! `pub(crate)`. Runtime modules take plain values from `config`
+//! (durations, statuses and outcomes already parsed); positions in the
+//! file stay inside `config`.
 #![forbid(unsafe_code)]
 
 pub(crate) mod admin;
