@@ -6,7 +6,7 @@
 //!
 //! The assertions are on counts (amplification, fail-fast answers), never
 //! on timing; the latencies are printed for the record:
-//! `cargo test --release --test cascade -- --nocapture`.
+//! `cargo test --release --test e2e cascade:: -- --nocapture`.
 
 use crate::common::*;
 use std::sync::{Arc, Mutex};

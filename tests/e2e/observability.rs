@@ -18,13 +18,12 @@ use std::time::{Duration, Instant};
 fn observed_gateway() -> (Gateway, Upstream) {
     let pay = Upstream::start("payments");
     let dead = format!("127.0.0.1:{}", free_port());
-    let echo = format!("127.0.0.1:{}", free_port());
     let default = std::fs::read_to_string(repo().join("config/gateway.toml")).unwrap();
-    let gw = Gateway::start_with(tempdir::Dir::new(), |addr, admin| {
+    let gw = Gateway::start_with_echo(tempdir::Dir::new(), |addr, admin, echo| {
         let base = default
             .replace("${LISTEN:-127.0.0.1:8080}", &addr.to_string())
             .replace("${ADMIN_LISTEN:-127.0.0.1:9901}", &admin.to_string())
-            .replace("${ECHO_LISTEN:-127.0.0.1:9902}", &echo)
+            .replace("${ECHO_LISTEN:-127.0.0.1:9902}", &echo.to_string())
             .replace(
                 "dir = \"../plugins/dist\"",
                 &format!("dir = \"{}\"", plugin_dir().display()),

@@ -782,7 +782,7 @@ fn unique_version(bytes: &[u8], n: usize) -> Vec<u8> {
     out
 }
 
-/// Opt in: `cargo test --release --test reload -- --ignored --nocapture`.
+/// Opt in: `cargo test --release --test e2e reload:: -- --ignored --nocapture`.
 /// A thousand reloads, each compiling a plugin version never seen before,
 /// configuring a fresh filter instance, renewing an upstream and serving
 /// requests in between, must not grow the gateway's resident memory by

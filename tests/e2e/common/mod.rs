@@ -56,10 +56,12 @@ pub fn build_plugins() {
 }
 
 /// A loopback port nothing listens on once this returns (bound, then
-/// released). Only for what cannot be handed a socket: an address meant to
-/// refuse connections (a dead instance), or another program that binds its
-/// own (Redis, Prometheus, the gateway's `[echo]`). The gateway's own
-/// listeners are bound here and handed over; see [`Gateway::start_with_env`].
+/// released, so another process could take it meanwhile). Only for what
+/// cannot be handed a socket: an address meant to refuse connections (a
+/// dead instance), or another program that binds its own and may bind it
+/// again (Redis, restarted on the same port; Prometheus). The gateway's
+/// listeners, `[echo]` included, are bound by the harness and handed over;
+/// see [`Gateway::launch`].
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
@@ -324,34 +326,62 @@ impl Gateway {
         env: &[(&str, &str)],
         config: impl FnOnce(SocketAddr, SocketAddr) -> String,
     ) -> Gateway {
+        Gateway::launch(dir, env, &["server", "admin"], |a| config(a[0], a[1]))
+    }
+
+    /// Like `start_with`, with the `[echo]` upstream's listener handed over
+    /// too: `config` gets the proxy, admin and echo addresses.
+    pub fn start_with_echo(
+        dir: tempdir::Dir,
+        config: impl FnOnce(SocketAddr, SocketAddr, SocketAddr) -> String,
+    ) -> Gateway {
+        Gateway::launch(dir, &[], &["server", "admin", "echo"], |a| {
+            config(a[0], a[1], a[2])
+        })
+    }
+
+    /// Binds a loopback listener for each of `names` (`server` and `admin`
+    /// first, then `echo` when asked), writes the configuration `config`
+    /// makes from their addresses and starts the gateway with them.
+    ///
+    /// The listeners are bound here and handed to the gateway as it starts
+    /// (socket activation: fds 3, 4, … with `LISTEN_FDS` and
+    /// `LISTEN_FDNAMES`), so no other process can take a port between
+    /// choosing it and serving; the config's `listen` values only name
+    /// the same addresses.
+    fn launch(
+        dir: tempdir::Dir,
+        env: &[(&str, &str)],
+        names: &[&str],
+        config: impl FnOnce(&[SocketAddr]) -> String,
+    ) -> Gateway {
+        assert_eq!(names[..2], ["server", "admin"]);
         build_plugins();
-        // The listeners are bound here and handed to the gateway as it
-        // starts (socket activation: LISTEN_FDS, LISTEN_FDNAMES), so no
-        // other process can take a port between choosing it and serving.
-        let server = loopback_listener();
-        let admin_listener = loopback_listener();
-        let addr = server.local_addr().unwrap();
-        let admin = admin_listener.local_addr().unwrap();
+        let listeners: Vec<StdListener> = names.iter().map(|_| loopback_listener()).collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let (addr, admin) = (addrs[0], addrs[1]);
         let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, config(addr, admin)).unwrap();
+        std::fs::write(&path, config(&addrs)).unwrap();
         let mut command = Command::new(gateway_bin());
+        // The command owns the parent's copies and closes them once it is
+        // dropped, after the spawn: the gateway holds the only ones.
         command
-            .fd_mappings(vec![
-                FdMapping {
-                    parent_fd: server.into(),
-                    child_fd: 3,
-                },
-                FdMapping {
-                    parent_fd: admin_listener.into(),
-                    child_fd: 4,
-                },
-            ])
+            .fd_mappings(
+                listeners
+                    .into_iter()
+                    .zip(3..)
+                    .map(|(l, child_fd)| FdMapping {
+                        parent_fd: l.into(),
+                        child_fd,
+                    })
+                    .collect(),
+            )
             .expect("distinct descriptors");
         let child = command
             .args(["run", "--config"])
             .arg(&path)
-            .env("LISTEN_FDS", "2")
-            .env("LISTEN_FDNAMES", "server:admin")
+            .env("LISTEN_FDS", names.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
             .env("GATEWAY_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -360,6 +390,7 @@ impl Gateway {
             ))
             .spawn()
             .expect("start the gateway");
+        drop(command);
         let mut gw = Gateway {
             addr,
             admin,

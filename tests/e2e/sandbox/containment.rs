@@ -8,18 +8,35 @@ use std::time::{Duration, Instant};
 
 /// The WAT filter that attacks the canonical ABI (tests/plugins/hostile-abi),
 /// made a component with the gateway's own tool into the plugin folder.
+///
+/// Once per test run, and the file is replaced only when its bytes change:
+/// every running gateway of the test binary whose plugin folder is the
+/// shared one watches it, and a rewrite would reload them (or let one read
+/// a half-written file).
 fn hostile_abi() {
-    common::build_plugins();
-    let out = plugin_dir().join("hostile-abi.wasm");
-    let status = std::process::Command::new(common::gateway_bin())
-        .args(["plugin", "componentize"])
-        .arg(common::repo().join("tests/plugins/hostile-abi/filter.wat"))
-        .arg("-o")
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run gateway plugin componentize");
-    assert!(status.success(), "componentize hostile-abi");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        common::build_plugins();
+        let out = plugin_dir().join("hostile-abi.wasm");
+        let dir = tempdir::Dir::new();
+        let fresh = dir.path().join("hostile-abi.wasm");
+        let status = std::process::Command::new(common::gateway_bin())
+            .args(["plugin", "componentize"])
+            .arg(common::repo().join("tests/plugins/hostile-abi/filter.wat"))
+            .arg("-o")
+            .arg(&fresh)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run gateway plugin componentize");
+        assert!(status.success(), "componentize hostile-abi");
+        let bytes = std::fs::read(&fresh).unwrap();
+        if std::fs::read(&out).ok().as_deref() != Some(&bytes[..]) {
+            // Written beside it, then renamed: one event, a whole file.
+            let part = plugin_dir().join("hostile-abi.wasm.part");
+            std::fs::write(&part, &bytes).unwrap();
+            std::fs::rename(&part, &out).unwrap();
+        }
+    });
 }
 
 fn routes(names: &[&str]) -> String {
