@@ -11,7 +11,7 @@
 //! same load.
 
 #[path = "../tests/e2e/common/mod.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod common;
 
 use common::{Gateway, Upstream, tempdir};
