@@ -86,7 +86,11 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
         tracing::info!("admin listening on {}", l.local_addr()?);
         tokio::spawn(crate::admin::serve(l, reloader.clone()));
     }
-    let watcher = tokio::spawn(reloader.clone().watch());
+    let (watching, watched) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(reloader.clone().watch(watching));
+    // Serving (and so `/ready`) waits for the files to be watched, so an
+    // edit made as soon as the gateway answers is taken up.
+    let _ = watched.await;
     let hangups = {
         let reloader = reloader.clone();
         tokio::spawn(async move {

@@ -324,18 +324,22 @@ impl Reloader {
 
     /// Runs the watcher until the process ends; returns at once (after a
     /// log line) when the configuration is not a file or watching fails.
-    pub async fn watch(self: Arc<Self>) {
+    /// `watching` is told once the files are watched (or dropped when
+    /// nothing will be), so serving can wait for it: an edit made as soon
+    /// as the gateway answers is then seen.
+    pub async fn watch(self: Arc<Self>, watching: tokio::sync::oneshot::Sender<()>) {
         if matches!(self.source, ConfigSource::Embedded) || !self.watch.watch {
             return;
         }
-        if let Err(e) = self.watch_loop().await {
+        if let Err(e) = self.watch_loop(watching).await {
             tracing::error!(
                 "file watcher stopped, reload with SIGHUP or POST /admin/reload: {e:#}"
             );
         }
     }
 
-    async fn watch_loop(&self) -> anyhow::Result<()> {
+    async fn watch_loop(&self, watching: tokio::sync::oneshot::Sender<()>) -> anyhow::Result<()> {
+        let mut watching = Some(watching);
         use notify::Watcher;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -359,6 +363,9 @@ impl Reloader {
                         Err(e) => tracing::warn!("cannot watch {}: {e}", d.display()),
                     }
                 }
+            }
+            if let Some(w) = watching.take() {
+                let _ = w.send(());
             }
             // Wait for a change to a file the configuration depends on, or
             // for a reload by other means (SIGHUP, the admin endpoint), after
