@@ -388,11 +388,9 @@ mod tests {
 
     #[test]
     fn durations() {
+        // The cases config/tests.rs checks through a config are not repeated.
         let d = |s: &str| Millis::try_from(s.to_string()).map(|m| m.0);
-        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(d("1d"), Ok(Duration::from_secs(86_400)));
-        assert!(d("10").is_err());
         assert!(d("ms").is_err());
         assert!(d("5 s").is_err());
         assert!(d("400d").unwrap_err().contains("longer than a year"));

@@ -310,8 +310,6 @@ impl Upstream {
             }
         };
         let carry = previous.map(|(_, c)| c).unwrap_or_default();
-        let (same_breaker, same_health, same_outlier) =
-            (carry.breakers, carry.health, carry.outliers);
         let n = instances.len();
         let endpoints: Vec<Arc<Endpoint>> = (0..n)
             .map(|i| {
@@ -323,26 +321,26 @@ impl Upstream {
             })
             .collect();
         let breakers: Vec<Arc<Breaker>> = (0..n)
-            .map(|i| match carried(same_breaker, i) {
+            .map(|i| match carried(carry.breakers, i) {
                 Some((up, j)) => up.breakers[j].clone(),
                 None => Arc::new(Breaker::new(cfg.breaker.clone())),
             })
             .collect();
         let health: Vec<Arc<health::Health>> = (0..n)
-            .map(|i| match carried(same_health, i) {
+            .map(|i| match carried(carry.health, i) {
                 Some((up, j)) => up.health[j].clone(),
                 None => Arc::default(),
             })
             .collect();
         // The old checker would go on writing to the health records this
         // one now shares until the old configuration's last request ends.
-        if let Some((up, _)) = previous.filter(|_| same_health)
+        if let Some((up, _)) = previous.filter(|_| carry.health)
             && let Some(t) = up.checker.lock().take()
         {
             t.abort();
         }
         let outliers: Vec<Arc<outlier::Outlier>> = (0..n)
-            .map(|i| match carried(same_outlier, i) {
+            .map(|i| match carried(carry.outliers, i) {
                 Some((up, j)) => up.outliers[j].clone(),
                 None => Arc::default(),
             })
