@@ -10,12 +10,17 @@ SHIPPED := headers ratelimit auth tenant
 EXAMPLES := target/examples
 PY_TOOLS := target/toolchains/python/bin
 
-.PHONY: setup plugins build run test bench bench-deps vs-nginx peers profile soak-reload examples fuzz
+.PHONY: setup setup-run plugins build run test bench bench-deps vs-nginx peers profile soak-reload examples fuzz
+
+# Serving needs Rust and its wasm target; the tests and the examples also
+# need Redis, Prometheus, Node.js and Python (scripts/setup.sh says which).
+setup-run:
+	scripts/setup.sh --run
 
 setup:
 	scripts/setup.sh
 
-plugins: setup
+plugins: setup-run
 	$(CARGO) build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/plugins
 	@mkdir -p plugins/dist
 	@for p in $(SHIPPED); do \
@@ -26,15 +31,15 @@ build: plugins
 	$(CARGO) build --release
 
 run: build
-	$(CARGO) run --release --bin gateway -- run
+	target/release/gateway run
 
-test: plugins
+test: setup plugins
 	$(CARGO) test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native
 	$(CARGO) test --release
 
 # server-timing (Rust), shard-header (JavaScript), deny-paths (Python) and
 # require-user-agent (WAT), built into target/examples.
-examples: build
+examples: setup build
 	@mkdir -p $(EXAMPLES)
 	cp $(PLUGIN_OUT)/server_timing.wasm $(EXAMPLES)/server-timing.wasm
 	cd plugins/examples/shard-header && npm run --silent build
@@ -46,6 +51,7 @@ bench: examples
 	$(CARGO) bench --bench filters
 	$(CARGO) bench --bench allocations
 	$(CARGO) bench --bench languages
+	$(CARGO) bench --bench startup
 
 bench-deps:
 	scripts/setup.sh --bench

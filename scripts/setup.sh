@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what building and testing need and a fresh machine lacks:
-# the wasm32-wasip2 Rust target, redis-server (the shared-state tests start
+# Installs what building and testing need and a fresh machine lacks.
+# With --run, only what serving needs: the wasm32-wasip2 Rust target
+# (`make run`). Otherwise also what the tests and the examples use:
+# redis-server (the shared-state tests start
 # their own), prometheus and promtool (the observability tests run a real
 # Prometheus and check the alert rules), the JavaScript and Python filter
 # toolchains at the versions the examples pin (componentize-js from npm into
@@ -13,6 +15,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   echo "setup: adding the wasm32-wasip2 Rust target"
   rustup target add wasm32-wasip2
 fi
+[[ "${1:-}" == "--run" ]] && exit 0
 
 need_apt=()
 want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
@@ -23,6 +26,7 @@ want promtool prometheus
 want node nodejs
 want npm npm
 want python3 python3
+want git git
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [[ "${1:-}" == "--bench" ]]; then
   want nginx nginx-light

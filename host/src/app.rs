@@ -18,7 +18,10 @@ pub async fn check(source: &ConfigSource) -> anyhow::Result<String> {
     let config = source.load()?;
     let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
     let state = Arc::new(State::from_config(&config.state, metrics.clone()));
-    let runtime = Runtime::with_state(metrics.clone(), state)?;
+    let mut runtime = Runtime::with_state(metrics.clone(), state)?;
+    if let Some(dir) = config.compile_cache_dir() {
+        runtime.use_compile_cache(&dir);
+    }
     let routes = config.routes.len();
     let mut cache = PluginCache::default();
     let (gw, _) = assemble::build(config, &runtime, metrics, &mut cache, None).await?;
@@ -37,7 +40,10 @@ pub fn check_plugin_file(path: &std::path::Path) -> anyhow::Result<Result<String
         Err(e) => return Ok(Err(format!("cannot read {}: {e}", path.display()))),
     };
     let metrics = Arc::new(Metrics::new(&MetricsConfig::default().duration_buckets)?);
-    let runtime = Runtime::new(metrics)?;
+    let mut runtime = Runtime::new(metrics)?;
+    if let Some(dir) = crate::plugin::compile_cache::default_dir() {
+        runtime.use_compile_cache(&dir);
+    }
     Ok(match runtime.check_plugin(&bytes) {
         Ok(fit) => Ok(format!("{}: {fit}", path.display())),
         Err(why) => Err(format!("{} is not a filter plugin: {why}", path.display())),
@@ -54,6 +60,33 @@ pub fn componentize_file(module: &std::path::Path, out: &std::path::Path) -> any
     std::fs::write(out, component).with_context(|| format!("cannot write {}", out.display()))
 }
 
+/// `gateway cache prune`: removes compiled plugins this gateway cannot load
+/// and those not used for `unused_for`, from `dir` (by default the one
+/// `[plugins]` uses when it names none).
+pub fn prune_cache(
+    dir: Option<std::path::PathBuf>,
+    unused_for: std::time::Duration,
+) -> anyhow::Result<String> {
+    let dir = dir
+        .or_else(crate::plugin::compile_cache::default_dir)
+        .context("no cache directory: set XDG_CACHE_HOME or HOME, or pass --dir")?;
+    if !dir.exists() {
+        return Ok(format!("{}: no compile cache here", dir.display()));
+    }
+    let metrics = Arc::new(Metrics::new(&MetricsConfig::default().duration_buckets)?);
+    let runtime = Runtime::new(metrics)?;
+    let cache = crate::plugin::compile_cache::CompileCache::open(&dir, runtime.engine())
+        .map_err(anyhow::Error::msg)?;
+    let (files, bytes) = cache
+        .prune(unused_for)
+        .with_context(|| format!("cannot prune {}", dir.display()))?;
+    Ok(format!(
+        "{}: removed {files} entries, {:.1} MB",
+        dir.display(),
+        bytes as f64 / 1e6
+    ))
+}
+
 /// `gateway run`: serve until SIGTERM or SIGINT, then drain; reload on
 /// file changes, SIGHUP and `POST /admin/reload`.
 pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<()> {
@@ -61,7 +94,11 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
     let state = Arc::new(State::from_config(&config.state, metrics.clone()));
     tracing::info!("plugin state in {}", state.backend());
-    let runtime = Arc::new(Runtime::with_state(metrics.clone(), state)?);
+    let mut runtime = Runtime::with_state(metrics.clone(), state)?;
+    if let Some(dir) = config.compile_cache_dir() {
+        runtime.use_compile_cache(&dir);
+    }
+    let runtime = Arc::new(runtime);
     metrics.start_outputs(&config)?;
     let server_listen = config.server.listen;
     let workers = config.server.worker_count();

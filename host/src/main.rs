@@ -14,18 +14,44 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The least severe lines logged: trace, debug, info, warn or error.
+    /// `GATEWAY_LOG`, when set, takes tracing's fuller syntax instead
+    /// (`info,gateway::proxy=debug`). Filters' own lines are chosen by
+    /// each filter's `log_level`.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<tracing::Level>,
+    /// `text` (the default) or `json`, one object per line.
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve with a configuration (default: config/gateway.toml, or the copy
     /// built into the binary when that file is absent).
+    ///
+    /// Listens where `[server]`, `[admin]` and `[echo]` say (or on sockets a
+    /// supervisor hands over: LISTEN_FDS, with LISTEN_FDNAMES naming them
+    /// server, admin, echo). Reloads when the config file or a plugin file
+    /// changes, on SIGHUP and on `POST /admin/reload`; a reload that fails
+    /// keeps the running configuration. SIGTERM or SIGINT drains open
+    /// requests for `[server] shutdown_grace`, then exits. `/ready` on the
+    /// admin listener answers 200 once requests are served.
     Run {
+        /// The TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Parse and validate a configuration and load every plugin, then exit.
+    /// Errors name the file, line and column; the exit status is 1.
     Check {
+        /// The TOML configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -33,6 +59,25 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Manage the compile cache (compiled plugins kept across restarts).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Remove entries this gateway cannot load (another version or engine
+    /// settings) and those not used for DAYS days.
+    Prune {
+        /// The cache directory (default: $XDG_CACHE_HOME/gateway/plugins).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Remove entries not used for this many days; 0 removes all.
+        #[arg(long, default_value_t = 30, value_name = "DAYS")]
+        unused_for: u64,
     },
 }
 
@@ -48,6 +93,30 @@ enum PluginCommand {
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// Write a new filter project: an example filter, its build, a test
+    /// and a README, ready to build outside this repository.
+    New {
+        /// The filter's name: lower-case letters, digits, `-` and `_`.
+        name: String,
+        #[arg(long, value_enum)]
+        lang: gateway::authoring::scaffold::Lang,
+        /// Where (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run FILE against the requests in a file, without a gateway: prints
+    /// each decision, the headers and the filter's log lines, and exits 1
+    /// when a request does not get what it expects.
+    Test {
+        file: PathBuf,
+        /// The filter's settings: a TOML file holding what
+        /// `[filters.NAME.config]` would.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The requests: `[[request]]` tables (see README.md).
+        #[arg(long)]
+        request: PathBuf,
+    },
 }
 
 const DEFAULT_CONFIG: &str = "config/gateway.toml";
@@ -62,18 +131,41 @@ fn source(path: Option<PathBuf>) -> ConfigSource {
     }
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+/// Logs to standard error at the level the command line or `GATEWAY_LOG`
+/// gives for the gateway's own lines. Filters' lines (target
+/// `gateway::filter`) are chosen by each filter's `log_level` instead,
+/// unless `GATEWAY_LOG` names that target itself.
+fn init_logging(level: Option<tracing::Level>, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let directives = match (level, std::env::var("GATEWAY_LOG")) {
+        (None, Ok(directives)) if EnvFilter::try_new(&directives).is_ok() => directives,
+        (None, Ok(directives)) => {
+            eprintln!("warning: GATEWAY_LOG={directives:?} is not understood; logging at info");
+            "info".to_string()
+        }
+        (level, _) => level.unwrap_or(tracing::Level::INFO).to_string(),
+    };
+    let filter = if directives.contains("gateway::filter") {
+        EnvFilter::new(directives)
+    } else {
+        EnvFilter::new(format!("{directives},gateway::filter=trace"))
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
         // Colour only for a person at a terminal; a file or a collector
         // gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_level, cli.log_format);
     // Before the runtime's threads start: taking the sockets edits the
     // environment.
     let inherited = match gateway::listeners::Inherited::from_env() {
@@ -115,6 +207,40 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Plugin {
+            command: PluginCommand::New { name, lang, dir },
+        } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            gateway::authoring::scaffold::new_filter(&name, lang, &dir).map(|msg| println!("{msg}"))
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    file,
+                    config,
+                    request,
+                },
+        } => match runtime.block_on(gateway::authoring::runner::run(
+            &file,
+            config.as_deref(),
+            &request,
+        )) {
+            Ok((report, passed)) => {
+                print!("{report}");
+                if !passed {
+                    return ExitCode::FAILURE;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Command::Cache {
+            command: CacheCommand::Prune { dir, unused_for },
+        } => gateway::app::prune_cache(
+            dir,
+            std::time::Duration::from_secs(unused_for.saturating_mul(86_400)),
+        )
+        .map(|msg| println!("{msg}")),
         Command::Plugin {
             command: PluginCommand::Componentize { module, out },
         } => gateway::app::componentize_file(&module, &out)

@@ -319,6 +319,10 @@ impl Reloader {
             "running_since": status.running_since.map(rfc3339),
             "last_reload": status.last.as_ref().map(attempt_json),
             "plugins": plugins,
+            "compile_cache": self.runtime.compile_cache().map(|c| json!({
+                "dir": c.dir().display().to_string(),
+                "counts": c.counts(),
+            })),
         })
     }
 

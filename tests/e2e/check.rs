@@ -3,7 +3,6 @@
 //! messages are matched exactly: they are what an operator reads.
 
 use crate::common::*;
-use std::process::Command;
 
 fn check(body: &str) -> (bool, String, String) {
     check_config(body)
@@ -160,7 +159,7 @@ fn not_a_component() {
     std::fs::write(dir.path().join("junk.wasm"), b"\0asm not really").unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, format!("[server]\nlisten = \"127.0.0.1:0\"\n[plugins]\ndir = \"{}\"\n[filters.j]\nplugin = \"junk\"\n", dir.path().display())).unwrap();
-    let out = Command::new(gateway_bin())
+    let out = gateway_command()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -326,7 +325,7 @@ fn check_file(text: &str, env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempdir::Dir::new();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(gateway_bin())
+    let out = gateway_command()
         .args(["check", "--config"])
         .arg(&path)
         .env("GATEWAY_LOG", "error")

@@ -2,8 +2,7 @@
 //! `gateway check` gives for it (see that folder's README). `BLESS=1`
 //! rewrites the `.err` files from the current output, for a reviewed diff.
 
-use crate::common::{build_plugins, gateway_bin, repo};
-use std::process::Command;
+use crate::common::{build_plugins, gateway_command, repo};
 
 #[test]
 fn each_bad_config_is_refused_with_its_exact_message_and_position() {
@@ -21,7 +20,7 @@ fn each_bad_config_is_refused_with_its_exact_message_and_position() {
     let bless = std::env::var_os("BLESS").is_some();
     let mut wrong = Vec::new();
     for case in &cases {
-        let out = Command::new(gateway_bin())
+        let out = gateway_command()
             .current_dir(repo())
             .args(["check", "--config"])
             .arg(format!("tests/config-errors/{case}.toml"))

@@ -8,7 +8,7 @@
 //! Also `gateway plugin check` on those components, on a core module, on a
 //! component of another world and on a JavaScript build that imports HTTP.
 
-use crate::common::{Gateway, Upstream, gateway_bin, metric, repo, tempdir};
+use crate::common::{Gateway, Upstream, gateway_command, metric, repo, tempdir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -71,10 +71,38 @@ fn built() -> &'static Path {
                 .arg(out.join("deny-paths.wasm")),
         );
 
+        // The test filters that print and raise, with the same toolchains.
+        run(
+            "componentize-py (raise-py)",
+            Command::new(repo().join("target/toolchains/python/bin/componentize-py"))
+                .arg("-d")
+                .arg(repo().join("wit"))
+                .args(["-w", "plugin", "componentize", "-p"])
+                .arg(repo().join("tests/plugins/raise-py"))
+                .args(["raise_on", "-o"])
+                .arg(out.join("raise-py.wasm")),
+        );
+        run(
+            "componentize-js (raise-js)",
+            Command::new(examples.join("shard-header/node_modules/.bin/componentize-js"))
+                .arg(repo().join("tests/plugins/raise-js/filter.js"))
+                .arg("--wit")
+                .arg(repo().join("wit"))
+                .args([
+                    "--world-name",
+                    "plugin",
+                    "--disable",
+                    "http",
+                    "fetch-event",
+                    "--out",
+                ])
+                .arg(out.join("raise-js.wasm")),
+        );
+
         // WAT, with the gateway itself.
         run(
             "gateway plugin componentize (require-user-agent)",
-            Command::new(gateway_bin())
+            gateway_command()
                 .args(["plugin", "componentize"])
                 .arg(examples.join("require-user-agent/filter.wat"))
                 .arg("-o")
@@ -142,9 +170,13 @@ filters = ["ua", "deny", "shard", "timing"]
 }
 
 fn start(upstream: &Upstream) -> Gateway {
+    start_with_env(upstream, &[])
+}
+
+fn start_with_env(upstream: &Upstream, env: &[(&str, &str)]) -> Gateway {
     let plugins = built();
     let up = upstream.addr;
-    Gateway::start_with(tempdir::Dir::new(), |listen, admin| {
+    Gateway::start_with_env(tempdir::Dir::new(), env, |listen, admin| {
         let preamble = crate::common::preamble(listen, admin).replace(
             &crate::common::plugin_dir().display().to_string(),
             &plugins.display().to_string(),
@@ -308,7 +340,7 @@ fn each_language_refuses_bad_settings_with_its_own_words() {
 
 /// `gateway plugin check FILE`: (success, what it printed).
 fn plugin_check(file: &Path) -> (bool, String) {
-    let out = Command::new(gateway_bin())
+    let out = gateway_command()
         .args(["plugin", "check"])
         .arg(file)
         .env("GATEWAY_LOG", "error")
@@ -397,4 +429,205 @@ fn plugin_check_tells_filters_from_what_is_not() {
         stderr.contains("does not match the gateway:filter world: it exports no"),
         "{stderr}"
     );
+}
+
+/// What a filter prints reaches the gateway's log, and so does the
+/// exception that fails a call (a Python traceback, a JavaScript error),
+/// each line tagged with the filter, the plugin and the request id; a
+/// filter's `log_level` keeps its lower lines out.
+#[test]
+fn python_and_javascript_output_and_exceptions_reach_the_log() {
+    let upstream = Upstream::start("app");
+    let plugins = built();
+    let up = upstream.addr;
+    let gw = Gateway::start_with(tempdir::Dir::new(), |listen, admin| {
+        let preamble = crate::common::preamble(listen, admin).replace(
+            &crate::common::plugin_dir().display().to_string(),
+            &plugins.display().to_string(),
+        );
+        let route = |id: &str| {
+            format!(
+                "[[route]]\nid = \"{id}\"\npath_prefix = \"/{id}\"\nupstream = \"app\"\nfilters = [\"{id}\"]\n"
+            )
+        };
+        format!(
+            "{preamble}[upstreams.app]\ninstances = [\"{up}\"]\n\
+             [filters.py]\nplugin = \"raise-py\"\n\
+             [filters.js]\nplugin = \"raise-js\"\n\
+             [filters.quiet]\nplugin = \"raise-py\"\nlog_level = \"error\"\n{}{}{}",
+            route("py"),
+            route("js"),
+            route("quiet")
+        )
+    });
+    let id_of = |path: &str, status: u16| {
+        let r = gw.get(path, &[]);
+        assert_eq!(r.status, status, "{path}: {}", r.body_text());
+        r.header("x-request-id").unwrap().to_string()
+    };
+    let lines_of = |id: &str| -> Vec<String> {
+        gw.log()
+            .lines()
+            .filter(|l| l.contains(id))
+            .map(str::to_owned)
+            .collect()
+    };
+    let has = |lines: &[String], parts: &[&str]| {
+        lines.iter().any(|l| parts.iter().all(|p| l.contains(p)))
+    };
+
+    let ok = id_of("/py/ok", 200);
+    let raised = id_of("/py/raise", 500);
+    let js_ok = id_of("/js/ok", 200);
+    let js_raised = id_of("/js/raise", 500);
+    let quiet_ok = id_of("/quiet/ok", 200);
+    let quiet_raised = id_of("/quiet/raise", 500);
+    // Lines are written after the call returns; give the log a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline
+        && !has(&lines_of(&js_raised), &["raise-js refuses /js/raise"])
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let l = lines_of(&ok);
+    assert!(
+        has(
+            &l,
+            &[
+                "raise-py saw /py/ok",
+                "source=\"stdout\"",
+                "filter=\"py\"",
+                "plugin=\"raise-py\""
+            ]
+        ),
+        "Python's print, tagged: {l:#?}"
+    );
+    let l = lines_of(&raised);
+    assert!(
+        has(&l, &["Traceback", "source=\"stderr\""]),
+        "Python's traceback: {l:#?}"
+    );
+    assert!(
+        has(&l, &["ValueError: raise-py refuses /py/raise"]),
+        "the exception's message: {l:#?}"
+    );
+    assert!(has(&l, &["in refuse"]), "the frame that raised: {l:#?}");
+    assert!(has(&l, &["filter call failed"]), "and the failure: {l:#?}");
+
+    let l = lines_of(&js_ok);
+    assert!(
+        has(
+            &l,
+            &[
+                "raise-js saw /js/ok",
+                "filter=\"js\"",
+                "plugin=\"raise-js\""
+            ]
+        ),
+        "JavaScript's console.log, tagged: {l:#?}"
+    );
+    let l = lines_of(&js_raised);
+    assert!(
+        has(&l, &["raise-js refuses /js/raise", "source=\"stderr\""]),
+        "JavaScript's exception: {l:#?}"
+    );
+
+    // `log_level = "error"`: the printed line (info) and the traceback
+    // (warn) are left out; the gateway's own failure line is not.
+    assert!(
+        !has(&lines_of(&quiet_ok), &["raise-py saw"]),
+        "{:#?}",
+        lines_of(&quiet_ok)
+    );
+    let l = lines_of(&quiet_raised);
+    assert!(!has(&l, &["Traceback"]), "{l:#?}");
+    assert!(has(&l, &["filter call failed"]), "{l:#?}");
+}
+
+/// A restart finds the four filters compiled in the compile cache instead
+/// of compiling them again (the admin endpoint counts hits and misses),
+/// `plugin check` reads the same cache, and `gateway cache prune` empties
+/// it. How much time that saves is measured by `benches/startup.rs`.
+#[test]
+fn a_restart_loads_compiled_filters_from_the_cache() {
+    let upstream = Upstream::start("app");
+    let scratch = tempdir::Dir::new();
+    let xdg = scratch.path().display().to_string();
+    let env = [("XDG_CACHE_HOME", xdg.as_str())];
+    let counts = |gw: &Gateway| {
+        let r = gw.admin("GET", "/admin/plugins");
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let c = &v["compile_cache"];
+        assert_eq!(
+            c["dir"],
+            format!("{xdg}/gateway/plugins"),
+            "{}",
+            r.body_text()
+        );
+        (
+            c["counts"]["hits"].as_u64().unwrap(),
+            c["counts"]["misses"].as_u64().unwrap(),
+            c["counts"]["errors"].as_u64().unwrap(),
+        )
+    };
+    let serves = |gw: &Gateway| {
+        let r = gw.get("/app/x", &[UA]);
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert!(upstream.last().header("x-shard").is_some());
+    };
+
+    let gw = start_with_env(&upstream, &env);
+    assert_eq!(counts(&gw), (0, 4, 0), "a cold cache compiles all four");
+    serves(&gw);
+    drop(gw);
+    let cache = scratch.path().join("gateway/plugins");
+    let entries = || {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "cwasm")
+            })
+            .count()
+    };
+    assert_eq!(entries(), 4);
+
+    let gw = start_with_env(&upstream, &env);
+    assert_eq!(counts(&gw), (4, 0, 0), "a restart compiles none");
+    serves(&gw);
+    drop(gw);
+
+    // A hit reads the entry; a miss would write a new file in its place.
+    let inodes = || -> Vec<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let mut v: Vec<u64> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().ino())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let before = inodes();
+    let plugin_check = gateway_command()
+        .args(["plugin", "check"])
+        .arg(built().join("deny-paths.wasm"))
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(plugin_check.status.success());
+    assert_eq!(inodes(), before, "plugin check read its entry, wrote none");
+
+    let prune = gateway_command()
+        .args(["cache", "prune", "--unused-for", "0"])
+        .envs(env)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&prune.stdout);
+    assert!(prune.status.success(), "{said}");
+    assert!(said.contains("removed 4 entries"), "{said}");
+    assert_eq!(entries(), 0);
 }

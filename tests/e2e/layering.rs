@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["serving"],
     &["assemble", "proxy"],
     &["server", "reload"],
-    &["admin"],
+    &["admin", "authoring"],
     &["app"],
 ];
 

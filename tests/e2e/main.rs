@@ -7,6 +7,7 @@
 mod common;
 
 mod auth;
+mod authoring;
 mod cascade;
 mod check;
 mod config_errors;

@@ -28,6 +28,21 @@ pub enum Isolation {
     Request,
 }
 
+/// The least severe of a filter's log lines the gateway writes: its
+/// `host.log` calls and what it prints to standard output (`info`) and
+/// standard error (`warn`). Lines below it are dropped before they count
+/// against the filter's log budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterLogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
@@ -53,6 +68,9 @@ pub struct FilterConfig {
     /// nothing a request leaves in the instance's memory reaches another.
     #[serde(default)]
     pub isolation: Isolation,
+    /// The least severe of the filter's own log lines that are written.
+    #[serde(default)]
+    pub log_level: FilterLogLevel,
     /// Environment variables the filter may read, by name; their values are
     /// taken from the gateway's environment when the filter is configured.
     /// None by default.

@@ -23,10 +23,11 @@ mod upstreams;
 mod validate;
 
 pub use env::Env;
-pub use filters::{FailurePolicy, FilterConfig, Isolation, MAX_CONFIG_FILE_BYTES};
+pub use filters::{FailurePolicy, FilterConfig, FilterLogLevel, Isolation, MAX_CONFIG_FILE_BYTES};
 pub use routes::{MIN_BUDGET_WINDOW, RetryConfig, RouteConfig};
 pub use server::{
     AdminConfig, EchoConfig, PathParameters, PluginsConfig, ReloadConfig, ServerConfig,
+    default_compile_cache_dir,
 };
 pub use state::{MAX_WINDOW, StateBackend, StateConfig};
 pub use telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
@@ -164,6 +165,17 @@ impl Config {
         self.base_dir
             .join(&self.plugins.dir)
             .join(format!("{plugin}.wasm"))
+    }
+
+    /// Where compiled plugins are kept, if anywhere.
+    pub fn compile_cache_dir(&self) -> Option<PathBuf> {
+        if !self.plugins.compile_cache {
+            return None;
+        }
+        match &self.plugins.compile_cache_dir {
+            Some(d) => Some(self.base_dir.join(d)),
+            None => server::default_compile_cache_dir(),
+        }
     }
 
     /// Each section's own rules, then those that span sections.

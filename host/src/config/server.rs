@@ -173,14 +173,35 @@ pub struct PluginsConfig {
     /// Where plugin files are found, relative to the config file.
     #[serde(default = "defaults::plugin_dir")]
     pub dir: PathBuf,
+    /// Keep compiled plugins on disk, so a restart loads them instead of
+    /// compiling them again. Read at start; a reload keeps the cache the
+    /// gateway started with.
+    #[serde(default = "defaults::compile_cache")]
+    pub compile_cache: bool,
+    /// Where: relative to the config file; by default
+    /// `$XDG_CACHE_HOME/gateway/plugins` (or `~/.cache/gateway/plugins`).
+    pub compile_cache_dir: Option<PathBuf>,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             dir: defaults::plugin_dir(),
+            compile_cache: defaults::compile_cache(),
+            compile_cache_dir: None,
         }
     }
+}
+
+/// Where compiled plugins are kept when `[plugins]` names no directory:
+/// `$XDG_CACHE_HOME/gateway/plugins`, else `$HOME/.cache/gateway/plugins`;
+/// none when neither variable is set.
+pub fn default_compile_cache_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".cache"),
+    };
+    Some(base.join("gateway").join("plugins"))
 }
 
 /// How file changes are taken up while serving. `debounce = "0ms"` is
@@ -249,5 +270,8 @@ mod defaults {
     }
     pub fn plugin_dir() -> PathBuf {
         PathBuf::from("../plugins/dist")
+    }
+    pub fn compile_cache() -> bool {
+        true
     }
 }

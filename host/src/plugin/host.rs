@@ -7,6 +7,8 @@ use super::bindings::gateway::filter::state;
 use super::bindings::gateway::filter::{host, types};
 use super::bindings::{HeaderStats, LogLevel};
 use super::bindings::{StateCounter, StateCounterOp, WitStateError};
+use super::output::Captured;
+use crate::config::FilterLogLevel;
 use crate::state::{CounterOp, Owner, State, StateError};
 use crate::telemetry::log_limit::LogQuota;
 use crate::telemetry::{Metrics, PluginMetricKind, PluginSeries};
@@ -120,8 +122,11 @@ pub struct HostState {
     pub state: Arc<State>,
     /// The filter's handle on the state, under its quota.
     pub state_owner: Arc<Owner>,
-    /// The filter's log lines a second, shared by its instances.
-    pub log_quota: Arc<LogQuota>,
+    /// Which of the filter's log lines are written, and how many a second.
+    pub log: LogPolicy,
+    /// What the instance prints, logged after each call.
+    stdout: Captured,
+    stderr: Captured,
     /// Every route id in the configuration the filter was loaded with.
     pub route_ids: Arc<[String]>,
     /// The request being served, for the log (shared, not copied, per call).
@@ -226,11 +231,12 @@ impl HostState {
         metrics: Arc<Metrics>,
         state: Arc<State>,
         state_owner: Arc<Owner>,
-        log_quota: Arc<LogQuota>,
+        log: LogPolicy,
         route_ids: Arc<[String]>,
         limits: StoreLimits,
         grants: &Grants,
     ) -> HostState {
+        let (stdout, stderr) = (Captured::default(), Captured::default());
         HostState {
             table: {
                 // WASI handles (streams, pollables) a filter opens live in
@@ -239,14 +245,16 @@ impl HostState {
                 t.set_max_capacity(MAX_RESOURCES);
                 t
             },
-            wasi: grants.wasi(),
+            wasi: grants.wasi(&stdout, &stderr),
             limits: Limits::new(limits),
             filter,
             plugin,
             metrics,
             state,
             state_owner,
-            log_quota,
+            log,
+            stdout,
+            stderr,
             route_ids,
             request: None,
             budget: CallBudget::default(),
@@ -259,7 +267,8 @@ impl HostState {
 
 /// What a filter's configuration grants it beyond the world's imports.
 /// Nothing by default: no files, no environment, no network, no standard
-/// input; standard output and error go nowhere.
+/// input; standard output and error go to the gateway's log (see
+/// `output`).
 #[derive(Debug, Default, Clone)]
 pub struct Grants {
     /// Environment variables, read when the filter is configured.
@@ -269,8 +278,10 @@ pub struct Grants {
 }
 
 impl Grants {
-    fn wasi(&self) -> WasiCtx {
+    fn wasi(&self, stdout: &Captured, stderr: &Captured) -> WasiCtx {
         let mut b = WasiCtx::builder();
+        b.stdout(stdout.clone());
+        b.stderr(stderr.clone());
         // No sockets: TCP, UDP and name lookup off, and every address
         // refused should one be turned on. These are wasmtime-wasi's
         // defaults; stated here so that a change of default cannot open
@@ -595,19 +606,42 @@ impl types::HostResponse for HostState {
     }
 }
 
-impl host::Host for HostState {
-    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+/// How severe a level is, least first.
+fn rank(level: LogLevel) -> FilterLogLevel {
+    match level {
+        LogLevel::Trace => FilterLogLevel::Trace,
+        LogLevel::Debug => FilterLogLevel::Debug,
+        LogLevel::Info => FilterLogLevel::Info,
+        LogLevel::Warn => FilterLogLevel::Warn,
+        LogLevel::Error => FilterLogLevel::Error,
+    }
+}
+
+/// Which of a filter's log lines are written: those at `level` or more
+/// severe, at most `quota` a second over all its instances.
+#[derive(Clone)]
+pub struct LogPolicy {
+    pub level: FilterLogLevel,
+    pub quota: Arc<LogQuota>,
+}
+
+impl HostState {
+    /// Writes one of the filter's lines, from `source` (`log`, `stdout` or
+    /// `stderr`), under its level, its per-call budget and its quota.
+    fn write_log(&mut self, level: LogLevel, mut message: String, source: &'static str) {
+        if rank(level) < self.log.level {
+            return;
+        }
         if self.budget.log_lines >= MAX_LOG_LINES_PER_CALL {
             self.budget.log_dropped += 1;
-            return Ok(());
+            return;
         }
         self.budget.log_lines += 1;
-        let Some(suppressed) = self.log_quota.admit() else {
-            return Ok(());
+        let Some(suppressed) = self.log.quota.admit() else {
+            return;
         };
         // Recorded only when lines were left out.
         let suppressed = (suppressed.0 > 0).then_some(suppressed.0);
-        let mut message = message;
         if message.len() > MAX_LOG_MESSAGE {
             let mut cut = MAX_LOG_MESSAGE;
             while !message.is_char_boundary(cut) {
@@ -617,6 +651,7 @@ impl host::Host for HostState {
             message.push('…');
         }
         let filter = &*self.filter;
+        let plugin = &*self.plugin;
         let request_id = self.request.as_ref().map_or("-", |r| r.request_id.as_str());
         // The filter's words go in a field of the gateway's record, which
         // the log writes quoted with every line break and control character
@@ -624,21 +659,51 @@ impl host::Host for HostState {
         let text = message.as_str();
         match level {
             LogLevel::Trace => {
-                tracing::trace!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
+                tracing::trace!(target: "gateway::filter", filter, plugin, request_id, source, suppressed, text, "filter log")
             }
             LogLevel::Debug => {
-                tracing::debug!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
+                tracing::debug!(target: "gateway::filter", filter, plugin, request_id, source, suppressed, text, "filter log")
             }
             LogLevel::Info => {
-                tracing::info!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
+                tracing::info!(target: "gateway::filter", filter, plugin, request_id, source, suppressed, text, "filter log")
             }
             LogLevel::Warn => {
-                tracing::warn!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
+                tracing::warn!(target: "gateway::filter", filter, plugin, request_id, source, suppressed, text, "filter log")
             }
             LogLevel::Error => {
-                tracing::error!(target: "gateway::filter", filter, request_id, suppressed, text, "filter log")
+                tracing::error!(target: "gateway::filter", filter, plugin, request_id, source, suppressed, text, "filter log")
             }
         }
+    }
+
+    /// Logs what the instance printed since the last time: standard output
+    /// at `info`, standard error (where panics and tracebacks go) at `warn`.
+    pub fn flush_output(&mut self) {
+        let streams = [
+            (self.stdout.take(), LogLevel::Info, "stdout"),
+            (self.stderr.take(), LogLevel::Warn, "stderr"),
+        ];
+        for ((lines, dropped), level, stream) in streams {
+            for line in lines {
+                self.write_log(level, line, stream);
+            }
+            if dropped > 0 {
+                self.write_log(
+                    level,
+                    format!(
+                        "{dropped} more bytes left out: a call's output is kept up to {} bytes",
+                        super::output::MAX_OUTPUT_PER_CALL
+                    ),
+                    stream,
+                );
+            }
+        }
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        self.write_log(level, message, "log");
         Ok(())
     }
     fn route_ids(&mut self) -> wasmtime::Result<Vec<String>> {
@@ -829,7 +894,10 @@ mod tests {
             metrics,
             state,
             owner,
-            Arc::new(LogQuota::new(MAX_LOG_LINES_PER_SECOND)),
+            LogPolicy {
+                level: FilterLogLevel::Trace,
+                quota: Arc::new(LogQuota::new(MAX_LOG_LINES_PER_SECOND)),
+            },
             Arc::from(Vec::new()),
             StoreLimits::default(),
             &Grants::default(),

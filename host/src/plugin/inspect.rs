@@ -49,10 +49,14 @@ impl std::fmt::Display for Fit {
 }
 
 /// Whether `bytes` are a component of the plugin world, explained.
-pub fn check(engine: &Engine, linker: &Linker<HostState>, bytes: &[u8]) -> Result<Fit, String> {
+pub fn check(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    bytes: &[u8],
+    compile: impl FnOnce(&[u8]) -> wasmtime::Result<Component>,
+) -> Result<Fit, String> {
     let binary = component_binary(bytes)?;
-    let component =
-        Component::new(engine, &binary).map_err(|e| format!("not a valid component: {e:#}"))?;
+    let component = compile(&binary).map_err(|e| format!("not a valid component: {e:#}"))?;
     check_component(engine, linker, &component)
         .map(|imports| Fit {
             bytes: binary.len(),
@@ -324,6 +328,16 @@ fn componentize_against(module: &[u8], wit: &str) -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_rust_sdk_carries_the_gateways_wit() {
+        // The SDK is used outside this repository, so it holds its own
+        // copy; a change to the world must change both.
+        assert_eq!(
+            include_str!("../../../plugins/sdk/wit/filter.wit"),
+            super::WIT_SOURCE,
+            "copy wit/filter.wit to plugins/sdk/wit/filter.wit"
+        );
+    }
 
     fn module_with_phases(sections: &[&str]) -> Vec<u8> {
         let customs: String = sections

@@ -7,14 +7,17 @@
 //! the filter's failure policy.
 
 pub mod bindings;
+pub mod compile_cache;
 pub mod host;
 pub mod inspect;
+mod output;
 
 use crate::config::{FailurePolicy, FilterConfig, Isolation};
 use crate::per_worker::PerWorker;
 use crate::state::State;
 use crate::telemetry::{FilterMetrics, Metrics, Phase, escape, shared};
 use bindings::{Action, Plugin, PluginPre, Reply};
+use compile_cache::CompileCache;
 use host::{HostState, RequestInfo, RequestState, ResponseState};
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
@@ -114,6 +117,8 @@ pub struct Runtime {
     /// serves requests.
     setup: Option<tokio::runtime::Runtime>,
     setup_handle: tokio::runtime::Handle,
+    /// Compiled plugins kept on disk across restarts, where one is used.
+    compile_cache: Option<Arc<CompileCache>>,
 }
 
 impl Drop for Runtime {
@@ -236,7 +241,38 @@ impl Runtime {
             ticker: Mutex::new(false),
             setup: Some(setup),
             setup_handle,
+            compile_cache: None,
         })
+    }
+
+    /// Keeps compiled plugins in `dir` (see `compile_cache`). A directory
+    /// that cannot be used is logged and the runtime compiles every time.
+    pub fn use_compile_cache(&mut self, dir: &Path) {
+        match CompileCache::open(dir, &self.engine) {
+            Ok(c) => {
+                tracing::info!("compiled plugins are kept in {}", dir.display());
+                self.compile_cache = Some(Arc::new(c));
+            }
+            Err(why) => {
+                tracing::warn!("no compile cache: {why}; plugins are compiled at every start")
+            }
+        }
+    }
+
+    pub fn compile_cache(&self) -> Option<&CompileCache> {
+        self.compile_cache.as_deref()
+    }
+
+    /// Compiles a component, or loads it from the compile cache.
+    fn component(
+        engine: &Engine,
+        cache: Option<&CompileCache>,
+        binary: &[u8],
+    ) -> wasmtime::Result<Component> {
+        match cache {
+            Some(c) => c.component(engine, binary),
+            None => Component::new(engine, binary),
+        }
     }
 
     /// Starts advancing the epoch, which call deadlines count. Not before
@@ -266,7 +302,9 @@ impl Runtime {
     /// `gateway plugin check`: whether `bytes` are a component this gateway
     /// can load as a filter, and if not, why in plain words.
     pub fn check_plugin(&self, bytes: &[u8]) -> Result<inspect::Fit, String> {
-        inspect::check(&self.engine, &self.linker, bytes)
+        inspect::check(&self.engine, &self.linker, bytes, |binary| {
+            Runtime::component(&self.engine, self.compile_cache(), binary)
+        })
     }
 
     /// Compiles a plugin file and checks it against the world.
@@ -285,7 +323,7 @@ impl Runtime {
             .map_err(wasmtime::Error::msg)
             .and_then(|binary| {
                 Ok((
-                    Component::new(&self.engine, &binary)?,
+                    Runtime::component(&self.engine, self.compile_cache(), &binary)?,
                     inspect::declared_phases(&binary),
                 ))
             });
@@ -303,10 +341,11 @@ impl Runtime {
         sha256: String,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let engine = self.engine.clone();
+        let cache = self.compile_cache.clone();
         let component = tokio::task::spawn_blocking(move || {
             let binary = inspect::component_binary(&bytes).map_err(wasmtime::Error::msg)?;
             Ok((
-                Component::new(&engine, &binary)?,
+                Runtime::component(&engine, cache.as_deref(), &binary)?,
                 inspect::declared_phases(&binary),
             ))
         })
@@ -415,9 +454,12 @@ impl Runtime {
                     max_window: cfg.state_max_window.map_or(d.max_window, |w| w.0),
                 }
             }),
-            log_quota: Arc::new(crate::telemetry::log_limit::LogQuota::new(
-                host::MAX_LOG_LINES_PER_SECOND,
-            )),
+            log: host::LogPolicy {
+                level: cfg.log_level,
+                quota: Arc::new(crate::telemetry::log_limit::LogQuota::new(
+                    host::MAX_LOG_LINES_PER_SECOND,
+                )),
+            },
             route_ids,
             warm: PerWorker::default(),
             replenishing: AtomicBool::new(false),
@@ -581,7 +623,7 @@ struct Maker {
     metrics: Arc<Metrics>,
     state: Arc<State>,
     state_owner: Arc<crate::state::Owner>,
-    log_quota: Arc<crate::telemetry::log_limit::LogQuota>,
+    log: host::LogPolicy,
     route_ids: Arc<[String]>,
     /// Pooled: instances that served calls, kept for the next. Request
     /// isolation: fresh instances not yet used. A call takes from its
@@ -685,7 +727,7 @@ impl Maker {
             self.metrics.clone(),
             self.state.clone(),
             self.state_owner.clone(),
-            self.log_quota.clone(),
+            self.log.clone(),
             self.route_ids.clone(),
             limits,
             &self.grants,
@@ -700,17 +742,19 @@ impl Maker {
         store.data_mut().call_started = now;
         store.data_mut().deadline = now + SETUP_DEADLINE;
         store.set_epoch_deadline(1);
-        let bindings = self
-            .plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| Setup::Failed(setup_failure("instantiation", e)))?;
-        match bindings
+        let bindings = match self.plugin.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => {
+                store.data_mut().flush_output();
+                return Err(Setup::Failed(setup_failure("instantiation", e)));
+            }
+        };
+        let configured = bindings
             .gateway_filter_filter()
             .call_configure(&mut store, &self.config_json)
-            .await
-        {
+            .await;
+        store.data_mut().flush_output();
+        match configured {
             Ok(Ok(())) => {
                 let limits = &mut store.data_mut().limits;
                 limits.configured_bytes = limits.memory_bytes;
@@ -928,6 +972,7 @@ impl Filter {
         self.bound.took(phase, started.elapsed());
         let phase_attrs = self.attrs(phase);
         let data = warm.store.data_mut();
+        data.flush_output();
         if data.budget.log_dropped > 0 {
             let request_id = data.request.as_ref().map_or("-", |r| r.request_id.as_str());
             tracing::warn!(

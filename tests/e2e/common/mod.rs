@@ -280,7 +280,7 @@ pub fn check_config(body: &str) -> (bool, String, String) {
         ),
     )
     .unwrap();
-    let out = Command::new(gateway_bin())
+    let out = gateway_command()
         .args(["check", "--config"])
         .arg(&path)
         .env("GATEWAY_LOG", "error")
@@ -300,6 +300,16 @@ pub fn check_config(body: &str) -> (bool, String, String) {
 /// does for a before-and-after).
 pub fn gateway_bin() -> String {
     std::env::var("GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gateway").to_string())
+}
+
+/// The gateway binary as a command, with the suite's own compile cache
+/// (target/test-cache, shared by every gateway the tests start, so a
+/// plugin is compiled once per build rather than once per gateway) in
+/// place of the user's.
+pub fn gateway_command() -> Command {
+    let mut c = Command::new(gateway_bin());
+    c.env("XDG_CACHE_HOME", repo().join("target/test-cache"));
+    c
 }
 
 impl Gateway {
@@ -362,7 +372,7 @@ impl Gateway {
         let (addr, admin) = (addrs[0], addrs[1]);
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config(&addrs)).unwrap();
-        let mut command = Command::new(gateway_bin());
+        let mut command = gateway_command();
         // The command owns the parent's copies and closes them once it is
         // dropped, after the spawn: the gateway holds the only ones.
         command

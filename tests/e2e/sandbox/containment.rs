@@ -20,7 +20,7 @@ fn hostile_abi() {
         let out = plugin_dir().join("hostile-abi.wasm");
         let dir = tempdir::Dir::new();
         let fresh = dir.path().join("hostile-abi.wasm");
-        let status = std::process::Command::new(common::gateway_bin())
+        let status = common::gateway_command()
             .args(["plugin", "componentize"])
             .arg(common::repo().join("tests/plugins/hostile-abi/filter.wat"))
             .arg("-o")

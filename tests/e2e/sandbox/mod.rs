@@ -178,6 +178,26 @@ fn every_failing_attack_fails_only_its_own_step() {
         ] {
             assert!(line.contains(&part), "{name}: {part} missing in {line}");
         }
+        if name == "panic" {
+            // This plugin has no SDK and so Rust's own panic hook, which
+            // writes to standard error: both of its lines reach the log,
+            // tagged with the request.
+            let log = gw.log();
+            let stderr: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(&request_id) && l.contains("source=\"stderr\""))
+                .collect();
+            assert!(
+                stderr
+                    .iter()
+                    .any(|l| l.contains("panicked at") && l.contains("src/lib.rs:")),
+                "no panic line for {request_id}:\n{log}"
+            );
+            assert!(
+                stderr.iter().any(|l| l.contains("hostile panic")),
+                "{stderr:#?}"
+            );
+        }
         still_serves(&gw, &upstream, "/hostile");
     }
     // Fail-open: the same attacks skip the filter and the request goes on.
