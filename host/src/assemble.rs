@@ -249,11 +249,10 @@ pub async fn build(
             None => {
                 report.filters_configured.push(name.clone());
                 let plugin = plugins[fc.plugin.as_str()].clone();
-                Arc::new(
-                    runtime
-                        .filter(name, plugin, fc, &config.base_dir, route_ids.clone())
-                        .await?,
-                )
+                let made = runtime
+                    .filter(name, plugin, fc, &config.base_dir, route_ids.clone())
+                    .await;
+                Arc::new(made.map_err(|e| at_the_setting(&config, e))?)
             }
         };
         filters.insert(name.clone(), filter);
@@ -372,6 +371,34 @@ pub async fn build(
         },
         report,
     ))
+}
+
+/// A filter's refusal of one of its settings, pointed at the line and
+/// column of that setting under `[filters.NAME.config]`.
+fn at_the_setting(config: &Config, e: PluginError) -> PluginError {
+    match e {
+        PluginError::Configure {
+            plugin,
+            filter,
+            reason,
+            at: None,
+        } => {
+            let at = crate::plugin::refused_setting(&reason).and_then(|(path, _)| {
+                let full: Vec<&str> = ["filters", filter.as_str(), "config"]
+                    .into_iter()
+                    .chain(path.iter().map(String::as_str))
+                    .collect();
+                config.position(&full)
+            });
+            PluginError::Configure {
+                plugin,
+                filter,
+                reason,
+                at,
+            }
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

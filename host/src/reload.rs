@@ -290,6 +290,14 @@ impl Reloader {
                     "loaded_at": rfc3339(p.loaded_at),
                     "filters": names,
                     "instances_warm": filters.iter().map(|f| f.warm_count()).sum::<usize>(),
+                    // Filters whose failure policy answers for now.
+                    "suspended": filters
+                        .iter()
+                        .filter_map(|f| f.guard.suspended_until().map(|until| json!({
+                            "filter": &*f.name,
+                            "until": rfc3339(until),
+                        })))
+                        .collect::<Vec<_>>(),
                     "calls": p.calls.load(std::sync::atomic::Ordering::Relaxed),
                     "failures": p.failures.load(std::sync::atomic::Ordering::Relaxed),
                     "last_reload_error": status.plugin_errors.get(&*p.name).map(|(at, msg)| json!({

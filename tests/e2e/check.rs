@@ -144,10 +144,37 @@ fn header_filter_rejects_bad_settings() {
         "{UPSTREAM}[filters.h]\nplugin = \"headers\"\n[filters.h.config]\nmax_header_cuont = 3\n"
     ));
     assert!(!ok);
+    // Line 13 of the file check_config writes (six lines of preamble).
     assert!(
         err.starts_with(
-            "error: filter `h` refused its configuration: headers: unknown field `max_header_cuont`"
+            "error: CONFIG:13:20: filter `h` refused its configuration: at `max_header_cuont`: \
+             headers: unknown field `max_header_cuont`"
         ),
+        "{err}"
+    );
+}
+
+/// A filter names the setting it refuses by its path (the SDK does so for
+/// every setting its types refuse); the gateway points at where that
+/// setting is written, array elements and nested tables included.
+#[test]
+fn a_filter_refusal_points_at_the_setting_in_the_toml() {
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[filters.h]\nplugin = \"headers\"\n[filters.h.config]\nremove_response = [\"server\", 5]\n"
+    ));
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: CONFIG:13:30: filter `h` refused its configuration: at `remove_response[1]`: \
+         headers: invalid type: integer `5`, expected a string"
+    );
+    let (ok, _, err) = check(&format!(
+        "{UPSTREAM}[filters.rl]\nplugin = \"ratelimit\"\n\n[filters.rl.config]\n\
+         [[filters.rl.config.limits]]\nname = \"a\"\nrequests = \"many\"\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: CONFIG:16:12: filter `rl` refused its configuration: at `limits[0].requests`: ratelimit: invalid type"),
         "{err}"
     );
 }

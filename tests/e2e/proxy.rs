@@ -635,3 +635,91 @@ fn a_looping_or_memory_hungry_filter_fails_only_its_own_step() {
         Some(2.0)
     );
 }
+
+/// A filter that fails call after call is suspended: its failure policy
+/// answers at once and no instance is made, until a pause ends; then one
+/// more failure suspends it again for longer. Counted, logged once, shown
+/// on `/admin/plugins`; other filters are untouched.
+#[test]
+fn a_filter_in_a_crash_loop_is_suspended_for_a_growing_pause() {
+    let up = Upstream::start("up");
+    let gw = Gateway::start(&format!(
+        "{}[filters.crash]\nplugin = \"probe\"\nsuspend_after = 3\n\
+         [filters.crash.config]\nname = \"crash\"\ntrap = \"request\"\n\n\
+         [filters.open]\nplugin = \"probe\"\nfailure = \"fail-open\"\nsuspend_after = 2\n\
+         [filters.open.config]\nname = \"open\"\ntrap = \"request\"\n\n{}\
+         [[route]]\nid = \"crash\"\npath_prefix = \"/crash\"\nupstream = \"up\"\nfilters = [\"crash\"]\n\n\
+         [[route]]\nid = \"open\"\npath_prefix = \"/open\"\nupstream = \"up\"\nfilters = [\"open\"]\n\n\
+         [[route]]\nid = \"calm\"\npath_prefix = \"/calm\"\nupstream = \"up\"\nfilters = [\"calm\"]\n",
+        upstream_block("up", &up),
+        probe("calm", ""),
+    ));
+    let crash = &[("filter", "crash")];
+    let starts = |gw: &Gateway| {
+        metric(
+            &gw.metrics(),
+            "gateway_plugin_instance_starts_total",
+            &[("filter", "crash"), ("result", "ok")],
+        )
+        .unwrap()
+    };
+    for _ in 0..3 {
+        assert_eq!(gw.get("/crash", &[]).body_text(), "filter crash failed (trap)\n");
+    }
+    let made = starts(&gw);
+    for _ in 0..5 {
+        let r = gw.get("/crash", &[]);
+        assert_eq!(r.status, 500);
+        assert_eq!(r.body_text(), "filter crash failed (suspended)\n");
+    }
+    let m = gw.metrics();
+    assert_eq!(metric(&m, "gateway_plugin_suspensions_total", crash), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_plugin_failures_total",
+            &[("filter", "crash"), ("reason", "suspended")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(starts(&gw), made, "no instance was made while suspended");
+    let plugins: serde_json::Value =
+        serde_json::from_slice(&gw.admin("GET", "/admin/plugins").body).unwrap();
+    let probe = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "probe")
+        .unwrap();
+    let suspended: Vec<&str> = probe["suspended"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["filter"].as_str().unwrap())
+        .collect();
+    assert_eq!(suspended, ["crash"], "{probe:#}");
+    assert_eq!(
+        gw.log().matches("filter suspended").count(),
+        1,
+        "one line per suspension"
+    );
+    // Others are untouched; a fail-open filter's suspension skips it.
+    assert_eq!(gw.get("/calm", &[]).status, 200);
+    for _ in 0..4 {
+        assert_eq!(gw.get("/open", &[]).status, 200);
+    }
+    assert_eq!(
+        metric(&gw.metrics(), "gateway_plugin_suspensions_total", &[("filter", "open")]),
+        Some(1.0)
+    );
+
+    // After the first pause (1 s) a call runs again; it fails, and that
+    // one failure suspends the filter again.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(gw.get("/crash", &[]).body_text(), "filter crash failed (trap)\n");
+    assert_eq!(gw.get("/crash", &[]).body_text(), "filter crash failed (suspended)\n");
+    assert_eq!(
+        metric(&gw.metrics(), "gateway_plugin_suspensions_total", crash),
+        Some(2.0)
+    );
+}

@@ -71,6 +71,12 @@ pub struct FilterConfig {
     /// The least severe of the filter's own log lines that are written.
     #[serde(default)]
     pub log_level: FilterLogLevel,
+    /// Failed calls in a row after which the filter is suspended: for a
+    /// pause (1 s, doubling while it keeps failing, up to a minute) its
+    /// failure policy answers without a call and no instance is made.
+    /// 0: never.
+    #[serde(default = "defaults::suspend_after")]
+    pub suspend_after: u32,
     /// Environment variables the filter may read, by name; their values are
     /// taken from the gateway's environment when the filter is configured.
     /// None by default.
@@ -236,6 +242,9 @@ mod defaults {
     use super::*;
     pub fn failure() -> FailurePolicy {
         FailurePolicy::FailClosed
+    }
+    pub fn suspend_after() -> u32 {
+        20
     }
     pub fn failure_status() -> Status {
         Status::try_from(500).expect("500 is a status")

@@ -45,6 +45,7 @@ use serde_spanned::Spanned;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use toml::de::{DeTable, DeValue};
 
 /// The configuration shipped in the binary, served when `config/gateway.toml`
@@ -98,6 +99,18 @@ pub struct Config {
     /// The directory relative paths are resolved from (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The text it was read from, for refusals found after loading.
+    #[serde(skip)]
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// A configuration's file name and text, kept so that a refusal found once
+/// it is loaded (a filter's `configure` refusing a setting) still names the
+/// line and column the user wrote it at.
+#[derive(Debug)]
+pub struct Origin {
+    pub file: String,
+    pub text: String,
 }
 
 /// Where the config came from: a file, or the copy built into the binary.
@@ -153,6 +166,10 @@ impl Config {
                 src.error_at(at, src.with_subject(at, toml_message(&e)))
             })?;
         config.base_dir = base_dir;
+        config.origin = Some(Arc::new(Origin {
+            file: file.to_string(),
+            text: text.to_string(),
+        }));
         config.validate(&src)?;
         for (name, f) in &mut config.filters {
             f.read_files(&src, name, &config.base_dir)?;
@@ -165,6 +182,20 @@ impl Config {
         self.base_dir
             .join(&self.plugins.dir)
             .join(format!("{plugin}.wasm"))
+    }
+
+    /// `FILE:LINE:COL` of the setting at `path` (keys, and array positions
+    /// as numbers), or of the nearest table on it that was written.
+    pub fn position(&self, path: &[&str]) -> Option<String> {
+        let o = self.origin.as_ref()?;
+        let doc = DeTable::parse(&o.text).ok()?;
+        let src = Source {
+            file: &o.file,
+            text: &o.text,
+            doc,
+        };
+        let (line, column) = line_col(&o.text, src.find(path).at);
+        Some(format!("{}:{line}:{column}", o.file))
     }
 
     /// Where compiled plugins are kept, if anywhere.

@@ -468,3 +468,30 @@ fn string_offsets_follow_escapes() {
     assert_eq!(decode_with_offsets("'a\\n'").unwrap().0, "a\\n");
     assert_eq!(decode_with_offsets("\"\"\"\r\nx\"\"\"").unwrap().0, "x");
 }
+
+#[test]
+fn positions_are_found_after_loading_for_refusals_made_later() {
+    // Only the plugin file's existence is checked at load.
+    let dir = std::env::temp_dir().join(format!("gateway-positions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ratelimit.wasm"), b"").unwrap();
+    let c = Config::parse(
+        "t.toml",
+        "[server]\nlisten = \"127.0.0.1:8080\"\n[plugins]\ndir = \".\"\n[filters.rl]\nplugin = \"ratelimit\"\n\
+         [[filters.rl.config.limits]]\nname = \"a\"\nrequests = \"many\"\n",
+        dir.clone(),
+        &env,
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let at = |path: &[&str]| c.position(path).unwrap();
+    assert_eq!(
+        at(&["filters", "rl", "config", "limits", "0", "requests"]),
+        "t.toml:9:12"
+    );
+    // A setting that is not written: the nearest table that is.
+    assert_eq!(
+        at(&["filters", "rl", "config", "limits", "0", "window"]),
+        "t.toml:7:1"
+    );
+}

@@ -23,7 +23,7 @@ use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -72,11 +72,16 @@ pub enum PluginError {
         filter: String,
         reason: String,
     },
-    #[error("filter `{filter}` refused its configuration: {reason}")]
+    #[error(
+        "{}filter `{filter}` refused its configuration: {reason}",
+        .at.as_ref().map(|a| format!("{a}: ")).unwrap_or_default()
+    )]
     Configure {
         plugin: Arc<str>,
         filter: String,
         reason: String,
+        /// `FILE:LINE:COL` of the setting refused, when the filter named it.
+        at: Option<String>,
     },
 }
 
@@ -144,6 +149,82 @@ const SETUP_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const SETUP_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Most instances a pooled filter makes ahead when it is loaded.
 const POOLED_AHEAD: usize = 4;
+/// A suspended filter's first pause, doubling with each suspension in a
+/// row up to the last.
+const SUSPEND_FIRST: Duration = Duration::from_secs(1);
+const SUSPEND_MAX: Duration = Duration::from_secs(60);
+
+/// A filter that fails call after call (a crash loop: every call traps,
+/// and every trap costs a new instance) is suspended for a while: its
+/// failure policy answers at once, and no instance is made. After the
+/// pause one failure is enough to suspend it again, for twice as long; one
+/// good call ends it.
+#[derive(Default)]
+pub struct CrashGuard {
+    /// Failed calls since the last good one.
+    failures_in_a_row: AtomicU32,
+    /// Until when calls are refused, on `crate::clock`'s scale (0: not).
+    suspended_until_ns: AtomicU64,
+    /// Suspensions since the last good call: the next pause's doubling, and
+    /// whether a single failure suspends again.
+    suspensions: AtomicU32,
+}
+
+impl CrashGuard {
+    /// Why a call may not run now, when the filter is suspended.
+    fn refusal(&self, now_ns: u64) -> Option<String> {
+        let until = self.suspended_until_ns.load(Ordering::Relaxed);
+        (now_ns < until).then(|| {
+            format!(
+                "suspended after failing call after call; calls resume in {} ms",
+                (until - now_ns) / 1_000_000
+            )
+        })
+    }
+
+    fn succeeded(&self) {
+        // Loads first: the common case writes nothing.
+        if self.failures_in_a_row.load(Ordering::Relaxed) != 0 {
+            self.failures_in_a_row.store(0, Ordering::Relaxed);
+        }
+        if self.suspensions.load(Ordering::Relaxed) != 0 {
+            self.suspensions.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failure; answers the pause when this one suspends the
+    /// filter.
+    fn failed(&self, suspend_after: u32, now_ns: u64) -> Option<Duration> {
+        if suspend_after == 0 {
+            return None;
+        }
+        let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        let on_probation = self.suspensions.load(Ordering::Relaxed) > 0;
+        if in_a_row < suspend_after && !on_probation {
+            return None;
+        }
+        // Racing failures suspend once: the one that moves the deadline.
+        let until = self.suspended_until_ns.load(Ordering::Relaxed);
+        if now_ns < until {
+            return None;
+        }
+        let doublings = self.suspensions.fetch_add(1, Ordering::Relaxed).min(6);
+        let pause = SUSPEND_FIRST.saturating_mul(1 << doublings).min(SUSPEND_MAX);
+        let next = now_ns.saturating_add(pause.as_nanos() as u64);
+        self.suspended_until_ns
+            .compare_exchange(until, next, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+        Some(pause)
+    }
+
+    /// Whether the filter is suspended now, and until when (wall clock).
+    pub fn suspended_until(&self) -> Option<std::time::SystemTime> {
+        let now = crate::clock::monotonic_ns();
+        let until = self.suspended_until_ns.load(Ordering::Relaxed);
+        (now < until).then(|| std::time::SystemTime::now() + Duration::from_nanos(until - now))
+    }
+}
 
 /// The limits every call runs under. Both are always on in the gateway;
 /// turning them off exists to measure what they cost (`cargo bench --bench
@@ -484,6 +565,8 @@ impl Runtime {
             wall_deadline: cfg.timeout.0 + WALL_DEADLINE_SLACK,
             isolation: cfg.isolation,
             maker: maker.clone(),
+            guard: CrashGuard::default(),
+            suspend_after: cfg.suspend_after,
         };
         // Start-up runs on the setup threads here too: a reload must not
         // stall the threads serving requests.
@@ -498,6 +581,7 @@ impl Runtime {
                 plugin: filter.plugin.name.clone(),
                 filter: name.to_string(),
                 reason,
+                at: None,
             },
             Setup::Failed(reason) => PluginError::Instantiate {
                 plugin: filter.plugin.name.clone(),
@@ -514,6 +598,31 @@ impl Runtime {
             .await;
         Ok(filter)
     }
+}
+
+/// The setting a `configure` error names, by the convention the WIT
+/// states: a message that starts with ``at `PATH`: `` refuses the setting
+/// at PATH (keys joined by `.`, array positions in brackets:
+/// `limits[0].rate`). Answers the path's segments and the rest of the
+/// message.
+pub fn refused_setting(reason: &str) -> Option<(Vec<String>, &str)> {
+    let rest = reason.strip_prefix("at `")?;
+    let (path, message) = rest.split_once("`: ")?;
+    let mut segments = Vec::new();
+    for part in path.split('.') {
+        let (key, indices) = part.split_once('[').map_or((part, ""), |(k, i)| (k, i));
+        if !key.is_empty() {
+            segments.push(key.to_string());
+        }
+        for index in indices.split('[') {
+            let n = index.strip_suffix(']').unwrap_or(index);
+            if !n.is_empty() {
+                n.parse::<usize>().ok()?;
+                segments.push(n.to_string());
+            }
+        }
+    }
+    (!segments.is_empty()).then_some((segments, message))
 }
 
 /// Reads a plugin file, naming the plugin in the error.
@@ -895,6 +1004,8 @@ pub struct Filter {
     attrs_response: [KeyValue; 3],
     /// Call counts and durations, bound to this filter's labels.
     bound: FilterMetrics,
+    pub guard: CrashGuard,
+    suspend_after: u32,
 }
 
 /// What a filter call decided.
@@ -931,6 +1042,15 @@ impl Filter {
         let phase_attrs = self.attrs(phase);
         self.bound.called(phase);
         self.plugin.calls.fetch_add(1, Ordering::Relaxed);
+        if self.suspend_after > 0 {
+            if let Some(detail) = self.guard.refusal(crate::clock::monotonic_ns()) {
+                self.count_failure(phase_attrs, "suspended");
+                return Err(Failure {
+                    reason: "suspended",
+                    detail,
+                });
+            }
+        }
         let ready = match held {
             Some(Held(w)) => Some(w),
             None => self.maker.warm.pop(),
@@ -943,10 +1063,12 @@ impl Filter {
                 .await
                 .map_err(|detail| {
                     self.count_failure(phase_attrs, "instantiate");
-                    Failure {
+                    let f = Failure {
                         reason: "instantiate",
                         detail,
-                    }
+                    };
+                    self.note_failure(&f);
+                    f
                 })?,
         };
         let data = warm.store.data_mut();
@@ -986,6 +1108,7 @@ impl Filter {
         }
         match result {
             Ok(_) => {
+                self.guard.succeeded();
                 data.request = None;
                 match self.isolation {
                     Isolation::Request if hold => return Some(Held(warm)),
@@ -1011,9 +1134,38 @@ impl Filter {
                     Isolation::Pooled => self.maker.keep(warm),
                 }
             }
-            Err(f) => self.count_failure(phase_attrs, f.reason),
+            Err(f) => {
+                self.count_failure(phase_attrs, f.reason);
+                self.note_failure(f);
+            }
         }
         None
+    }
+
+    /// Counts a failed call towards suspension, and suspends the filter
+    /// when it is one too many: logged once per suspension, and counted.
+    fn note_failure(&self, f: &Failure) {
+        let Some(pause) = self.guard.failed(self.suspend_after, crate::clock::monotonic_ns())
+        else {
+            return;
+        };
+        self.maker.metrics.plugin_suspensions.add(
+            1,
+            &[
+                KeyValue::new("filter", shared(&self.name)),
+                KeyValue::new("plugin", shared(&self.plugin.name)),
+            ],
+        );
+        tracing::warn!(
+            filter = &*self.name,
+            plugin = &*self.plugin.name,
+            pause_ms = pause.as_millis() as u64,
+            last_reason = f.reason,
+            last_detail = f.detail.as_str(),
+            "filter suspended: it failed {} calls in a row (or again after a suspension); \
+             its failure policy answers until the pause ends",
+            self.suspend_after
+        );
     }
 
     fn attrs(&self, phase: Phase) -> &[KeyValue; 3] {
@@ -1286,4 +1438,26 @@ fn one_line(e: &wasmtime::Error) -> String {
         .collect::<Vec<_>>()
         .join(" | ");
     escape(&text).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_setting;
+
+    #[test]
+    fn a_configure_error_names_its_setting_by_the_wits_convention() {
+        let (path, rest) = refused_setting("at `limits[1].rate`: rate must be positive").unwrap();
+        assert_eq!(path, ["limits", "1", "rate"]);
+        assert_eq!(rest, "rate must be positive");
+        let (path, _) = refused_setting("at `m[0][2]`: x").unwrap();
+        assert_eq!(path, ["m", "0", "2"]);
+        for plain in [
+            "ratelimit: `limits` is empty",
+            "at `limits[x]`: not an index",
+            "at ``: nothing named",
+            "at `unclosed: x",
+        ] {
+            assert!(refused_setting(plain).is_none(), "{plain}");
+        }
+    }
 }

@@ -72,6 +72,7 @@ pub const FAILURE_REASONS: &[&str] = &[
     "stack-overflow",
     "invalid-answer",
     "instantiate",
+    "suspended",
 ];
 
 /// Why a client connection was refused at accept, as counted in
@@ -128,6 +129,8 @@ pub struct Metrics {
     pub plugin_instances_retired: Counter<u64>,
     /// Instances made and configured, by filter and result.
     pub plugin_instance_starts: Counter<u64>,
+    /// Filters suspended after failing call after call.
+    pub plugin_suspensions: Counter<u64>,
     pub plugin_duration: HistogramVec,
     pub state_calls: Counter<u64>,
     pub upstream_requests: Counter<u64>,
@@ -418,6 +421,14 @@ impl Metrics {
                     "Filter instances made and configured, by filter, plugin and result (ok, failed)",
                 )
                 .build(),
+            plugin_suspensions: meter
+                .u64_counter("gateway_plugin_suspensions_total")
+                .with_description(
+                    "Times a filter was suspended after failing suspend_after calls in a row \
+                     (its failure policy answers, no instance is made, until the pause ends), \
+                     by filter and plugin",
+                )
+                .build(),
             state_calls: meter
                 .u64_counter("gateway_state_calls_total")
                 .with_description(
@@ -572,6 +583,13 @@ impl Metrics {
                 KeyValue::new("filter", shared(filter)),
                 KeyValue::new("plugin", shared(plugin)),
                 KeyValue::new("reason", "memory"),
+            ],
+        );
+        self.plugin_suspensions.add(
+            0,
+            &[
+                KeyValue::new("filter", shared(filter)),
+                KeyValue::new("plugin", shared(plugin)),
             ],
         );
         for result in ["ok", "failed"] {

@@ -220,11 +220,19 @@ fn parse_hex_sha256(s: &str) -> Result<[u8; 32], String> {
 pub const MAX_CONTEXT_VALUE: usize = 4096;
 
 pub fn parse(config: &str) -> Result<Settings, String> {
-    parse_inner(config).map_err(|e| format!("auth: {e}"))
+    // A refusal that names its setting (`at `path`: auth: ...`) is
+    // already in the form the gateway points at.
+    parse_inner(config).map_err(|e| {
+        if e.starts_with("at `") {
+            e
+        } else {
+            format!("auth: {e}")
+        }
+    })
 }
 
 fn parse_inner(config: &str) -> Result<Settings, String> {
-    let c: Config = serde_json::from_str(config).map_err(|e| serde_message(&e))?;
+    let c: Config = filter_sdk::parse_config("auth", config)?;
 
     // The realm is sent inside a quoted challenge parameter.
     if c.realm.is_empty()

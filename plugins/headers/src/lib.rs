@@ -181,7 +181,7 @@ fn lower_all(names: impl IntoIterator<Item = String>) -> Vec<String> {
 }
 
 fn parse(config: &str) -> Result<Settings, String> {
-    let c: Config = serde_json::from_str(config).map_err(|e| format!("headers: {e}"))?;
+    let c: Config = filter_sdk::parse_config("headers", config)?;
     let defaults = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let strip = c.strip_request.unwrap_or_else(|| {
         STRIP_BY_VIOLATION

@@ -152,7 +152,7 @@ fn parse_window(s: &str) -> Option<u64> {
 }
 
 fn parse(config: &str) -> Result<Settings, String> {
-    let c: Config = serde_json::from_str(config).map_err(|e| format!("ratelimit: {e}"))?;
+    let c: Config = filter_sdk::parse_config("ratelimit", config)?;
     if c.limits.is_empty() {
         return Err("ratelimit: `limits` is empty; add at least one [[limits]]".into());
     }

@@ -175,13 +175,36 @@ macro_rules! log {
     };
 }
 
-/// Reads a filter's JSON configuration into `T`; the error names the plugin
-/// and says what is wrong and where (serde's message, with line and column).
+/// Reads a filter's JSON configuration into `T`. A refusal names the
+/// setting by its path in the WIT's convention (``at `limits[0].rate`: ``),
+/// which the gateway turns into the line and column of that setting in
+/// its TOML; the message follows, starting with `plugin:`.
 pub fn parse_config<T: serde::de::DeserializeOwned>(
     plugin: &str,
     config: &str,
 ) -> Result<T, String> {
-    serde_json::from_str(config).map_err(|e| format!("{plugin}: {e}"))
+    let mut json = serde_json::Deserializer::from_str(config);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // serde_json ends its message with a position in the JSON the
+        // gateway made, which the user never saw.
+        let message = inner.to_string();
+        let suffix = format!(" at line {} column {}", inner.line(), inner.column());
+        let message = message.strip_suffix(&suffix).unwrap_or(&message);
+        refusal(&path, &format!("{plugin}: {message}"))
+    })
+}
+
+/// A `configure` error about the setting at `path` (`limits[0].rate`; `.`
+/// or empty for the settings as a whole), in the form the gateway points
+/// at the setting's line and column.
+pub fn refusal(path: &str, message: &str) -> String {
+    if path.is_empty() || path == "." {
+        message.to_string()
+    } else {
+        format!("at `{path}`: {message}")
+    }
 }
 
 /// An answer in place of the upstream's: `status`, one content type, a body.
@@ -388,6 +411,31 @@ macro_rules! label_enum {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_settings_are_named_by_their_path() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Limit {
+            rate: u32,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Settings {
+            limits: Vec<Limit>,
+        }
+        let bad = parse_config::<Settings>("p", r#"{"limits": [{"rate": 1}, {"rate": "x"}]}"#);
+        assert_eq!(
+            bad.unwrap_err(),
+            "at `limits[1].rate`: p: invalid type: string \"x\", expected u32"
+        );
+        let typo = parse_config::<Settings>("p", r#"{"limtis": []}"#).unwrap_err();
+        assert!(typo.starts_with("at `limtis`: p: unknown field `limtis`"), "{typo}");
+        let missing = parse_config::<Settings>("p", "{}").unwrap_err();
+        assert_eq!(missing, "p: missing field `limits`");
+    }
 
     #[test]
     fn unknown_route_ids_are_named() {

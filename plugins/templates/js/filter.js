@@ -6,11 +6,12 @@ let required = null;
 
 export const filter = {
   // The filter's `[filters.NAME.config]` table, as JSON. Unknown keys are
-  // refused, so a typo is reported at load rather than ignored.
+  // refused, so a typo is reported at load rather than ignored; starting
+  // the message with "at `KEY`: " has the gateway point at its line.
   configure(config) {
     const settings = JSON.parse(config);
     for (const key of Object.keys(settings)) {
-      if (key !== 'require') throw `{{name}}: unknown setting \`${key}\``;
+      if (key !== 'require') throw `at \`${key}\`: {{name}}: unknown setting \`${key}\``;
     }
     required = settings.require ?? null;
   },

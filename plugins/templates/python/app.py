@@ -13,12 +13,14 @@ required = None
 class Filter(exports.Filter):
     def configure(self, config: str) -> None:
         """The filter's `[filters.NAME.config]` table, as JSON. Unknown keys
-        are refused, so a typo is reported at load rather than ignored."""
+        are refused, so a typo is reported at load rather than ignored;
+        starting the message with "at `KEY`: " has the gateway point at its
+        line."""
         global required
         settings = json.loads(config)
         unknown = sorted(set(settings) - {"require"})
         if unknown:
-            raise Err(f"{{name}}: unknown setting `{unknown[0]}`")
+            raise Err(f"at `{unknown[0]}`: {{name}}: unknown setting `{unknown[0]}`")
         required = settings.get("require")
 
     def on_request(self, req):

@@ -94,6 +94,9 @@ plugin = "hostile"
 timeout = "50ms"
 failure_status = 503
 instances = 1
+# The start-ups' own back-off is what is measured here, not the crash-loop
+# suspension that would otherwise answer for it after 20 failures.
+suspend_after = 0
 config = { later_configure = "loop" }
 
 [filters.calm]
