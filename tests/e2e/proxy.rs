@@ -664,7 +664,10 @@ fn a_filter_in_a_crash_loop_is_suspended_for_a_growing_pause() {
         .unwrap()
     };
     for _ in 0..3 {
-        assert_eq!(gw.get("/crash", &[]).body_text(), "filter crash failed (trap)\n");
+        assert_eq!(
+            gw.get("/crash", &[]).body_text(),
+            "filter crash failed (trap)\n"
+        );
     }
     let made = starts(&gw);
     for _ in 0..5 {
@@ -673,7 +676,10 @@ fn a_filter_in_a_crash_loop_is_suspended_for_a_growing_pause() {
         assert_eq!(r.body_text(), "filter crash failed (suspended)\n");
     }
     let m = gw.metrics();
-    assert_eq!(metric(&m, "gateway_plugin_suspensions_total", crash), Some(1.0));
+    assert_eq!(
+        metric(&m, "gateway_plugin_suspensions_total", crash),
+        Some(1.0)
+    );
     assert_eq!(
         metric(
             &m,
@@ -709,15 +715,25 @@ fn a_filter_in_a_crash_loop_is_suspended_for_a_growing_pause() {
         assert_eq!(gw.get("/open", &[]).status, 200);
     }
     assert_eq!(
-        metric(&gw.metrics(), "gateway_plugin_suspensions_total", &[("filter", "open")]),
+        metric(
+            &gw.metrics(),
+            "gateway_plugin_suspensions_total",
+            &[("filter", "open")]
+        ),
         Some(1.0)
     );
 
     // After the first pause (1 s) a call runs again; it fails, and that
     // one failure suspends the filter again.
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(gw.get("/crash", &[]).body_text(), "filter crash failed (trap)\n");
-    assert_eq!(gw.get("/crash", &[]).body_text(), "filter crash failed (suspended)\n");
+    assert_eq!(
+        gw.get("/crash", &[]).body_text(),
+        "filter crash failed (trap)\n"
+    );
+    assert_eq!(
+        gw.get("/crash", &[]).body_text(),
+        "filter crash failed (suspended)\n"
+    );
     assert_eq!(
         metric(&gw.metrics(), "gateway_plugin_suspensions_total", crash),
         Some(2.0)

@@ -282,12 +282,13 @@ async fn one(
             expect.and_then(|e| e.response.as_deref()),
             &mut problems,
         );
-    } else if let Some(e) = expect.and_then(|e| e.response.as_deref()) {
-        if e.action == Some(ExpectedAction::Respond) {
-            problems.push(
-                "on-response: expected respond, but the filter asks for no on-response call".into(),
-            );
-        }
+    } else if expect
+        .and_then(|e| e.response.as_deref())
+        .is_some_and(|e| e.action == Some(ExpectedAction::Respond))
+    {
+        problems.push(
+            "on-response: expected respond, but the filter asks for no on-response call".into(),
+        );
     }
     Ok((out, problems))
 }

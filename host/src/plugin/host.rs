@@ -140,6 +140,17 @@ pub struct HostState {
     /// callback checks them at every tick.
     pub call_started: std::time::Instant,
     pub deadline: std::time::Instant,
+    /// How deep the guest is in wasm (host functions call back into it to
+    /// allocate), so the call hook can tell when the export itself returned.
+    pub wasm_depth: u32,
+    /// Whether a filter call's export is running; once it returns, its
+    /// post-return cleanup runs under a deadline of its own,
+    /// `post_return_budget` from then.
+    pub in_export: bool,
+    pub post_return_budget: std::time::Duration,
+    /// Nanoseconds after the call started at which the export returned (0
+    /// while it runs), read by the wall-clock deadline, which moves with it.
+    pub export_returned_ns: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The store's resource limits, and the size of the largest linear memory
@@ -261,6 +272,10 @@ impl HostState {
             series: Default::default(),
             call_started: std::time::Instant::now(),
             deadline: std::time::Instant::now(),
+            wasm_depth: 0,
+            in_export: false,
+            post_return_budget: std::time::Duration::ZERO,
+            export_returned_ns: Default::default(),
         }
     }
 }

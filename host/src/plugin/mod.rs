@@ -209,7 +209,9 @@ impl CrashGuard {
             return None;
         }
         let doublings = self.suspensions.fetch_add(1, Ordering::Relaxed).min(6);
-        let pause = SUSPEND_FIRST.saturating_mul(1 << doublings).min(SUSPEND_MAX);
+        let pause = SUSPEND_FIRST
+            .saturating_mul(1 << doublings)
+            .min(SUSPEND_MAX);
         let next = now_ns.saturating_add(pause.as_nanos() as u64);
         self.suspended_until_ns
             .compare_exchange(until, next, Ordering::AcqRel, Ordering::Relaxed)
@@ -778,6 +780,36 @@ fn yield_until_deadline(
     ))
 }
 
+/// Follows the guest in and out of wasm. When a filter call's export
+/// returns, its answer is made; what runs next is the component's
+/// post-return cleanup (freeing the answer; in Python or JavaScript
+/// possibly a collection), which gets a deadline of its own rather than
+/// what the export left of the call's: a filter that answered in time is
+/// not failed by its runtime's housekeeping.
+fn track_export_return(
+    mut store: wasmtime::StoreContextMut<'_, HostState>,
+    hook: wasmtime::CallHook,
+) -> wasmtime::Result<()> {
+    let d = store.data_mut();
+    match hook {
+        wasmtime::CallHook::CallingWasm => d.wasm_depth += 1,
+        wasmtime::CallHook::ReturningFromWasm => {
+            d.wasm_depth = d.wasm_depth.saturating_sub(1);
+            if d.wasm_depth == 0 && d.in_export {
+                d.in_export = false;
+                let now = Instant::now();
+                let ran = now.saturating_duration_since(d.call_started);
+                d.export_returned_ns
+                    .store(ran.as_nanos().max(1) as u64, Ordering::Relaxed);
+                d.call_started = now;
+                d.deadline = now + d.post_return_budget;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// The most a filter may hand the host in one call (strings and lists it
 /// passes or answers with): twice its memory limit. Lists whose elements
 /// all point at the same bytes would otherwise make the host copy far more
@@ -847,6 +879,9 @@ impl Maker {
             store.set_hostcall_fuel(hostcall_fuel(self.memory_limit));
         }
         store.epoch_deadline_callback(yield_until_deadline);
+        if self.guards.deadlines {
+            store.call_hook(track_export_return);
+        }
         let now = Instant::now();
         store.data_mut().call_started = now;
         store.data_mut().deadline = now + SETUP_DEADLINE;
@@ -1042,14 +1077,14 @@ impl Filter {
         let phase_attrs = self.attrs(phase);
         self.bound.called(phase);
         self.plugin.calls.fetch_add(1, Ordering::Relaxed);
-        if self.suspend_after > 0 {
-            if let Some(detail) = self.guard.refusal(crate::clock::monotonic_ns()) {
-                self.count_failure(phase_attrs, "suspended");
-                return Err(Failure {
-                    reason: "suspended",
-                    detail,
-                });
-            }
+        if self.suspend_after > 0
+            && let Some(detail) = self.guard.refusal(crate::clock::monotonic_ns())
+        {
+            self.count_failure(phase_attrs, "suspended");
+            return Err(Failure {
+                reason: "suspended",
+                detail,
+            });
         }
         let ready = match held {
             Some(Held(w)) => Some(w),
@@ -1076,6 +1111,10 @@ impl Filter {
         data.budget = host::CallBudget::default();
         data.call_started = started;
         data.deadline = started + self.timeout;
+        data.in_export = true;
+        data.wasm_depth = 0;
+        data.post_return_budget = self.timeout;
+        data.export_returned_ns.store(0, Ordering::Relaxed);
         warm.store.set_epoch_deadline(1);
         Ok(warm)
     }
@@ -1145,7 +1184,9 @@ impl Filter {
     /// Counts a failed call towards suspension, and suspends the filter
     /// when it is one too many: logged once per suspension, and counted.
     fn note_failure(&self, f: &Failure) {
-        let Some(pause) = self.guard.failed(self.suspend_after, crate::clock::monotonic_ns())
+        let Some(pause) = self
+            .guard
+            .failed(self.suspend_after, crate::clock::monotonic_ns())
         else {
             return;
         };
@@ -1189,6 +1230,7 @@ impl Filter {
     async fn within_deadline<T>(
         &self,
         started: Instant,
+        returned: Arc<AtomicU64>,
         call: impl std::future::Future<Output = wasmtime::Result<T>>,
     ) -> wasmtime::Result<T> {
         if !self.maker.guards.deadlines {
@@ -1207,10 +1249,26 @@ impl Filter {
         if let Some(out) = first {
             return out;
         }
-        match Box::pin(tokio::time::timeout_at(deadline, call)).await {
-            Ok(out) => out,
-            Err(_) => Err(wasmtime::Error::new(Trap::Interrupt)
-                .context("the call was still waiting in a host call at its deadline")),
+        let mut call = Box::pin(call);
+        let mut deadline = deadline;
+        loop {
+            match tokio::time::timeout_at(deadline, &mut call).await {
+                Ok(out) => return out,
+                Err(_) => {
+                    // The export returned meanwhile: its cleanup has a
+                    // deadline of its own, counted from then.
+                    let at = returned.load(Ordering::Relaxed);
+                    let moved = tokio::time::Instant::from_std(
+                        started + Duration::from_nanos(at) + self.wall_deadline,
+                    );
+                    if at > 0 && moved > deadline {
+                        deadline = moved;
+                        continue;
+                    }
+                    return Err(wasmtime::Error::new(Trap::Interrupt)
+                        .context("the call was still waiting in a host call at its deadline"));
+                }
+            }
         }
     }
 
@@ -1259,9 +1317,11 @@ impl Filter {
             .push(req)
             .expect("a filter's resource table has room");
         let borrowed = Resource::new_borrow(res.rep());
+        let returned = w.store.data().export_returned_ns.clone();
         let out = self
             .within_deadline(
                 started,
+                returned,
                 w.bindings
                     .gateway_filter_filter()
                     .call_on_request(&mut w.store, borrowed),
@@ -1307,9 +1367,11 @@ impl Filter {
         let rs = table
             .push(resp)
             .expect("a filter's resource table has room");
+        let returned = w.store.data().export_returned_ns.clone();
         let out = self
             .within_deadline(
                 started,
+                returned,
                 w.bindings.gateway_filter_filter().call_on_response(
                     &mut w.store,
                     Resource::new_borrow(rq.rep()),

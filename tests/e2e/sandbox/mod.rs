@@ -43,6 +43,9 @@ plugin = "hostile"
 failure_status = 503
 timeout = "50ms"
 memory_limit_mib = 16
+# Each attack's own failure is what is checked here; a run of attacks
+# would otherwise suspend the filter (tested in proxy.rs).
+suspend_after = 0
 
 [filters.open]
 plugin = "hostile"
@@ -500,4 +503,59 @@ fn instances_grown_near_their_memory_limit_are_retired_not_reused() {
             .all(|&n| (6..=13).contains(&n)),
         "{calls_per_instance:?}"
     );
+}
+
+/// A call's post-return cleanup (freeing its answer; in a language with a
+/// collector, possibly a collection) runs after the filter has answered.
+/// It has a deadline of its own, the filter's `timeout` again, rather than
+/// what the call left of its own: an answer given in time stands, and a
+/// cleanup that never ends still fails its call.
+#[test]
+fn cleanup_after_an_answer_has_a_deadline_of_its_own() {
+    let plugins = tempdir::Dir::new();
+    let built = crate::common::gateway_command()
+        .args(["plugin", "componentize"])
+        .arg(crate::common::repo().join("tests/plugins/slow-cleanup/filter.wat"))
+        .arg("-o")
+        .arg(plugins.path().join("slow-cleanup.wasm"))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let up = Upstream::start("app");
+    let addr = up.addr;
+    let gw = Gateway::start_with(tempdir::Dir::new(), |listen, admin| {
+        let preamble = crate::common::preamble(listen, admin).replace(
+            &crate::common::plugin_dir().display().to_string(),
+            &plugins.path().display().to_string(),
+        );
+        format!(
+            "{preamble}[upstreams.app]\ninstances = [\"{addr}\"]\n\
+             [filters.slow]\nplugin = \"slow-cleanup\"\ntimeout = \"1s\"\nfailure = \"fail-open\"\n\
+             [[route]]\nid = \"r\"\nupstream = \"app\"\nfilters = [\"slow\"]\n"
+        )
+    });
+    let r = gw.get("/", &[]);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(up.count(), 1);
+    let scrape = gw.metrics();
+    let failed = |phase: &str| -> Vec<(String, f64)> {
+        crate::common::series(&scrape, "gateway_plugin_failures_total")
+            .into_iter()
+            .filter(|(l, v)| l["filter"] == "slow" && l["phase"] == phase && *v > 0.0)
+            .map(|(l, v)| (l["reason"].clone(), v))
+            .collect()
+    };
+    // 600 ms of work and as much cleanup, each within its own 1 s.
+    assert_eq!(
+        failed("request"),
+        [],
+        "the request phase answered in time:\n{}",
+        gw.log()
+    );
+    // A cleanup that never ends is cut at its own 1 s.
+    assert_eq!(failed("response"), [("deadline".to_string(), 1.0)]);
 }
