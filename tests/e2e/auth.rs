@@ -774,10 +774,6 @@ fn check_accepts_a_good_config_and_refuses_bad_ones_clearly() {
             "route `admn` is not in the gateway's config; the routes are: api".into(),
         ),
         (
-            "cache_sise = 10\n".into(),
-            "unknown field `cache_sise`".into(),
-        ),
-        (
             "realm = \"x\"\n".into(),
             "no credentials configured: add `api_keys`, `jwt.keys` or `jwks` (or both)".into(),
         ),
@@ -790,4 +786,14 @@ fn check_accepts_a_good_config_and_refuses_bad_ones_clearly() {
             "for\n{config}\nexpected `{refused} {message}`, got\n{err}"
         );
     }
+    // A setting its types refuse is named by path, and so pointed at.
+    let (ok, err) = check("cache_sise = 10\n");
+    assert!(!ok);
+    assert!(
+        err.starts_with("error: CONFIG:")
+            && err.contains(
+                ": filter `auth` refused its configuration: at `cache_sise`: auth: unknown field `cache_sise`"
+            ),
+        "{err}"
+    );
 }

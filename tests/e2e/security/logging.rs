@@ -60,6 +60,8 @@ plugin = "hostile"
 failure_status = 503
 timeout = "50ms"
 memory_limit_mib = 16
+# Every call of the flood must fail on its own, not as a suspension.
+suspend_after = 0
 
 [upstreams.app]
 instances = ["{}"]
