@@ -33,8 +33,11 @@ build: plugins
 run: build
 	target/release/gateway run
 
+# The plugins' unit tests build in release beside the wasm build, so the
+# macro crates (wit-bindgen, serde) it compiled are used again rather than
+# compiled a second time for a debug build.
 test: setup plugins
-	$(CARGO) test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native
+	$(CARGO) test --release --manifest-path plugins/Cargo.toml --target-dir target/plugins
 	$(CARGO) test --release
 
 # server-timing (Rust), shard-header (JavaScript), deny-paths (Python) and
