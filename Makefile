@@ -89,9 +89,10 @@ soak-reload: plugins
 # Fuzzes the request head, host and config parsers, FUZZ_SECONDS each (needs the nightly toolchain; not part of `make test`; see SECURITY.md).
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := request_head host config
-# Sanitizer none: the gateway is safe Rust (#![forbid(unsafe_code)]), so
-# panics are what the fuzzers hunt, and without ASan builds and runs cost
-# about half. Its own target dir keeps target/release's cache intact.
+# Sanitizer none: the gateway is safe Rust (#![deny(unsafe_code)]; the one
+# exception loads the compile cache's checked entries, which no fuzz target
+# reaches), so panics are what the fuzzers hunt, and without ASan builds
+# and runs cost about half. Its own target dir keeps target/release's cache intact.
 FUZZ_CARGO := nice -n 15 $(CARGO) +nightly fuzz
 FUZZ_FLAGS := -s none --target-dir $(CURDIR)/target/fuzz
 FUZZ_DIR := $(CURDIR)/fuzz
