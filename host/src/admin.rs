@@ -124,6 +124,43 @@ async fn route(reloader: &Arc<Reloader>, req: &Request<Incoming>) -> Response<Fu
 /// proxy's `[server]` timeouts (a head within `header_read_timeout`, idle
 /// ones closed after `idle_timeout`) but not to its connection limits, so a
 /// full proxy can still be scraped.
+/// Answers on the admin listener while the first configuration loads
+/// (compiling its plugins takes seconds for a JavaScript or Python filter
+/// the compile cache does not hold yet): `/health` 200, everything else 503
+/// `starting`, so a supervisor polling `/ready` sees a live process that is
+/// not ready rather than a refused connection. Hands the listener back
+/// once `loaded` fires (or is dropped), for `serve`.
+pub async fn while_starting(
+    listener: TcpListener,
+    server: &crate::config::ServerConfig,
+    loaded: tokio::sync::oneshot::Receiver<()>,
+) -> TcpListener {
+    let settings = CurrentSettings::new(server).get(server).clone();
+    tokio::pin!(loaded);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = server::accept(&listener) => accepted,
+            _ = &mut loaded => return listener,
+        };
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            let handler = |req: Request<Incoming>| async move {
+                match req.uri().path() {
+                    "/health" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+                    _ => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        "starting\n".into(),
+                    ),
+                }
+            };
+            // Answered and closed: the next request finds `serve`.
+            let soon = tokio::time::sleep(std::time::Duration::from_secs(5));
+            server::serve_connection(stream, peer, &settings, handler, soon).await;
+        });
+    }
+}
+
 pub async fn serve(listener: TcpListener, reloader: Arc<Reloader>) {
     let mut current = CurrentSettings::new(&reloader.shared.current().server);
     loop {

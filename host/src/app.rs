@@ -113,16 +113,30 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
         tracing::info!("echo upstream on {}", l.local_addr()?);
         tokio::spawn(crate::echo::serve(l));
     }
+    // The admin listener answers from the start: `starting` while the
+    // plugins compile, so `/ready` can be polled meanwhile.
+    let (loaded, loading) = tokio::sync::oneshot::channel();
+    let early_admin = match admin_listen {
+        Some(addr) => {
+            let l = listen(inherited.admin, addr, "[admin]").await?;
+            tracing::info!("admin listening on {}", l.local_addr()?);
+            let server = config.server.clone();
+            Some(tokio::spawn(async move {
+                crate::admin::while_starting(l, &server, loading).await
+            }))
+        }
+        None => None,
+    };
     let reloader = Reloader::start(source, config, runtime.clone(), metrics.clone()).await?;
     let shared = reloader.shared.clone();
+    let _ = loaded.send(());
+    if let Some(early) = early_admin {
+        let l = early.await.context("the admin listener's start-up task")?;
+        tokio::spawn(crate::admin::serve(l, reloader.clone()));
+    }
 
     let listener = listen(inherited.server, server_listen, "[server]").await?;
     tracing::info!("gateway listening on {}", listener.local_addr()?);
-    if let Some(addr) = admin_listen {
-        let l = listen(inherited.admin, addr, "[admin]").await?;
-        tracing::info!("admin listening on {}", l.local_addr()?);
-        tokio::spawn(crate::admin::serve(l, reloader.clone()));
-    }
     let (watching, watched) = tokio::sync::oneshot::channel();
     let watcher = tokio::spawn(reloader.clone().watch(watching));
     // Serving (and so `/ready`) waits for the files to be watched, so an

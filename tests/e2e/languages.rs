@@ -631,3 +631,91 @@ fn a_restart_loads_compiled_filters_from_the_cache() {
     assert!(said.contains("removed 4 entries"), "{said}");
     assert_eq!(entries(), 0);
 }
+
+/// While a cold start compiles the filters (seconds for JavaScript and
+/// Python), the admin listener already answers: `/health` 200 and `/ready`
+/// 503 `starting`, each at once, rather than holding the connection until
+/// the compile is done; then `/ready` 200.
+#[test]
+fn ready_can_be_polled_while_the_filters_compile() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let upstream = Upstream::start("app");
+    let scratch = tempdir::Dir::new();
+    let xdg = scratch.path().display().to_string();
+    let plugins = built();
+    let up = upstream.addr;
+    // (path, answer or what went wrong)
+    let seen: Arc<Mutex<Vec<(&str, String)>>> = Arc::default();
+    let poller = {
+        let seen = seen.clone();
+        move |admin: std::net::SocketAddr| {
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+                let mut ask_health = true;
+                while std::time::Instant::now() < deadline {
+                    let path = if ask_health { "/health" } else { "/ready" };
+                    ask_health = !ask_health;
+                    let answer = std::net::TcpStream::connect(admin)
+                        .and_then(|mut s| {
+                            s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+                            write!(
+                                s,
+                                "GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
+                            )?;
+                            let mut a = String::new();
+                            s.read_to_string(&mut a)?;
+                            Ok(a)
+                        })
+                        .map(|a| {
+                            let status = a.get(9..12).unwrap_or("").to_string();
+                            let body = a.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+                            format!("{status} {body}")
+                        })
+                        .unwrap_or_else(|e| format!("failed: {e}"));
+                    let ready = path == "/ready" && answer.starts_with("200");
+                    seen.lock().unwrap().push((path, answer));
+                    if ready {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            })
+        }
+    };
+    let mut polling = None;
+    let gw = Gateway::start_with_env(
+        tempdir::Dir::new(),
+        &[("XDG_CACHE_HOME", &xdg)],
+        |listen, admin| {
+            polling = Some(poller(admin));
+            let preamble = crate::common::preamble(listen, admin).replace(
+                &crate::common::plugin_dir().display().to_string(),
+                &plugins.display().to_string(),
+            );
+            format!(
+                "{preamble}[upstreams.app]\ninstances = [\"{up}\"]\n{}",
+                chain(&[])
+            )
+        },
+    );
+    polling.unwrap().join().unwrap();
+    let seen = seen.lock().unwrap();
+    let starting = seen
+        .iter()
+        .filter(|(p, a)| *p == "/ready" && a == "503 starting")
+        .count();
+    assert!(
+        starting >= 5,
+        "/ready answered `starting` while compiling: {seen:#?}"
+    );
+    assert!(
+        seen.iter().all(|(p, a)| match *p {
+            "/health" => a == "200 ok",
+            _ => a == "503 starting" || a.starts_with("200"),
+        }),
+        "every poll answered at once, and rightly: {seen:#?}"
+    );
+    assert!(seen.last().unwrap().1.starts_with("200"));
+    assert_eq!(gw.get("/app/x", &[UA]).status, 200);
+}
