@@ -5,7 +5,7 @@
 //! serving through a gateway. The Rust SDK is used the three ways its
 //! README offers: vendored (the scaffold), by path and by git.
 
-use crate::common::{Gateway, Upstream, gateway_command, repo, tempdir};
+use crate::common::{Gateway, Upstream, componentize, gateway_command, repo, tempdir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -24,6 +24,14 @@ fn run(what: &str, cmd: &mut Command) -> String {
         out.status
     );
     text
+}
+
+/// The WAT template as `ua-check`, componentized by its README's command
+/// into `ua-check.wasm` in the project.
+fn wat_project(dir: &Path) -> PathBuf {
+    let wat = scaffold("wat", "ua-check", dir);
+    componentize(&wat.join("filter.wat"), &wat.join("ua-check.wasm"));
+    wat
 }
 
 /// `gateway plugin new NAME --lang LANG --dir DIR/NAME`.
@@ -87,10 +95,7 @@ fn serve(project: &Path, wasm: &Path, name: &str) -> (Gateway, Upstream, tempdir
     let settings = std::fs::read_to_string(project.join("filter.toml")).unwrap();
     let addr = up.addr;
     let gw = Gateway::start_with(tempdir::Dir::new(), |listen, admin| {
-        let preamble = crate::common::preamble(listen, admin).replace(
-            &crate::common::plugin_dir().display().to_string(),
-            &plugins.path().display().to_string(),
-        );
+        let preamble = crate::common::preamble_with_plugins(listen, admin, plugins.path());
         format!(
             "{preamble}[upstreams.app]\ninstances = [\"{addr}\"]\n\
              [filters.{name}]\nplugin = \"{name}\"\n[filters.{name}.config]\n{settings}\n\
@@ -302,19 +307,7 @@ fn javascript_python_and_wat_projects_build_test_and_serve() {
         "{refused}"
     );
 
-    let wat = scaffold("wat", "ua-check", dir.path());
-    run(
-        "plugin componentize",
-        gateway_command()
-            .args([
-                "plugin",
-                "componentize",
-                "filter.wat",
-                "-o",
-                "ua-check.wasm",
-            ])
-            .current_dir(&wat),
-    );
+    let wat = wat_project(dir.path());
     let wasm = wat.join("ua-check.wasm");
     check_and_test(&wat, &wasm);
     let (gw, _up, _plugins) = serve(&wat, &wasm, "ua-check");
@@ -350,19 +343,7 @@ fn refused_at(wasm: &Path, name: &str, settings: &str) -> String {
 #[test]
 fn log_format_and_level_are_chosen_on_the_command_line() {
     let dir = tempdir::Dir::new();
-    let wat = scaffold("wat", "ua-check", dir.path());
-    run(
-        "plugin componentize",
-        gateway_command()
-            .args([
-                "plugin",
-                "componentize",
-                "filter.wat",
-                "-o",
-                "ua-check.wasm",
-            ])
-            .current_dir(&wat),
-    );
+    let wat = wat_project(dir.path());
     let check = |args: &[&str]| {
         let out = gateway_command()
             .args(args)
@@ -419,19 +400,7 @@ fn plugin_new_refuses_bad_names_and_occupied_folders() {
 #[test]
 fn plugin_test_fails_on_an_unmet_expectation() {
     let dir = tempdir::Dir::new();
-    let wat = scaffold("wat", "ua-check", dir.path());
-    run(
-        "plugin componentize",
-        gateway_command()
-            .args([
-                "plugin",
-                "componentize",
-                "filter.wat",
-                "-o",
-                "ua-check.wasm",
-            ])
-            .current_dir(&wat),
-    );
+    let wat = wat_project(dir.path());
     std::fs::write(
         wat.join("wrong.toml"),
         "[[request]]\nname = \"wrongly expected\"\npath = \"/\"\nexpect = { action = \"respond\", status = 401 }\n",

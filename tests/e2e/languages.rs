@@ -177,10 +177,7 @@ fn start_with_env(upstream: &Upstream, env: &[(&str, &str)]) -> Gateway {
     let plugins = built();
     let up = upstream.addr;
     Gateway::start_with_env(tempdir::Dir::new(), env, |listen, admin| {
-        let preamble = crate::common::preamble(listen, admin).replace(
-            &crate::common::plugin_dir().display().to_string(),
-            &plugins.display().to_string(),
-        );
+        let preamble = crate::common::preamble_with_plugins(listen, admin, plugins);
         format!(
             "{preamble}[upstreams.app]\ninstances = [\"{up}\"]\n{}",
             chain(&[])
@@ -441,10 +438,7 @@ fn python_and_javascript_output_and_exceptions_reach_the_log() {
     let plugins = built();
     let up = upstream.addr;
     let gw = Gateway::start_with(tempdir::Dir::new(), |listen, admin| {
-        let preamble = crate::common::preamble(listen, admin).replace(
-            &crate::common::plugin_dir().display().to_string(),
-            &plugins.display().to_string(),
-        );
+        let preamble = crate::common::preamble_with_plugins(listen, admin, plugins);
         let route = |id: &str| {
             format!(
                 "[[route]]\nid = \"{id}\"\npath_prefix = \"/{id}\"\nupstream = \"app\"\nfilters = [\"{id}\"]\n"
@@ -689,10 +683,7 @@ fn ready_can_be_polled_while_the_filters_compile() {
         &[("XDG_CACHE_HOME", &xdg)],
         |listen, admin| {
             polling = Some(poller(admin));
-            let preamble = crate::common::preamble(listen, admin).replace(
-                &crate::common::plugin_dir().display().to_string(),
-                &plugins.display().to_string(),
-            );
+            let preamble = crate::common::preamble_with_plugins(listen, admin, plugins);
             format!(
                 "{preamble}[upstreams.app]\ninstances = [\"{up}\"]\n{}",
                 chain(&[])

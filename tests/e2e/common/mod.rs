@@ -13,7 +13,7 @@ use hyper::{Request, Response};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
@@ -258,9 +258,14 @@ pub mod tempdir {
 /// The `[server]`, `[admin]` and `[plugins]` sections every test config
 /// starts with; `{LISTEN}` style placeholders are filled by [`Gateway::start`].
 pub fn preamble(listen: SocketAddr, admin: SocketAddr) -> String {
+    preamble_with_plugins(listen, admin, &plugin_dir())
+}
+
+/// `preamble`, with the plugin folder `plugins` instead of the shared one.
+pub fn preamble_with_plugins(listen: SocketAddr, admin: SocketAddr, plugins: &Path) -> String {
     format!(
         "[server]\nlisten = \"{listen}\"\nheader_read_timeout = \"1s\"\nrequest_timeout = \"2s\"\nmax_body_bytes = 1024\nmax_header_bytes = 8192\nmax_headers = 50\nshutdown_grace = \"10s\"\n\n[admin]\nlisten = \"{admin}\"\n\n[plugins]\ndir = \"{}\"\n\n",
-        plugin_dir().display()
+        plugins.display()
     )
 }
 
@@ -300,6 +305,24 @@ pub fn check_config(body: &str) -> (bool, String, String) {
 /// does for a before-and-after).
 pub fn gateway_bin() -> String {
     std::env::var("GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_gateway").to_string())
+}
+
+/// `gateway plugin componentize WAT -o OUT`: a core module made a
+/// component with the gateway's own tool; the test fails with its words.
+pub fn componentize(wat: &Path, out: &Path) {
+    let made = gateway_command()
+        .args(["plugin", "componentize"])
+        .arg(wat)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("run gateway plugin componentize");
+    assert!(
+        made.status.success(),
+        "componentize {}: {}",
+        wat.display(),
+        String::from_utf8_lossy(&made.stderr)
+    );
 }
 
 /// The gateway binary as a command, with the suite's own compile cache

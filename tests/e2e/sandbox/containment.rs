@@ -20,15 +20,10 @@ fn hostile_abi() {
         let out = plugin_dir().join("hostile-abi.wasm");
         let dir = tempdir::Dir::new();
         let fresh = dir.path().join("hostile-abi.wasm");
-        let status = common::gateway_command()
-            .args(["plugin", "componentize"])
-            .arg(common::repo().join("tests/plugins/hostile-abi/filter.wat"))
-            .arg("-o")
-            .arg(&fresh)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("run gateway plugin componentize");
-        assert!(status.success(), "componentize hostile-abi");
+        common::componentize(
+            &common::repo().join("tests/plugins/hostile-abi/filter.wat"),
+            &fresh,
+        );
         let bytes = std::fs::read(&fresh).unwrap();
         if std::fs::read(&out).ok().as_deref() != Some(&bytes[..]) {
             // Written beside it, then renamed: one event, a whole file.

@@ -513,25 +513,14 @@ fn instances_grown_near_their_memory_limit_are_retired_not_reused() {
 #[test]
 fn cleanup_after_an_answer_has_a_deadline_of_its_own() {
     let plugins = tempdir::Dir::new();
-    let built = crate::common::gateway_command()
-        .args(["plugin", "componentize"])
-        .arg(crate::common::repo().join("tests/plugins/slow-cleanup/filter.wat"))
-        .arg("-o")
-        .arg(plugins.path().join("slow-cleanup.wasm"))
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
+    crate::common::componentize(
+        &crate::common::repo().join("tests/plugins/slow-cleanup/filter.wat"),
+        &plugins.path().join("slow-cleanup.wasm"),
     );
     let up = Upstream::start("app");
     let addr = up.addr;
     let gw = Gateway::start_with(tempdir::Dir::new(), |listen, admin| {
-        let preamble = crate::common::preamble(listen, admin).replace(
-            &crate::common::plugin_dir().display().to_string(),
-            &plugins.path().display().to_string(),
-        );
+        let preamble = crate::common::preamble_with_plugins(listen, admin, plugins.path());
         format!(
             "{preamble}[upstreams.app]\ninstances = [\"{addr}\"]\n\
              [filters.slow]\nplugin = \"slow-cleanup\"\ntimeout = \"1s\"\nfailure = \"fail-open\"\n\
