@@ -19,6 +19,7 @@ mod ratelimit;
 mod reload;
 mod sandbox;
 mod security;
+mod suite;
 mod tenant;
 mod tracing_export;
 mod upstream;
