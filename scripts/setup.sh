@@ -27,6 +27,9 @@ want node nodejs
 want npm npm
 want python3 python3
 want git git
+# The TLS tests' real clients.
+want curl curl
+want openssl openssl
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [[ "${1:-}" == "--bench" ]]; then
   want nginx nginx-light

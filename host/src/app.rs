@@ -105,6 +105,7 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     let grace = config.server.shutdown_grace.0;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let echo_listen = config.echo.as_ref().map(|e| e.listen);
+    let redirect_listen = config.server.tls.as_ref().and_then(|t| t.redirect_listen);
 
     // The echo upstream starts first so the gateway never forwards to a
     // port nobody has opened yet.
@@ -136,7 +137,16 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     }
 
     let listener = listen(inherited.server, server_listen, "[server]").await?;
+    let https_port = listener.local_addr()?.port();
     tracing::info!("gateway listening on {}", listener.local_addr()?);
+    let redirects = match redirect_listen {
+        Some(addr) => {
+            let l = listen(inherited.redirect, addr, "[server.tls] redirect_listen").await?;
+            tracing::info!("redirecting to https on {}", l.local_addr()?);
+            Some(l)
+        }
+        None => None,
+    };
     let (watching, watched) = tokio::sync::oneshot::channel();
     let watcher = tokio::spawn(reloader.clone().watch(watching));
     // Serving (and so `/ready`) waits for the files to be watched, so an
@@ -169,6 +179,14 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
             let _ = stop_tx.send(true);
         })
     };
+    if let Some(l) = redirects {
+        tokio::spawn(crate::redirect::serve(
+            l,
+            https_port,
+            shared.clone(),
+            stop_rx.clone(),
+        ));
+    }
     tracing::info!("{workers} worker thread(s) serving connections");
     crate::server::serve(listener, workers, shared, stop_rx, grace)
         .await

@@ -15,6 +15,7 @@ use crate::plugin::{Filter, LoadedPlugin, PluginError, Runtime, content_hash, re
 use crate::routing::RouteTable;
 use crate::serving::{Built, Gateway, RouteRuntime};
 use crate::telemetry::{self, Metrics, RouteMetrics};
+use crate::tls::Terminator;
 use crate::upstream::{Carry, RetryPolicy, Upstream};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -330,6 +331,9 @@ pub async fn build(
         .flat_map(|f| f.config_files.values())
         .map(|p| config.base_dir.join(p))
         .collect();
+    let tls_loaded = config.server.tls.as_ref().and_then(|t| t.loaded.as_ref());
+    let tls = tls_loaded.map(|t| Arc::new(Terminator::new(t)));
+    let tls_files = tls_loaded.map(|t| t.files.clone()).unwrap_or_default();
     let built = Built {
         filters: config
             .filters
@@ -366,7 +370,9 @@ pub async fn build(
             plugins: plugins.into_values().collect(),
             plugin_files,
             config_files,
+            tls_files,
             plugin_dir,
+            tls,
             built,
         },
         report,

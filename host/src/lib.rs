@@ -12,7 +12,8 @@
 //!    authority, refusals), `listeners` (sockets handed over at start),
 //!    `per_worker` (state kept per worker thread), `echo` (the built-in
 //!    echo upstream).
-//! 2. `telemetry`: metrics, access log, traces.
+//! 2. `telemetry`: metrics, access log, traces; `tls`: handshakes on the
+//!    proxy listener.
 //! 3. `state` (plugins' shared counters) and `routing` (path normalisation
 //!    and route matching).
 //! 4. `upstream` (pools, balancing, breakers, health, retries) and `plugin`
@@ -22,7 +23,8 @@
 //!    running one's parts) and `proxy` (one request through routing,
 //!    filters and upstream).
 //! 7. `server` (client connections) and `reload` (swapping configurations).
-//! 8. `admin` (the admin listener) and `authoring` (`plugin new` and
+//! 8. `admin` (the admin listener), `redirect` (the plaintext listener
+//!    that sends clients to https) and `authoring` (`plugin new` and
 //!    `plugin test`, for filter authors).
 //! 9. `app` (the commands: run, check, plugin check and componentize).
 //!
@@ -47,10 +49,12 @@ pub mod listeners;
 pub(crate) mod per_worker;
 pub mod plugin;
 pub(crate) mod proxy;
+pub(crate) mod redirect;
 pub mod reload;
 pub mod routing;
 pub(crate) mod server;
 pub(crate) mod serving;
 pub mod state;
 pub mod telemetry;
+pub(crate) mod tls;
 pub mod upstream;

@@ -1,6 +1,7 @@
 //! Listening sockets a supervisor opened for the gateway and handed over
 //! at start: systemd's socket activation protocol (`LISTEN_FDS`, and
-//! `LISTEN_FDNAMES` naming each socket `server`, `admin` or `echo`). A
+//! `LISTEN_FDNAMES` naming each socket `server`, `admin`, `echo` or
+//! `redirect`). A
 //! section with an inherited socket serves on it instead of binding its
 //! `listen` address, so a restart never races another process for the port.
 
@@ -12,6 +13,7 @@ pub struct Inherited {
     pub server: Option<TcpListener>,
     pub admin: Option<TcpListener>,
     pub echo: Option<TcpListener>,
+    pub redirect: Option<TcpListener>,
 }
 
 impl Inherited {
@@ -38,9 +40,10 @@ impl Inherited {
                 "server" => &mut inherited.server,
                 "admin" => &mut inherited.admin,
                 "echo" => &mut inherited.echo,
+                "redirect" => &mut inherited.redirect,
                 other => {
                     return Err(format!(
-                        "inherited socket {i} is named `{other}`; LISTEN_FDNAMES names are server, admin and echo"
+                        "inherited socket {i} is named `{other}`; LISTEN_FDNAMES names are server, admin, echo and redirect"
                     ));
                 }
             };

@@ -15,13 +15,16 @@
 use crate::config::FailurePolicy;
 use crate::edge::{self, Refusal, RefusalKind};
 use crate::plugin::bindings::Reply;
-use crate::plugin::host::{RequestId, RequestInfo, RequestState, ResponseState};
+use crate::plugin::host::{
+    CONTEXT_CLIENT_SAN, CONTEXT_CLIENT_SUBJECT, RequestId, RequestInfo, RequestState, ResponseState,
+};
 use crate::plugin::{Decision, Failure, Filter, Held};
 use crate::routing::normalize_path;
 use crate::serving::Gateway;
 use crate::telemetry::access_log::{self, Entry};
 use crate::telemetry::method_label;
 use crate::telemetry::trace::{self, RequestTrace};
+use crate::tls;
 use crate::upstream::Failed;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -183,6 +186,15 @@ async fn serve_request(
                 Some(t) => Some(t.trace_id()),
                 None => trace::trace_id_of(req.headers()),
             },
+            tls: req
+                .extensions()
+                .get::<Arc<tls::Session>>()
+                .map(|s| s.version.to_string()),
+            client_cert: req
+                .extensions()
+                .get::<Arc<tls::Session>>()
+                .and_then(|s| s.client.as_ref())
+                .map(|c| c.subject.clone()),
             ..Entry::default()
         })
     });
@@ -294,6 +306,20 @@ impl Drop for ObservedBody {
 
 pub use crate::telemetry::NO_ROUTE;
 
+/// The context entries a request starts with: on a TLS connection with a
+/// verified client certificate, its subject and subject alternative names
+/// (comma-separated), for filters to authorise by. Filters cannot set
+/// `tls.` keys (`plugin::host`), so what they read here is the handshake's.
+fn tls_context(session: Option<&tls::Session>) -> Vec<(String, String)> {
+    match session.and_then(|s| s.client.as_ref()) {
+        Some(c) => vec![
+            (CONTEXT_CLIENT_SUBJECT.to_string(), c.subject.clone()),
+            (CONTEXT_CLIENT_SAN.to_string(), c.san.join(",")),
+        ],
+        None => Vec::new(),
+    }
+}
+
 async fn pipeline(
     gw: &Gateway,
     req: Request<Incoming>,
@@ -303,6 +329,8 @@ async fn pipeline(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let trust = gw.server.trust_forwarded;
+    let session = parts.extensions.get::<Arc<tls::Session>>().cloned();
+    let scheme = if session.is_some() { "https" } else { "http" };
 
     let request_id = parts
         .headers
@@ -380,7 +408,7 @@ async fn pipeline(
         &mut parts.headers,
         client.ip(),
         host.as_ref(),
-        "http",
+        scheme,
         trust,
     );
     gw.metrics
@@ -417,12 +445,12 @@ async fn pipeline(
         route: rt.id.clone(),
         client_addr: client,
         request_id: request_id.clone(),
-        scheme: "http",
+        scheme,
     });
     let mut state = RequestState {
         parts,
         info,
-        context: Vec::new(),
+        context: tls_context(session.as_deref()),
     };
 
     // Filters on the way in. `passed` are those whose on-request continued

@@ -36,6 +36,7 @@ struct RestartOnly {
     grace: Duration,
     admin: Option<std::net::SocketAddr>,
     echo: Option<std::net::SocketAddr>,
+    redirect: Option<std::net::SocketAddr>,
     state: crate::config::StateConfig,
     buckets: Vec<f64>,
     reload: crate::config::ReloadConfig,
@@ -51,6 +52,7 @@ impl RestartOnly {
             grace: c.server.shutdown_grace.0,
             admin: c.admin.as_ref().map(|a| a.listen),
             echo: c.echo.as_ref().map(|e| e.listen),
+            redirect: c.server.tls.as_ref().and_then(|t| t.redirect_listen),
             state: c.state.clone(),
             buckets: c.metrics.duration_buckets.clone(),
             reload: c.reload.clone(),
@@ -66,6 +68,10 @@ impl RestartOnly {
             (self.grace != new.grace, "[server] shutdown_grace"),
             (self.admin != new.admin, "[admin] listen"),
             (self.echo != new.echo, "[echo] listen"),
+            (
+                self.redirect != new.redirect,
+                "[server.tls] redirect_listen",
+            ),
             (self.state != new.state, "[state]"),
             (self.buckets != new.buckets, "[metrics] duration_buckets"),
             (self.reload != new.reload, "[reload]"),
@@ -137,6 +143,7 @@ impl Reloader {
         builder.cache.trim(&gw.plugins);
         metrics.declare_reloads();
         metrics.declare_edge();
+        metrics.declare_tls_failures(&crate::tls::HandshakeFailure::ALL.map(|f| f.as_str()));
         let shared = Arc::new(Shared::new(gw, metrics));
         Ok(Arc::new(Reloader {
             shared,
@@ -421,8 +428,8 @@ impl Reloader {
     }
 
     /// The files whose change triggers a reload: the config file, each
-    /// plugin file the running configuration loads and each of its
-    /// filters' `config_files`.
+    /// plugin file the running configuration loads, each of its filters'
+    /// `config_files` and `[server.tls]`'s certificates and keys.
     fn watch_targets(&self) -> Watched {
         let ConfigSource::File(config) = &self.source else {
             return Watched::default();
@@ -432,6 +439,7 @@ impl Reloader {
         let mut files = vec![absolute(config)];
         files.extend(gw.plugin_files.iter().map(absolute));
         files.extend(gw.config_files.iter().map(absolute));
+        files.extend(gw.tls_files.iter().map(absolute));
         Watched {
             files,
             plugin_dir: Some(absolute(&gw.plugin_dir)),

@@ -243,7 +243,7 @@ impl Worker {
             };
             let open = self.shared.metrics.connection_opened();
             let shared = self.shared.clone();
-            let handler = move |req| crate::proxy::handle(shared.current(), req, peer);
+            let tls = shared.current().tls.clone();
             let mut stopped = self.shutdown.clone();
             tokio::spawn(async move {
                 let _slot = slot;
@@ -251,6 +251,41 @@ impl Worker {
                 // A dropped sender means the server is going away: stop too.
                 let stopping = async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                let Some(tls) = tls else {
+                    let handler = move |req| crate::proxy::handle(shared.current(), req, peer);
+                    serve_connection(stream, peer, &settings, handler, stopping).await;
+                    return;
+                };
+                tokio::pin!(stopping);
+                let deadline = Instant::now() + settings.header_read_timeout;
+                let handshake = tokio::select! {
+                    done = tokio::time::timeout_at(deadline, tls.handshake(stream)) => done,
+                    // Nothing is in flight before the handshake is done.
+                    _ = &mut stopping => return,
+                };
+                drop(tls);
+                let (stream, session) = match handshake {
+                    Ok(Ok(done)) => done,
+                    Ok(Err(failure)) => {
+                        shared.metrics.count_tls_handshake_failure(failure.as_str());
+                        tracing::debug!(%peer, "TLS handshake failed: {}", failure.as_str());
+                        return;
+                    }
+                    Err(_) => {
+                        let failure = crate::tls::HandshakeFailure::Timeout;
+                        shared.metrics.count_tls_handshake_failure(failure.as_str());
+                        tracing::debug!(%peer, "no TLS handshake within header_read_timeout; closing");
+                        return;
+                    }
+                };
+                shared
+                    .metrics
+                    .count_tls_handshake(session.version, session.alpn);
+                let session = Arc::new(session);
+                let handler = move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(session.clone());
+                    crate::proxy::handle(shared.current(), req, peer)
                 };
                 serve_connection(stream, peer, &settings, handler, stopping).await;
             });
@@ -265,13 +300,14 @@ impl Worker {
 
 /// Serves one client connection with `handler` until it closes, a deadline
 /// passes, or (after `shutdown` completes) its requests are done.
-pub async fn serve_connection<H, Fut, B>(
-    mut stream: TcpStream,
+pub async fn serve_connection<S, H, Fut, B>(
+    mut stream: S,
     peer: SocketAddr,
     settings: &ConnSettings,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> Fut + Send + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Unpin + Send + 'static,

@@ -5,6 +5,7 @@ use crate::config::{FilterConfig, RetryConfig, ServerConfig, UpstreamConfig};
 use crate::plugin::{Filter, LoadedPlugin};
 use crate::routing::RouteTable;
 use crate::telemetry::{Metrics, RouteMetrics};
+use crate::tls::Terminator;
 use crate::upstream::{RetryPolicy, Upstream};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
@@ -47,7 +48,11 @@ pub struct Gateway {
     /// follows: plugin files and filters' `config_files`.
     pub plugin_files: Vec<PathBuf>,
     pub config_files: Vec<PathBuf>,
+    /// `[server.tls]`'s certificates, keys and client CAs.
+    pub tls_files: Vec<PathBuf>,
     pub plugin_dir: PathBuf,
+    /// Handshakes new connections when `[server.tls]` is set.
+    pub tls: Option<Arc<Terminator>>,
     /// What was built from which settings, for the next reload to compare.
     pub(crate) built: Built,
 }
@@ -66,6 +71,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(gw: Gateway, metrics: Arc<Metrics>) -> Shared {
         metrics.set_plugin_versions(plugin_versions(&gw));
+        metrics.set_certificates(certificates(&gw));
         Shared {
             current: ArcSwap::from_pointee(gw),
             metrics,
@@ -81,8 +87,16 @@ impl Shared {
     /// Makes `gw` the configuration new requests are served with.
     pub fn swap(&self, gw: Gateway) {
         self.metrics.set_plugin_versions(plugin_versions(&gw));
+        self.metrics.set_certificates(certificates(&gw));
         self.current.store(Arc::new(gw));
     }
+}
+
+fn certificates(gw: &Gateway) -> Vec<(String, i64)> {
+    gw.tls
+        .as_ref()
+        .map(|t| t.certificates.clone())
+        .unwrap_or_default()
 }
 
 fn plugin_versions(gw: &Gateway) -> Vec<(Arc<str>, String)> {

@@ -18,13 +18,13 @@ const LAYERS: &[&[&str]] = &[
         "per_worker",
         "echo",
     ],
-    &["telemetry"],
+    &["telemetry", "tls"],
     &["state", "routing"],
     &["upstream", "plugin"],
     &["serving"],
     &["assemble", "proxy"],
     &["server", "reload"],
-    &["admin", "authoring"],
+    &["admin", "redirect", "authoring"],
     &["app"],
 ];
 

@@ -21,5 +21,6 @@ mod sandbox;
 mod security;
 mod suite;
 mod tenant;
+mod tls;
 mod tracing_export;
 mod upstream;

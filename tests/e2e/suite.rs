@@ -46,5 +46,9 @@ fn every_plugin_crate_with_unit_tests_is_run_by_make_test() {
             );
         }
     }
-    assert_eq!(tested, listed.len(), "UNIT_TESTED lists a crate without unit tests");
+    assert_eq!(
+        tested,
+        listed.len(),
+        "UNIT_TESTED lists a crate without unit tests"
+    );
 }

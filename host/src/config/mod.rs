@@ -18,6 +18,7 @@ mod state;
 mod telemetry;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod types;
 mod upstreams;
 mod validate;
@@ -31,6 +32,10 @@ pub use server::{
 };
 pub use state::{MAX_WINDOW, StateBackend, StateConfig};
 pub use telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
+pub use tls::{
+    ClientAuth, LoadedCertificate, LoadedTls, SniCertificate, TlsConfig, crypto_provider,
+    host_pattern_text,
+};
 pub use types::{
     FailureOn, HostPattern, MAX_MEMORY_LIMIT_MIB, MemoryMib, Method, Millis, Outcome, PluginName,
     Ratio, RetryOn, Status, is_plain_name,
@@ -173,6 +178,9 @@ impl Config {
         config.validate(&src)?;
         for (name, f) in &mut config.filters {
             f.read_files(&src, name, &config.base_dir)?;
+        }
+        if let Some(tls) = &mut config.server.tls {
+            tls.load(&src, &config.base_dir)?;
         }
         Ok(config)
     }

@@ -1,7 +1,7 @@
 //! `[server]`, `[admin]`, `[echo]`, `[plugins]` and `[reload]`: the
 //! listeners, their limits and how file changes are taken up.
 
-use super::{ConfigError, Millis, Source, refuse};
+use super::{ConfigError, Millis, Source, TlsConfig, refuse};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +64,8 @@ pub struct ServerConfig {
     /// runtime of its own; one per core the process may run on when absent.
     /// Read at start.
     pub workers: Option<usize>,
+    /// TLS on this listener; plaintext HTTP/1.1 and h2c when absent.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ServerConfig {

@@ -5,25 +5,49 @@ use super::{Config, ConfigError, Source, list_or_none};
 
 pub(super) fn across_sections(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
     // Two listeners on one address: the second would fail to bind at start
-    // (port 0 asks for any free port, so it never collides).
-    let mut listeners = vec![(config.server.listen, ["server", "listen"])];
-    listeners.extend(
+    // (port 0 asks for any free port, so it never collides). Each is
+    // named by its setting and by the table whose listener it is.
+    let tls_redirect = config.server.tls.as_ref().and_then(|t| t.redirect_listen);
+    let listeners: Vec<(std::net::SocketAddr, &[&str], &str, &str)> = [
+        Some((
+            config.server.listen,
+            &["server", "listen"][..],
+            "[server] listen",
+            "[server]",
+        )),
+        config.admin.as_ref().map(|a| {
+            (
+                a.listen,
+                &["admin", "listen"][..],
+                "[admin] listen",
+                "[admin]",
+            )
+        }),
         config
-            .admin
+            .echo
             .as_ref()
-            .map(|a| (a.listen, ["admin", "listen"])),
-    );
-    listeners.extend(config.echo.as_ref().map(|e| (e.listen, ["echo", "listen"])));
-    for (i, (addr, at)) in listeners.iter().enumerate() {
-        if let Some((_, first)) = listeners[..i]
+            .map(|e| (e.listen, &["echo", "listen"][..], "[echo] listen", "[echo]")),
+        tls_redirect.map(|a| {
+            (
+                a,
+                &["server", "tls", "redirect_listen"][..],
+                "[server.tls] redirect_listen",
+                "the https redirect",
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (i, (addr, at, setting, _)) in listeners.iter().enumerate() {
+        if let Some((_, _, _, first)) = listeners[..i]
             .iter()
-            .find(|(other, _)| other == addr && addr.port() != 0)
+            .find(|(other, ..)| other == addr && addr.port() != 0)
         {
             return Err(src.error_key(
                 at,
                 format!(
-                    "[{}] listen is {addr}, which [{}] listens on already; give each listener its own port",
-                    at[0], first[0]
+                    "{setting} is {addr}, which {first} listens on already; give each listener its own port"
                 ),
             ));
         }

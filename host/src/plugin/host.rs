@@ -33,6 +33,14 @@ type SeriesKey = (PluginMetricKind, String, Vec<(String, String)>);
 pub const MAX_CONTEXT_KEY: usize = 128;
 pub const MAX_CONTEXT_VALUE: usize = 4 * 1024;
 pub const MAX_CONTEXT_ENTRIES: usize = 64;
+/// Context keys the gateway sets from the TLS handshake: a verified client
+/// certificate's subject (RFC 4514) and its subject alternative names
+/// (`DNS:…`, `URI:…`, `email:…`, `IP:…`, comma-separated). Keys under
+/// `tls.` are the gateway's: a filter setting one is refused, so a later
+/// filter cannot be handed a forged identity.
+pub const CONTEXT_CLIENT_SUBJECT: &str = "tls.client-subject";
+pub const CONTEXT_CLIENT_SAN: &str = "tls.client-san";
+const GATEWAY_CONTEXT_PREFIX: &str = "tls.";
 /// Longest log message kept; the rest is cut.
 pub const MAX_LOG_MESSAGE: usize = 4 * 1024;
 /// Host resources (WASI handles, the lent request and response) one
@@ -526,6 +534,11 @@ impl types::HostRequest for HostState {
         if key.len() > MAX_CONTEXT_KEY || value.len() > MAX_CONTEXT_VALUE {
             wasmtime::bail!(
                 "set-context refused: key or value too long (limits {MAX_CONTEXT_KEY} and {MAX_CONTEXT_VALUE} bytes)"
+            );
+        }
+        if key.starts_with(GATEWAY_CONTEXT_PREFIX) {
+            wasmtime::bail!(
+                "set-context refused: keys under `{GATEWAY_CONTEXT_PREFIX}` are set by the gateway from the TLS handshake"
             );
         }
         let ctx = &mut self.table.get_mut(&r)?.context;

@@ -42,6 +42,12 @@ pub struct Entry {
     /// The tenant a filter established (the `tenant` context key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The TLS version of the client's connection; absent in plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    /// The subject of the client's verified certificate, if it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
     /// Who made the answer: `upstream`, `gateway` (a refusal of its own, or
     /// no instance to ask), or `filter:<name>` when a filter answered or
     /// failed closed.

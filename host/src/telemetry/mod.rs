@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 
 /// Plugin name and SHA-256 of each version in use, read at scrape time.
 type PluginVersions = Arc<ArcSwap<Vec<(Arc<str>, String)>>>;
+/// Each certificate name the listener presents, with the Unix time its
+/// certificate ends.
+type CertificateEnds = Arc<ArcSwap<Vec<(String, i64)>>>;
 
 /// Bucket bounds of the byte-size histograms: 64 B to 16 MiB by fours.
 const SIZE_BUCKETS: &[f64] = &[
@@ -121,6 +124,11 @@ pub struct Metrics {
     /// The plugin versions the running configuration uses, for
     /// `gateway_plugin_info`; replaced on every applied reload.
     plugin_versions: PluginVersions,
+    certificate_ends: CertificateEnds,
+    /// Finished TLS handshakes, by version and ALPN protocol.
+    tls_handshakes: Counter<u64>,
+    /// Failed TLS handshakes, by reason (`tls::HandshakeFailure`).
+    tls_handshake_failures: Counter<u64>,
     /// Connection counts of every upstream instance alive, for the
     /// `gateway_upstream_connections_*` gauges read at scrape time.
     connection_gauges: Arc<Mutex<Vec<Weak<ConnectionGauge>>>>,
@@ -327,6 +335,8 @@ impl Metrics {
         let live: Arc<Live> = Arc::default();
         observe_live(&meter, &live);
         let plugin_versions: PluginVersions = Arc::default();
+        let certificate_ends: CertificateEnds = Arc::default();
+        observe_certificates(&meter, &certificate_ends);
         let connection_gauges: Arc<Mutex<Vec<Weak<ConnectionGauge>>>> = Arc::default();
         observe_process(&meter, &plugin_versions, &connection_gauges);
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
@@ -399,6 +409,15 @@ impl Metrics {
                 .with_description("Access log lines dropped because the writer fell behind")
                 .build(),
             plugin_versions,
+            certificate_ends,
+            tls_handshakes: meter
+                .u64_counter("gateway_tls_handshakes_total")
+                .with_description("TLS handshakes completed on the proxy listener, by TLS version and ALPN protocol")
+                .build(),
+            tls_handshake_failures: meter
+                .u64_counter("gateway_tls_handshake_failures_total")
+                .with_description("TLS handshakes that failed on the proxy listener, by reason")
+                .build(),
             connection_gauges,
             plugin_calls: meter
                 .u64_counter("gateway_plugin_calls_total")
@@ -848,6 +867,36 @@ impl Metrics {
         self.plugin_versions.store(Arc::new(versions));
     }
 
+    /// The certificates the running configuration presents, by name, with
+    /// the Unix time each ends.
+    pub fn set_certificates(&self, ends: Vec<(String, i64)>) {
+        self.certificate_ends.store(Arc::new(ends));
+    }
+
+    /// Puts each handshake failure reason at zero, so an alert on their
+    /// rate has series before the first failure.
+    pub fn declare_tls_failures(&self, reasons: &[&'static str]) {
+        for reason in reasons {
+            self.tls_handshake_failures
+                .add(0, &[KeyValue::new("reason", *reason)]);
+        }
+    }
+
+    pub fn count_tls_handshake(&self, version: &'static str, alpn: &'static str) {
+        self.tls_handshakes.add(
+            1,
+            &[
+                KeyValue::new("version", version),
+                KeyValue::new("alpn", alpn),
+            ],
+        );
+    }
+
+    pub fn count_tls_handshake_failure(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .add(1, &[KeyValue::new("reason", reason)]);
+    }
+
     /// Counts a request in flight until the guard drops.
     pub fn in_flight(&self) -> InFlight<'_> {
         self.live.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -880,6 +929,24 @@ impl Metrics {
 /// because those report only what the last callback saw, so an instance
 /// or plugin version that went away leaves the scrape with it (an observed
 /// gauge would keep its last value forever).
+/// `gateway_tls_certificate_expiry_seconds`: read at scrape time from what
+/// the running configuration presents, so a reload's new certificate, or a
+/// name no longer served, shows at the next scrape.
+fn observe_certificates(meter: &Meter, ends: &CertificateEnds) {
+    let ends = ends.clone();
+    meter
+        .i64_observable_up_down_counter("gateway_tls_certificate_expiry_seconds")
+        .with_description(
+            "When the certificate presented for each name ends, in seconds since the Unix epoch",
+        )
+        .with_callback(move |o| {
+            for (name, not_after) in ends.load().iter() {
+                o.observe(*not_after, &[KeyValue::new("name", name.clone())]);
+            }
+        })
+        .build();
+}
+
 fn observe_process(
     meter: &Meter,
     plugin_versions: &PluginVersions,

@@ -217,6 +217,9 @@ pub struct Gateway {
     pub admin: SocketAddr,
     pub child: Child,
     pub dir: tempdir::Dir,
+    /// Listeners handed over besides `server` and `admin`, in the order
+    /// asked for (`start_with_echo`, `start_with_listeners`).
+    pub extra: Vec<SocketAddr>,
 }
 
 pub mod tempdir {
@@ -373,6 +376,18 @@ impl Gateway {
         })
     }
 
+    /// Like `start_with`, with more listeners handed over (named as
+    /// `LISTEN_FDNAMES` names them: `echo`, `redirect`): `config` gets the
+    /// proxy, admin and then these addresses.
+    pub fn start_with_listeners(
+        dir: tempdir::Dir,
+        more: &[&str],
+        config: impl FnOnce(&[SocketAddr]) -> String,
+    ) -> Gateway {
+        let names: Vec<&str> = ["server", "admin"].iter().chain(more).copied().collect();
+        Gateway::launch(dir, &[], &names, config)
+    }
+
     /// Binds a loopback listener for each of `names` (`server` and `admin`
     /// first, then `echo` when asked), writes the configuration `config`
     /// makes from their addresses and starts the gateway with them.
@@ -429,6 +444,7 @@ impl Gateway {
             admin,
             child,
             dir,
+            extra: addrs[2..].to_vec(),
         };
         // Compiling a JavaScript or Python filter (12 to 18 MB of wasm) takes
         // seconds; this bound only turns a hang into a failure.

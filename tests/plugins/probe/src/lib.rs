@@ -32,8 +32,8 @@ struct Config {
     #[serde(default)]
     observe_paths: bool,
     /// Copy what the filter is shown of the request (`authority()`,
-    /// `path()`) into `x-seen-authority` and `x-seen-path`, so a test can
-    /// compare it with what the upstream got.
+    /// `path()`, `scheme()`) into `x-seen-authority`, `x-seen-path` and
+    /// `x-seen-scheme`, so a test can compare it with what the upstream got.
     #[serde(default)]
     report_view: bool,
     /// Do nothing in either phase: the cost of a call itself.
@@ -114,6 +114,7 @@ impl Guest for Probe {
             let authority = req.authority().unwrap_or_else(|| "<none>".into());
             let _ = req.set_header("x-seen-authority", authority.as_bytes());
             let _ = req.set_header("x-seen-path", req.path().as_bytes());
+            let _ = req.set_header("x-seen-scheme", req.scheme().as_bytes());
         }
         if let Some(key) = &c.set_context {
             req.set_context(key, &c.name);
