@@ -175,7 +175,10 @@ impl Plan {
                         connections: old.connect_timeout == new.connect_timeout
                             && old.idle_timeout == new.idle_timeout
                             && old.max_idle_per_instance == new.max_idle_per_instance
-                            && old.protocol == new.protocol,
+                            && old.protocol == new.protocol
+                            // A renewed CA or client certificate takes new
+                            // connections; open ones were verified with the old.
+                            && old.tls == new.tls,
                         breakers: old.breaker == new.breaker,
                         health: old.health == new.health,
                         outliers: old.outlier == new.outlier,
@@ -333,7 +336,17 @@ pub async fn build(
         .collect();
     let tls_loaded = config.server.tls.as_ref().and_then(|t| t.loaded.as_ref());
     let tls = tls_loaded.map(|t| Arc::new(Terminator::new(t)));
-    let tls_files = tls_loaded.map(|t| t.files.clone()).unwrap_or_default();
+    let upstream_tls_files = config
+        .upstreams
+        .values()
+        .filter_map(|u| u.tls.as_ref()?.loaded.as_ref())
+        .flat_map(|t| t.files.iter().cloned());
+    let tls_files = tls_loaded
+        .map(|t| t.files.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(upstream_tls_files)
+        .collect();
     let built = Built {
         filters: config
             .filters

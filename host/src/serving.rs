@@ -48,7 +48,8 @@ pub struct Gateway {
     /// follows: plugin files and filters' `config_files`.
     pub plugin_files: Vec<PathBuf>,
     pub config_files: Vec<PathBuf>,
-    /// `[server.tls]`'s certificates, keys and client CAs.
+    /// `[server.tls]`'s certificates, keys and client CAs, and the CAs and
+    /// client certificates of upstreams' `tls`.
     pub tls_files: Vec<PathBuf>,
     pub plugin_dir: PathBuf,
     /// Handshakes new connections when `[server.tls]` is set.

@@ -333,13 +333,14 @@ fn sni_chooses_the_certificate_alpn_offers_h2_and_requests_are_told_https() {
         assert!(end > 4.0e9, "{name}: {end}");
     }
     // Every TLS name the catalogue lists and the alert rules use is in
-    // this scrape (observability.rs checks the rest on a plaintext one).
+    // this scrape (observability.rs checks the rest on a plaintext one,
+    // and the upstream TLS test its own).
     let scraped = declared(&m);
     let alerts = std::fs::read_to_string(repo().join("config/prometheus/alerts.yml")).unwrap();
     let listed: Vec<String> = catalogue()
         .into_iter()
         .chain(names_used(&alerts, &scraped))
-        .filter(|n| n.starts_with(TLS_METRICS))
+        .filter(|n| n.starts_with(TLS_METRICS) && !n.starts_with(UPSTREAM_TLS_METRICS))
         .collect();
     assert!(listed.len() >= 3, "{listed:?}");
     for name in &listed {
@@ -585,4 +586,214 @@ fn the_redirect_listener_sends_clients_to_https() {
     );
     let r = crate::common::raw(redirect, b"GET / HTTP/1.1\r\nhost: bad host\r\n\r\n");
     assert_eq!(r.status, 400);
+}
+
+/// A TLS server configuration for a test upstream: `leaf` as its
+/// certificate, ALPN `h2` then `http/1.1`, and client certificates from
+/// `client_ca` required when given.
+fn upstream_tls(leaf: &Leaf, client_ca: Option<&str>) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A plaintext gateway routing `/api` to `up` with `[upstreams.up.tls]`
+/// set to `tls` (and `extra` lines in the upstream's table); `files`
+/// writes what it names into the gateway's folder first.
+fn gateway_to_tls_upstream(
+    up: &Upstream,
+    files: impl FnOnce(&Path),
+    tls: &str,
+    extra: &str,
+) -> Gateway {
+    let dir = tempdir::Dir::new();
+    files(dir.path());
+    let body = format!(
+        "[upstreams.up]\ninstances = [\"{}\"]\n{extra}\n[upstreams.up.tls]\n{tls}\n\n[[route]]\nid = \"api\"\npath_prefix = \"/api\"\nupstream = \"up\"\n",
+        up.addr
+    );
+    Gateway::start_with(dir, |addr, admin| {
+        format!("{}{body}", preamble(addr, admin))
+    })
+}
+
+/// The TLS series a gateway exports for its upstreams' `tls`.
+const UPSTREAM_TLS_METRICS: &str = "gateway_tls_upstream_";
+
+/// An upstream named `secure` with a certificate for `api.internal` from
+/// a CA of its own.
+fn secure_upstream() -> (Ca, Upstream) {
+    let ca = Ca::new("Upstream CA");
+    let leaf = ca.server("api.internal", &["api.internal"]);
+    let up = Upstream::start_tls("secure", upstream_tls(&leaf, None));
+    (ca, up)
+}
+
+/// `ca`'s certificate as `upstream-ca.pem` in `dir`.
+fn write_ca(dir: &Path, ca: &Ca) {
+    std::fs::write(dir.join("upstream-ca.pem"), &ca.pem).unwrap();
+}
+
+fn upstream_failures(gw: &Gateway, reason: &str) -> f64 {
+    metric(
+        &gw.metrics(),
+        "gateway_tls_upstream_handshake_failures_total",
+        &[("upstream", "up"), ("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn upstream_tls_verifies_a_private_ca_speaks_h2_when_offered_and_health_checks_over_it() {
+    let (ca, up) = secure_upstream();
+    let gw = gateway_to_tls_upstream(
+        &up,
+        |d| write_ca(d, &ca),
+        "ca_file = \"upstream-ca.pem\"\nserver_name = \"api.internal\"",
+        "[upstreams.up.health]\npath = \"/status/200\"\ninterval = \"100ms\"\n",
+    );
+    let r = gw.get("/api/one", &[]);
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), gw.log());
+    assert_eq!(r.body_text(), "hello from secure\n");
+    // The instance offered h2 by ALPN, so the request went over HTTP/2.
+    let seen = up.seen();
+    let request = seen.iter().rfind(|s| s.uri.contains("/api/one")).unwrap();
+    assert_eq!(request.version, "HTTP/2.0");
+    wait_until("a health check over TLS", || {
+        metric(
+            &gw.metrics(),
+            "gateway_upstream_health_checks_total",
+            &[("upstream", "up"), ("result", "passed")],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    });
+    // Declared at zero for an alert, and listed in the catalogue.
+    let m = gw.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_tls_upstream_handshake_failures_total",
+            &[("upstream", "up"), ("reason", "name-mismatch")]
+        ),
+        Some(0.0)
+    );
+    let scraped = declared(&m);
+    let listed: Vec<String> = catalogue()
+        .into_iter()
+        .filter(|n| n.starts_with(UPSTREAM_TLS_METRICS))
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(
+        listed.iter().all(|n| scraped.contains(n)),
+        "{listed:?}\n{m}"
+    );
+}
+
+#[test]
+fn an_upstream_certificate_for_another_name_or_from_an_unknown_ca_is_refused() {
+    let (ca, up) = secure_upstream();
+    // The right CA, the wrong name.
+    let gw = gateway_to_tls_upstream(
+        &up,
+        |d| write_ca(d, &ca),
+        "ca_file = \"upstream-ca.pem\"\nserver_name = \"billing.internal\"",
+        "",
+    );
+    let r = gw.get("/api/wrong-name", &[]);
+    assert_eq!(r.status, 502, "{}", r.body_text());
+    assert!(
+        upstream_failures(&gw, "name-mismatch") >= 1.0,
+        "{}",
+        gw.metrics()
+    );
+    assert!(
+        metric(
+            &gw.metrics(),
+            "gateway_upstream_errors_total",
+            &[("upstream", "up"), ("kind", "connect_error")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "a certificate error is a connect failure"
+    );
+    drop(gw);
+    // The system's CAs, which do not include the private one.
+    let gw = gateway_to_tls_upstream(&up, |_| {}, "server_name = \"api.internal\"", "");
+    assert_eq!(gw.get("/api/unknown-ca", &[]).status, 502);
+    assert!(
+        upstream_failures(&gw, "unknown-issuer") >= 1.0,
+        "{}",
+        gw.metrics()
+    );
+    assert!(
+        !up.seen().iter().any(|s| s.uri.contains("/api/")),
+        "no request reached the instance"
+    );
+}
+
+#[test]
+fn mutual_tls_to_the_upstream_presents_the_configured_client_certificate() {
+    let ca = Ca::new("Upstream CA");
+    let clients = Ca::new("Gateway clients CA");
+    let up = Upstream::start_tls(
+        "strict",
+        upstream_tls(
+            &ca.server("api.internal", &["api.internal"]),
+            Some(&clients.pem),
+        ),
+    );
+    let files = |d: &Path| {
+        write_ca(d, &ca);
+        clients
+            .client("gateway", "spiffe://example.test/gateway")
+            .write(d, "gateway-client");
+    };
+    // Without a client certificate the instance refuses the connection.
+    let gw = gateway_to_tls_upstream(
+        &up,
+        files,
+        "ca_file = \"upstream-ca.pem\"\nserver_name = \"api.internal\"",
+        "",
+    );
+    assert_eq!(gw.get("/api/anonymous", &[]).status, 502);
+    drop(gw);
+    let gw = gateway_to_tls_upstream(
+        &up,
+        files,
+        "ca_file = \"upstream-ca.pem\"\nserver_name = \"api.internal\"\ncert_file = \"gateway-client.pem\"\nkey_file = \"gateway-client.key\"",
+        "",
+    );
+    let r = gw.get("/api/mutual", &[]);
+    assert_eq!(r.status, 200, "{}\n{}", r.body_text(), gw.log());
+    assert_eq!(
+        up.seen().iter().filter(|s| s.uri.contains("/api/")).count(),
+        1
+    );
 }

@@ -33,8 +33,8 @@ pub use server::{
 pub use state::{MAX_WINDOW, StateBackend, StateConfig};
 pub use telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
 pub use tls::{
-    ClientAuth, LoadedCertificate, LoadedTls, SniCertificate, TlsConfig, crypto_provider,
-    host_pattern_text,
+    ClientAuth, LoadedCertificate, LoadedTls, LoadedUpstreamTls, SniCertificate, TlsConfig,
+    UpstreamTlsConfig, crypto_provider, host_pattern_text,
 };
 pub use types::{
     FailureOn, HostPattern, MAX_MEMORY_LIMIT_MIB, MemoryMib, Method, Millis, Outcome, PluginName,
@@ -181,6 +181,11 @@ impl Config {
         }
         if let Some(tls) = &mut config.server.tls {
             tls.load(&src, &config.base_dir)?;
+        }
+        for (name, u) in &mut config.upstreams {
+            if let Some(tls) = &mut u.tls {
+                tls.load(&src, name, &config.base_dir, u.protocol)?;
+            }
         }
         Ok(config)
     }

@@ -323,6 +323,248 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// `[upstreams.NAME.tls]`, or `tls = true`: TLS to the instances, their
+/// certificates verified against the system's CAs or `ca_file`, always
+/// (a gateway that skips verification is a gateway anyone on the path can
+/// answer for).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UpstreamTlsConfig {
+    /// PEM CAs the instances' certificates must chain to; the system's
+    /// roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// The name sent by SNI and verified against the certificate; the
+    /// instance's host (a name or an IP address) when absent.
+    pub server_name: Option<String>,
+    /// A client certificate chain and its key, for instances that ask for
+    /// one (mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// What the files held, read and checked with the configuration.
+    pub loaded: Option<LoadedUpstreamTls>,
+}
+
+/// The table form, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamTlsTable {
+    ca_file: Option<PathBuf>,
+    server_name: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamTlsConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UpstreamTlsConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`true` or a table with ca_file, server_name, cert_file and key_file")
+            }
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Self::Value, E> {
+                if on {
+                    Ok(UpstreamTlsConfig::default())
+                } else {
+                    Err(E::custom(
+                        "tls = false is the default; leave tls out for plaintext",
+                    ))
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let t = UpstreamTlsTable::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(UpstreamTlsConfig {
+                    ca_file: t.ca_file,
+                    server_name: t.server_name,
+                    cert_file: t.cert_file,
+                    key_file: t.key_file,
+                    loaded: None,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An upstream's TLS client configuration, built from its files.
+#[derive(Clone)]
+pub struct LoadedUpstreamTls {
+    pub client_config: Arc<rustls::ClientConfig>,
+    /// `server_name`, parsed; None to use each instance's host.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// Every file read, for the watcher.
+    pub files: Vec<PathBuf>,
+    /// The files' bytes, so a reload tells a renewed file from the same one.
+    contents: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for LoadedUpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedUpstreamTls")
+            .field("server_name", &self.server_name)
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl PartialEq for LoadedUpstreamTls {
+    fn eq(&self, other: &LoadedUpstreamTls) -> bool {
+        self.server_name == other.server_name
+            && self.files == other.files
+            && self.contents == other.contents
+    }
+}
+
+/// The CAs the system trusts (the PEM bundle or directory OpenSSL would
+/// use), read once.
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(found.certs);
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+impl UpstreamTlsConfig {
+    /// Reads and checks the files `[upstreams.NAME.tls]` names, and builds
+    /// the client configuration (ALPN `h2` then `http/1.1`).
+    pub(super) fn load(
+        &mut self,
+        src: &Source<'_>,
+        name: &str,
+        base_dir: &Path,
+        protocol: super::UpstreamProtocol,
+    ) -> Result<(), ConfigError> {
+        let at = |key: &str| ["upstreams", name, "tls", key].map(str::to_string).to_vec();
+        let table = format!("[upstreams.{name}.tls]");
+        src.require(
+            protocol != super::UpstreamProtocol::H2c,
+            &["upstreams", name, "protocol"],
+            || format!("upstream `{name}` has protocol = \"h2c\", which is HTTP/2 without TLS, and tls; remove protocol: over TLS, HTTP/2 is used when the instance offers it"),
+        )?;
+        let mut files = Vec::new();
+        let mut contents = Vec::new();
+        let roots = match &self.ca_file {
+            Some(ca) => {
+                let path = base_dir.join(ca);
+                let key_at = at("ca_file");
+                let pem = read(src, &as_refs(&key_at), &table, &path)?;
+                let roots = trust_anchors(&pem).map_err(|why| {
+                    src.error_key(
+                        &as_refs(&key_at),
+                        format!("{table} ca_file {} {why}", path.display()),
+                    )
+                })?;
+                files.push(path);
+                contents.push(pem);
+                roots
+            }
+            None => {
+                let roots = system_roots();
+                if roots.is_empty() {
+                    return Err(src.error_key(
+                        &["upstreams", name, "tls"],
+                        format!("upstream `{name}` uses TLS, but this system has no CA certificates to verify it with; install them (ca-certificates) or set ca_file"),
+                    ));
+                }
+                roots
+            }
+        };
+        let server_name = match &self.server_name {
+            Some(n) => Some(
+                rustls::pki_types::ServerName::try_from(n.clone()).map_err(|_| {
+                    src.error_key(
+                        &as_refs(&at("server_name")),
+                        format!("{table} server_name `{n}` is not a DNS name or an IP address"),
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| src.error_key(&["upstreams", name, "tls"], format!("{table}: {e}")))?
+            .with_root_certificates(roots);
+        let mut config = match (&self.cert_file, &self.key_file) {
+            (None, None) => builder.with_no_client_auth(),
+            (Some(_), None) | (None, Some(_)) => {
+                let given = if self.cert_file.is_some() {
+                    "cert_file"
+                } else {
+                    "key_file"
+                };
+                return Err(src.error_key(
+                    &as_refs(&at(given)),
+                    format!("{table} has {given} without its pair; a client certificate needs both cert_file and key_file"),
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                let loaded = load_certificate(
+                    src,
+                    base_dir,
+                    "client".into(),
+                    Vec::new(),
+                    (cert, &at("cert_file")),
+                    (key, &at("key_file")),
+                    &mut files,
+                )?;
+                for f in &files[files.len() - 2..] {
+                    contents.push(std::fs::read(f).unwrap_or_default());
+                }
+                builder.with_client_cert_resolver(Arc::new(ClientCertificate(loaded.key.clone())))
+            }
+        };
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        self.loaded = Some(LoadedUpstreamTls {
+            client_config: Arc::new(config),
+            server_name,
+            files,
+            contents,
+        });
+        Ok(())
+    }
+}
+
+/// The one client certificate an upstream's connections present.
+#[derive(Debug)]
+struct ClientCertificate(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCertificate {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The certificates of a PEM bundle as trust anchors, or why not.
+fn trust_anchors(pem: &[u8]) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("is not valid PEM ({e})"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("holds a certificate that cannot be a CA ({e})"))?;
+    }
+    if roots.is_empty() {
+        return Err(
+            "holds no certificate; it must hold PEM CA certificates (-----BEGIN CERTIFICATE-----)"
+                .into(),
+        );
+    }
+    Ok(Arc::new(roots))
+}
+
 fn as_refs(path: &[String]) -> Vec<&str> {
     path.iter().map(String::as_str).collect()
 }
@@ -443,30 +685,20 @@ fn load_client_roots(
     let path = base_dir.join(ca_file);
     let pem = read(src, &at, "[server.tls]", &path)?;
     files.push(path.clone());
-    let refuse = |why: String| {
+    trust_anchors(&pem).map_err(|why| {
         src.error_key(
             &at,
             format!("[server.tls] client_ca_file {} {why}", path.display()),
         )
-    };
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| refuse(format!("is not valid PEM ({e})")))?;
-        roots
-            .add(cert)
-            .map_err(|e| refuse(format!("holds a certificate that cannot be a CA ({e})")))?;
-    }
-    if roots.is_empty() {
-        return Err(refuse(
-            "holds no certificate; it must hold the PEM certificates of the CAs client certificates chain to".into(),
-        ));
-    }
-    Ok(Arc::new(roots))
+    })
 }
 
-/// `[server.tls]` or `[[server.tls.sni]]`, for the key path of a setting.
+/// `[server.tls]`, `[[server.tls.sni]]` or `[upstreams.NAME.tls]`, for
+/// the key path of a setting.
 fn table_of(path: &[&str]) -> String {
-    if path.contains(&"sni") {
+    if let ["upstreams", name, ..] = path {
+        format!("[upstreams.{name}.tls]")
+    } else if path.contains(&"sni") {
         "[[server.tls.sni]]".into()
     } else {
         "[server.tls]".into()

@@ -2,7 +2,9 @@
 //! the instances a route sends to, how one is picked, and what keeps
 //! requests off a failing one.
 
-use super::{ConfigError, FailureOn, Millis, Outcome, Source, refuse, table_label};
+use super::{
+    ConfigError, FailureOn, Millis, Outcome, Source, UpstreamTlsConfig, refuse, table_label,
+};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -38,9 +40,13 @@ pub struct UpstreamConfig {
     /// instance is full the answer is 503 `pool-exhausted`.
     #[serde(default = "defaults::max_connections")]
     pub max_connections_per_instance: u32,
-    /// `http1`, or `h2c` for HTTP/2 without TLS (prior knowledge).
+    /// `http1`, or `h2c` for HTTP/2 without TLS (prior knowledge). With
+    /// `tls`, HTTP/2 is used wherever the instance offers it by ALPN.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// TLS to the instances: `tls = true`, or a table with `ca_file`,
+    /// `server_name` and a client certificate (`cert_file`, `key_file`).
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -129,6 +129,8 @@ pub struct Metrics {
     tls_handshakes: Counter<u64>,
     /// Failed TLS handshakes, by reason (`tls::HandshakeFailure`).
     tls_handshake_failures: Counter<u64>,
+    /// Failed TLS handshakes with upstream instances, by upstream and reason.
+    pub tls_upstream_handshake_failures: Counter<u64>,
     /// Connection counts of every upstream instance alive, for the
     /// `gateway_upstream_connections_*` gauges read at scrape time.
     connection_gauges: Arc<Mutex<Vec<Weak<ConnectionGauge>>>>,
@@ -417,6 +419,10 @@ impl Metrics {
             tls_handshake_failures: meter
                 .u64_counter("gateway_tls_handshake_failures_total")
                 .with_description("TLS handshakes that failed on the proxy listener, by reason")
+                .build(),
+            tls_upstream_handshake_failures: meter
+                .u64_counter("gateway_tls_upstream_handshake_failures_total")
+                .with_description("TLS handshakes with upstream instances that failed, by upstream and reason; each is also a connect error of its try")
                 .build(),
             connection_gauges,
             plugin_calls: meter

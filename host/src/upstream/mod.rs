@@ -201,10 +201,12 @@ pub struct Upstream {
     breakers: Vec<Arc<Breaker>>,
     failure_on: Outcomes,
     max_in_flight: u32,
-    /// Requests go over HTTP/2 with prior knowledge, by `client`; HTTP/1
-    /// ones over each instance's own connections.
-    h2c: bool,
-    /// The h2c requests' client, and every instance's health checks'.
+    /// Plaintext HTTP/1 requests go over each instance's own connections;
+    /// h2c and TLS ones by `client`.
+    own_connections: bool,
+    /// `https` with TLS to the instances, else `http`.
+    scheme: &'static str,
+    /// The h2c and TLS requests' client, and every instance's health checks'.
     pub client: UpstreamClient,
     /// `upstream` and `instance` labels per instance.
     labels: Vec<[KeyValue; 2]>,
@@ -277,17 +279,36 @@ impl Upstream {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(cfg.connect_timeout.0));
                 connector.set_nodelay(true);
-                connector.enforce_http(true);
                 let pool = Arc::new(pool::PoolStats::new(
                     KeyValue::new("upstream", crate::telemetry::shared(&name)),
                     metrics.clone(),
                 ));
+                let upstream_label = KeyValue::new("upstream", crate::telemetry::shared(&name));
+                let tls = cfg.tls.as_ref().and_then(|t| t.loaded.as_ref()).map(|t| {
+                    // At zero from the start, so an alert has a series.
+                    for reason in ["name-mismatch", "unknown-issuer", "expired"] {
+                        metrics.tls_upstream_handshake_failures.add(
+                            0,
+                            &[upstream_label.clone(), KeyValue::new("reason", reason)],
+                        );
+                    }
+                    pool::UpstreamTls {
+                        connector: tokio_rustls::TlsConnector::from(t.client_config.clone()),
+                        server_name: t.server_name.clone(),
+                        failures: metrics.tls_upstream_handshake_failures.clone(),
+                        upstream: upstream_label.clone(),
+                        handshake_timeout: cfg.connect_timeout.0,
+                    }
+                });
+                // TLS URIs are `https`; the connector makes the TCP
+                // connection either way.
+                connector.enforce_http(tls.is_none());
                 let client = Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(cfg.idle_timeout.0)
                     .pool_max_idle_per_host(cfg.max_idle_per_instance)
                     .http2_only(cfg.protocol == crate::config::UpstreamProtocol::H2c)
-                    .build(pool::CountingConnector::new(connector, pool.clone()));
+                    .build(pool::CountingConnector::new(connector, pool.clone(), tls));
                 (client, pool)
             }
         };
@@ -391,7 +412,9 @@ impl Upstream {
             breakers,
             failure_on: cfg.failure_on.iter().map(|f| f.0).collect(),
             max_in_flight: cfg.max_connections_per_instance.max(1),
-            h2c: cfg.protocol == crate::config::UpstreamProtocol::H2c,
+            own_connections: cfg.protocol == crate::config::UpstreamProtocol::Http1
+                && cfg.tls.is_none(),
+            scheme: if cfg.tls.is_some() { "https" } else { "http" },
             client,
             labels,
             metrics,
@@ -455,7 +478,7 @@ impl Upstream {
                 tick.tick().await;
                 let Some(up) = weak.upgrade() else { return };
                 let checks = up.balancer.endpoints().iter().map(|e| {
-                    let uri = format!("http://{}{}", e.addr, cfg.path);
+                    let uri = format!("{}://{}{}", up.scheme, e.addr, cfg.path);
                     let up = &up;
                     let cfg = &cfg;
                     async move {
@@ -550,13 +573,13 @@ impl Upstream {
     }
 
     /// One try on instance `i`: over its own HTTP/1 connections, or by the
-    /// h2c client.
+    /// client (h2c and TLS).
     async fn exchange(
         &self,
         i: usize,
         req: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<pool::UpstreamBody>, pool::SendError> {
-        if !self.h2c {
+        if self.own_connections {
             return self.pools[i]
                 .send(&self.balancer.endpoints()[i].addr, req)
                 .await;
@@ -577,7 +600,7 @@ impl Upstream {
     pub fn uri_for(&self, instance: &str, origin: &http::Uri) -> Option<http::Uri> {
         let pq = origin.path_and_query().map_or("/", |p| p.as_str());
         http::Uri::builder()
-            .scheme("http")
+            .scheme(self.scheme)
             .authority(instance)
             .path_and_query(pq)
             .build()
@@ -702,7 +725,7 @@ impl Upstream {
                     .expect("parts are kept until the last try")
                     .clone()
             };
-            if self.h2c {
+            if !self.own_connections {
                 p.uri = match self.uri_for(&endpoint.addr, &p.uri) {
                     Some(u) => u,
                     None => {

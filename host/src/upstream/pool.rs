@@ -2,8 +2,9 @@
 //! per worker thread, each given back when its answer has been read, so a
 //! request's exchange with the upstream stays on the thread that serves
 //! it (hyper-util's pooled client, shared by every thread, costs 15–25%
-//! more CPU per request: `benches/floor.rs`). h2c instances and health
-//! checks use hyper-util's client, whose one connection multiplexes.
+//! more CPU per request: `benches/floor.rs`). h2c and TLS instances and
+//! health checks use hyper-util's client, whose one connection multiplexes
+//! (over TLS, HTTP/2 when the instance offers it by ALPN, else HTTP/1.1).
 //!
 //! Both are counted alike: each connection opened and how long connecting
 //! took, connections open and in use, and for each answered try whether
@@ -334,16 +335,35 @@ impl PoolStats {
 #[derive(Clone, Default)]
 pub struct ConnectionUse(Arc<AtomicBool>);
 
-/// The HTTP connector, counting what it opens.
+/// The HTTP connector, counting what it opens, and speaking TLS over
+/// what it opens when the upstream says so.
 #[derive(Clone)]
 pub struct CountingConnector {
     inner: HttpConnector,
     stats: Arc<PoolStats>,
+    tls: Option<UpstreamTls>,
+}
+
+/// How an upstream's connections speak TLS.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name verified; each instance's host when None.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// `gateway_tls_upstream_handshake_failures_total`, bound to no label yet.
+    pub failures: opentelemetry::metrics::Counter<u64>,
+    pub upstream: KeyValue,
+    /// How long a handshake may take: the upstream's connect_timeout.
+    pub handshake_timeout: Duration,
 }
 
 impl CountingConnector {
-    pub fn new(inner: HttpConnector, stats: Arc<PoolStats>) -> CountingConnector {
-        CountingConnector { inner, stats }
+    pub fn new(
+        inner: HttpConnector,
+        stats: Arc<PoolStats>,
+        tls: Option<UpstreamTls>,
+    ) -> CountingConnector {
+        CountingConnector { inner, stats, tls }
     }
 }
 
@@ -351,15 +371,47 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A connection to an upstream instance, counted open while it lives.
 pub struct CountedStream {
-    inner: TcpStream,
+    inner: UpstreamStream,
     used: ConnectionUse,
     _open: Option<ConnectionGuard>,
 }
 
+enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 impl Connection for CountedStream {
     fn connected(&self) -> Connected {
-        self.inner.connected().extra(self.used.clone())
+        match &self.inner {
+            UpstreamStream::Plain(s) => s.connected().extra(self.used.clone()),
+            UpstreamStream::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                let connected = tcp.connected().extra(self.used.clone());
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
     }
+}
+
+/// Delegates each `AsyncRead`/`AsyncWrite` call to the stream inside.
+macro_rules! either_stream {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &mut $self.inner {
+            UpstreamStream::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            UpstreamStream::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $e
+            }
+        }
+    };
 }
 
 impl tokio::io::AsyncRead for CountedStream {
@@ -368,7 +420,7 @@ impl tokio::io::AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        either_stream!(self, s => s.poll_read(cx, buf))
     }
 }
 
@@ -378,7 +430,7 @@ impl tokio::io::AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        either_stream!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -386,20 +438,49 @@ impl tokio::io::AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        either_stream!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match &self.inner {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        either_stream!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        either_stream!(self, s => s.poll_shutdown(cx))
     }
+}
+
+/// Why a TLS handshake with an upstream failed, as
+/// `gateway_tls_upstream_handshake_failures_total` labels it.
+fn upstream_handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError as C, Error as E};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => {
+            "name-mismatch"
+        }
+        Some(E::InvalidCertificate(C::UnknownIssuer)) => "unknown-issuer",
+        Some(E::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => "expired",
+        Some(E::InvalidCertificate(_)) => "bad-certificate",
+        Some(E::AlertReceived(_)) => "refused-by-upstream",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(_) => "other",
+        None if e.kind() == std::io::ErrorKind::TimedOut => "timeout",
+        None => "closed",
+    }
+}
+
+/// The name a TLS connection to `uri`'s instance verifies.
+fn server_name_of(uri: &Uri) -> Option<rustls::pki_types::ServerName<'static>> {
+    let host = uri.host()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_string()).ok()
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
@@ -414,12 +495,40 @@ impl tower_service::Service<Uri> for CountingConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let mut inner = self.inner.clone();
         let stats = self.stats.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
             let started = Instant::now();
-            let io = inner.call(uri.clone()).await?.into_inner();
+            let tcp = inner.call(uri.clone()).await?.into_inner();
+            let stream = match tls {
+                None => UpstreamStream::Plain(tcp),
+                Some(tls) => {
+                    let name = tls
+                        .server_name
+                        .clone()
+                        .or_else(|| server_name_of(&uri))
+                        .ok_or_else(|| format!("{uri} has no host to verify a certificate for"))?;
+                    let handshake = tls.connector.connect(name, tcp);
+                    let done = tokio::time::timeout(tls.handshake_timeout, handshake)
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+                    match done {
+                        Ok(s) => UpstreamStream::Tls(Box::new(s)),
+                        Err(e) => {
+                            let reason = upstream_handshake_failure(&e);
+                            tls.failures
+                                .add(1, &[tls.upstream.clone(), KeyValue::new("reason", reason)]);
+                            return Err(format!(
+                                "TLS handshake with {} failed ({reason}): {e}",
+                                uri.authority().map_or("", |a| a.as_str())
+                            )
+                            .into());
+                        }
+                    }
+                }
+            };
             let open = stats.opened(&uri, started.elapsed());
             Ok(TokioIo::new(CountedStream {
-                inner: io,
+                inner: stream,
                 used: ConnectionUse::default(),
                 _open: open,
             }))

@@ -159,6 +159,16 @@ impl Upstream {
     /// Starts an upstream on a given address: to bring one back on the
     /// port it had before it was stopped (dropped).
     pub fn start_on(name: &str, addr: SocketAddr) -> Upstream {
+        Upstream::serve(name, addr, None)
+    }
+
+    /// Starts an upstream that speaks TLS with `tls` (ALPN as it says), on
+    /// a free loopback port.
+    pub fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Upstream {
+        Upstream::serve(name, "127.0.0.1:0".parse().unwrap(), Some(tls))
+    }
+
+    fn serve(name: &str, addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -173,17 +183,30 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, s) = (n.clone(), s.clone());
+                let (n, s, tls) = (n.clone(), s.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         upstream_answer(n.clone(), s.clone(), req)
                     });
-                    // HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
-                    let _ = hyper_util::server::conn::auto::Builder::new(
+                    // HTTP/1.1, or HTTP/2 with prior knowledge (h2c), or
+                    // either over TLS (the client's preface tells).
+                    let server = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                    );
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = server.serve_connection(io, svc).await;
+                        }
+                        Some(tls) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = server.serve_connection(io, svc).await;
+                        }
+                    }
                 });
             }
         });
