@@ -308,6 +308,9 @@ pub async fn build(
             if r.retry.is_some() {
                 metrics.declare_retries(&label);
             }
+            if !r.upgrades.is_empty() {
+                metrics.declare_tunnels(&label, &r.upgrades);
+            }
             let timeout = r.timeout.unwrap_or(config.server.request_timeout).0;
             RouteRuntime {
                 metrics: RouteMetrics::new(&metrics, label.clone(), &methods),
@@ -323,6 +326,7 @@ pub async fn build(
                 try_timeout: r.try_timeout.map_or(timeout, |t| t.0),
                 retry: kept_retry
                     .or_else(|| r.retry.as_ref().map(|c| Arc::new(RetryPolicy::new(c)))),
+                upgrades: r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),
             }
         })
         .collect();

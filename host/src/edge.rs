@@ -52,7 +52,7 @@ refusal_kinds! {
 }
 
 impl Refusal {
-    fn new(kind: RefusalKind, message: impl Into<Cow<'static, str>>) -> Refusal {
+    pub fn new(kind: RefusalKind, message: impl Into<Cow<'static, str>>) -> Refusal {
         Refusal {
             kind,
             message: message.into(),
@@ -270,9 +270,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// reads differently, or silently drop:
 /// - a transfer coding other than `chunked` (hyper removes the chunking;
 ///   a `gzip` layer would reach the upstream unmarked);
-/// - an `Upgrade` to anything but `h2c` (the gateway does not tunnel; an
-///   `h2c` upgrade is ignored as RFC 9110 §7.8 allows, and the request is
-///   served over HTTP/1.1);
 /// - `CONNECT`, and `TRACE`/`TRACK` unless `allow_trace` (a route lists
 ///   the method);
 /// - an `Expect` other than `100-continue`.
@@ -287,12 +284,6 @@ pub fn check_protocol(parts: &http::request::Parts) -> Result<(), Refusal> {
                 ),
             ));
         }
-    }
-    if let Some(protocol) = tokens(h, &header::UPGRADE).find(|p| !p.eq_ignore_ascii_case("h2c")) {
-        return Err(Refusal::new(
-            RefusalKind::UpgradeNotSupported,
-            format!("upgrading to `{protocol}` is not supported by this gateway"),
-        ));
     }
     if parts.method == Method::CONNECT {
         return Err(Refusal::new(
@@ -309,6 +300,39 @@ pub fn check_protocol(parts: &http::request::Parts) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`websocket`,
+/// lowercased), or None when it asks for none. An `h2c` upgrade is ignored,
+/// as RFC 9110 §7.8 allows, and the request served over HTTP/1.1; it is
+/// never forwarded. Refused, rather than passed on half-understood: an
+/// `Upgrade` without `Connection: upgrade` (an upstream might switch
+/// anyway), one offering several protocols, and one on anything but an
+/// HTTP/1.1 GET without a body.
+pub fn upgrade_request(parts: &http::request::Parts) -> Result<Option<String>, Refusal> {
+    let h = &parts.headers;
+    let mut offered = tokens(h, &header::UPGRADE).filter(|p| !p.eq_ignore_ascii_case("h2c"));
+    let Some(protocol) = offered.next() else {
+        return Ok(None);
+    };
+    let refuse = |why: &str| {
+        Err(Refusal::new(
+            RefusalKind::UpgradeNotSupported,
+            why.to_string(),
+        ))
+    };
+    if offered.next().is_some() {
+        return refuse("the request offers several protocols to upgrade to; offer one");
+    }
+    if !tokens(h, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        return refuse("an Upgrade header without `Connection: upgrade` is not an upgrade request");
+    }
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH).is_some_and(|v| v != "0");
+    if parts.method != Method::GET || parts.version != http::Version::HTTP_11 || has_body {
+        return refuse("only an HTTP/1.1 GET without a body can upgrade");
+    }
+    Ok(Some(protocol.to_ascii_lowercase()))
 }
 
 /// `TRACE` and `TRACK` reflect the request (cookies and credentials
@@ -522,6 +546,36 @@ mod tests {
     }
 
     #[test]
+    fn upgrades_need_connection_upgrade_one_protocol_and_a_bodiless_http11_get() {
+        let h11 = Version::HTTP_11;
+        let asked = |hs: &[(&str, &str)], version| {
+            upgrade_request(&head(hs, "/", version)).map_err(|r| r.kind)
+        };
+        let ws = [
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive, Upgrade"),
+        ];
+        assert_eq!(asked(&ws, h11), Ok(Some("websocket".into())));
+        assert_eq!(
+            asked(&[("upgrade", "h2c"), ("connection", "upgrade")], h11),
+            Ok(None)
+        );
+        assert_eq!(asked(&[], h11), Ok(None));
+        let refused = Err(RefusalKind::UpgradeNotSupported);
+        assert_eq!(asked(&[("upgrade", "websocket")], h11), refused);
+        assert_eq!(
+            asked(
+                &[("upgrade", "websocket, foo"), ("connection", "upgrade")],
+                h11
+            ),
+            refused
+        );
+        assert_eq!(asked(&ws, Version::HTTP_10), refused);
+        let with_body = [ws[0], ws[1], ("content-length", "5")];
+        assert_eq!(asked(&with_body, h11), refused);
+    }
+
+    #[test]
     fn only_chunked_bodies_and_no_upgrades() {
         let h11 = Version::HTTP_11;
         let kind = |hs: &[(&str, &str)]| check_protocol(&head(hs, "/", h11)).map_err(|r| r.kind);
@@ -539,7 +593,8 @@ mod tests {
         );
         assert_eq!(
             kind(&[("upgrade", "websocket")]),
-            Err(RefusalKind::UpgradeNotSupported)
+            Ok(()),
+            "decided by the route"
         );
         assert_eq!(kind(&[("upgrade", "h2c")]), Ok(()));
         assert_eq!(kind(&[("expect", "100-Continue")]), Ok(()));

@@ -16,8 +16,9 @@
 //!    proxy listener.
 //! 3. `state` (plugins' shared counters) and `routing` (path normalisation
 //!    and route matching).
-//! 4. `upstream` (pools, balancing, breakers, health, retries) and `plugin`
-//!    (the wasm runtime and the host functions filters call).
+//! 4. `upstream` (pools, balancing, breakers, health, retries), `plugin`
+//!    (the wasm runtime and the host functions filters call) and `tunnel`
+//!    (upgraded connections copied both ways).
 //! 5. `serving`: the [`serving::Gateway`] requests are served with.
 //! 6. `assemble` (building a gateway from a configuration, reusing the
 //!    running one's parts) and `proxy` (one request through routing,
@@ -57,4 +58,5 @@ pub(crate) mod serving;
 pub mod state;
 pub mod telemetry;
 pub(crate) mod tls;
+pub(crate) mod tunnel;
 pub mod upstream;

@@ -20,7 +20,7 @@ use crate::plugin::host::{
 };
 use crate::plugin::{Decision, Failure, Filter, Held};
 use crate::routing::normalize_path;
-use crate::serving::Gateway;
+use crate::serving::{ConnectionHold, Gateway};
 use crate::telemetry::access_log::{self, Entry};
 use crate::telemetry::method_label;
 use crate::telemetry::trace::{self, RequestTrace};
@@ -31,6 +31,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use opentelemetry::KeyValue;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -347,6 +348,10 @@ async fn pipeline(
     if let Err(r) = edge::check_protocol(&parts) {
         return refuse(gw, r, &request_id);
     }
+    let upgrade = match edge::upgrade_request(&parts) {
+        Ok(u) => u,
+        Err(r) => return refuse(gw, r, &request_id),
+    };
     let host = match edge::request_host(&parts) {
         Ok(h) => h,
         Err(r) => return refuse(gw, r, &request_id),
@@ -375,6 +380,31 @@ async fn pipeline(
     }
     let rt = &gw.route_runtime[route.index];
     trail.route = Some(route.index);
+    let upgrade = match upgrade {
+        Some(protocol) if !rt.upgrades.contains(&protocol) => {
+            let r = Refusal::new(
+                RefusalKind::UpgradeNotSupported,
+                format!("route `{}` does not upgrade to `{protocol}`", rt.id),
+            );
+            return refuse(gw, r, &request_id);
+        }
+        Some(protocol) => match parts.extensions.remove::<OnUpgrade>() {
+            Some(client) => Some(Upgrade {
+                protocol,
+                client,
+                hold: parts.extensions.remove::<ConnectionHold>(),
+            }),
+            // HTTP/2 carries no Upgrade: hyper offers none to take.
+            None => {
+                let r = Refusal::new(
+                    RefusalKind::UpgradeNotSupported,
+                    "this connection cannot be upgraded",
+                );
+                return refuse(gw, r, &request_id);
+            }
+        },
+        None => None,
+    };
     if let Some(t) = trace {
         t.routed(parts.method.as_str(), &rt.id);
         t.set_attribute(KeyValue::new(
@@ -499,6 +529,15 @@ async fn pipeline(
             // The route's timeout bounds reading the body and every try
             // together, once; filters have deadlines of their own.
             let deadline = Instant::now() + rt.timeout;
+            if let Some(u) = &upgrade {
+                // Hop-by-hop, so removed with the rest; the upstream must
+                // see the handshake as the client sent it.
+                let h = &mut state.parts.headers;
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Ok(v) = HeaderValue::from_str(&u.protocol) {
+                    h.insert(header::UPGRADE, v);
+                }
+            }
             match forward(
                 gw,
                 rt,
@@ -508,6 +547,7 @@ async fn pipeline(
                 trace,
                 trail,
                 response_filters,
+                upgrade,
             )
             .await
             {
@@ -579,6 +619,7 @@ async fn forward(
     trace: Option<&RequestTrace<'_>>,
     trail: &mut Trail,
     response_filters: bool,
+    upgrade: Option<Upgrade>,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let info = state.info.clone();
     let request_id = &info.request_id;
@@ -680,8 +721,51 @@ async fn forward(
         )),
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
+            let switched = p.status == StatusCode::SWITCHING_PROTOCOLS;
+            let agreed = p.headers.get(header::UPGRADE).cloned();
             edge::strip_hop_by_hop(&mut p.headers);
+            match (switched, upgrade, p.extensions.remove::<OnUpgrade>()) {
+                (false, _, _) => {}
+                (true, Some(u), Some(upstream)) => {
+                    p.headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    if let Some(v) = agreed {
+                        p.headers.insert(header::UPGRADE, v);
+                    }
+                    let limits = crate::tunnel::Limits {
+                        idle: gw.server.tunnel_idle_timeout.0,
+                        lifetime: gw.server.tunnel_max_lifetime.0,
+                    };
+                    tokio::spawn(crate::tunnel::run(
+                        u.client,
+                        upstream,
+                        limits,
+                        gw.metrics.clone(),
+                        rt.label.clone(),
+                        u.protocol,
+                        u.hold.map(|h| h.0),
+                    ));
+                }
+                // A 101 nobody asked for (or on a connection that cannot
+                // switch) would leave the client reading another protocol.
+                (true, _, _) => {
+                    return Err(local_reply(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream-error",
+                        "the upstream switched protocols unasked",
+                        request_id,
+                    ));
+                }
+            }
             Ok(Response::from_parts(p, Either::Left(b)))
         }
     }
+}
+
+/// A request to switch protocols, and what the switch needs: the client's
+/// side of it and the hold on its connection.
+struct Upgrade {
+    protocol: String,
+    client: OnUpgrade,
+    hold: Option<ConnectionHold>,
 }

@@ -12,7 +12,7 @@
 //! connection task keeps both deadlines itself (`Activity`).
 
 use crate::config::ServerConfig;
-use crate::serving::Shared;
+use crate::serving::{ConnectionHold, Shared};
 use crate::telemetry::ConnectionRefusal;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -246,14 +246,18 @@ impl Worker {
             let tls = shared.current().tls.clone();
             let mut stopped = self.shutdown.clone();
             tokio::spawn(async move {
-                let _slot = slot;
-                let _open = open;
+                // Held by the connection task, and by a tunnel the
+                // connection is upgraded to: counted until both are done.
+                let hold = ConnectionHold(Arc::new((slot, open)));
                 // A dropped sender means the server is going away: stop too.
                 let stopping = async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 };
                 let Some(tls) = tls else {
-                    let handler = move |req| crate::proxy::handle(shared.current(), req, peer);
+                    let handler = move |mut req: Request<Incoming>| {
+                        offer_hold(&mut req, &hold);
+                        crate::proxy::handle(shared.current(), req, peer)
+                    };
                     serve_connection(stream, peer, &settings, handler, stopping).await;
                     return;
                 };
@@ -285,6 +289,7 @@ impl Worker {
                 let session = Arc::new(session);
                 let handler = move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(session.clone());
+                    offer_hold(&mut req, &hold);
                     crate::proxy::handle(shared.current(), req, peer)
                 };
                 serve_connection(stream, peer, &settings, handler, stopping).await;
@@ -295,6 +300,14 @@ impl Worker {
             _ = self.slots.all_released() => {}
             _ = tokio::time::sleep(self.grace) => {}
         }
+    }
+}
+
+/// Lends a request that asks to upgrade the hold on its connection, for
+/// the tunnel to keep. Only those: an extension costs an allocation.
+fn offer_hold(req: &mut Request<Incoming>, hold: &ConnectionHold) {
+    if req.headers().contains_key(http::header::UPGRADE) {
+        req.extensions_mut().insert(hold.clone());
     }
 }
 
@@ -352,7 +365,8 @@ pub async fn serve_connection<S, H, Fut, B>(
     });
     let ended = match protocol {
         Protocol::Http1 => {
-            let conn = settings.http1.serve_connection(io, svc);
+            // With upgrades: a `101` hands the connection to a tunnel.
+            let conn = settings.http1.serve_connection(io, svc).with_upgrades();
             keep_to_deadlines(
                 conn,
                 |c| c.graceful_shutdown(),

@@ -27,7 +27,16 @@ pub struct RouteRuntime {
     /// Shared with the next configuration while the route's retry settings
     /// stay the same, so the retry budget carries over a reload.
     pub retry: Option<Arc<RetryPolicy>>,
+    /// Protocols a request may upgrade to, lowercase.
+    pub upgrades: Vec<String>,
 }
+
+/// Keeps a client connection counted (against the limits, and by a
+/// graceful shutdown's wait) while something outlives its HTTP exchange:
+/// an upgraded connection's tunnel holds it until the tunnel closes. Put
+/// into the extensions of requests that ask to upgrade.
+#[derive(Clone)]
+pub struct ConnectionHold(pub Arc<dyn std::any::Any + Send + Sync>);
 
 /// Everything a request is served with. Replaced whole on reload; requests
 /// hold the version they started with.

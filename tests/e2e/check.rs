@@ -27,7 +27,7 @@ fn unknown_key() {
     assert!(!ok);
     assert_eq!(
         err,
-        "error: CONFIG:13:1: unknown field `timeuot`, expected one of `id`, `host`, `path_prefix`, `methods`, `upstream`, `filters`, `timeout`, `try_timeout`, `retry`; remove it or correct its spelling"
+        "error: CONFIG:13:1: unknown field `timeuot`, expected one of `id`, `host`, `path_prefix`, `methods`, `upstream`, `filters`, `timeout`, `try_timeout`, `retry`, `upgrades`; remove it or correct its spelling"
     );
 }
 

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &["telemetry", "tls"],
     &["state", "routing"],
-    &["upstream", "plugin"],
+    &["upstream", "plugin", "tunnel"],
     &["serving"],
     &["assemble", "proxy"],
     &["server", "reload"],

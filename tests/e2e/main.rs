@@ -24,3 +24,4 @@ mod tenant;
 mod tls;
 mod tracing_export;
 mod upstream;
+mod websocket;

@@ -31,6 +31,10 @@ pub struct RouteConfig {
     pub try_timeout: Option<Millis>,
     /// Retries; none when absent.
     pub retry: Option<RetryConfig>,
+    /// Protocols an HTTP/1.1 request may switch to (`Upgrade`), after the
+    /// route's filters let its handshake through; `[]` refuses upgrades.
+    #[serde(default = "defaults::upgrades")]
+    pub upgrades: Vec<String>,
 }
 
 /// When and how a route retries a failed try.
@@ -124,6 +128,19 @@ pub(super) fn validate(routes: &[RouteConfig], src: &Source<'_>) -> Result<(), C
         if let Some(retry) = &r.retry {
             retry.validate(src, &index, id)?;
         }
+        for (n, protocol) in r.upgrades.iter().enumerate() {
+            let at = ["route", index.as_str(), "upgrades", &n.to_string()];
+            let token = !protocol.is_empty()
+                && protocol
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+            src.require(token, &at, || {
+                format!("route `{id}` lists upgrade `{protocol}`, which is not a protocol name like \"websocket\"")
+            })?;
+            src.require(!protocol.eq_ignore_ascii_case("h2c"), &at, || {
+                format!("route `{id}` lists upgrade `h2c`, which the gateway never forwards (it serves the request over HTTP/1.1); remove it")
+            })?;
+        }
     }
     Ok(())
 }
@@ -181,6 +198,9 @@ mod defaults {
     use super::*;
     pub fn path_prefix() -> String {
         "/".to_string()
+    }
+    pub fn upgrades() -> Vec<String> {
+        vec!["websocket".to_string()]
     }
     pub fn retry_attempts() -> u32 {
         2

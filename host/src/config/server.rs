@@ -66,6 +66,13 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// TLS on this listener; plaintext HTTP/1.1 and h2c when absent.
     pub tls: Option<TlsConfig>,
+    /// An upgraded connection (a WebSocket) with no byte either way for
+    /// this long is closed...
+    #[serde(default = "defaults::tunnel_idle_timeout")]
+    pub tunnel_idle_timeout: Millis,
+    /// ...and one open this long is closed however busy.
+    #[serde(default = "defaults::tunnel_max_lifetime")]
+    pub tunnel_max_lifetime: Millis,
 }
 
 impl ServerConfig {
@@ -81,6 +88,8 @@ impl ServerConfig {
     /// every connection at once, or answer every request with an error).
     pub(super) fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
         for (key, d) in [
+            ("tunnel_idle_timeout", self.tunnel_idle_timeout),
+            ("tunnel_max_lifetime", self.tunnel_max_lifetime),
             ("idle_timeout", self.idle_timeout),
             ("http2_keepalive_interval", self.http2_keepalive_interval),
             ("http2_keepalive_timeout", self.http2_keepalive_timeout),
@@ -245,6 +254,12 @@ mod defaults {
     }
     pub fn idle_timeout() -> Millis {
         Millis(Duration::from_secs(60))
+    }
+    pub fn tunnel_idle_timeout() -> Millis {
+        Millis(Duration::from_secs(60))
+    }
+    pub fn tunnel_max_lifetime() -> Millis {
+        Millis(Duration::from_secs(24 * 3600))
     }
     pub fn http2_keepalive_interval() -> Millis {
         Millis(Duration::from_secs(20))

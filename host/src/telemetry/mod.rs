@@ -129,6 +129,9 @@ pub struct Metrics {
     tls_handshakes: Counter<u64>,
     /// Failed TLS handshakes, by reason (`tls::HandshakeFailure`).
     tls_handshake_failures: Counter<u64>,
+    tunnels: Counter<u64>,
+    tunnel_bytes: Counter<u64>,
+    tunnels_closed: Counter<u64>,
     /// Failed TLS handshakes with upstream instances, by upstream and reason.
     pub tls_upstream_handshake_failures: Counter<u64>,
     /// Connection counts of every upstream instance alive, for the
@@ -419,6 +422,18 @@ impl Metrics {
             tls_handshake_failures: meter
                 .u64_counter("gateway_tls_handshake_failures_total")
                 .with_description("TLS handshakes that failed on the proxy listener, by reason")
+                .build(),
+            tunnels: meter
+                .u64_counter("gateway_tunnels_total")
+                .with_description("Upgraded connections (WebSockets) tunnelled, by route and protocol")
+                .build(),
+            tunnel_bytes: meter
+                .u64_counter("gateway_tunnel_bytes_total")
+                .with_description("Bytes carried by tunnels, by route and direction (to_upstream, to_client), counted when each tunnel closes")
+                .build(),
+            tunnels_closed: meter
+                .u64_counter("gateway_tunnels_closed_total")
+                .with_description("Tunnels closed, by reason: closed (by either side), idle, lifetime, shutdown, error")
                 .build(),
             tls_upstream_handshake_failures: meter
                 .u64_counter("gateway_tls_upstream_handshake_failures_total")
@@ -873,6 +888,66 @@ impl Metrics {
         self.plugin_versions.store(Arc::new(versions));
     }
 
+    /// Puts a route's tunnel series at zero, and every close reason.
+    pub fn declare_tunnels(&self, route: &opentelemetry::Value, protocols: &[String]) {
+        for p in protocols {
+            self.tunnels.add(
+                0,
+                &[
+                    KeyValue::new("route", route.clone()),
+                    KeyValue::new("protocol", p.clone()),
+                ],
+            );
+        }
+        for direction in ["to_upstream", "to_client"] {
+            self.tunnel_bytes.add(
+                0,
+                &[
+                    KeyValue::new("route", route.clone()),
+                    KeyValue::new("direction", direction),
+                ],
+            );
+        }
+        for reason in TUNNEL_END_REASONS {
+            self.tunnels_closed
+                .add(0, &[KeyValue::new("reason", reason)]);
+        }
+    }
+
+    /// Counts a tunnel opened on `route`; open until the guard drops.
+    pub fn tunnel_opened(&self, route: &opentelemetry::Value, protocol: &str) -> TunnelOpen {
+        self.tunnels.add(
+            1,
+            &[
+                KeyValue::new("route", route.clone()),
+                KeyValue::new("protocol", protocol.to_string()),
+            ],
+        );
+        self.live.tunnels_open.fetch_add(1, Ordering::Relaxed);
+        TunnelOpen(self.live.clone())
+    }
+
+    /// Counts a tunnel's end and the bytes it carried each way.
+    pub fn tunnel_closed(
+        &self,
+        route: &opentelemetry::Value,
+        reason: &'static str,
+        to_upstream: u64,
+        to_client: u64,
+    ) {
+        for (direction, bytes) in [("to_upstream", to_upstream), ("to_client", to_client)] {
+            self.tunnel_bytes.add(
+                bytes,
+                &[
+                    KeyValue::new("route", route.clone()),
+                    KeyValue::new("direction", direction),
+                ],
+            );
+        }
+        self.tunnels_closed
+            .add(1, &[KeyValue::new("reason", reason)]);
+    }
+
     /// The certificates the running configuration presents, by name, with
     /// the Unix time each ends.
     pub fn set_certificates(&self, ends: Vec<(String, i64)>) {
@@ -1030,6 +1105,18 @@ impl Drop for InFlight<'_> {
 /// A client connection open; counted down on drop.
 pub struct ConnectionOpen(Arc<Live>);
 
+/// A tunnel counted open until dropped.
+pub struct TunnelOpen(Arc<Live>);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.tunnels_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a tunnel ended, as `gateway_tunnels_closed_total` labels it.
+pub const TUNNEL_END_REASONS: [&str; 5] = ["closed", "idle", "lifetime", "shutdown", "error"];
+
 impl Drop for ConnectionOpen {
     fn drop(&mut self) {
         self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -1044,6 +1131,7 @@ struct Live {
     in_flight: AtomicI64,
     connections_open: AtomicI64,
     connections: AtomicU64,
+    tunnels_open: AtomicI64,
 }
 
 fn observe_live(meter: &Meter, live: &Arc<Live>) {
@@ -1058,6 +1146,12 @@ fn observe_live(meter: &Meter, live: &Arc<Live>) {
         .i64_observable_up_down_counter("gateway_http_connections_open")
         .with_description("Client connections open")
         .with_callback(move |o| o.observe(l.connections_open.load(Ordering::Relaxed), &[]))
+        .build();
+    let l = live.clone();
+    meter
+        .i64_observable_up_down_counter("gateway_tunnels_open")
+        .with_description("Upgraded connections (WebSockets) being tunnelled right now")
+        .with_callback(move |o| o.observe(l.tunnels_open.load(Ordering::Relaxed), &[]))
         .build();
     let l = live.clone();
     meter

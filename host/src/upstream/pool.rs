@@ -123,6 +123,10 @@ impl InstancePool {
             match c.sender.try_send_request(req).await {
                 Ok(resp) => {
                     self.hit_miss[usize::from(!c.reused)].add(1);
+                    // A switched connection belongs to its tunnel now.
+                    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return Ok(resp.map(UpstreamBody::unpooled));
+                    }
                     return Ok(UpstreamBody::pooled(resp, c.sender, self.clone()));
                 }
                 Err(mut e) => match e.take_message() {
@@ -163,9 +167,10 @@ impl InstancePool {
             .map_err(|e| format!("{e:#}"))?;
         // Driven on this thread's runtime; it ends, closing the socket,
         // when the upstream closes or the last sender is dropped.
+        // With upgrades, so a `101` hands the connection to a tunnel.
         tokio::spawn(async move {
             let _open = open;
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
         });
         Ok(Checkout {
             sender,
