@@ -9,7 +9,8 @@
 //! 1. Leaves, importing no other module: `build_info` (what this build is
 //!    made of), `clock`, `config` (the TOML schema and its rules), `edge`
 //!    (what a request head may hold: hop-by-hop and forwarding headers,
-//!    authority, refusals), `listeners` (sockets handed over at start),
+//!    authority, refusals), `grpc` (what a gRPC call asks and how it is
+//!    answered), `listeners` (sockets handed over at start),
 //!    `per_worker` (state kept per worker thread), `echo` (the built-in
 //!    echo upstream).
 //! 2. `telemetry`: metrics, access log, traces; `tls`: handshakes on the
@@ -46,6 +47,7 @@ pub(crate) mod clock;
 pub mod config;
 pub(crate) mod echo;
 pub mod edge;
+pub(crate) mod grpc;
 pub mod listeners;
 pub(crate) mod per_worker;
 pub mod plugin;

@@ -141,6 +141,8 @@ struct Trail {
     /// The tenant a filter established; looked up only for the access log.
     tenant: Option<String>,
     want_tenant: bool,
+    /// The request is a gRPC call (`content-type: application/grpc…`).
+    grpc: bool,
 }
 
 #[derive(Default)]
@@ -201,11 +203,31 @@ async fn serve_request(
     });
     let mut trail = Trail {
         want_tenant: log.is_some(),
+        grpc: crate::grpc::is_grpc(req.headers()),
         ..Trail::default()
     };
     let resp = pipeline(&gw, req, client, trace.as_ref(), &mut trail).await;
+    // Counted by the HTTP status the answer stands for, so the 5xx alerts
+    // see a gRPC call the gateway failed; the client gets it as gRPC.
     let status = resp.status().as_u16();
+    let resp = match (&trail.grpc, &trail.answered_by) {
+        (true, AnsweredBy::Gateway | AnsweredBy::Filter(_)) => {
+            crate::grpc::trailers_only(resp, Either::Right(Full::new(Bytes::new())))
+        }
+        _ => resp,
+    };
     let rt = trail.route.map(|i| &gw.route_runtime[i]);
+    let grpc_count = match (trail.grpc, rt) {
+        (true, Some(rt)) => match crate::upstream::grpc_status(resp.headers()) {
+            Some(code) => {
+                gw.metrics.count_grpc(&rt.label, code);
+                None
+            }
+            // In the trailers, if they come.
+            None => Some((gw.metrics.clone(), rt.label.clone())),
+        },
+        _ => None,
+    };
     let rm = rt.map_or(&gw.unrouted, |rt| &rt.metrics);
     rm.answered(method, status, started.elapsed(), trail.bytes_received);
     if let Some(t) = &trace {
@@ -245,6 +267,7 @@ async fn serve_request(
             sent: 0,
             size: rm.response_size.clone(),
             log,
+            grpc: grpc_count,
         },
     )
 }
@@ -263,6 +286,8 @@ pub struct ObservedBody {
     sent: u64,
     size: prometheus::Histogram,
     log: Option<PendingLine>,
+    /// For a gRPC call whose status comes in the trailers: where to count it.
+    grpc: Option<(Arc<crate::telemetry::Metrics>, opentelemetry::Value)>,
 }
 
 impl http_body::Body for ObservedBody {
@@ -275,10 +300,15 @@ impl http_body::Body for ObservedBody {
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.sent += data.len() as u64;
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
+            } else if let Some(trailers) = frame.trailers_ref()
+                && let Some((metrics, route)) = this.grpc.take()
+                && let Some(code) = crate::upstream::grpc_status(trailers)
+            {
+                metrics.count_grpc(&route, code);
+            }
         }
         polled
     }
@@ -529,6 +559,14 @@ async fn pipeline(
             // The route's timeout bounds reading the body and every try
             // together, once; filters have deadlines of their own.
             let deadline = Instant::now() + rt.timeout;
+            if trail.grpc {
+                // Hop-by-hop, but gRPC servers may ask for it: the client
+                // takes trailers.
+                state
+                    .parts
+                    .headers
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
             if let Some(u) = &upgrade {
                 // Hop-by-hop, so removed with the rest; the upstream must
                 // see the handshake as the client sent it.
@@ -674,10 +712,15 @@ async fn forward(
             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     let upstream = &rt.upstream;
+    // A gRPC client's deadline bounds the call, each try and all of them.
+    let (try_timeout, deadline) = match crate::grpc::timeout(&parts.headers) {
+        Some(t) => (rt.try_timeout.min(t), deadline.min(Instant::now() + t)),
+        None => (rt.try_timeout, deadline),
+    };
     let exchange = crate::upstream::Exchange {
         route: &rt.label,
         retry: rt.retry.as_deref(),
-        try_timeout: rt.try_timeout,
+        try_timeout,
         deadline,
         request_id: request_id.as_str(),
         trace,

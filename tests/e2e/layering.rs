@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "listeners",
         "per_worker",
         "echo",
+        "grpc",
     ],
     &["telemetry", "tls"],
     &["state", "routing"],

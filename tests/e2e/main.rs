@@ -11,6 +11,7 @@ mod authoring;
 mod cascade;
 mod check;
 mod config_errors;
+mod grpc;
 mod languages;
 mod layering;
 mod observability;

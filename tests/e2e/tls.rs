@@ -6,7 +6,7 @@
 //! serves, the redirect listener, and the metrics of all of it.
 
 use crate::common::{Gateway, Upstream, metric, preamble, repo, tempdir};
-use crate::observability::{TLS_METRICS, catalogue, declared, names_used};
+use crate::observability::{TLS_METRICS, assert_catalogued, catalogue, declared, names_used};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -704,16 +704,7 @@ fn upstream_tls_verifies_a_private_ca_speaks_h2_when_offered_and_health_checks_o
         ),
         Some(0.0)
     );
-    let scraped = declared(&m);
-    let listed: Vec<String> = catalogue()
-        .into_iter()
-        .filter(|n| n.starts_with(UPSTREAM_TLS_METRICS))
-        .collect();
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert!(
-        listed.iter().all(|n| scraped.contains(n)),
-        "{listed:?}\n{m}"
-    );
+    assert_catalogued(&m, UPSTREAM_TLS_METRICS, 1);
 }
 
 #[test]

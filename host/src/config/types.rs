@@ -235,10 +235,26 @@ pub enum Outcome {
     /// Any 5xx answer (`failure_on` only).
     Any5xx,
     Status(u16),
+    /// A gRPC status in the answer's head (a trailers-only answer, as
+    /// servers give when they refuse a call before running it).
+    Grpc(u8),
 }
+
+/// The gRPC statuses `retry.on` and `failure_on` name, by their names in
+/// gRPC's own retry policies.
+pub const GRPC_OUTCOMES: [(&str, u8); 5] = [
+    ("cancelled", 1),
+    ("deadline-exceeded", 4),
+    ("resource-exhausted", 8),
+    ("internal", 13),
+    ("unavailable", 14),
+];
 
 impl Outcome {
     fn parse(s: &str) -> Option<Outcome> {
+        if let Some((_, code)) = GRPC_OUTCOMES.iter().find(|(name, _)| *name == s) {
+            return Some(Outcome::Grpc(*code));
+        }
         Some(match s {
             "connect" => Outcome::Connect,
             "timeout" => Outcome::Timeout,
@@ -258,7 +274,7 @@ impl TryFrom<String> for FailureOn {
     fn try_from(s: String) -> Result<Self, String> {
         Outcome::parse(&s).map(FailureOn).ok_or_else(|| {
             format!(
-                "an upstream lists `{s}` in failure_on; use connect, timeout, reset, 5xx or a status code"
+                "an upstream lists `{s}` in failure_on; use connect, timeout, reset, 5xx, a status code or a gRPC status such as unavailable"
             )
         })
     }
@@ -275,7 +291,7 @@ impl TryFrom<String> for RetryOn {
         match Outcome::parse(&s) {
             Some(o) if o != Outcome::Any5xx => Ok(RetryOn(o)),
             _ => Err(format!(
-                "a route retries on `{s}`; use connect, reset, timeout or a status code"
+                "a route retries on `{s}`; use connect, reset, timeout, a status code or a gRPC status such as unavailable"
             )),
         }
     }
@@ -435,6 +451,7 @@ mod tests {
         assert!(f("99").is_err());
         let r = |s: &str| RetryOn::try_from(s.to_string()).map(|o| o.0);
         assert_eq!(r("connect"), Ok(Outcome::Connect));
+        assert_eq!(r("unavailable"), Ok(Outcome::Grpc(14)));
         assert!(r("5xx").unwrap_err().contains("retries on `5xx`"));
         let m = |s: &str| Method::try_from(s.to_string());
         assert!(m("PATCH").is_ok());

@@ -129,6 +129,7 @@ pub struct Metrics {
     tls_handshakes: Counter<u64>,
     /// Failed TLS handshakes, by reason (`tls::HandshakeFailure`).
     tls_handshake_failures: Counter<u64>,
+    grpc_responses: Counter<u64>,
     tunnels: Counter<u64>,
     tunnel_bytes: Counter<u64>,
     tunnels_closed: Counter<u64>,
@@ -422,6 +423,10 @@ impl Metrics {
             tls_handshake_failures: meter
                 .u64_counter("gateway_tls_handshake_failures_total")
                 .with_description("TLS handshakes that failed on the proxy listener, by reason")
+                .build(),
+            grpc_responses: meter
+                .u64_counter("gateway_grpc_responses_total")
+                .with_description("gRPC calls answered, by route and grpc-status (from the answer's head or its trailers)")
                 .build(),
             tunnels: meter
                 .u64_counter("gateway_tunnels_total")
@@ -886,6 +891,17 @@ impl Metrics {
     /// shows: the plugins of the configuration now serving.
     pub fn set_plugin_versions(&self, versions: Vec<(Arc<str>, String)>) {
         self.plugin_versions.store(Arc::new(versions));
+    }
+
+    /// Counts a gRPC call's status.
+    pub fn count_grpc(&self, route: &opentelemetry::Value, status: u8) {
+        self.grpc_responses.add(
+            1,
+            &[
+                KeyValue::new("route", route.clone()),
+                KeyValue::new("grpc_status", i64::from(status).to_string()),
+            ],
+        );
     }
 
     /// Puts a route's tunnel series at zero, and every close reason.

@@ -34,6 +34,7 @@ pub struct Outcomes {
     reset: bool,
     any_5xx: bool,
     codes: Vec<u16>,
+    grpc: Vec<u8>,
 }
 
 impl FromIterator<Outcome> for Outcomes {
@@ -46,6 +47,7 @@ impl FromIterator<Outcome> for Outcomes {
                 Outcome::Reset => o.reset = true,
                 Outcome::Any5xx => o.any_5xx = true,
                 Outcome::Status(code) => o.codes.push(code),
+                Outcome::Grpc(code) => o.grpc.push(code),
             }
         }
         o
@@ -61,6 +63,16 @@ impl Outcomes {
             TryOutcome::Status(s) => (self.any_5xx && s >= 500) || self.codes.contains(&s),
         }
     }
+
+    /// Whether a gRPC status in an answer's head is listed.
+    pub fn matches_grpc(&self, status: Option<u8>) -> bool {
+        status.is_some_and(|s| self.grpc.contains(&s))
+    }
+}
+
+/// The gRPC status in a response's head: a trailers-only answer's.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u8> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// How one try ended.
@@ -761,6 +773,10 @@ impl Upstream {
                 Ok(Err(pool::SendError::Failed(e))) => (TryOutcome::Reset, Err(Failed::Error(e))),
                 Ok(Ok(resp)) => (TryOutcome::Status(resp.status().as_u16()), Ok(resp)),
             };
+            let grpc = match &result {
+                Ok(resp) => grpc_status(resp.headers()),
+                Err(_) => None,
+            };
             let took = started.elapsed();
             endpoint.record_latency(took);
             self.instruments[i].tried(outcome.kind(), took);
@@ -777,7 +793,7 @@ impl Upstream {
             }
             drop(span);
             self.note_outlier(i, outcome);
-            let failed = self.failure_on.matches(outcome);
+            let failed = self.failure_on.matches(outcome) || self.failure_on.matches_grpc(grpc);
             let t = permit.record(Instant::now(), !failed);
             self.note(i, t);
             if let Err(e) = &result
@@ -793,9 +809,16 @@ impl Upstream {
             }
 
             let Some(policy) = x.retry else { return result };
+            // A listed gRPC status is retried whatever the method (every
+            // call is a POST): a call refused before it ran, as UNAVAILABLE
+            // says, ran nowhere.
+            let by_grpc = policy.on.matches_grpc(grpc);
             let wanted = !last_try
-                && policy.on.matches(outcome)
-                && (idempotent || policy.non_idempotent || outcome == TryOutcome::Connect)
+                && (policy.on.matches(outcome) || by_grpc)
+                && (idempotent
+                    || policy.non_idempotent
+                    || outcome == TryOutcome::Connect
+                    || by_grpc)
                 && Instant::now() < x.deadline;
             if !wanted {
                 return result;

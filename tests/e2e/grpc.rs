@@ -1,0 +1,244 @@
+//! gRPC through the gateway with a real tonic service (the generated
+//! `grpc.health.v1.Health`, served over HTTP/2 without TLS) and tonic's
+//! generated client: statuses and trailers end to end, a filter's refusal
+//! as a gRPC status, the client's deadline (`grpc-timeout`) honoured, and
+//! a retry on UNAVAILABLE.
+
+use crate::common::{Gateway, metric, preamble, tempdir};
+use crate::observability::{GRPC_METRICS, assert_catalogued};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tonic::Code;
+use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use tower_service::Service;
+
+/// The service name the upstream reports SERVING.
+const SERVICE: &str = "echo.Echo";
+
+/// A gRPC health service on loopback (h2c). The first `refuse_first` calls
+/// are refused with UNAVAILABLE before reaching it; a call with `x-delay-ms`
+/// metadata waits that long first.
+struct GrpcUpstream {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl GrpcUpstream {
+    fn start(refuse_first: usize) -> GrpcUpstream {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counted = calls.clone();
+        rt.spawn(async move {
+            let (reporter, health) = tonic_health::server::health_reporter();
+            reporter
+                .set_service_status(SERVICE, ServingStatus::Serving)
+                .await;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (health, counted) = (health.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                        let mut health = health.clone();
+                        let n = counted.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            if n < refuse_first {
+                                return Ok(tonic::Status::unavailable("warming up").into_http());
+                            }
+                            let delay = req
+                                .headers()
+                                .get("x-delay-ms")
+                                .and_then(|v| v.to_str().ok()?.parse().ok());
+                            if let Some(ms) = delay {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            health.call(req).await
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        GrpcUpstream {
+            addr,
+            calls,
+            _rt: rt,
+        }
+    }
+}
+
+/// A gateway with route `health` to `up` over h2c; `route` adds lines to
+/// the route, `filters` defines filters.
+fn gateway(up: &GrpcUpstream, route: &str, filters: &str) -> Gateway {
+    let body = format!(
+        "{filters}\n[upstreams.grpc]\ninstances = [\"{}\"]\nprotocol = \"h2c\"\n\n[[route]]\nid = \"health\"\npath_prefix = \"/grpc.health.v1.Health\"\nupstream = \"grpc\"\n{route}\n",
+        up.addr
+    );
+    Gateway::start_with(tempdir::Dir::new(), |addr, admin| {
+        format!("{}{body}", preamble(addr, admin))
+    })
+}
+
+type Channel = Client<HttpConnector, tonic::body::Body>;
+
+/// tonic's generated client over an h2c connection to the gateway.
+fn client(gw: &Gateway) -> HealthClient<Channel> {
+    let http: Channel = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let origin = format!("http://{}", gw.addr).parse().unwrap();
+    HealthClient::with_origin(http, origin)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn check(service: &str) -> tonic::Request<HealthCheckRequest> {
+    tonic::Request::new(HealthCheckRequest {
+        service: service.into(),
+    })
+}
+
+fn grpc_responses(gw: &Gateway, status: &str) -> f64 {
+    metric(
+        &gw.metrics(),
+        "gateway_grpc_responses_total",
+        &[("route", "health"), ("grpc_status", status)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn calls_and_their_statuses_cross_the_gateway_with_trailers() {
+    let up = GrpcUpstream::start(0);
+    let gw = gateway(&up, "", "");
+    runtime().block_on(async {
+        let mut c = client(&gw);
+        let ok = c.check(check(SERVICE)).await.expect("the call succeeds");
+        assert_eq!(ok.get_ref().status, ServingStatus::Serving as i32);
+        // The status comes in the trailers of a streamed answer: it must
+        // reach the client as sent.
+        let err = c.check(check("no.Such")).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    });
+    assert_eq!(grpc_responses(&gw, "0"), 1.0, "{}", gw.metrics());
+    assert_eq!(grpc_responses(&gw, "5"), 1.0, "{}", gw.metrics());
+    // What the catalogue lists of gRPC is in this scrape.
+    let m = gw.metrics();
+    assert_catalogued(&m, GRPC_METRICS, 1);
+}
+
+#[test]
+fn a_filter_refusal_reaches_the_client_as_a_grpc_status() {
+    let up = GrpcUpstream::start(0);
+    let gw = gateway(
+        &up,
+        "filters = [\"deny\"]",
+        "[filters.deny]\nplugin = \"probe\"\n[filters.deny.config]\nname = \"deny\"\nanswer = 403\n",
+    );
+    runtime().block_on(async {
+        let err = client(&gw).check(check(SERVICE)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        assert_eq!(err.message(), "HTTP 403");
+    });
+    assert_eq!(up.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(grpc_responses(&gw, "7"), 1.0, "{}", gw.metrics());
+    // The raw answer: trailers-only, not an HTTP error body.
+    let raw = runtime().block_on(async {
+        let http: Client<HttpConnector, http_body_util::Full<bytes::Bytes>> =
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        let req = http::Request::post(format!("http://{}/grpc.health.v1.Health/Check", gw.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
+                0, 0, 0, 0, 0,
+            ])))
+            .unwrap();
+        let resp = http.request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        (parts, body.collect().await.unwrap().to_bytes())
+    });
+    let (parts, body) = raw;
+    assert_eq!(parts.status, 200);
+    assert_eq!(parts.headers["content-type"], "application/grpc");
+    assert_eq!(parts.headers["grpc-status"], "7");
+    assert!(body.is_empty(), "{body:?}");
+}
+
+#[test]
+fn the_clients_deadline_bounds_the_call() {
+    let up = GrpcUpstream::start(0);
+    let gw = gateway(&up, "timeout = \"10s\"", "");
+    runtime().block_on(async {
+        let mut req = check(SERVICE);
+        req.set_timeout(Duration::from_millis(300));
+        req.metadata_mut()
+            .insert("x-delay-ms", "3000".parse().unwrap());
+        let started = std::time::Instant::now();
+        let err = client(&gw).check(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    });
+}
+
+#[test]
+fn unavailable_is_retried_when_the_route_says_so() {
+    let up = GrpcUpstream::start(1);
+    let gw = gateway(
+        &up,
+        "[route.retry]\nattempts = 2\non = [\"unavailable\"]\nbackoff_base = \"1ms\"",
+        "",
+    );
+    runtime().block_on(async {
+        let ok = client(&gw).check(check(SERVICE)).await.expect("retried");
+        assert_eq!(ok.get_ref().status, ServingStatus::Serving as i32);
+    });
+    assert_eq!(up.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        metric(
+            &gw.metrics(),
+            "gateway_upstream_retries_total",
+            &[("route", "health"), ("result", "sent")]
+        ),
+        Some(1.0)
+    );
+    // Without the retry the refusal reaches the client.
+    let up = GrpcUpstream::start(1);
+    let gw = gateway(&up, "", "");
+    runtime().block_on(async {
+        let err = client(&gw).check(check(SERVICE)).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    });
+    assert_eq!(grpc_responses(&gw, "14"), 1.0, "{}", gw.metrics());
+}
