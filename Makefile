@@ -10,7 +10,7 @@ SHIPPED := headers ratelimit auth tenant
 EXAMPLES := target/examples
 PY_TOOLS := target/toolchains/python/bin
 
-.PHONY: setup setup-run plugins build run test bench bench-deps vs-nginx peers profile soak-reload examples fuzz
+.PHONY: setup setup-run plugins build run test bench bench-deps vs-nginx vs-nginx-tls peers profile soak-reload examples fuzz
 
 # Serving needs Rust and its wasm target; the tests and the examples also
 # need Redis, Prometheus, Node.js and Python (scripts/setup.sh says which).
@@ -72,6 +72,11 @@ vs-nginx: build bench-deps
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/headers.toml
 	../shared/bench/vs-nginx.sh -- target/release/gateway run --config benches/vs-nginx/probes.toml
 	../shared/bench/vs-nginx.sh -p '/?api_key=bench-key-0123456789' -- target/release/gateway run --config benches/vs-nginx/plugins.toml
+
+# The gateway terminating TLS against nginx with the same certificate:
+# keep-alive requests and full handshakes (see README.md, Performance).
+vs-nginx-tls: build bench-deps
+	benches/vs-nginx-tls.sh
 
 # HAProxy, Caddy and nginx + njs (the shipped plugins' policy), each against
 # nginx as vs-nginx measures the gateway.
