@@ -714,7 +714,13 @@ async fn forward(
     let upstream = &rt.upstream;
     // A gRPC client's deadline bounds the call, each try and all of them.
     let (try_timeout, deadline) = match crate::grpc::timeout(&parts.headers) {
-        Some(t) => (rt.try_timeout.min(t), deadline.min(Instant::now() + t)),
+        // Checked: the header may name a deadline past the clock's range.
+        Some(t) => (
+            rt.try_timeout.min(t),
+            Instant::now()
+                .checked_add(t)
+                .map_or(deadline, |d| deadline.min(d)),
+        ),
         None => (rt.try_timeout, deadline),
     };
     let exchange = crate::upstream::Exchange {
