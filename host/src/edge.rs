@@ -285,7 +285,7 @@ pub fn check_protocol(parts: &http::request::Parts) -> Result<(), Refusal> {
             ));
         }
     }
-    if parts.method == Method::CONNECT {
+    if parts.method == Method::CONNECT && extended_connect(parts).is_none() {
         return Err(Refusal::new(
             RefusalKind::MethodNotAllowed,
             "CONNECT is not supported: this gateway is not a forward proxy",
@@ -333,6 +333,16 @@ pub fn upgrade_request(parts: &http::request::Parts) -> Result<Option<String>, R
         return refuse("only an HTTP/1.1 GET without a body can upgrade");
     }
     Ok(Some(protocol.to_ascii_lowercase()))
+}
+
+/// The protocol an HTTP/2 extended CONNECT (RFC 8441: a WebSocket over
+/// HTTP/2) asks for, lowercased; None for any other request.
+pub fn extended_connect(parts: &http::request::Parts) -> Option<String> {
+    if parts.method != Method::CONNECT || parts.version != http::Version::HTTP_2 {
+        return None;
+    }
+    let protocol = parts.extensions.get::<hyper::ext::Protocol>()?;
+    Some(protocol.as_str().to_ascii_lowercase())
 }
 
 /// `TRACE` and `TRACK` reflect the request (cookies and credentials

@@ -378,9 +378,25 @@ async fn pipeline(
     if let Err(r) = edge::check_protocol(&parts) {
         return refuse(gw, r, &request_id);
     }
-    let upgrade = match edge::upgrade_request(&parts) {
-        Ok(u) => u,
-        Err(r) => return refuse(gw, r, &request_id),
+    // A WebSocket over HTTP/2 (RFC 8441) is routed, filtered and sent
+    // upstream as the HTTP/1.1 handshake it stands for.
+    let over_h2 = edge::extended_connect(&parts);
+    let upgrade = match over_h2.clone() {
+        Some(protocol) if protocol == "websocket" => {
+            parts.method = http::Method::GET;
+            Some(protocol)
+        }
+        Some(protocol) => {
+            let r = Refusal::new(
+                RefusalKind::UpgradeNotSupported,
+                format!("`{protocol}` over HTTP/2 is not supported; only websocket is"),
+            );
+            return refuse(gw, r, &request_id);
+        }
+        None => match edge::upgrade_request(&parts) {
+            Ok(u) => u,
+            Err(r) => return refuse(gw, r, &request_id),
+        },
     };
     let host = match edge::request_host(&parts) {
         Ok(h) => h,
@@ -423,6 +439,7 @@ async fn pipeline(
                 protocol,
                 client,
                 hold: parts.extensions.remove::<ConnectionHold>(),
+                over_h2: over_h2.is_some(),
             }),
             // HTTP/2 carries no Upgrade: hyper offers none to take.
             None => {
@@ -574,6 +591,10 @@ async fn pipeline(
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                 if let Ok(v) = HeaderValue::from_str(&u.protocol) {
                     h.insert(header::UPGRADE, v);
+                }
+                if u.over_h2 {
+                    // RFC 8441 has no key; the HTTP/1.1 handshake needs one.
+                    h.insert(SEC_WEBSOCKET_KEY, websocket_key());
                 }
             }
             match forward(
@@ -773,13 +794,23 @@ async fn forward(
             let switched = p.status == StatusCode::SWITCHING_PROTOCOLS;
             let agreed = p.headers.get(header::UPGRADE).cloned();
             edge::strip_hop_by_hop(&mut p.headers);
+            let mut body = Either::Left(b);
             match (switched, upgrade, p.extensions.remove::<OnUpgrade>()) {
                 (false, _, _) => {}
                 (true, Some(u), Some(upstream)) => {
-                    p.headers
-                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                    if let Some(v) = agreed {
-                        p.headers.insert(header::UPGRADE, v);
+                    if u.over_h2 {
+                        // An HTTP/2 client is told by a 200 with no body
+                        // (RFC 8441 §5); the handshake's accept key is the
+                        // HTTP/1.1 leg's alone.
+                        p.status = StatusCode::OK;
+                        p.headers.remove(SEC_WEBSOCKET_ACCEPT);
+                        body = Either::Right(Full::new(Bytes::new()));
+                    } else {
+                        p.headers
+                            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                        if let Some(v) = agreed {
+                            p.headers.insert(header::UPGRADE, v);
+                        }
                     }
                     let limits = crate::tunnel::Limits {
                         idle: gw.server.tunnel_idle_timeout.0,
@@ -806,7 +837,7 @@ async fn forward(
                     ));
                 }
             }
-            Ok(Response::from_parts(p, Either::Left(b)))
+            Ok(Response::from_parts(p, body))
         }
     }
 }
@@ -817,4 +848,17 @@ struct Upgrade {
     protocol: String,
     client: OnUpgrade,
     hold: Option<ConnectionHold>,
+    /// An HTTP/2 extended CONNECT, answered 200 rather than 101.
+    over_h2: bool,
+}
+
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64.
+fn websocket_key() -> HeaderValue {
+    use base64::Engine;
+    let key: [u8; 16] = rand::random();
+    let text = base64::engine::general_purpose::STANDARD.encode(key);
+    HeaderValue::try_from(text).expect("base64 is a valid header value")
 }

@@ -80,7 +80,9 @@ impl ConnSettings {
             // A peer that stops answering pings is gone; its streams are
             // dropped rather than held until the idle timeout.
             .keep_alive_interval(cfg.http2_keepalive_interval.0)
-            .keep_alive_timeout(cfg.http2_keepalive_timeout.0);
+            .keep_alive_timeout(cfg.http2_keepalive_timeout.0)
+            // WebSockets over HTTP/2 (RFC 8441).
+            .enable_connect_protocol();
         ConnSettings {
             http1,
             http2,
@@ -306,7 +308,7 @@ impl Worker {
 /// Lends a request that asks to upgrade the hold on its connection, for
 /// the tunnel to keep. Only those: an extension costs an allocation.
 fn offer_hold(req: &mut Request<Incoming>, hold: &ConnectionHold) {
-    if req.headers().contains_key(http::header::UPGRADE) {
+    if req.headers().contains_key(http::header::UPGRADE) || req.method() == http::Method::CONNECT {
         req.extensions_mut().insert(hold.clone());
     }
 }

@@ -305,3 +305,71 @@ fn a_tunnel_outlives_the_start_of_a_graceful_shutdown_until_the_grace_ends() {
         );
     });
 }
+
+type H2Client =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Opens a WebSocket over HTTP/2 (RFC 8441's extended CONNECT) to `path`
+/// on the gateway, over h2c; Err with the status when it is refused.
+async fn connect_h2(gw: &Gateway, path: &str) -> Result<H2Client, u16> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // The server's SETTINGS (which allow extended CONNECT) come first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .version(http::Version::HTTP_2)
+        .uri(format!("http://{}{path}", gw.addr))
+        .header("sec-websocket-version", "13")
+        .header("x-api-key", KEY)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = send
+        .send_request(req)
+        .await
+        .expect("the gateway allows extended CONNECT");
+    if resp.status() != 200 {
+        return Err(resp.status().as_u16());
+    }
+    let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+    Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await)
+}
+
+#[test]
+fn a_websocket_over_http2_is_tunnelled_to_an_http11_upstream() {
+    let echo = EchoServer::start();
+    let gw = gateway(&echo, "");
+    runtime().block_on(async {
+        let mut ws = connect_h2(&gw, "/ws/h2").await.unwrap();
+        ws.send(Message::text("over h2")).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, Message::text("over h2"));
+        ws.close(None).await.unwrap();
+        // The route that refuses upgrades refuses them over HTTP/2 too.
+        assert_eq!(connect_h2(&gw, "/plain/h2").await.err(), Some(501));
+    });
+    // The upstream had an HTTP/1.1 handshake, key and all.
+    let handshakes = echo.handshakes();
+    assert_eq!(handshakes.len(), 1);
+    let h = &handshakes[0];
+    let get = |name: &str| h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    assert_eq!(get("upgrade"), Some("websocket"));
+    assert_eq!(get("sec-websocket-version"), Some("13"));
+    assert_eq!(get("sec-websocket-key").map(str::len), Some(24));
+}
