@@ -25,7 +25,7 @@ use crate::telemetry::access_log::{self, Entry};
 use crate::telemetry::method_label;
 use crate::telemetry::trace::{self, RequestTrace};
 use crate::tls;
-use crate::upstream::Failed;
+use crate::upstream::{Failed, RequestBody};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -682,8 +682,23 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let info = state.info.clone();
     let request_id = &info.request_id;
+    // A gRPC call to an HTTP/2 upstream streams its body as it comes, so
+    // client streams and bidirectional calls work: one try, and no
+    // max_body_bytes (a stream's length is its own). A route that retries
+    // reads it whole instead, so a retry can send it again.
+    let stream_it = trail.grpc && rt.upstream.streams_requests() && rt.retry.is_none();
+    let (body, mut stream) = if stream_it {
+        (None, Some(body))
+    } else {
+        (Some(body), None)
+    };
     let limit = gw.server.max_body_bytes;
-    let read = Limited::new(body, limit).collect();
+    let read = async {
+        match body {
+            Some(body) => Limited::new(body, limit).collect().await.map(Some),
+            None => Ok(None),
+        }
+    };
     let body = match tokio::time::timeout_at(deadline.into(), read).await {
         Err(_) => {
             return Err(local_reply(
@@ -713,9 +728,9 @@ async fn forward(
                 request_id,
             ));
         }
-        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Ok(c)) => c.map(|c| c.to_bytes()),
     };
-    trail.bytes_received = body.len() as u64;
+    trail.bytes_received = body.as_ref().map_or(0, |b| b.len() as u64);
 
     // Filters on the way out are shown the request as it was sent; without
     // any, the request moves upstream without a copy.
@@ -725,13 +740,22 @@ async fn forward(
         std::mem::replace(&mut state.parts, Request::new(()).into_parts().0)
     };
     parts.version = http::Version::HTTP_11;
-    if body.is_empty() && parts.method != http::Method::POST && parts.method != http::Method::PUT {
-        parts.headers.remove(header::CONTENT_LENGTH);
-    } else {
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    }
+    let body = match body {
+        Some(body) => {
+            if body.is_empty()
+                && parts.method != http::Method::POST
+                && parts.method != http::Method::PUT
+            {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            } else {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            }
+            RequestBody::Buffered(body)
+        }
+        None => RequestBody::Streamed(stream.take()),
+    };
     let upstream = &rt.upstream;
     // A gRPC client's deadline bounds the call, each try and all of them.
     let (try_timeout, deadline) = match crate::grpc::timeout(&parts.headers) {

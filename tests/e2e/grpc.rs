@@ -242,3 +242,131 @@ fn unavailable_is_retried_when_the_route_says_so() {
     });
     assert_eq!(grpc_responses(&gw, "14"), 1.0, "{}", gw.metrics());
 }
+
+/// A bidirectional echo over h2c: every data frame of the request is sent
+/// back as it arrives, then `grpc-status: 0` in the trailers.
+fn start_stream_echo() -> (SocketAddr, tokio::runtime::Runtime) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                    let (tx, rx) = tokio::sync::mpsc::channel::<Frame<bytes::Bytes>>(8);
+                    let mut body = req.into_body();
+                    tokio::spawn(async move {
+                        while let Some(Ok(frame)) = body.frame().await {
+                            if let Ok(data) = frame.into_data()
+                                && tx.send(Frame::data(data)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = tx.send(Frame::trailers(trailers)).await;
+                    });
+                    let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+                        rx.recv()
+                            .await
+                            .map(|f| (Ok::<_, std::convert::Infallible>(f), rx))
+                    }));
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(StreamBody::new(frames))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rt)
+}
+
+/// One gRPC message: the 5-byte prefix (uncompressed, length) and `payload`.
+fn grpc_message(payload: &[u8]) -> bytes::Bytes {
+    let mut m = vec![0u8];
+    m.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    m.extend_from_slice(payload);
+    m.into()
+}
+
+#[test]
+fn a_bidirectional_stream_flows_both_ways_before_either_side_ends() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let (echo, _rt) = start_stream_echo();
+    let body = format!(
+        "[upstreams.stream]\ninstances = [\"{echo}\"]\nprotocol = \"h2c\"\n\n[[route]]\nid = \"stream\"\npath_prefix = \"/echo.Echo\"\nupstream = \"stream\"\n"
+    );
+    let gw = Gateway::start_with(tempdir::Dir::new(), |addr, admin| {
+        format!("{}{body}", preamble(addr, admin))
+    });
+    runtime().block_on(async {
+        let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Frame<bytes::Bytes>>(8);
+        let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|f| (Ok::<_, std::convert::Infallible>(f), rx))
+        }));
+        let req = http::Request::post(format!("http://{}/echo.Echo/Chat", gw.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(StreamBody::new(frames))
+            .unwrap();
+        tx.send(Frame::data(grpc_message(b"first"))).await.unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+            .await
+            .expect("the answer starts while the request is still open")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("a frame comes back before the request ends")
+                .unwrap()
+                .unwrap()
+        };
+        // Each message comes back before the next is sent: nothing waits
+        // for the request to end.
+        assert_eq!(next().await.into_data().unwrap(), grpc_message(b"first"));
+        tx.send(Frame::data(grpc_message(b"second"))).await.unwrap();
+        assert_eq!(next().await.into_data().unwrap(), grpc_message(b"second"));
+        drop(tx);
+        let trailers = next().await.into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+    });
+    assert_eq!(
+        metric(
+            &gw.metrics(),
+            "gateway_grpc_responses_total",
+            &[("route", "stream"), ("grpc_status", "0")]
+        ),
+        Some(1.0)
+    );
+}

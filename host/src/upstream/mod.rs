@@ -24,7 +24,20 @@ use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub type UpstreamClient = Client<pool::CountingConnector, Full<Bytes>>;
+pub type UpstreamClient = Client<pool::CountingConnector, ClientBody>;
+
+/// What the client sends: a body read whole, or one streamed as it comes
+/// (a gRPC call's, over HTTP/2).
+pub type ClientBody = http_body_util::Either<Full<Bytes>, hyper::body::Incoming>;
+
+/// A request's body as the exchange has it.
+pub enum RequestBody {
+    /// Read whole: sent again on every try.
+    Buffered(Bytes),
+    /// Passed through as it arrives, so it can be sent once: an exchange
+    /// with one has a single try.
+    Streamed(Option<hyper::body::Incoming>),
+}
 
 /// A set of try outcomes, as `failure_on` and `retry.on` list them.
 #[derive(Debug, Clone, Default)]
@@ -497,7 +510,7 @@ impl Upstream {
                         let started = Instant::now();
                         let req = http::Request::get(uri)
                             .header(http::header::USER_AGENT, "gateway-health-check")
-                            .body(Full::new(Bytes::new()));
+                            .body(http_body_util::Either::Left(Full::new(Bytes::new())));
                         let Ok(req) = req else {
                             return (false, started.elapsed());
                         };
@@ -572,6 +585,12 @@ impl Upstream {
         self.metrics.outlier_ejections.add(1, &attrs);
     }
 
+    /// Whether requests go by the multiplexing client (h2c, TLS), which can
+    /// stream a request body.
+    pub fn streams_requests(&self) -> bool {
+        !self.own_connections
+    }
+
     /// The address of instance `i`, as configured.
     pub fn instance_addr(&self, i: usize) -> Option<&str> {
         self.balancer.endpoints().get(i).map(|e| &*e.addr)
@@ -589,11 +608,20 @@ impl Upstream {
     async fn exchange(
         &self,
         i: usize,
-        req: http::Request<Full<Bytes>>,
+        req: http::Request<ClientBody>,
     ) -> Result<http::Response<pool::UpstreamBody>, pool::SendError> {
         if self.own_connections {
+            let (parts, body) = req.into_parts();
+            let http_body_util::Either::Left(body) = body else {
+                return Err(pool::SendError::Failed(
+                    "a streamed body goes over HTTP/2 only".into(),
+                ));
+            };
             return self.pools[i]
-                .send(&self.balancer.endpoints()[i].addr, req)
+                .send(
+                    &self.balancer.endpoints()[i].addr,
+                    http::Request::from_parts(parts, body),
+                )
                 .await;
         }
         match self.client.request(req).await {
@@ -649,7 +677,7 @@ impl Upstream {
         x: &Exchange<'_>,
         tries: &mut Tries,
         parts: http::request::Parts,
-        body: Bytes,
+        body: RequestBody,
     ) -> Result<http::Response<pool::UpstreamBody>, Failed> {
         let idempotent = matches!(
             parts.method,
@@ -660,7 +688,11 @@ impl Upstream {
                 | http::Method::DELETE
                 | http::Method::TRACE
         );
-        let attempts = x.retry.map_or(1, |r| r.attempts);
+        let attempts = match body {
+            RequestBody::Streamed(_) => 1,
+            RequestBody::Buffered(_) => x.retry.map_or(1, |r| r.attempts),
+        };
+        let mut body = body;
         if let Some(r) = x.retry {
             r.budget.request(Instant::now());
         }
@@ -755,7 +787,14 @@ impl Upstream {
             let span = x
                 .trace
                 .map(|t| t.try_span(p.method.as_str(), &endpoint.addr, attempt, &mut p.headers));
-            let req = http::Request::from_parts(p, Full::new(body.clone()));
+            let sent = match &mut body {
+                RequestBody::Buffered(b) => http_body_util::Either::Left(Full::new(b.clone())),
+                RequestBody::Streamed(s) => match s.take() {
+                    Some(s) => http_body_util::Either::Right(s),
+                    None => return Err(Failed::Error("the streamed body was sent already".into())),
+                },
+            };
+            let req = http::Request::from_parts(p, sent);
             let left = x.deadline.saturating_duration_since(now);
             let budget = x.try_timeout.min(left);
             let started = Instant::now();
@@ -942,7 +981,7 @@ mod tests {
         // request future is dropped mid-try.
         let cancelled = tokio::time::timeout(
             Duration::from_millis(100),
-            up.send(&x, &mut tries, parts, Bytes::new()),
+            up.send(&x, &mut tries, parts, RequestBody::Buffered(Bytes::new())),
         )
         .await;
         assert!(cancelled.is_err(), "the instance never answers");
