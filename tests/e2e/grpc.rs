@@ -4,7 +4,7 @@
 //! as a gRPC status, the client's deadline (`grpc-timeout`) honoured, and
 //! a retry on UNAVAILABLE.
 
-use crate::common::{Gateway, metric, preamble, tempdir};
+use crate::common::{Gateway, LoopbackServer, loopback_server, metric, preamble, tempdir};
 use crate::observability::{GRPC_METRICS, assert_catalogued};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -30,62 +30,59 @@ const SERVICE: &str = "echo.Echo";
 struct GrpcUpstream {
     addr: SocketAddr,
     calls: Arc<AtomicUsize>,
-    _rt: tokio::runtime::Runtime,
+    _server: LoopbackServer,
 }
 
 impl GrpcUpstream {
     fn start(refuse_first: usize) -> GrpcUpstream {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
         let counted = calls.clone();
-        rt.spawn(async move {
-            let (reporter, health) = tonic_health::server::health_reporter();
-            reporter
-                .set_service_status(SERVICE, ServingStatus::Serving)
-                .await;
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (health, counted) = (health.clone(), counted.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                        let mut health = health.clone();
-                        let n = counted.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            if n < refuse_first {
-                                return Ok(tonic::Status::unavailable("warming up").into_http());
-                            }
-                            let delay = req
-                                .headers()
-                                .get("x-delay-ms")
-                                .and_then(|v| v.to_str().ok()?.parse().ok());
-                            if let Some(ms) = delay {
-                                tokio::time::sleep(Duration::from_millis(ms)).await;
-                            }
-                            health.call(req).await
-                        }
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let server = loopback_server(move |stream| {
+            let (health, counted) = (health.clone(), counted.clone());
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let mut health = health.clone();
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < refuse_first {
+                        return Ok(tonic::Status::unavailable("warming up").into_http());
+                    }
+                    let delay = req
+                        .headers()
+                        .get("x-delay-ms")
+                        .and_then(|v| v.to_str().ok()?.parse().ok());
+                    if let Some(ms) = delay {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    health.call(req).await
+                }
+            });
+            serve_h2(stream, svc)
         });
+        server
+            .rt
+            .block_on(reporter.set_service_status(SERVICE, ServingStatus::Serving));
         GrpcUpstream {
-            addr,
+            addr: server.addr,
             calls,
-            _rt: rt,
+            _server: server,
         }
     }
+}
+
+/// Serves HTTP/2 with prior knowledge on `stream` until it closes.
+async fn serve_h2<S, B>(stream: tokio::net::TcpStream, svc: S)
+where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+        .await;
 }
 
 /// A gateway with route `health` to `up` over h2c; `route` adds lines to
@@ -245,58 +242,49 @@ fn unavailable_is_retried_when_the_route_says_so() {
 
 /// A bidirectional echo over h2c: every data frame of the request is sent
 /// back as it arrives, then `grpc-status: 0` in the trailers.
-fn start_stream_echo() -> (SocketAddr, tokio::runtime::Runtime) {
+fn start_stream_echo() -> LoopbackServer {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
+    loopback_server(|stream| {
+        let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Frame<bytes::Bytes>>(8);
+            let mut body = req.into_body();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
-                    let (tx, rx) = tokio::sync::mpsc::channel::<Frame<bytes::Bytes>>(8);
-                    let mut body = req.into_body();
-                    tokio::spawn(async move {
-                        while let Some(Ok(frame)) = body.frame().await {
-                            if let Ok(data) = frame.into_data()
-                                && tx.send(Frame::data(data)).await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                        let _ = tx.send(Frame::trailers(trailers)).await;
-                    });
-                    let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-                        rx.recv()
-                            .await
-                            .map(|f| (Ok::<_, std::convert::Infallible>(f), rx))
-                    }));
-                    Ok::<_, std::convert::Infallible>(
-                        http::Response::builder()
-                            .header("content-type", "application/grpc")
-                            .body(StreamBody::new(frames))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data()
+                        && tx.send(Frame::data(data)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let _ = tx.send(Frame::trailers(trailers)).await;
             });
-        }
-    });
-    (addr, rt)
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(StreamBody::new(frames_of(rx)))
+                    .unwrap(),
+            )
+        });
+        serve_h2(stream, svc)
+    })
+}
+
+/// The frames a channel receives, as a body's stream.
+fn frames_of(
+    rx: tokio::sync::mpsc::Receiver<hyper::body::Frame<bytes::Bytes>>,
+) -> std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+            > + Send,
+    >,
+> {
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|f| (Ok(f), rx))
+    }))
 }
 
 /// One gRPC message: the 5-byte prefix (uncompressed, length) and `payload`.
@@ -311,7 +299,8 @@ fn grpc_message(payload: &[u8]) -> bytes::Bytes {
 fn a_bidirectional_stream_flows_both_ways_before_either_side_ends() {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
-    let (echo, _rt) = start_stream_echo();
+    let server = start_stream_echo();
+    let echo = server.addr;
     let body = format!(
         "[upstreams.stream]\ninstances = [\"{echo}\"]\nprotocol = \"h2c\"\n\n[[route]]\nid = \"stream\"\npath_prefix = \"/echo.Echo\"\nupstream = \"stream\"\n"
     );
@@ -328,11 +317,7 @@ fn a_bidirectional_stream_flows_both_ways_before_either_side_ends() {
         .unwrap();
         tokio::spawn(conn);
         let (tx, rx) = tokio::sync::mpsc::channel::<Frame<bytes::Bytes>>(8);
-        let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|f| (Ok::<_, std::convert::Infallible>(f), rx))
-        }));
+        let frames = frames_of(rx);
         let req = http::Request::post(format!("http://{}/echo.Echo/Chat", gw.addr))
             .header("content-type", "application/grpc")
             .header("te", "trailers")

@@ -4,7 +4,7 @@
 //! counted, a quiet tunnel is closed at the idle timeout, and a route can
 //! refuse upgrades.
 
-use crate::common::{Gateway, metric, preamble, tempdir};
+use crate::common::{Gateway, LoopbackServer, loopback_server, metric, preamble, tempdir};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,61 +24,46 @@ type Handshakes = Arc<Mutex<Vec<Vec<(String, String)>>>>;
 struct EchoServer {
     addr: SocketAddr,
     handshakes: Handshakes,
-    _rt: tokio::runtime::Runtime,
+    _server: LoopbackServer,
 }
 
 impl EchoServer {
     // tungstenite's handshake callback returns its error response unboxed.
     #[allow(clippy::result_large_err)]
     fn start() -> EchoServer {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
         let handshakes: Handshakes = Arc::default();
         let seen = handshakes.clone();
-        rt.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+        let server = loopback_server(move |stream| {
+            let seen = seen.clone();
+            async move {
+                let record = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                              resp| {
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect();
+                    seen.lock().unwrap().push(headers);
+                    Ok(resp)
                 };
-                let seen = seen.clone();
-                tokio::spawn(async move {
-                    let record =
-                        |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
-                            let headers = req
-                                .headers()
-                                .iter()
-                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                                .collect();
-                            seen.lock().unwrap().push(headers);
-                            Ok(resp)
-                        };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
-                    else {
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
                         return;
-                    };
-                    while let Some(Ok(msg)) = ws.next().await {
-                        if msg.is_close() {
-                            return;
-                        }
-                        let echoed = msg.is_text() || msg.is_binary();
-                        if echoed && ws.send(msg).await.is_err() {
-                            return;
-                        }
                     }
-                });
+                    let echoed = msg.is_text() || msg.is_binary();
+                    if echoed && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
             }
         });
         EchoServer {
-            addr,
+            addr: server.addr,
             handshakes,
-            _rt: rt,
+            _server: server,
         }
     }
 

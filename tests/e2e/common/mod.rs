@@ -234,6 +234,38 @@ impl Upstream {
     }
 }
 
+/// A server of a test's own on a free loopback port, with a runtime of its
+/// own (stopped when dropped): `serve` gets each accepted connection, in a
+/// task of its own.
+pub struct LoopbackServer {
+    pub addr: SocketAddr,
+    pub rt: tokio::runtime::Runtime,
+}
+
+pub fn loopback_server<F, Fut>(serve: F) -> LoopbackServer
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream));
+            }
+        }
+    });
+    LoopbackServer { addr, rt }
+}
+
 /// A running `gateway run` process; killed when dropped.
 pub struct Gateway {
     pub addr: SocketAddr,
