@@ -309,13 +309,7 @@ fn a_bidirectional_stream_flows_both_ways_before_either_side_ends() {
     });
     runtime().block_on(async {
         let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut send = crate::common::h2_client(stream).await;
         let (tx, rx) = tokio::sync::mpsc::channel::<Frame<bytes::Bytes>>(8);
         let frames = frames_of(rx);
         let req = http::Request::post(format!("http://{}/echo.Echo/Chat", gw.addr))
@@ -354,4 +348,63 @@ fn a_bidirectional_stream_flows_both_ways_before_either_side_ends() {
         ),
         Some(1.0)
     );
+}
+
+#[test]
+fn a_call_over_a_tls_listener_keeps_its_trailers() {
+    use prost::Message;
+    let up = GrpcUpstream::start(0);
+    let ca = crate::tls::Ca::new("Test CA");
+    let dir = tempdir::Dir::new();
+    ca.server("localhost", &["localhost"])
+        .write(dir.path(), "server");
+    let body = format!(
+        "[server.tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\n\n[upstreams.grpc]\ninstances = [\"{}\"]\nprotocol = \"h2c\"\n\n[[route]]\nid = \"health\"\npath_prefix = \"/grpc.health.v1.Health\"\nupstream = \"grpc\"\n",
+        up.addr
+    );
+    let gw = Gateway::start_with(dir, |addr, admin| {
+        format!("{}{body}", preamble(addr, admin))
+    });
+    let (data, trailers) = runtime().block_on(async {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let mut send = crate::common::h2_client(stream).await;
+        let call = HealthCheckRequest {
+            service: SERVICE.into(),
+        }
+        .encode_to_vec();
+        let req = http::Request::post("https://localhost/grpc.health.v1.Health/Check")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(grpc_message(&call)))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected
+            .trailers()
+            .cloned()
+            .expect("the upstream's trailers");
+        (collected.to_bytes(), trailers)
+    });
+    assert_eq!(trailers["grpc-status"], "0");
+    let answer = tonic_health::pb::HealthCheckResponse::decode(&data[5..]).unwrap();
+    assert_eq!(answer.status, ServingStatus::Serving as i32);
 }

@@ -19,19 +19,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A certificate authority of the test's own.
-struct Ca {
+pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub pem: String,
 }
 
 /// A certificate with its key, as PEM.
-struct Leaf {
+pub struct Leaf {
     cert: String,
     key: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -50,7 +50,7 @@ impl Ca {
 
     /// A server certificate for `names` (DNS names or IP addresses), with
     /// `cn` as its subject's common name.
-    fn server(&self, cn: &str, names: &[&str]) -> Leaf {
+    pub fn server(&self, cn: &str, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
@@ -82,7 +82,7 @@ impl Ca {
 
 impl Leaf {
     /// Writes `NAME.pem` and `NAME.key` into `dir`.
-    fn write(&self, dir: &Path, name: &str) {
+    pub fn write(&self, dir: &Path, name: &str) {
         std::fs::write(dir.join(format!("{name}.pem")), &self.cert).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), &self.key).unwrap();
     }

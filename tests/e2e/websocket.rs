@@ -297,13 +297,9 @@ type H2Client =
 /// Opens a WebSocket over HTTP/2 (RFC 8441's extended CONNECT) to `path`
 /// on the gateway, over h2c; Err with the status when it is refused.
 async fn connect_h2(gw: &Gateway, path: &str) -> Result<H2Client, u16> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioIo;
     let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = crate::common::h2_client(stream).await;
     // The server's SETTINGS (which allow extended CONNECT) come first.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut req = http::Request::builder()

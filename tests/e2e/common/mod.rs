@@ -266,6 +266,25 @@ where
     LoopbackServer { addr, rt }
 }
 
+/// An HTTP/2 client connection over `io` (prior knowledge, or TLS that
+/// chose h2), driven in the background.
+pub async fn h2_client<I, B>(io: I) -> hyper::client::conn::http2::SendRequest<B>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("an HTTP/2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
 /// A running `gateway run` process; killed when dropped.
 pub struct Gateway {
     pub addr: SocketAddr,
