@@ -3,7 +3,8 @@
 //! over https on the proxy listener's port, so a browser typing the bare
 //! name lands on TLS and a POST stays a POST. A request whose Host the
 //! proxy would refuse is refused here too (400), so the redirect never
-//! points at a name nobody asked for. Nothing is forwarded upstream.
+//! points at a name nobody asked for. Nothing is forwarded upstream. Its
+//! connections keep the proxy's deadlines and connection limits.
 
 use crate::edge;
 use crate::server::{self, CurrentSettings};
@@ -25,14 +26,26 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut current = CurrentSettings::new(&shared.current().server);
+    // Held to the proxy listener's limits, counted apart from its own
+    // connections: a flood here cannot take the proxy's slots.
+    let slots = Arc::new(server::Slots::default());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = server::accept(&listener) => accepted,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let settings = current.get(&shared.current().server).clone();
+        let (max, max_per_client) = current.limits();
+        let slot = match slots.take(peer.ip(), max, max_per_client) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                shared.metrics.count_connection_refused(reason);
+                continue;
+            }
+        };
         let mut stopped = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let handler = move |req: Request<Incoming>| async move { redirect(req, https_port) };
             let stopping = async move {
                 let _ = stopped.wait_for(|stop| *stop).await;

@@ -117,7 +117,7 @@ impl CurrentSettings {
         &self.settings
     }
 
-    fn limits(&self) -> (usize, Option<usize>) {
+    pub(crate) fn limits(&self) -> (usize, Option<usize>) {
         let cfg = &self.built_for;
         (cfg.max_connections, cfg.max_connections_per_client)
     }
@@ -680,7 +680,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
 
 /// The listener's open connections, in all and per client address.
 #[derive(Default)]
-struct Slots {
+pub(crate) struct Slots {
     counts: Mutex<SlotCounts>,
     /// Woken when the last connection closes.
     all_released: Notify,
@@ -694,7 +694,7 @@ struct SlotCounts {
 
 impl Slots {
     /// A slot for a connection from `client`, or why there is none.
-    fn take(
+    pub(crate) fn take(
         self: &Arc<Self>,
         client: IpAddr,
         max: usize,
@@ -730,7 +730,7 @@ impl Slots {
 }
 
 /// A connection's place in the limits, given back when it drops.
-struct Slot {
+pub(crate) struct Slot {
     slots: Arc<Slots>,
     client: IpAddr,
 }

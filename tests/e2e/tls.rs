@@ -568,9 +568,13 @@ fn the_redirect_listener_sends_clients_to_https() {
     ca.server("localhost", &["localhost"])
         .write(dir.path(), "server");
     let gw = Gateway::start_with_listeners(dir, &["redirect"], |a| {
+        let preamble = preamble(a[0], a[1]).replacen(
+            "[server]\n",
+            "[server]\nmax_connections_per_client = 2\n",
+            1,
+        );
         format!(
-            "{}[server.tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nredirect_listen = \"{}\"\n",
-            preamble(a[0], a[1]),
+            "{preamble}[server.tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nredirect_listen = \"{}\"\n",
             a[2]
         )
     });
@@ -586,6 +590,32 @@ fn the_redirect_listener_sends_clients_to_https() {
     );
     let r = crate::common::raw(redirect, b"GET / HTTP/1.1\r\nhost: bad host\r\n\r\n");
     assert_eq!(r.status, 400);
+    // The proxy's connection limits hold here too: two quiet connections
+    // from this address, and a third is closed unanswered.
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(redirect).unwrap())
+        .collect();
+    wait_until("the refusal", || {
+        use std::io::Read;
+        let mut third = std::net::TcpStream::connect(redirect).unwrap();
+        // Shorter than header_read_timeout (1s), which would close an
+        // accepted connection too.
+        third
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        matches!(third.read(&mut buf), Ok(0))
+    });
+    assert!(
+        metric(
+            &gw.metrics(),
+            "gateway_connections_refused_total",
+            &[("reason", "too-many-client-connections")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    drop(held);
 }
 
 /// A TLS server configuration for a test upstream: `leaf` as its
