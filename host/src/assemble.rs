@@ -308,8 +308,11 @@ pub async fn build(
             if r.retry.is_some() {
                 metrics.declare_retries(&label);
             }
-            if !r.upgrades.is_empty() {
-                metrics.declare_tunnels(&label, &r.upgrades);
+            // Compared with, and counted under, the lowercase name a request's
+            // Upgrade is read as.
+            let upgrades: Vec<String> = r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect();
+            if !upgrades.is_empty() {
+                metrics.declare_tunnels(&label, &upgrades);
             }
             let timeout = r.timeout.unwrap_or(config.server.request_timeout).0;
             RouteRuntime {
@@ -326,7 +329,7 @@ pub async fn build(
                 try_timeout: r.try_timeout.map_or(timeout, |t| t.0),
                 retry: kept_retry
                     .or_else(|| r.retry.as_ref().map(|c| Arc::new(RetryPolicy::new(c)))),
-                upgrades: r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect(),
+                upgrades,
             }
         })
         .collect();
@@ -344,9 +347,9 @@ pub async fn build(
         .upstreams
         .values()
         .filter_map(|u| u.tls.as_ref()?.loaded.as_ref())
-        .flat_map(|t| t.files.iter().cloned());
+        .flat_map(|t| t.files.paths.iter().cloned());
     let tls_files = tls_loaded
-        .map(|t| t.files.clone())
+        .map(|t| t.files.paths.clone())
         .unwrap_or_default()
         .into_iter()
         .chain(upstream_tls_files)

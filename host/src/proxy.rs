@@ -179,6 +179,7 @@ async fn serve_request(
         .tracing
         .get()
         .map(|t| t.request(req.headers(), req.method().as_str(), req.uri().path()));
+    let session = req.extensions().get::<Arc<tls::Session>>();
     let log = gw.metrics.access_log.get().map(|_| {
         Box::new(Entry {
             time: access_log::now_rfc3339(),
@@ -189,13 +190,8 @@ async fn serve_request(
                 Some(t) => Some(t.trace_id()),
                 None => trace::trace_id_of(req.headers()),
             },
-            tls: req
-                .extensions()
-                .get::<Arc<tls::Session>>()
-                .map(|s| s.version.to_string()),
-            client_cert: req
-                .extensions()
-                .get::<Arc<tls::Session>>()
+            tls: session.map(|s| s.version.to_string()),
+            client_cert: session
                 .and_then(|s| s.client.as_ref())
                 .map(|c| c.subject.clone()),
             ..Entry::default()
@@ -381,7 +377,8 @@ async fn pipeline(
     // A WebSocket over HTTP/2 (RFC 8441) is routed, filtered and sent
     // upstream as the HTTP/1.1 handshake it stands for.
     let over_h2 = edge::extended_connect(&parts);
-    let upgrade = match over_h2.clone() {
+    let from_h2 = over_h2.is_some();
+    let upgrade = match over_h2 {
         Some(protocol) if protocol == "websocket" => {
             parts.method = http::Method::GET;
             Some(protocol)
@@ -439,7 +436,7 @@ async fn pipeline(
                 protocol,
                 client,
                 hold: parts.extensions.remove::<ConnectionHold>(),
-                over_h2: over_h2.is_some(),
+                over_h2: from_h2,
             }),
             // HTTP/2 carries no Upgrade: hyper offers none to take.
             None => {
@@ -687,7 +684,7 @@ async fn forward(
     // max_body_bytes (a stream's length is its own). A route that retries
     // reads it whole instead, so a retry can send it again.
     let stream_it = trail.grpc && rt.upstream.streams_requests() && rt.retry.is_none();
-    let (body, mut stream) = if stream_it {
+    let (body, stream) = if stream_it {
         (None, Some(body))
     } else {
         (Some(body), None)
@@ -754,7 +751,7 @@ async fn forward(
             }
             RequestBody::Buffered(body)
         }
-        None => RequestBody::Streamed(stream.take()),
+        None => RequestBody::Streamed(stream),
     };
     let upstream = &rt.upstream;
     // A gRPC client's deadline bounds the call, each try and all of them.

@@ -271,17 +271,13 @@ impl Worker {
                     _ = &mut stopping => return,
                 };
                 drop(tls);
+                // Past header_read_timeout, the handshake has failed too.
+                let handshake = handshake.unwrap_or(Err(crate::tls::HandshakeFailure::Timeout));
                 let (stream, session) = match handshake {
-                    Ok(Ok(done)) => done,
-                    Ok(Err(failure)) => {
+                    Ok(done) => done,
+                    Err(failure) => {
                         shared.metrics.count_tls_handshake_failure(failure.as_str());
                         tracing::debug!(%peer, "TLS handshake failed: {}", failure.as_str());
-                        return;
-                    }
-                    Err(_) => {
-                        let failure = crate::tls::HandshakeFailure::Timeout;
-                        shared.metrics.count_tls_handshake_failure(failure.as_str());
-                        tracing::debug!(%peer, "no TLS handshake within header_read_timeout; closing");
                         return;
                     }
                 };

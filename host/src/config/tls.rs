@@ -82,7 +82,7 @@ pub struct LoadedTls {
     pub client_roots: Option<Arc<RootCertStore>>,
     pub client_auth: ClientAuth,
     /// Every file read, for the watcher: a changed certificate reloads.
-    pub files: Vec<PathBuf>,
+    pub files: ReadFiles,
     /// What the listener handshakes with.
     pub server_config: Arc<ServerConfig>,
 }
@@ -114,27 +114,53 @@ impl std::fmt::Debug for LoadedTls {
     }
 }
 
-/// Equal when they would present the same chains to the same names and
-/// trust the same client CAs: what a reload compares.
+/// The PEM files a TLS section read, and what they held.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReadFiles {
+    pub paths: Vec<PathBuf>,
+    contents: Vec<Vec<u8>>,
+}
+
+impl ReadFiles {
+    /// A PEM file's bytes, kept. Over 1 MiB is refused: no certificate
+    /// chain or key is that large, and the file is read on every reload.
+    fn read(
+        &mut self,
+        src: &Source<'_>,
+        at: &[&str],
+        table: &str,
+        path: &Path,
+    ) -> Result<&[u8], ConfigError> {
+        const MAX_PEM_BYTES: u64 = 1024 * 1024;
+        let key = at.last().copied().unwrap_or_default();
+        let too_big = std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_PEM_BYTES);
+        src.require(!too_big, at, || {
+            format!(
+                "{table} {key} {} is over 1 MiB; it must be a PEM file",
+                path.display()
+            )
+        })?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            src.error_key(
+                at,
+                format!(
+                    "{table} {key} {} cannot be read ({e}); fix the path (relative to the config file)",
+                    path.display()
+                ),
+            )
+        })?;
+        self.paths.push(path.to_path_buf());
+        self.contents.push(bytes);
+        Ok(self.contents.last().map_or(&[], Vec::as_slice))
+    }
+}
+
+/// Equal when the same files held the same bytes under the same client
+/// authentication (the names each certificate is for are the section's
+/// own): what a reload compares.
 impl PartialEq for LoadedTls {
     fn eq(&self, other: &LoadedTls) -> bool {
-        let chains = |t: &LoadedTls| -> Vec<(Vec<HostPattern>, Vec<CertificateDer<'static>>)> {
-            std::iter::once(&t.default)
-                .chain(&t.sni)
-                .map(|c| (c.names.clone(), c.key.cert.clone()))
-                .collect()
-        };
-        let roots = |t: &LoadedTls| {
-            t.client_roots.as_ref().map(|r| {
-                r.subjects()
-                    .into_iter()
-                    .map(|s| s.as_ref().to_vec())
-                    .collect::<Vec<_>>()
-            })
-        };
-        chains(self) == chains(other)
-            && roots(self) == roots(other)
-            && self.client_auth == other.client_auth
+        self.files == other.files && self.client_auth == other.client_auth
     }
 }
 
@@ -143,7 +169,7 @@ impl TlsConfig {
     /// config file's directory, which relative paths start from.
     pub(super) fn load(&mut self, src: &Source<'_>, base_dir: &Path) -> Result<(), ConfigError> {
         let at = |key: &str| ["server", "tls", key].map(str::to_string).to_vec();
-        let mut files = Vec::new();
+        let mut files = ReadFiles::default();
         let default = load_certificate(
             src,
             base_dir,
@@ -189,7 +215,12 @@ impl TlsConfig {
             )?);
         }
         let client_roots = match &self.client_ca_file {
-            Some(ca) => Some(load_client_roots(src, base_dir, ca, &mut files)?),
+            Some(ca) => Some(load_roots(
+                src,
+                &["server", "tls", "client_ca_file"],
+                &base_dir.join(ca),
+                &mut files,
+            )?),
             None => {
                 src.require(
                     self.client_auth.is_none(),
@@ -396,26 +427,23 @@ pub struct LoadedUpstreamTls {
     pub client_config: Arc<rustls::ClientConfig>,
     /// `server_name`, parsed; None to use each instance's host.
     pub server_name: Option<rustls::pki_types::ServerName<'static>>,
-    /// Every file read, for the watcher.
-    pub files: Vec<PathBuf>,
-    /// The files' bytes, so a reload tells a renewed file from the same one.
-    contents: Vec<Vec<u8>>,
+    /// Every file read, for the watcher, with its bytes, so a reload
+    /// tells a renewed file from the same one.
+    pub files: ReadFiles,
 }
 
 impl std::fmt::Debug for LoadedUpstreamTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedUpstreamTls")
             .field("server_name", &self.server_name)
-            .field("files", &self.files)
+            .field("files", &self.files.paths)
             .finish()
     }
 }
 
 impl PartialEq for LoadedUpstreamTls {
     fn eq(&self, other: &LoadedUpstreamTls) -> bool {
-        self.server_name == other.server_name
-            && self.files == other.files
-            && self.contents == other.contents
+        self.server_name == other.server_name && self.files == other.files
     }
 }
 
@@ -450,23 +478,14 @@ impl UpstreamTlsConfig {
             &["upstreams", name, "protocol"],
             || format!("upstream `{name}` has protocol = \"h2c\", which is HTTP/2 without TLS, and tls; remove protocol: over TLS, HTTP/2 is used when the instance offers it"),
         )?;
-        let mut files = Vec::new();
-        let mut contents = Vec::new();
+        let mut files = ReadFiles::default();
         let roots = match &self.ca_file {
-            Some(ca) => {
-                let path = base_dir.join(ca);
-                let key_at = at("ca_file");
-                let pem = read(src, &as_refs(&key_at), &table, &path)?;
-                let roots = trust_anchors(&pem).map_err(|why| {
-                    src.error_key(
-                        &as_refs(&key_at),
-                        format!("{table} ca_file {} {why}", path.display()),
-                    )
-                })?;
-                files.push(path);
-                contents.push(pem);
-                roots
-            }
+            Some(ca) => load_roots(
+                src,
+                &as_refs(&at("ca_file")),
+                &base_dir.join(ca),
+                &mut files,
+            )?,
             None => {
                 let roots = system_roots();
                 if roots.is_empty() {
@@ -516,9 +535,6 @@ impl UpstreamTlsConfig {
                     (key, &at("key_file")),
                     &mut files,
                 )?;
-                for f in &files[files.len() - 2..] {
-                    contents.push(std::fs::read(f).unwrap_or_default());
-                }
                 builder.with_client_cert_resolver(Arc::new(ClientCertificate(loaded.key.clone())))
             }
         };
@@ -527,7 +543,6 @@ impl UpstreamTlsConfig {
             client_config: Arc::new(config),
             server_name,
             files,
-            contents,
         });
         Ok(())
     }
@@ -584,17 +599,15 @@ fn load_certificate(
     names: Vec<HostPattern>,
     (cert_file, cert_at): (&Path, &[String]),
     (key_file, key_at): (&Path, &[String]),
-    files: &mut Vec<PathBuf>,
+    files: &mut ReadFiles,
 ) -> Result<Arc<LoadedCertificate>, ConfigError> {
     let cert_at = as_refs(cert_at);
     let key_at = as_refs(key_at);
     let table = table_of(&cert_at);
     let cert_path = base_dir.join(cert_file);
     let key_path = base_dir.join(key_file);
-    let cert_pem = read(src, &cert_at, &table, &cert_path)?;
-    let key_pem = read(src, &key_at, &table, &key_path)?;
-    files.push(cert_path.clone());
-    files.push(key_path.clone());
+    let cert_pem = files.read(src, &cert_at, &table, &cert_path)?.to_vec();
+    let key_pem = files.read(src, &key_at, &table, &key_path)?.to_vec();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| {
@@ -675,22 +688,19 @@ fn load_certificate(
     }))
 }
 
-fn load_client_roots(
+/// The CAs a PEM file at `path` holds (the setting at `at`), as trust
+/// anchors.
+fn load_roots(
     src: &Source<'_>,
-    base_dir: &Path,
-    ca_file: &Path,
-    files: &mut Vec<PathBuf>,
+    at: &[&str],
+    path: &Path,
+    files: &mut ReadFiles,
 ) -> Result<Arc<RootCertStore>, ConfigError> {
-    let at = ["server", "tls", "client_ca_file"];
-    let path = base_dir.join(ca_file);
-    let pem = read(src, &at, "[server.tls]", &path)?;
-    files.push(path.clone());
-    trust_anchors(&pem).map_err(|why| {
-        src.error_key(
-            &at,
-            format!("[server.tls] client_ca_file {} {why}", path.display()),
-        )
-    })
+    let table = table_of(at);
+    let key = at.last().copied().unwrap_or_default();
+    let pem = files.read(src, at, &table, path)?;
+    trust_anchors(pem)
+        .map_err(|why| src.error_key(at, format!("{table} {key} {} {why}", path.display())))
 }
 
 /// `[server.tls]`, `[[server.tls.sni]]` or `[upstreams.NAME.tls]`, for
@@ -703,29 +713,6 @@ fn table_of(path: &[&str]) -> String {
     } else {
         "[server.tls]".into()
     }
-}
-
-/// A PEM file's bytes. Over 1 MiB is refused: no certificate chain or key
-/// is that large, and the file is read on every reload.
-fn read(src: &Source<'_>, at: &[&str], table: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    const MAX_PEM_BYTES: u64 = 1024 * 1024;
-    let key = at.last().copied().unwrap_or_default();
-    let too_big = std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_PEM_BYTES);
-    src.require(!too_big, at, || {
-        format!(
-            "{table} {key} {} is over 1 MiB; it must be a PEM file",
-            path.display()
-        )
-    })?;
-    std::fs::read(path).map_err(|e| {
-        src.error_key(
-            at,
-            format!(
-                "{table} {key} {} cannot be read ({e}); fix the path (relative to the config file)",
-                path.display()
-            ),
-        )
-    })
 }
 
 #[cfg(test)]

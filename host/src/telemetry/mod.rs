@@ -907,23 +907,9 @@ impl Metrics {
     /// Puts a route's tunnel series at zero, and every close reason.
     pub fn declare_tunnels(&self, route: &opentelemetry::Value, protocols: &[String]) {
         for p in protocols {
-            self.tunnels.add(
-                0,
-                &[
-                    KeyValue::new("route", route.clone()),
-                    KeyValue::new("protocol", p.clone()),
-                ],
-            );
+            self.add_tunnels(route, p, 0);
         }
-        for direction in ["to_upstream", "to_client"] {
-            self.tunnel_bytes.add(
-                0,
-                &[
-                    KeyValue::new("route", route.clone()),
-                    KeyValue::new("direction", direction),
-                ],
-            );
-        }
+        self.add_tunnel_bytes(route, 0, 0);
         for reason in TUNNEL_END_REASONS {
             self.tunnels_closed
                 .add(0, &[KeyValue::new("reason", reason)]);
@@ -932,13 +918,7 @@ impl Metrics {
 
     /// Counts a tunnel opened on `route`; open until the guard drops.
     pub fn tunnel_opened(&self, route: &opentelemetry::Value, protocol: &str) -> TunnelOpen {
-        self.tunnels.add(
-            1,
-            &[
-                KeyValue::new("route", route.clone()),
-                KeyValue::new("protocol", protocol.to_string()),
-            ],
-        );
+        self.add_tunnels(route, protocol, 1);
         self.live.tunnels_open.fetch_add(1, Ordering::Relaxed);
         TunnelOpen(self.live.clone())
     }
@@ -951,6 +931,22 @@ impl Metrics {
         to_upstream: u64,
         to_client: u64,
     ) {
+        self.add_tunnel_bytes(route, to_upstream, to_client);
+        self.tunnels_closed
+            .add(1, &[KeyValue::new("reason", reason)]);
+    }
+
+    fn add_tunnels(&self, route: &opentelemetry::Value, protocol: &str, n: u64) {
+        self.tunnels.add(
+            n,
+            &[
+                KeyValue::new("route", route.clone()),
+                KeyValue::new("protocol", protocol.to_string()),
+            ],
+        );
+    }
+
+    fn add_tunnel_bytes(&self, route: &opentelemetry::Value, to_upstream: u64, to_client: u64) {
         for (direction, bytes) in [("to_upstream", to_upstream), ("to_client", to_client)] {
             self.tunnel_bytes.add(
                 bytes,
@@ -960,8 +956,6 @@ impl Metrics {
                 ],
             );
         }
-        self.tunnels_closed
-            .add(1, &[KeyValue::new("reason", reason)]);
     }
 
     /// The certificates the running configuration presents, by name, with

@@ -304,14 +304,14 @@ impl Upstream {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(cfg.connect_timeout.0));
                 connector.set_nodelay(true);
+                let upstream_label = KeyValue::new("upstream", crate::telemetry::shared(&name));
                 let pool = Arc::new(pool::PoolStats::new(
-                    KeyValue::new("upstream", crate::telemetry::shared(&name)),
+                    upstream_label.clone(),
                     metrics.clone(),
                 ));
-                let upstream_label = KeyValue::new("upstream", crate::telemetry::shared(&name));
                 let tls = cfg.tls.as_ref().and_then(|t| t.loaded.as_ref()).map(|t| {
                     // At zero from the start, so an alert has a series.
-                    for reason in ["name-mismatch", "unknown-issuer", "expired"] {
+                    for reason in pool::DECLARED_TLS_FAILURES {
                         metrics.tls_upstream_handshake_failures.add(
                             0,
                             &[upstream_label.clone(), KeyValue::new("reason", reason)],
@@ -321,7 +321,7 @@ impl Upstream {
                         connector: tokio_rustls::TlsConnector::from(t.client_config.clone()),
                         server_name: t.server_name.clone(),
                         failures: metrics.tls_upstream_handshake_failures.clone(),
-                        upstream: upstream_label.clone(),
+                        upstream: upstream_label,
                         handshake_timeout: cfg.connect_timeout.0,
                     }
                 });

@@ -462,6 +462,10 @@ impl tokio::io::AsyncWrite for CountedStream {
     }
 }
 
+/// The handshake failures an upstream with TLS declares at zero: the
+/// certificate problems an alert watches for.
+pub const DECLARED_TLS_FAILURES: [&str; 3] = ["name-mismatch", "unknown-issuer", "expired"];
+
 /// Why a TLS handshake with an upstream failed, as
 /// `gateway_tls_upstream_handshake_failures_total` labels it.
 fn upstream_handshake_failure(e: &std::io::Error) -> &'static str {
