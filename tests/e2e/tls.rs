@@ -591,15 +591,17 @@ fn the_redirect_listener_sends_clients_to_https() {
     let r = crate::common::raw(redirect, b"GET / HTTP/1.1\r\nhost: bad host\r\n\r\n");
     assert_eq!(r.status, 400);
     // The proxy's connection limits hold here too: two quiet connections
-    // from this address, and a third is closed unanswered.
-    let held: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| std::net::TcpStream::connect(redirect).unwrap())
-        .collect();
+    // from this address, and a third is closed unanswered. Quiet ones are
+    // closed at header_read_timeout (1s), so each attempt opens its own.
     wait_until("the refusal", || {
         use std::io::Read;
+        let _held: Vec<std::net::TcpStream> = (0..2)
+            .map(|_| std::net::TcpStream::connect(redirect).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
         let mut third = std::net::TcpStream::connect(redirect).unwrap();
-        // Shorter than header_read_timeout (1s), which would close an
-        // accepted connection too.
+        // Shorter than header_read_timeout, which would close an accepted
+        // connection too.
         third
             .set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
@@ -615,7 +617,6 @@ fn the_redirect_listener_sends_clients_to_https() {
         .unwrap_or(0.0)
             >= 1.0
     );
-    drop(held);
 }
 
 /// A TLS server configuration for a test upstream: `leaf` as its
