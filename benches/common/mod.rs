@@ -36,6 +36,7 @@ pub fn request_with(uri: &str, headers: &[(&str, &str)]) -> RequestState {
             scheme: "http",
         }),
         context: Vec::new(),
+        body: Default::default(),
     }
 }
 
@@ -50,6 +51,7 @@ pub fn response() -> ResponseState {
         .unwrap();
     ResponseState {
         parts: resp.into_parts().0,
+        body: Default::default(),
     }
 }
 

@@ -287,6 +287,8 @@ pub async fn build(
         };
         upstreams.insert(name.clone(), up);
     }
+    // Filters' outbound calls go to this configuration's clusters from now.
+    runtime.clusters().replace(upstreams.clone());
 
     let route_runtime = config
         .routes

@@ -15,6 +15,7 @@
 use crate::config::FailurePolicy;
 use crate::edge::{self, Refusal, RefusalKind};
 use crate::plugin::bindings::Reply;
+use crate::plugin::host::{BodyRefusal, BodySlot, OverLimit};
 use crate::plugin::host::{
     CONTEXT_CLIENT_SAN, CONTEXT_CLIENT_SUBJECT, RequestId, RequestInfo, RequestState, ResponseState,
 };
@@ -41,7 +42,7 @@ use std::time::Instant;
 
 pub type ProxyBody = Either<crate::upstream::pool::UpstreamBody, Full<Bytes>>;
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_GATEWAY_ERROR: HeaderName = HeaderName::from_static("x-gateway-error");
 
 /// An answer the gateway makes itself.
@@ -525,6 +526,7 @@ async fn pipeline(
         parts,
         info,
         context: tls_context(session.as_deref()),
+        body: Default::default(),
     };
 
     // Filters on the way in. `passed` are those whose on-request continued
@@ -533,10 +535,66 @@ async fn pipeline(
     // isolation a filter's instance is held from one phase to the other.
     let mut passed: Vec<(&Arc<Filter>, Option<Held>)> = Vec::with_capacity(rt.filters.len());
     let mut early: Option<Response<ProxyBody>> = None;
+    let mut client_body = ClientBody::Unread(body);
     for f in &rt.filters {
         if !f.plugin.phases.request {
             passed.push((f, None));
             continue;
+        }
+        // The body is read for the first filter that asks, once, up to the
+        // most any filter of the chain asks for.
+        if let Some(need) = f.needs.request_body {
+            if let ClientBody::Unread(_) = client_body {
+                let most = rt
+                    .filters
+                    .iter()
+                    .filter_map(|f| f.needs.request_body)
+                    .map(|n| n.max_bytes)
+                    .max()
+                    .unwrap_or(0);
+                let ClientBody::Unread(incoming) =
+                    std::mem::replace(&mut client_body, ClientBody::Read)
+                else {
+                    unreachable!("matched above")
+                };
+                let read = tokio::time::timeout(rt.timeout, read_up_to(incoming, most)).await;
+                match read {
+                    Ok(Ok(ReadAhead::Whole(b))) => state.body = BodySlot::Whole(b),
+                    Ok(Ok(ReadAhead::Over(frames, rest))) => {
+                        state.body = BodySlot::TooLarge;
+                        client_body = ClientBody::Prefixed(frames, rest);
+                    }
+                    Ok(Err(_)) => {
+                        early = Some(local_reply(
+                            StatusCode::BAD_REQUEST,
+                            "bad-body",
+                            "the request body could not be read",
+                            &request_id,
+                        ));
+                        break;
+                    }
+                    Err(_) => {
+                        early = Some(local_reply(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "body-timeout",
+                            "the request body did not arrive in time",
+                            &request_id,
+                        ));
+                        break;
+                    }
+                }
+            }
+            if let OverLimit::Refuse(status) = need.over_limit
+                && state.body.read(Some(need)) == Err(BodyRefusal::TooLarge)
+            {
+                let msg = format!(
+                    "request body is over the {} bytes filter `{}` reads",
+                    need.max_bytes, f.name
+                );
+                early = Some(local_reply(status, "body-too-large", &msg, &request_id));
+                trail.answered_by = AnsweredBy::Filter(f.name.clone());
+                break;
+            }
         }
         let span = trace.map(|t| t.filter_span(&f.name, &f.plugin.name, "request"));
         let (s, outcome, held) = f.on_request_held(state).await;
@@ -598,7 +656,7 @@ async fn pipeline(
                 gw,
                 rt,
                 &mut state,
-                body,
+                client_body,
                 deadline,
                 trace,
                 trail,
@@ -618,10 +676,55 @@ async fn pipeline(
 
     // Filters on the way out, in reverse.
     let (resp_parts, resp_body) = response.into_parts();
-    let mut resp_state = ResponseState { parts: resp_parts };
+    let mut resp_state = ResponseState {
+        parts: resp_parts,
+        body: Default::default(),
+    };
     let mut body = resp_body;
+    // Read once, for the most any filter on the way out asks for.
+    let most = passed
+        .iter()
+        .filter(|(f, _)| f.plugin.phases.response)
+        .filter_map(|(f, _)| f.needs.response_body)
+        .map(|n| n.max_bytes)
+        .max();
+    if let Some(most) = most {
+        match read_response(body, most).await {
+            Some((slot, b)) => {
+                resp_state.body = slot;
+                body = b;
+            }
+            None => {
+                let (p, b) = local_reply(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-error",
+                    "the upstream's response body broke off",
+                    &request_id,
+                )
+                .into_parts();
+                resp_state.parts = p;
+                resp_state.body = BodySlot::Released;
+                body = b;
+            }
+        }
+    }
     for (f, held) in passed.into_iter().rev() {
         if !f.plugin.phases.response {
+            continue;
+        }
+        if let Some(need) = f.needs.response_body
+            && let OverLimit::Refuse(status) = need.over_limit
+            && resp_state.body.read(Some(need)) == Err(BodyRefusal::TooLarge)
+        {
+            let msg = format!(
+                "the response body is over the {} bytes filter `{}` reads",
+                need.max_bytes, f.name
+            );
+            let (p, b) = local_reply(status, "body-too-large", &msg, &request_id).into_parts();
+            resp_state.parts = p;
+            resp_state.body = BodySlot::Released;
+            body = b;
+            trail.answered_by = AnsweredBy::Filter(f.name.clone());
             continue;
         }
         let span = trace.map(|t| t.filter_span(&f.name, &f.plugin.name, "response"));
@@ -630,7 +733,12 @@ async fn pipeline(
         resp_state = rs;
         let replacement = match outcome {
             Ok(Decision::Continue) => None,
-            Ok(Decision::Respond(reply)) => Some(reply_response(reply)),
+            Ok(Decision::Respond(reply)) => {
+                if most.is_some() {
+                    resp_state.body = BodySlot::Whole(Bytes::from(reply.body.clone()));
+                }
+                Some(reply_response(reply))
+            }
             Err(failure) => {
                 if let Some(s) = &span {
                     s.failed(failure.reason);
@@ -657,6 +765,19 @@ async fn pipeline(
             .map(|(_, v)| crate::telemetry::escape(v).into_owned());
     }
     let mut parts = resp_state.parts;
+    match resp_state.body {
+        // Read by filters (and perhaps replaced): sent as it is now. A
+        // HEAD response keeps the length its GET would have.
+        BodySlot::Whole(b) if state.parts.method != http::Method::HEAD => {
+            if parts.headers.contains_key(header::CONTENT_LENGTH) || !b.is_empty() {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+            }
+            body = Either::Right(Full::new(b));
+        }
+        _ => {}
+    }
     if !parts.headers.contains_key(&X_REQUEST_ID) {
         parts.headers.insert(X_REQUEST_ID, request_id.header());
     }
@@ -670,7 +791,7 @@ async fn forward(
     gw: &Gateway,
     rt: &crate::serving::RouteRuntime,
     state: &mut RequestState,
-    body: Incoming,
+    body: ClientBody,
     deadline: Instant,
     trace: Option<&RequestTrace<'_>>,
     trail: &mut Trail,
@@ -683,16 +804,44 @@ async fn forward(
     // client streams and bidirectional calls work: one try, and no
     // max_body_bytes (a stream's length is its own). A route that retries
     // reads it whole instead, so a retry can send it again.
-    let stream_it = trail.grpc && rt.upstream.streams_requests() && rt.retry.is_none();
-    let (body, stream) = if stream_it {
-        (None, Some(body))
-    } else {
-        (Some(body), None)
-    };
     let limit = gw.server.max_body_bytes;
+    let (body, stream, ahead) = match body {
+        ClientBody::Unread(b)
+            if trail.grpc && rt.upstream.streams_requests() && rt.retry.is_none() =>
+        {
+            (None, Some(b), Vec::new())
+        }
+        ClientBody::Unread(b) => (Some(b), None, Vec::new()),
+        ClientBody::Prefixed(ahead, rest) => (Some(rest), None, ahead),
+        ClientBody::Read => (None, None, Vec::new()),
+    };
+    // What filters read (and may have replaced) goes as it is.
+    let filtered = match std::mem::take(&mut state.body) {
+        BodySlot::Whole(b) => Some(b),
+        _ => None,
+    };
+    state.body = BodySlot::Released;
     let read = async {
+        if let Some(b) = filtered {
+            return Ok(Some(b));
+        }
+        let before: usize = ahead.iter().map(Bytes::len).sum();
         match body {
-            Some(body) => Limited::new(body, limit).collect().await.map(Some),
+            Some(body) => {
+                let rest = Limited::new(body, limit.saturating_sub(before))
+                    .collect()
+                    .await?
+                    .to_bytes();
+                if ahead.is_empty() {
+                    return Ok(Some(rest));
+                }
+                let mut whole = bytes::BytesMut::with_capacity(before + rest.len());
+                for b in ahead {
+                    whole.extend_from_slice(&b);
+                }
+                whole.extend_from_slice(&rest);
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Some(whole.freeze()))
+            }
             None => Ok(None),
         }
     };
@@ -725,7 +874,7 @@ async fn forward(
                 request_id,
             ));
         }
-        Ok(Ok(c)) => c.map(|c| c.to_bytes()),
+        Ok(Ok(b)) => b,
     };
     trail.bytes_received = body.as_ref().map_or(0, |b| b.len() as u64);
 
@@ -861,6 +1010,84 @@ async fn forward(
             Ok(Response::from_parts(p, body))
         }
     }
+}
+
+/// The client's request body on its way to the upstream.
+enum ClientBody {
+    /// Not touched: read (or streamed) only when sent.
+    Unread(Incoming),
+    /// Read for filters: it is in the request's `BodySlot`.
+    Read,
+    /// Read for filters past their limit: the frames read, then the rest.
+    Prefixed(Vec<Bytes>, Incoming),
+}
+
+/// A body read ahead for filters.
+enum ReadAhead<B> {
+    Whole(Bytes),
+    /// Over the limit: the frames read so far, and the body with the rest.
+    Over(Vec<Bytes>, B),
+}
+
+/// Reads `body` whole if it is at most `max` bytes; stops once it is
+/// more, keeping what was read. Trailers are not kept: a body a filter
+/// reads is sent on whole, without them.
+async fn read_up_to<B>(mut body: B, max: usize) -> Result<ReadAhead<B>, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut frames = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        total += data.len();
+        frames.push(data);
+        if total > max {
+            return Ok(ReadAhead::Over(frames, body));
+        }
+    }
+    Ok(ReadAhead::Whole(match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.pop().expect("one frame"),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(total);
+            for f in frames {
+                whole.extend_from_slice(&f);
+            }
+            whole.freeze()
+        }
+    }))
+}
+
+/// Reads a response body for filters: whole when it is at most `most`
+/// bytes, else what was read goes back in front of the rest, to stream on.
+/// `None` when the upstream broke off while it was read.
+async fn read_response(body: ProxyBody, most: usize) -> Option<(BodySlot, ProxyBody)> {
+    Some(match body {
+        Either::Left(upstream) => match read_up_to(upstream, most).await {
+            Ok(ReadAhead::Whole(b)) => (BodySlot::Whole(b.clone()), Either::Right(Full::new(b))),
+            Ok(ReadAhead::Over(frames, mut rest)) => {
+                rest.unread(frames);
+                (BodySlot::TooLarge, Either::Left(rest))
+            }
+            Err(_) => return None,
+        },
+        Either::Right(full) => {
+            let b = full
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let slot = if b.len() > most {
+                BodySlot::TooLarge
+            } else {
+                BodySlot::Whole(b.clone())
+            };
+            (slot, Either::Right(Full::new(b)))
+        }
+    })
 }
 
 /// A request to switch protocols, and what the switch needs: the client's

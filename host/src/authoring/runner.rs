@@ -242,6 +242,7 @@ async fn one(
             scheme: "http",
         }),
         context: Vec::new(),
+        body: Default::default(),
     };
     let _ = writeln!(
         out,
@@ -273,7 +274,15 @@ async fn one(
     }
     let (parts, ()) = response.into_parts();
     if filter.plugin.phases.response {
-        let (_, resp, decided) = filter.on_response(state, ResponseState { parts }).await;
+        let (_, resp, decided) = filter
+            .on_response(
+                state,
+                ResponseState {
+                    parts,
+                    body: Default::default(),
+                },
+            )
+            .await;
         describe(
             &mut out,
             "on-response",

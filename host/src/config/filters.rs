@@ -91,6 +91,23 @@ pub struct FilterConfig {
     pub state_max_entries: Option<usize>,
     pub state_max_bytes: Option<usize>,
     pub state_max_window: Option<Millis>,
+    /// Upstream clusters a 0.2.0 filter may call (`callout.send`); none
+    /// by default.
+    #[serde(default)]
+    pub callouts: Vec<String>,
+    /// How long one callout waits when the filter names no timeout; never
+    /// past the filter call's own `timeout`.
+    #[serde(default = "defaults::callout_timeout")]
+    pub callout_timeout: Millis,
+    /// The largest body a callout may send or receive, in bytes.
+    #[serde(default = "defaults::callout_body_limit")]
+    pub callout_body_limit: usize,
+    /// The most of the request (response) body buffered for a 0.2.0
+    /// filter, in bytes: lowers what its `configure` asked for, or asks
+    /// for the body (refusing a larger one with 413, or 502) where it
+    /// asked for none.
+    pub request_body_limit: Option<usize>,
+    pub response_body_limit: Option<usize>,
     /// The filter's own settings, handed to its `configure` as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -110,6 +127,9 @@ fn is_variable_name(s: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+/// The most of a body a filter may be given, and a callout may carry.
+pub const MAX_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The largest file `config_files` may hand a filter.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
@@ -158,6 +178,32 @@ impl FilterConfig {
                     self.state_max_bytes == Some(0),
                     "would refuse every counter",
                     "use a size like 1048576",
+                ),
+                (
+                    "callout_timeout",
+                    self.callout_timeout.0.is_zero(),
+                    "would end every callout at once",
+                    "use a duration like \"1s\"",
+                ),
+                (
+                    "callout_body_limit",
+                    self.callout_body_limit == 0 || self.callout_body_limit > MAX_BODY_LIMIT,
+                    "is out of range",
+                    "use 1 to 16777216 bytes",
+                ),
+                (
+                    "request_body_limit",
+                    self.request_body_limit
+                        .is_some_and(|n| n == 0 || n > MAX_BODY_LIMIT),
+                    "is out of range",
+                    "use 1 to 16777216 bytes",
+                ),
+                (
+                    "response_body_limit",
+                    self.response_body_limit
+                        .is_some_and(|n| n == 0 || n > MAX_BODY_LIMIT),
+                    "is out of range",
+                    "use 1 to 16777216 bytes",
                 ),
                 (
                     "state_max_window",
@@ -251,6 +297,12 @@ mod defaults {
     }
     pub fn timeout() -> Millis {
         Millis(Duration::from_millis(50))
+    }
+    pub fn callout_timeout() -> Millis {
+        Millis(Duration::from_secs(1))
+    }
+    pub fn callout_body_limit() -> usize {
+        1024 * 1024
     }
     pub fn memory_limit_mib() -> MemoryMib {
         MemoryMib::new_const(64)

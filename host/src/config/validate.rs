@@ -62,6 +62,18 @@ pub(super) fn across_sections(config: &Config, src: &Source<'_>) -> Result<(), C
             )
         })?;
     }
+    for (name, f) in &config.filters {
+        for (i, cluster) in f.callouts.iter().enumerate() {
+            src.require(
+                config.upstreams.contains_key(cluster),
+                &["filters", name, "callouts", &i.to_string()],
+                || {
+                    let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+                    format!("filter `{name}` may call upstream `{cluster}`, which is not defined; define [upstreams.{cluster}] or use one of: {}", list_or_none(&known))
+                },
+            )?;
+        }
+    }
     for (i, r) in config.routes.iter().enumerate() {
         let index = i.to_string();
         let id = &r.id;

@@ -2,9 +2,9 @@
 //! the `host` interface. Every import is bounded, so a hostile filter gets a
 //! refusal, never an unbounded allocation in the host.
 
-use super::bindings::gateway::filter::crypto::{self, P256PublicKey, RsaPublicKey};
-use super::bindings::gateway::filter::state;
-use super::bindings::gateway::filter::{host, types};
+use super::bindings::v1::gateway::filter::crypto::{self, P256PublicKey, RsaPublicKey};
+use super::bindings::v1::gateway::filter::state;
+use super::bindings::v1::gateway::filter::{host, types};
 use super::bindings::{HeaderStats, LogLevel};
 use super::bindings::{StateCounter, StateCounterOp, WitStateError};
 use super::output::Captured;
@@ -111,12 +111,87 @@ pub struct RequestState {
     pub parts: http::request::Parts,
     pub info: Arc<RequestInfo>,
     pub context: Vec<(String, String)>,
+    /// The body, where a filter of the chain asked for it.
+    pub body: BodySlot,
 }
 
 /// The response while a filter looks at it.
 #[derive(Debug)]
 pub struct ResponseState {
     pub parts: http::response::Parts,
+    pub body: BodySlot,
+}
+
+/// A message body as filters see it. Only a body some filter of the chain
+/// asked for is ever read into memory; every other one streams.
+#[derive(Debug, Default)]
+pub enum BodySlot {
+    /// Not read: no filter asked for it (or not yet).
+    #[default]
+    Streaming,
+    /// Read whole.
+    Whole(bytes::Bytes),
+    /// Larger than the most any filter asked for: it streams on unread.
+    TooLarge,
+    /// Gone by this phase (the request body, once sent upstream).
+    Released,
+}
+
+/// The most of a body a filter may ask to read.
+pub const MAX_BODY_NEED: usize = 16 * 1024 * 1024;
+
+/// What one filter asked for of a body: at most `max_bytes`, and what a
+/// larger one gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyNeed {
+    pub max_bytes: usize,
+    pub over_limit: OverLimit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverLimit {
+    /// Answer the client with this status.
+    Refuse(http::StatusCode),
+    /// Let the body stream past the filter unread.
+    Pass,
+}
+
+/// The bodies a filter reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    pub request_body: Option<BodyNeed>,
+    pub response_body: Option<BodyNeed>,
+}
+
+/// Why a filter's `body` or `set-body` call is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRefusal {
+    NotRequested,
+    TooLarge,
+    Unavailable,
+}
+
+impl BodySlot {
+    /// The body for a filter that asked for it with `need`.
+    pub fn read(&self, need: Option<BodyNeed>) -> Result<bytes::Bytes, BodyRefusal> {
+        let need = need.ok_or(BodyRefusal::NotRequested)?;
+        match self {
+            BodySlot::Whole(b) if b.len() <= need.max_bytes => Ok(b.clone()),
+            BodySlot::Whole(_) | BodySlot::TooLarge => Err(BodyRefusal::TooLarge),
+            BodySlot::Streaming | BodySlot::Released => Err(BodyRefusal::Unavailable),
+        }
+    }
+
+    /// Replaces the body, for a filter that asked for it with `need`: only
+    /// a body that was read can be replaced, and only within the limit.
+    pub fn replace(&mut self, need: Option<BodyNeed>, body: Vec<u8>) -> Result<(), BodyRefusal> {
+        self.read(need)?;
+        if body.len() > need.map_or(0, |n| n.max_bytes) {
+            return Err(BodyRefusal::TooLarge);
+        }
+        *self = BodySlot::Whole(body.into());
+        Ok(())
+    }
 }
 
 /// The store data of one filter instance.
@@ -159,6 +234,8 @@ pub struct HostState {
     /// Nanoseconds after the call started at which the export returned (0
     /// while it runs), read by the wall-clock deadline, which moves with it.
     pub export_returned_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// What 0.2.0 filters have beyond 0.1.0's.
+    pub v2: super::host_v2::Extras,
 }
 
 /// The store's resource limits, and the size of the largest linear memory
@@ -241,6 +318,7 @@ pub struct CallBudget {
     pub log_lines: u32,
     pub log_dropped: u32,
     pub state_calls: u32,
+    pub callouts: u32,
 }
 
 impl HostState {
@@ -284,6 +362,7 @@ impl HostState {
             in_export: false,
             post_return_budget: std::time::Duration::ZERO,
             export_returned_ns: Default::default(),
+            v2: Default::default(),
         }
     }
 }
@@ -348,47 +427,121 @@ fn header_name(name: &str) -> Option<HeaderName> {
     HeaderName::from_bytes(name.as_bytes()).ok()
 }
 
-fn checked(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), String> {
+/// Why `set-context` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextRefusal {
+    InvalidKey,
+    ValueTooLong,
+    Reserved,
+    TooManyEntries,
+}
+
+impl ContextRefusal {
+    pub fn message(self) -> String {
+        match self {
+            ContextRefusal::InvalidKey | ContextRefusal::ValueTooLong => format!(
+                "key or value too long (limits {MAX_CONTEXT_KEY} and {MAX_CONTEXT_VALUE} bytes)"
+            ),
+            ContextRefusal::Reserved => format!(
+                "keys under `{GATEWAY_CONTEXT_PREFIX}` are set by the gateway from the TLS handshake"
+            ),
+            ContextRefusal::TooManyEntries => {
+                format!("the request already carries {MAX_CONTEXT_ENTRIES} entries")
+            }
+        }
+    }
+}
+
+pub(super) fn set_context(
+    ctx: &mut Vec<(String, String)>,
+    key: String,
+    value: String,
+) -> Result<(), ContextRefusal> {
+    if key.len() > MAX_CONTEXT_KEY {
+        return Err(ContextRefusal::InvalidKey);
+    }
+    if value.len() > MAX_CONTEXT_VALUE {
+        return Err(ContextRefusal::ValueTooLong);
+    }
+    if key.starts_with(GATEWAY_CONTEXT_PREFIX) {
+        return Err(ContextRefusal::Reserved);
+    }
+    if let Some(entry) = ctx.iter_mut().find(|(k, _)| *k == key) {
+        entry.1 = value;
+    } else if ctx.len() >= MAX_CONTEXT_ENTRIES {
+        return Err(ContextRefusal::TooManyEntries);
+    } else {
+        ctx.push((key, value));
+    }
+    Ok(())
+}
+
+/// Why a header edit is refused; its words are what 0.1.0 filters get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderRefusal {
+    InvalidName(String),
+    InvalidValue(String),
+    Protected(String),
+    TooManyFields(String),
+    TooLarge(String),
+}
+
+impl HeaderRefusal {
+    pub fn message(self) -> String {
+        match self {
+            HeaderRefusal::InvalidName(m)
+            | HeaderRefusal::InvalidValue(m)
+            | HeaderRefusal::Protected(m)
+            | HeaderRefusal::TooManyFields(m)
+            | HeaderRefusal::TooLarge(m) => m,
+        }
+    }
+}
+
+fn checked(name: &str, value: &[u8]) -> Result<(HeaderName, HeaderValue), HeaderRefusal> {
     if name.len() > MAX_HEADER_NAME {
-        return Err(format!(
+        return Err(HeaderRefusal::InvalidName(format!(
             "a header name of {} bytes; the most a filter may set is {MAX_HEADER_NAME}",
             name.len()
-        ));
+        )));
     }
     let n = header_name(name).ok_or_else(|| {
-        format!(
+        HeaderRefusal::InvalidName(format!(
             "`{}` is not a valid header name",
             crate::telemetry::escape(name)
-        )
+        ))
     })?;
     if is_protected(&n) {
-        return Err(format!(
+        return Err(HeaderRefusal::Protected(format!(
             "`{n}` is managed by the gateway and cannot be set by a filter"
-        ));
+        )));
     }
     if value.len() > MAX_HEADER_VALUE {
-        return Err(format!(
+        return Err(HeaderRefusal::InvalidValue(format!(
             "the value of `{n}` is {} bytes; the most a filter may set is {MAX_HEADER_VALUE}",
             value.len()
-        ));
+        )));
     }
-    let v = HeaderValue::from_bytes(value)
-        .map_err(|_| format!("the value for `{n}` has characters not allowed in a header"))?;
+    let v = HeaderValue::from_bytes(value).map_err(|_| {
+        HeaderRefusal::InvalidValue(format!(
+            "the value for `{n}` has characters not allowed in a header"
+        ))
+    })?;
     Ok((n, v))
 }
 
-fn get_one(h: &HeaderMap, name: &str) -> Option<Vec<u8>> {
+pub(super) fn get_one(h: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     h.get(name).map(|v| v.as_bytes().to_vec())
 }
 
-fn get_all(h: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+pub(super) fn get_all(h: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
     match header_name(name) {
         Some(n) => h.get_all(n).iter().map(|v| v.as_bytes().to_vec()).collect(),
         None => Vec::new(),
     }
 }
 
-fn names(h: &HeaderMap) -> Vec<String> {
+pub(super) fn names(h: &HeaderMap) -> Vec<String> {
     h.keys().map(|k| k.as_str().to_string()).collect()
 }
 
@@ -403,39 +556,48 @@ pub fn stats(h: &HeaderMap) -> HeaderStats {
 /// Refuses an edit that would take the message past the field or byte caps.
 /// `replaces` is whether the edit replaces the name's values (set) rather
 /// than adding one (append).
-fn room_for(h: &HeaderMap, n: &HeaderName, v: &HeaderValue, replaces: bool) -> Result<(), String> {
+fn room_for(
+    h: &HeaderMap,
+    n: &HeaderName,
+    v: &HeaderValue,
+    replaces: bool,
+) -> Result<(), HeaderRefusal> {
     let adds_field = !(replaces && h.contains_key(n));
     if adds_field && h.len() >= MAX_HEADER_FIELDS {
-        return Err(format!(
+        return Err(HeaderRefusal::TooManyFields(format!(
             "the message already has {} header fields; a filter may take it to at most {MAX_HEADER_FIELDS}",
             h.len()
-        ));
+        )));
     }
     let bytes = stats(h).bytes as usize;
     if bytes + n.as_str().len() + v.len() > MAX_HEADER_BLOCK {
-        return Err(format!("the headers would exceed {MAX_HEADER_BLOCK} bytes"));
+        return Err(HeaderRefusal::TooLarge(format!(
+            "the headers would exceed {MAX_HEADER_BLOCK} bytes"
+        )));
     }
     Ok(())
 }
 
-fn set(h: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), String> {
+pub(super) fn set(h: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), HeaderRefusal> {
     let (n, v) = checked(name, value)?;
     room_for(h, &n, &v, true)?;
     h.insert(n, v);
     Ok(())
 }
 
-fn append(h: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), String> {
+pub(super) fn append(h: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), HeaderRefusal> {
     let (n, v) = checked(name, value)?;
     if h.get_all(&n).iter().count() >= 64 {
-        return Err(format!("`{n}` already has 64 values"));
+        return Err(HeaderRefusal::TooManyFields(format!(
+            "`{n}` already has 64 values"
+        )));
     }
     room_for(h, &n, &v, false)?;
     h.append(n, v);
     Ok(())
 }
 
-fn remove(h: &mut HeaderMap, name: &str) -> bool {
+pub(super) fn remove(h: &mut HeaderMap, name: &str) -> bool {
     match header_name(name) {
         Some(n) if !is_protected(&n) => h.remove(n).is_some(),
         _ => false,
@@ -496,11 +658,10 @@ impl types::HostRequest for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set(
-            &mut self.table.get_mut(&r)?.parts.headers,
-            &name,
-            &value,
-        ))
+        Ok(
+            set(&mut self.table.get_mut(&r)?.parts.headers, &name, &value)
+                .map_err(HeaderRefusal::message),
+        )
     }
     fn append_header(
         &mut self,
@@ -508,11 +669,10 @@ impl types::HostRequest for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(append(
-            &mut self.table.get_mut(&r)?.parts.headers,
-            &name,
-            &value,
-        ))
+        Ok(
+            append(&mut self.table.get_mut(&r)?.parts.headers, &name, &value)
+                .map_err(HeaderRefusal::message),
+        )
     }
     fn remove_header(&mut self, r: Resource<RequestState>, name: String) -> wasmtime::Result<bool> {
         Ok(remove(&mut self.table.get_mut(&r)?.parts.headers, &name))
@@ -531,27 +691,11 @@ impl types::HostRequest for HostState {
         key: String,
         value: String,
     ) -> wasmtime::Result<()> {
-        if key.len() > MAX_CONTEXT_KEY || value.len() > MAX_CONTEXT_VALUE {
-            wasmtime::bail!(
-                "set-context refused: key or value too long (limits {MAX_CONTEXT_KEY} and {MAX_CONTEXT_VALUE} bytes)"
-            );
+        // 0.1.0 has no error result: a refusal traps.
+        match set_context(&mut self.table.get_mut(&r)?.context, key, value) {
+            Ok(()) => Ok(()),
+            Err(refusal) => wasmtime::bail!("set-context refused: {}", refusal.message()),
         }
-        if key.starts_with(GATEWAY_CONTEXT_PREFIX) {
-            wasmtime::bail!(
-                "set-context refused: keys under `{GATEWAY_CONTEXT_PREFIX}` are set by the gateway from the TLS handshake"
-            );
-        }
-        let ctx = &mut self.table.get_mut(&r)?.context;
-        if let Some(entry) = ctx.iter_mut().find(|(k, _)| *k == key) {
-            entry.1 = value;
-        } else if ctx.len() >= MAX_CONTEXT_ENTRIES {
-            wasmtime::bail!(
-                "set-context refused: the request already carries {MAX_CONTEXT_ENTRIES} entries"
-            );
-        } else {
-            ctx.push((key, value));
-        }
-        Ok(())
     }
     fn drop(&mut self, _r: Resource<RequestState>) -> wasmtime::Result<()> {
         // The gateway owns the request and takes it back after the call.
@@ -604,11 +748,10 @@ impl types::HostResponse for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(set(
-            &mut self.table.get_mut(&r)?.parts.headers,
-            &name,
-            &value,
-        ))
+        Ok(
+            set(&mut self.table.get_mut(&r)?.parts.headers, &name, &value)
+                .map_err(HeaderRefusal::message),
+        )
     }
     fn append_header(
         &mut self,
@@ -616,11 +759,10 @@ impl types::HostResponse for HostState {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), String>> {
-        Ok(append(
-            &mut self.table.get_mut(&r)?.parts.headers,
-            &name,
-            &value,
-        ))
+        Ok(
+            append(&mut self.table.get_mut(&r)?.parts.headers, &name, &value)
+                .map_err(HeaderRefusal::message),
+        )
     }
     fn remove_header(
         &mut self,
@@ -656,8 +798,13 @@ pub struct LogPolicy {
 impl HostState {
     /// Writes one of the filter's lines, from `source` (`log`, `stdout` or
     /// `stderr`), under its level, its per-call budget and its quota.
-    fn write_log(&mut self, level: LogLevel, mut message: String, source: &'static str) {
-        if rank(level) < self.log.level {
+    /// Whether a line at `level` passes the filter's `log_level`.
+    pub(super) fn log_enabled_at(&self, level: LogLevel) -> bool {
+        rank(level) >= self.log.level
+    }
+
+    pub(super) fn write_log(&mut self, level: LogLevel, mut message: String, source: &'static str) {
+        if !self.log_enabled_at(level) {
             return;
         }
         if self.budget.log_lines >= MAX_LOG_LINES_PER_CALL {
@@ -769,7 +916,7 @@ impl HostState {
     /// Records a plugin measurement. The series its name and labels resolve
     /// to is kept in the instance, so a filter recording the same series on
     /// every request resolves it once, not at every call.
-    fn plugin_metric(
+    pub(super) fn plugin_metric(
         &mut self,
         kind: PluginMetricKind,
         name: String,
@@ -777,7 +924,11 @@ impl HostState {
         value: f64,
     ) {
         let key = (kind, name, labels);
-        let recorded = crate::telemetry::valid_plugin_value(value)
+        let valid = match kind {
+            PluginMetricKind::Gauge => value.is_finite(),
+            _ => crate::telemetry::valid_plugin_value(value),
+        };
+        let recorded = valid
             && match self.series.get(&key) {
                 Some(known) => known.as_ref().map(|s| s.record(value)).is_some(),
                 None => {
@@ -806,13 +957,22 @@ impl HostState {
 }
 
 impl HostState {
-    async fn state_add(&mut self, ops: Vec<CounterOp>) -> Result<Vec<StateCounter>, WitStateError> {
+    /// Spends one of the call's state calls; the refusal once they are
+    /// spent.
+    pub(super) fn spend_state_call(&mut self) -> Result<(), StateError> {
         if self.budget.state_calls >= MAX_STATE_CALLS_PER_CALL {
-            return Err(WitStateError::Invalid(format!(
-                "more than {MAX_STATE_CALLS_PER_CALL} state calls in one filter call"
+            return Err(StateError::Invalid(format!(
+                "more than {MAX_STATE_CALLS_PER_CALL} state and kv calls in one filter call"
             )));
         }
         self.budget.state_calls += 1;
+        Ok(())
+    }
+
+    async fn state_add(&mut self, ops: Vec<CounterOp>) -> Result<Vec<StateCounter>, WitStateError> {
+        if let Err(StateError::Invalid(m)) = self.spend_state_call() {
+            return Err(WitStateError::Invalid(m));
+        }
         match self.state.add(&self.state_owner, &ops).await {
             Ok(out) => Ok(out
                 .into_iter()
@@ -873,17 +1033,7 @@ impl crypto::Host for HostState {
         message: Vec<u8>,
         signature: Vec<u8>,
     ) -> wasmtime::Result<bool> {
-        if message.len() > MAX_SIGNED_MESSAGE {
-            return Ok(false);
-        }
-        let key = ring::signature::RsaPublicKeyComponents { n: key.n, e: key.e };
-        Ok(key
-            .verify(
-                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-                &message,
-                &signature,
-            )
-            .is_ok())
+        Ok(verify_rs256(key.n, key.e, &message, &signature))
     }
 
     fn verify_es256(
@@ -892,19 +1042,36 @@ impl crypto::Host for HostState {
         message: Vec<u8>,
         signature: Vec<u8>,
     ) -> wasmtime::Result<bool> {
-        if message.len() > MAX_SIGNED_MESSAGE || key.x.len() != 32 || key.y.len() != 32 {
-            return Ok(false);
-        }
-        let mut point = [0u8; 65];
-        point[0] = 0x04;
-        point[1..33].copy_from_slice(&key.x);
-        point[33..].copy_from_slice(&key.y);
-        let key = ring::signature::UnparsedPublicKey::new(
-            &ring::signature::ECDSA_P256_SHA256_FIXED,
-            point,
-        );
-        Ok(key.verify(&message, &signature).is_ok())
+        Ok(verify_es256(&key.x, &key.y, &message, &signature))
     }
+}
+
+/// RS256 over `message` with the key (n, e), for both WIT versions.
+pub(super) fn verify_rs256(n: Vec<u8>, e: Vec<u8>, message: &[u8], signature: &[u8]) -> bool {
+    if message.len() > MAX_SIGNED_MESSAGE {
+        return false;
+    }
+    let key = ring::signature::RsaPublicKeyComponents { n, e };
+    key.verify(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        message,
+        signature,
+    )
+    .is_ok()
+}
+
+/// ES256 over `message` with the P-256 point (x, y), for both WIT versions.
+pub(super) fn verify_es256(x: &[u8], y: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    if message.len() > MAX_SIGNED_MESSAGE || x.len() != 32 || y.len() != 32 {
+        return false;
+    }
+    let mut point = [0u8; 65];
+    point[0] = 0x04;
+    point[1..33].copy_from_slice(x);
+    point[33..].copy_from_slice(y);
+    let key =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point);
+    key.verify(message, signature).is_ok()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! the `filter` export's types. Everything else here turns the first
 //! mismatch into words a plugin author can act on.
 
-use super::bindings::PluginPre;
+use super::bindings::{v1, v2};
 use super::host::HostState;
 use super::{EXPORT_INTERFACE, WIT_PACKAGE};
 use wasmtime::Engine;
@@ -20,11 +20,33 @@ pub const WIT_SOURCE: &str = include_str!("../../../wit/filter.wit");
 /// The functions the `filter` interface exports.
 pub const FILTER_FUNCTIONS: [&str; 3] = ["configure", "on-request", "on-response"];
 
+/// One version of the world the gateway loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct World {
+    pub package: &'static str,
+    pub export: &'static str,
+    /// The gateway's own interfaces at this version.
+    pub interfaces: &'static [&'static str],
+}
+
+pub const WORLD_V1: World = World {
+    package: WIT_PACKAGE,
+    export: EXPORT_INTERFACE,
+    interfaces: &["types", "host", "state", "crypto"],
+};
+
+pub const WORLD_V2: World = World {
+    package: "gateway:filter@0.2.0",
+    export: "gateway:filter/filter@0.2.0",
+    interfaces: &["types", "host", "state", "kv", "callout", "crypto"],
+};
+
 /// A component that fits the world: what it exports and imports.
 #[derive(Debug)]
 pub struct Fit {
     pub bytes: usize,
     pub imports: Vec<String>,
+    pub world: World,
 }
 
 impl std::fmt::Display for Fit {
@@ -34,10 +56,11 @@ impl std::fmt::Display for Fit {
         } else {
             format!("{:.1} KiB", self.bytes as f64 / 1024.0)
         };
-        writeln!(f, "a {WIT_PACKAGE} plugin component ({size})")?;
+        writeln!(f, "a {} plugin component ({size})", self.world.package)?;
         writeln!(
             f,
-            "  exports {EXPORT_INTERFACE}: {}",
+            "  exports {}: {}",
+            self.world.export,
             FILTER_FUNCTIONS.join(", ")
         )?;
         if self.imports.is_empty() {
@@ -58,9 +81,9 @@ pub fn check(
     let binary = component_binary(bytes)?;
     let component = compile(&binary).map_err(|e| format!("not a valid component: {e:#}"))?;
     check_component(engine, linker, &component)
-        .map(|imports| Fit {
+        .map(|fit| Fit {
             bytes: binary.len(),
-            imports,
+            ..fit
         })
         .map_err(|words| crate::telemetry::escape(&words).into_owned())
 }
@@ -154,12 +177,13 @@ fn looks_like_wat(s: &str) -> bool {
     s.starts_with('(') || s.starts_with(";;")
 }
 
-/// The same check on a compiled component; on success, its imports.
+/// The same check on a compiled component; on success, its world and
+/// imports (its size is the caller's to say).
 pub fn check_component(
     engine: &Engine,
     linker: &Linker<HostState>,
     component: &Component,
-) -> Result<Vec<String>, String> {
+) -> Result<Fit, String> {
     let ty = component.component_type();
     let exports: Vec<(String, ComponentItem)> = ty
         .exports(engine)
@@ -167,13 +191,16 @@ pub fn check_component(
         .collect();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
 
-    let filter = exports.iter().find(|(name, _)| name == EXPORT_INTERFACE);
-    let Some((_, filter)) = filter else {
+    let found = [WORLD_V2, WORLD_V1]
+        .into_iter()
+        .find_map(|w| exports.iter().find(|(n, _)| n == w.export).map(|e| (w, e)));
+    let Some((world, (_, filter))) = found else {
         return Err(missing_export(&exports));
     };
+    let export = world.export;
     let ComponentItem::ComponentInstance(instance) = filter else {
         return Err(format!(
-            "it exports `{EXPORT_INTERFACE}`, but not as an interface (an instance of functions)"
+            "it exports `{export}`, but not as an interface (an instance of functions)"
         ));
     };
     let missing: Vec<&str> = FILTER_FUNCTIONS
@@ -188,7 +215,7 @@ pub fn check_component(
         .collect();
     if !missing.is_empty() {
         return Err(format!(
-            "its `{EXPORT_INTERFACE}` export lacks {} (the world's filter exports {})",
+            "its `{export}` export lacks {} (the world's filter exports {})",
             quoted(&missing),
             FILTER_FUNCTIONS.join(", ")
         ));
@@ -197,7 +224,7 @@ pub fn check_component(
     let pre = linker.instantiate_pre(component).map_err(|e| {
         let unprovided: Vec<String> = imports
             .iter()
-            .filter(|name| !provided(name))
+            .filter(|name| !provided(world, name))
             .map(|name| describe_import(name))
             .collect();
         if unprovided.is_empty() {
@@ -209,22 +236,31 @@ pub fn check_component(
             )
         }
     })?;
-    PluginPre::new(pre).map_err(|e| {
+    let typed = if world == WORLD_V2 {
+        v2::PluginPre::new(pre).map(|_| ())
+    } else {
+        v1::PluginPre::new(pre).map(|_| ())
+    };
+    typed.map_err(|e| {
         format!(
-            "its `{EXPORT_INTERFACE}` functions do not have the world's types \
+            "its `{export}` functions do not have the world's types \
              (was it built against another copy of filter.wit?): {e:#}"
         )
     })?;
-    Ok(imports)
+    Ok(Fit {
+        bytes: 0,
+        imports,
+        world,
+    })
 }
 
 /// Whether the gateway's linker serves an import of this name: its own
 /// interfaces at the WIT version it speaks, and WASI 0.2 but for HTTP.
-fn provided(name: &str) -> bool {
+fn provided(world: World, name: &str) -> bool {
     let (iface, version) = name.split_once('@').unwrap_or((name, ""));
     if let Some(own) = iface.strip_prefix("gateway:filter/") {
-        let ours = WIT_PACKAGE.split_once('@').map_or("", |(_, v)| v);
-        return ["types", "host", "state", "crypto"].contains(&own) && version == ours;
+        let ours = world.package.split_once('@').map_or("", |(_, v)| v);
+        return world.interfaces.contains(&own) && version == ours;
     }
     iface.starts_with("wasi:") && !iface.starts_with("wasi:http/") && version.starts_with("0.2.")
 }

@@ -9,6 +9,7 @@
 pub mod bindings;
 pub mod compile_cache;
 pub mod host;
+pub mod host_v2;
 pub mod inspect;
 mod output;
 
@@ -16,9 +17,9 @@ use crate::config::{FailurePolicy, FilterConfig, Isolation};
 use crate::per_worker::PerWorker;
 use crate::state::State;
 use crate::telemetry::{FilterMetrics, Metrics, Phase, escape, shared};
-use bindings::{Action, Plugin, PluginPre, Reply};
+use bindings::{Action, Reply, v1, v2};
 use compile_cache::CompileCache;
-use host::{HostState, RequestInfo, RequestState, ResponseState};
+use host::{HostState, Needs, RequestInfo, RequestState, ResponseState};
 use opentelemetry::KeyValue;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
@@ -124,6 +125,9 @@ pub struct Runtime {
     setup_handle: tokio::runtime::Handle,
     /// Compiled plugins kept on disk across restarts, where one is used.
     compile_cache: Option<Arc<CompileCache>>,
+    /// The clusters filters' outbound calls go to: the serving
+    /// configuration's, replaced with it.
+    clusters: Arc<host_v2::Clusters>,
 }
 
 impl Drop for Runtime {
@@ -305,7 +309,8 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        v1::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        v2::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let setup = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(SETUP_THREADS)
@@ -325,6 +330,7 @@ impl Runtime {
             setup: Some(setup),
             setup_handle,
             compile_cache: None,
+            clusters: Default::default(),
         })
     }
 
@@ -380,6 +386,12 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Where filters' outbound calls find their clusters; the assembler
+    /// replaces them with each configuration's.
+    pub fn clusters(&self) -> &Arc<host_v2::Clusters> {
+        &self.clusters
     }
 
     /// `gateway plugin check`: whether `bytes` are a component this gateway
@@ -449,10 +461,14 @@ impl Runtime {
             path: path.into(),
             reason: escape(&format!("{e:#}")).into_owned(),
         })?;
+        // The interface a component exports says its version.
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .and_then(PluginPre::new)
+            .and_then(|pre| match v2::PluginPre::new(pre.clone()) {
+                Ok(p) => Ok(Pre::V2(p)),
+                Err(_) => v1::PluginPre::new(pre).map(Pre::V1),
+            })
             .map_err(|e| PluginError::World {
                 plugin: name.into(),
                 path: path.into(),
@@ -544,6 +560,18 @@ impl Runtime {
                 )),
             },
             route_ids,
+            body_limits: (cfg.request_body_limit, cfg.response_body_limit),
+            needs: std::sync::OnceLock::new(),
+            callouts: (!cfg.callouts.is_empty()).then(|| {
+                Arc::new(host_v2::Callouts::new(
+                    name.clone(),
+                    cfg.callouts.clone(),
+                    cfg.callout_timeout.0,
+                    cfg.callout_body_limit,
+                    self.clusters.clone(),
+                    self.metrics.clone(),
+                ))
+            }),
             warm: PerWorker::default(),
             replenishing: AtomicBool::new(false),
             permits: tokio::sync::Semaphore::new(SETUP_PER_FILTER),
@@ -569,6 +597,7 @@ impl Runtime {
             maker: maker.clone(),
             guard: CrashGuard::default(),
             suspend_after: cfg.suspend_after,
+            needs: Needs::default(),
         };
         // Start-up runs on the setup threads here too: a reload must not
         // stall the threads serving requests.
@@ -592,6 +621,8 @@ impl Runtime {
             },
         })?;
         maker.warm.push(first);
+        let mut filter = filter;
+        filter.needs = maker.needs.get().copied().unwrap_or_default();
         // The first requests find instances ready rather than wait for one.
         let m = maker.clone();
         let _ = self
@@ -657,12 +688,33 @@ pub struct LoadedPlugin {
     pub failures: AtomicU64,
     /// The calls the plugin asked for; the proxy skips the others.
     pub phases: inspect::Phases,
-    pre: PluginPre<HostState>,
+    pre: Pre,
+}
+
+impl LoadedPlugin {
+    /// The WIT package version the plugin was built against.
+    pub fn wit_version(&self) -> &'static str {
+        match self.pre {
+            Pre::V1(_) => "0.1.0",
+            Pre::V2(_) => "0.2.0",
+        }
+    }
+}
+
+/// A plugin ready to instantiate, by the version of the world it exports.
+enum Pre {
+    V1(v1::PluginPre<HostState>),
+    V2(v2::PluginPre<HostState>),
+}
+
+enum Bindings {
+    V1(v1::Plugin),
+    V2(v2::Plugin),
 }
 
 struct Warm {
     store: Store<HostState>,
-    bindings: Plugin,
+    bindings: Bindings,
 }
 
 enum Setup {
@@ -736,6 +788,13 @@ struct Maker {
     state_owner: Arc<crate::state::Owner>,
     log: host::LogPolicy,
     route_ids: Arc<[String]>,
+    /// The TOML's body limits, which lower (or make) the filter's own.
+    body_limits: (Option<usize>, Option<usize>),
+    /// What the first instance's `configure` answered, with the TOML's
+    /// limits applied: every instance of the filter reads the same bodies.
+    needs: std::sync::OnceLock<Needs>,
+    /// A 0.2.0 filter's outbound calls.
+    callouts: Option<Arc<host_v2::Callouts>>,
     /// Pooled: instances that served calls, kept for the next. Request
     /// isolation: fresh instances not yet used. A call takes from its
     /// worker's and, when those are gone, from the others' before anyone
@@ -886,26 +945,73 @@ impl Maker {
         store.data_mut().call_started = now;
         store.data_mut().deadline = now + SETUP_DEADLINE;
         store.set_epoch_deadline(1);
-        let bindings = match self.plugin.pre.instantiate_async(&mut store).await {
+        let bindings = match &self.plugin.pre {
+            Pre::V1(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V1),
+            Pre::V2(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V2),
+        };
+        let bindings = match bindings {
             Ok(b) => b,
             Err(e) => {
                 store.data_mut().flush_output();
                 return Err(Setup::Failed(setup_failure("instantiation", e)));
             }
         };
-        let configured = bindings
-            .gateway_filter_filter()
-            .call_configure(&mut store, &self.config_json)
-            .await;
+        let configured = match &bindings {
+            Bindings::V1(b) => b
+                .gateway_filter_filter()
+                .call_configure(&mut store, &self.config_json)
+                .await
+                .map(|r| r.map(|()| Ok(Needs::default()))),
+            Bindings::V2(b) => b
+                .gateway_filter_filter()
+                .call_configure(&mut store, &self.config_json)
+                .await
+                .map(|r| r.map(host_v2::needs)),
+        };
         store.data_mut().flush_output();
         match configured {
-            Ok(Ok(())) => {
-                let limits = &mut store.data_mut().limits;
-                limits.configured_bytes = limits.memory_bytes;
+            Ok(Ok(Ok(needs))) => {
+                let needs = self.needs.get_or_init(|| self.with_body_limits(needs));
+                let data = store.data_mut();
+                data.v2.needs = *needs;
+                data.v2.callouts = self.callouts.clone();
+                data.limits.configured_bytes = data.limits.memory_bytes;
                 Ok(Warm { store, bindings })
             }
+            Ok(Ok(Err(reason))) => Err(Setup::Configure(format!(
+                "its configure answer is refused: {reason}"
+            ))),
             Ok(Err(reason)) => Err(Setup::Configure(escape(&reason).into_owned())),
             Err(e) => Err(Setup::Failed(setup_failure("configure", e))),
+        }
+    }
+
+    /// The bodies a filter reads: what it asked for, within the TOML's
+    /// limits; a TOML limit alone asks for the body, refusing a larger one.
+    fn with_body_limits(&self, asked: Needs) -> Needs {
+        let apply = |need: Option<host::BodyNeed>, limit: Option<usize>, status| match (need, limit)
+        {
+            (Some(n), Some(l)) => Some(host::BodyNeed {
+                max_bytes: n.max_bytes.min(l),
+                ..n
+            }),
+            (None, Some(l)) => Some(host::BodyNeed {
+                max_bytes: l,
+                over_limit: host::OverLimit::Refuse(status),
+            }),
+            (n, None) => n,
+        };
+        Needs {
+            request_body: apply(
+                asked.request_body,
+                self.body_limits.0,
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            response_body: apply(
+                asked.response_body,
+                self.body_limits.1,
+                http::StatusCode::BAD_GATEWAY,
+            ),
         }
     }
 
@@ -1041,6 +1147,8 @@ pub struct Filter {
     bound: FilterMetrics,
     pub guard: CrashGuard,
     suspend_after: u32,
+    /// The bodies the filter reads (none for a 0.1.0 filter).
+    pub needs: Needs,
 }
 
 /// What a filter call decided.
@@ -1318,15 +1426,26 @@ impl Filter {
             .expect("a filter's resource table has room");
         let borrowed = Resource::new_borrow(res.rep());
         let returned = w.store.data().export_returned_ns.clone();
-        let out = self
-            .within_deadline(
-                started,
-                returned,
-                w.bindings
-                    .gateway_filter_filter()
-                    .call_on_request(&mut w.store, borrowed),
-            )
-            .await;
+        let out = match &w.bindings {
+            Bindings::V1(b) => {
+                self.within_deadline(
+                    started,
+                    returned,
+                    b.gateway_filter_filter()
+                        .call_on_request(&mut w.store, borrowed),
+                )
+                .await
+            }
+            Bindings::V2(b) => self
+                .within_deadline(
+                    started,
+                    returned,
+                    b.gateway_filter_filter()
+                        .call_on_request(&mut w.store, borrowed),
+                )
+                .await
+                .map(host_v2::action),
+        };
         let req = w
             .store
             .data_mut()
@@ -1368,17 +1487,30 @@ impl Filter {
             .push(resp)
             .expect("a filter's resource table has room");
         let returned = w.store.data().export_returned_ns.clone();
-        let out = self
-            .within_deadline(
-                started,
-                returned,
-                w.bindings.gateway_filter_filter().call_on_response(
-                    &mut w.store,
-                    Resource::new_borrow(rq.rep()),
-                    Resource::new_borrow(rs.rep()),
-                ),
-            )
-            .await;
+        let (rq_b, rs_b) = (
+            Resource::new_borrow(rq.rep()),
+            Resource::new_borrow(rs.rep()),
+        );
+        let out = match &w.bindings {
+            Bindings::V1(b) => {
+                self.within_deadline(
+                    started,
+                    returned,
+                    b.gateway_filter_filter()
+                        .call_on_response(&mut w.store, rq_b, rs_b),
+                )
+                .await
+            }
+            Bindings::V2(b) => self
+                .within_deadline(
+                    started,
+                    returned,
+                    b.gateway_filter_filter()
+                        .call_on_response(&mut w.store, rq_b, rs_b),
+                )
+                .await
+                .map(host_v2::action),
+        };
         let table = &mut w.store.data_mut().table;
         let resp = table
             .delete(rs)

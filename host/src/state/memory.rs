@@ -5,7 +5,7 @@
 //! memory. Each counter is charged to the filter that made it, until it is
 //! swept, so one filter's flood meets its own quota first.
 
-use super::{Counter, CounterOp, ENTRY_COST, Owner, QuotaLimit, StateError, Usage};
+use super::{Counter, CounterOp, ENTRY_COST, KvAnswer, KvOp, Owner, QuotaLimit, StateError, Usage};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -19,6 +19,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct Entry {
     value: i64,
+    /// A key-value entry's value (counters have none).
+    data: Option<bytes::Bytes>,
     expires: Instant,
     /// The usage this counter is charged to, and how much.
     owner: Arc<Usage>,
@@ -224,6 +226,7 @@ impl MemoryStore {
                     usage.bytes.fetch_add(cost, Ordering::Relaxed);
                     shard.map.entry(key.into_boxed_str()).or_insert(Entry {
                         value: 0,
+                        data: None,
                         expires: now + op.window,
                         owner: usage.clone(),
                         cost,
@@ -237,6 +240,106 @@ impl MemoryStore {
             });
         }
         Ok(out)
+    }
+}
+
+impl MemoryStore {
+    /// One key-value call. Values live in the same shards as counters,
+    /// under keys of their own (a counter's and a value's key never meet),
+    /// and are charged to the filter's quota with their bytes.
+    pub fn kv(&self, owner: &Owner, key: &str, op: &KvOp) -> Result<KvAnswer, StateError> {
+        let filter = &*owner.filter;
+        let usage = &owner.usage;
+        self.sweep_all_if_full_or(
+            usage.entries.load(Ordering::Relaxed) >= owner.quota.max_entries
+                || usage.bytes.load(Ordering::Relaxed) >= owner.quota.max_bytes,
+        );
+        let full_key = format!("{filter}\u{1}{key}");
+        let mut shard = self.shards[self.shard_of(&full_key)].lock();
+        let now = Instant::now();
+        if now >= shard.next_sweep {
+            self.sweep(&mut shard, now);
+        }
+        let current = shard
+            .map
+            .get(full_key.as_str())
+            .filter(|e| e.expires > now)
+            .and_then(|e| e.data.clone());
+        let (value, ttl) = match op {
+            KvOp::Get => return Ok(KvAnswer::Value(current)),
+            KvOp::Delete => {
+                let removed = match shard.map.remove(full_key.as_str()) {
+                    Some(e) => {
+                        e.release();
+                        self.entries.fetch_sub(1, Ordering::Relaxed);
+                        e.expires > now
+                    }
+                    None => false,
+                };
+                return Ok(KvAnswer::Done(removed));
+            }
+            KvOp::Set { value, ttl } => (value, *ttl),
+            KvOp::CompareAndSet {
+                expected,
+                value,
+                ttl,
+            } => {
+                if current.as_ref() != expected.as_ref() {
+                    return Ok(KvAnswer::Done(false));
+                }
+                (value, *ttl)
+            }
+        };
+        let cost = full_key.len() + value.len() + ENTRY_COST;
+        let old_cost = shard.map.get(full_key.as_str()).map(|e| e.cost);
+        let (new_entries, new_bytes) = match old_cost {
+            Some(old) => (0, cost.saturating_sub(old)),
+            None => (1, cost),
+        };
+        let held = usage.entries.load(Ordering::Relaxed);
+        if held + new_entries > owner.quota.max_entries {
+            return Err(StateError::Quota(
+                QuotaLimit::Entries,
+                format!(
+                    "filter `{filter}` holds {held} entries; its quota is {} (state_max_entries)",
+                    owner.quota.max_entries
+                ),
+            ));
+        }
+        let bytes = usage.bytes.load(Ordering::Relaxed);
+        if bytes + new_bytes > owner.quota.max_bytes {
+            return Err(StateError::Quota(
+                QuotaLimit::Bytes,
+                format!(
+                    "filter `{filter}` holds {bytes} bytes; its quota is {} (state_max_bytes)",
+                    owner.quota.max_bytes
+                ),
+            ));
+        }
+        if new_entries > 0 && self.entries.load(Ordering::Relaxed) >= self.max_entries {
+            return Err(StateError::Invalid(format!(
+                "the memory state holds its maximum of {} entries; raise [state] max_entries or shorten lifetimes",
+                self.max_entries
+            )));
+        }
+        if let Some(old) = shard.map.remove(full_key.as_str()) {
+            old.release();
+        } else {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
+        usage.entries.fetch_add(1, Ordering::Relaxed);
+        usage.bytes.fetch_add(cost, Ordering::Relaxed);
+        shard.map.insert(
+            full_key.into_boxed_str(),
+            Entry {
+                value: 0,
+                data: Some(value.clone()),
+                expires: now + ttl,
+                owner: usage.clone(),
+                cost,
+            },
+        );
+        Ok(KvAnswer::Done(true))
     }
 }
 
@@ -366,5 +469,105 @@ mod tests {
             Err(StateError::Quota(QuotaLimit::Bytes, _))
         ));
         assert!(m.add(&f, &[op("c", 1, 1000)]).is_err(), "full is full");
+    }
+
+    fn set(value: &str, ms: u64) -> KvOp {
+        KvOp::Set {
+            value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+            ttl: Duration::from_millis(ms),
+        }
+    }
+
+    fn cas(expected: Option<&str>, value: &str) -> KvOp {
+        KvOp::CompareAndSet {
+            expected: expected.map(|e| bytes::Bytes::copy_from_slice(e.as_bytes())),
+            value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    fn value(v: &str) -> KvAnswer {
+        KvAnswer::Value(Some(bytes::Bytes::copy_from_slice(v.as_bytes())))
+    }
+
+    #[test]
+    fn values_are_set_read_replaced_and_deleted_per_filter() {
+        let s = MemoryStore::new(100);
+        let (a, b) = (owner("a"), owner("b"));
+        assert_eq!(s.kv(&a, "k", &KvOp::Get).unwrap(), KvAnswer::Value(None));
+        assert_eq!(
+            s.kv(&a, "k", &set("one", 60_000)).unwrap(),
+            KvAnswer::Done(true)
+        );
+        assert_eq!(s.kv(&a, "k", &KvOp::Get).unwrap(), value("one"));
+        // Another filter's key of the same name is its own.
+        assert_eq!(s.kv(&b, "k", &KvOp::Get).unwrap(), KvAnswer::Value(None));
+        s.kv(&a, "k", &set("two", 60_000)).unwrap();
+        assert_eq!(s.kv(&a, "k", &KvOp::Get).unwrap(), value("two"));
+        assert_eq!(a.usage.entries.load(Ordering::Relaxed), 1);
+        assert_eq!(s.kv(&a, "k", &KvOp::Delete).unwrap(), KvAnswer::Done(true));
+        assert_eq!(s.kv(&a, "k", &KvOp::Delete).unwrap(), KvAnswer::Done(false));
+        assert_eq!(a.usage.entries.load(Ordering::Relaxed), 0);
+        assert_eq!(a.usage.bytes.load(Ordering::Relaxed), 0);
+        // A counter of the same key is another entry.
+        s.add(&a, &[op("k", 1, 60_000)]).unwrap();
+        assert_eq!(s.kv(&a, "k", &KvOp::Get).unwrap(), KvAnswer::Value(None));
+    }
+
+    #[test]
+    fn a_value_expires_with_its_lifetime() {
+        let s = MemoryStore::new(100);
+        let a = owner("a");
+        s.kv(&a, "k", &set("v", 30)).unwrap();
+        assert_eq!(s.kv(&a, "k", &KvOp::Get).unwrap(), value("v"));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(s.kv(&a, "k", &KvOp::Get).unwrap(), KvAnswer::Value(None));
+        // An expired value does not match a compare-and-set expecting it.
+        assert_eq!(
+            s.kv(&a, "k", &cas(Some("v"), "w")).unwrap(),
+            KvAnswer::Done(false)
+        );
+        assert_eq!(
+            s.kv(&a, "k", &cas(None, "w")).unwrap(),
+            KvAnswer::Done(true)
+        );
+    }
+
+    #[test]
+    fn compare_and_set_changes_only_what_it_expected() {
+        let s = MemoryStore::new(100);
+        let a = owner("a");
+        assert_eq!(
+            s.kv(&a, "k", &cas(None, "1")).unwrap(),
+            KvAnswer::Done(true)
+        );
+        assert_eq!(
+            s.kv(&a, "k", &cas(None, "2")).unwrap(),
+            KvAnswer::Done(false)
+        );
+        assert_eq!(
+            s.kv(&a, "k", &cas(Some("2"), "3")).unwrap(),
+            KvAnswer::Done(false)
+        );
+        assert_eq!(
+            s.kv(&a, "k", &cas(Some("1"), "3")).unwrap(),
+            KvAnswer::Done(true)
+        );
+        assert_eq!(s.kv(&a, "k", &KvOp::Get).unwrap(), value("3"));
+    }
+
+    #[test]
+    fn values_count_their_bytes_against_the_quota() {
+        let s = MemoryStore::new(100);
+        let a = owner_with("a", 100, 1000);
+        let big = "x".repeat(900);
+        s.kv(&a, "k", &set(&big, 60_000)).unwrap();
+        let refused = s.kv(&a, "j", &set(&big, 60_000)).unwrap_err();
+        assert!(
+            matches!(refused, StateError::Quota(QuotaLimit::Bytes, _)),
+            "{refused:?}"
+        );
+        // Replacing a value charges only the difference.
+        s.kv(&a, "k", &set(&"y".repeat(850), 60_000)).unwrap();
     }
 }

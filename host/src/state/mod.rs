@@ -199,7 +199,6 @@ impl State {
     /// Applies `ops` for `owner` atomically, answering in order.
     pub async fn add(&self, owner: &Owner, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
         let started = Instant::now();
-        let filter = &*owner.filter;
         let out = match validate(ops, &owner.quota) {
             Err(e) => Err(e),
             Ok(()) => match &self.backend {
@@ -207,27 +206,7 @@ impl State {
                 Backend::Redis(r) => r.add(owner, ops).await,
             },
         };
-        if let Err(StateError::Quota(limit, _)) = &out {
-            self.metrics.count_state_quota(&owner.filter, limit.label());
-        }
-        let result = match &out {
-            Ok(_) => "ok",
-            Err(e) => e.kind(),
-        };
-        self.metrics.state_calls.add(
-            1,
-            &[
-                KeyValue::new("backend", self.label),
-                KeyValue::new("result", result),
-            ],
-        );
-        self.metrics.state_duration.record(
-            started.elapsed().as_secs_f64(),
-            &[KeyValue::new("backend", self.label)],
-        );
-        if let Err(e) = &out {
-            self.log_error(filter, e);
-        }
+        self.record(owner, started, &out);
         out
     }
 
@@ -247,6 +226,113 @@ impl State {
             );
         }
     }
+}
+
+/// Largest value a filter may keep under one key.
+pub const MAX_KV_VALUE: usize = 64 * 1024;
+
+/// One key-value call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvOp {
+    Get,
+    Set {
+        value: bytes::Bytes,
+        ttl: Duration,
+    },
+    Delete,
+    /// Set only if the key holds `expected` (`None`: is not set).
+    CompareAndSet {
+        expected: Option<bytes::Bytes>,
+        value: bytes::Bytes,
+        ttl: Duration,
+    },
+}
+
+impl KvOp {
+    fn label(&self) -> &'static str {
+        match self {
+            KvOp::Get => "get",
+            KvOp::Set { .. } => "set",
+            KvOp::Delete => "delete",
+            KvOp::CompareAndSet { .. } => "compare_and_set",
+        }
+    }
+}
+
+/// What a key-value call answers: a value read, or whether it changed
+/// anything (`delete`: the key was set; `compare-and-set`: it matched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvAnswer {
+    Value(Option<bytes::Bytes>),
+    Done(bool),
+}
+
+impl State {
+    /// Applies one key-value call for `owner`, atomically on its key.
+    pub async fn kv(&self, owner: &Owner, key: &str, op: KvOp) -> Result<KvAnswer, StateError> {
+        let started = Instant::now();
+        let out = match validate_kv(key, &op, &owner.quota) {
+            Err(e) => Err(e),
+            Ok(()) => match &self.backend {
+                Backend::Memory(m) => m.kv(owner, key, &op),
+                Backend::Redis(r) => r.kv(owner, key, &op).await,
+            },
+        };
+        self.record(owner, started, &out);
+        tracing::trace!(filter = &*owner.filter, op = op.label(), "kv call");
+        out
+    }
+
+    /// Counts and times a call, and logs its error (at most once a second).
+    fn record<T>(&self, owner: &Owner, started: Instant, out: &Result<T, StateError>) {
+        if let Err(StateError::Quota(limit, _)) = out {
+            self.metrics.count_state_quota(&owner.filter, limit.label());
+        }
+        let result = match out {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.metrics.state_calls.add(
+            1,
+            &[
+                KeyValue::new("backend", self.label),
+                KeyValue::new("result", result),
+            ],
+        );
+        self.metrics.state_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[KeyValue::new("backend", self.label)],
+        );
+        if let Err(e) = out {
+            self.log_error(&owner.filter, e);
+        }
+    }
+}
+
+fn validate_kv(key: &str, op: &KvOp, quota: &Quota) -> Result<(), StateError> {
+    let (value, ttl) = match op {
+        KvOp::Get | KvOp::Delete => (None, None),
+        KvOp::Set { value, ttl } => (Some(value), Some(*ttl)),
+        KvOp::CompareAndSet { value, ttl, .. } => (Some(value), Some(*ttl)),
+    };
+    if let Some(v) = value
+        && v.len() > MAX_KV_VALUE
+    {
+        return Err(StateError::Invalid(format!(
+            "a value of {} bytes; the most is {MAX_KV_VALUE}",
+            v.len()
+        )));
+    }
+    // A key and a lifetime are checked as a counter's key and window are.
+    let window = ttl.unwrap_or(Duration::from_millis(1));
+    validate(
+        &[CounterOp {
+            key: key.to_string(),
+            delta: 0,
+            window,
+        }],
+        quota,
+    )
 }
 
 fn validate(ops: &[CounterOp], quota: &Quota) -> Result<(), StateError> {

@@ -8,7 +8,7 @@
 //! pause instead of each waiting out the timeout, and the filter's own
 //! policy decides what a request gets.
 
-use super::{Counter, CounterOp, Owner, QuotaLimit, StateError};
+use super::{Counter, CounterOp, KvAnswer, KvOp, Owner, QuotaLimit, StateError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -72,6 +72,49 @@ end
 return out
 "#;
 
+/// One key-value call, atomically: KEYS are the value's key and the
+/// filter's index (the one counters use, so values and counters share the
+/// entry quota). ARGV: the operation (`get`, `set`, `del`, `cas`), the
+/// quota, the lifetime in ms, the value, then for `cas` whether a value is
+/// expected (`1`) and that value. `get` answers the value or nil; the rest
+/// answer 1 (done) or 0, or the error `QUOTA`.
+const KV_SCRIPT: &str = r#"
+local key, index = KEYS[1], KEYS[2]
+local op = ARGV[1]
+if op == 'get' then
+  return redis.call('GET', key)
+end
+if op == 'del' then
+  redis.call('ZREM', index, key)
+  return redis.call('DEL', key)
+end
+local cur = redis.call('GET', key)
+if op == 'cas' then
+  if ARGV[5] == '1' then
+    if cur ~= ARGV[6] then return 0 end
+  elseif cur then
+    return 0
+  end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+if not cur then
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
+  local held = redis.call('ZCARD', index)
+  local quota = tonumber(ARGV[2])
+  if held + 1 > quota then
+    return redis.error_reply('QUOTA the filter holds ' .. held .. ' entries; its quota is ' .. quota .. ' (state_max_entries)')
+  end
+end
+redis.call('SET', key, ARGV[4], 'PX', ttl)
+redis.call('ZADD', index, now + ttl, key)
+if redis.call('PTTL', index) < ttl then
+  redis.call('PEXPIRE', index, ttl)
+end
+return 1
+"#;
+
 pub struct RedisStore {
     url: String,
     prefix: String,
@@ -81,6 +124,7 @@ pub struct RedisStore {
     pool_size: usize,
     next: AtomicUsize,
     script: redis::Script,
+    kv_script: redis::Script,
     /// Calls fail fast until this instant (ns since `epoch`); 0 when healthy.
     paused_until_ns: AtomicU64,
     epoch: Instant,
@@ -96,6 +140,7 @@ impl RedisStore {
             pool_size,
             next: AtomicUsize::new(0),
             script: redis::Script::new(SCRIPT),
+            kv_script: redis::Script::new(KV_SCRIPT),
             paused_until_ns: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -196,6 +241,80 @@ impl RedisStore {
                 ttl_ms: p[1].max(0) as u64,
             })
             .collect())
+    }
+
+    /// One key-value call, in one round trip.
+    pub async fn kv(&self, owner: &Owner, key: &str, op: &KvOp) -> Result<KvAnswer, StateError> {
+        let filter = &*owner.filter;
+        let paused = self.paused_until_ns.load(Ordering::Relaxed);
+        if paused != 0 && self.now_ns() < paused {
+            return Err(StateError::Unavailable(
+                "redis is unreachable; retrying shortly".into(),
+            ));
+        }
+        let conns = self.connections()?;
+        let conn = &conns[self.next.fetch_add(1, Ordering::Relaxed) % conns.len()];
+        let mut call = self.kv_script.prepare_invoke();
+        // `#kv:` after the prefix: no counter's key (`prefix:`) and no index
+        // (`prefix#quota:`) can be a value's.
+        call.key(format!("{}#kv:{filter}:{key}", self.prefix));
+        call.key(format!("{}#quota:{filter}", self.prefix));
+        let empty = bytes::Bytes::new();
+        let (name, value, ttl, expected) = match op {
+            KvOp::Get => ("get", &empty, 0, None),
+            KvOp::Delete => ("del", &empty, 0, None),
+            KvOp::Set { value, ttl } => ("set", value, ttl.as_millis() as u64, None),
+            KvOp::CompareAndSet {
+                expected,
+                value,
+                ttl,
+            } => ("cas", value, ttl.as_millis() as u64, Some(expected)),
+        };
+        call.arg(name)
+            .arg(owner.quota.max_entries)
+            .arg(ttl)
+            .arg(value.as_ref());
+        match expected {
+            Some(Some(e)) => call.arg("1").arg(e.as_ref()),
+            _ => call.arg("0").arg(""),
+        };
+        // Not retried on a dropped connection as counters are: a set that
+        // ran before the drop must not run twice under compare-and-set.
+        let answer = tokio::time::timeout(
+            self.timeout,
+            call.invoke_async::<redis::Value>(&mut conn.clone()),
+        )
+        .await;
+        let value = match answer {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) if e.code() == Some("QUOTA") => {
+                return Err(StateError::Quota(
+                    QuotaLimit::Entries,
+                    e.detail().unwrap_or("over quota").to_string(),
+                ));
+            }
+            Ok(Err(e)) if is_refusal(&e) => {
+                return Err(StateError::Invalid(format!("redis refused the call: {e}")));
+            }
+            Ok(Err(e)) => return Err(self.unavailable(format!("redis: {e}"))),
+            Err(_) => {
+                return Err(self.unavailable(format!(
+                    "redis did not answer within {} ms",
+                    self.timeout.as_millis()
+                )));
+            }
+        };
+        if self.paused_until_ns.swap(0, Ordering::Relaxed) != 0 {
+            tracing::info!("redis state backend answers again");
+        }
+        match (op, value) {
+            (KvOp::Get, redis::Value::Nil) => Ok(KvAnswer::Value(None)),
+            (KvOp::Get, redis::Value::BulkString(b)) => Ok(KvAnswer::Value(Some(b.into()))),
+            (_, redis::Value::Int(n)) => Ok(KvAnswer::Done(n > 0)),
+            (_, other) => Err(StateError::Invalid(format!(
+                "redis answered {other:?} to a key-value call"
+            ))),
+        }
     }
 
     fn unavailable(&self, why: String) -> StateError {

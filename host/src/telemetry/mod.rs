@@ -139,6 +139,9 @@ pub struct Metrics {
     /// `gateway_upstream_connections_*` gauges read at scrape time.
     connection_gauges: Arc<Mutex<Vec<Weak<ConnectionGauge>>>>,
     pub plugin_calls: Counter<u64>,
+    /// Filters' outbound calls, by filter, cluster and result.
+    pub callouts: Counter<u64>,
+    pub callout_duration: Histogram<f64>,
     pub plugin_failures: Counter<u64>,
     pub plugin_instances_retired: Counter<u64>,
     /// Instances made and configured, by filter and result.
@@ -198,11 +201,14 @@ struct PluginMetric {
 enum PluginInstrument {
     Counter(Counter<f64>),
     Histogram(Histogram<f64>),
+    Gauge(Gauge<f64>),
 }
 
 enum BoundPluginInstrument {
     Counter(BoundCounter<f64>),
     Histogram(BoundHistogram<f64>),
+    /// Gauges have no bound form: the series' labels go with each value.
+    Gauge(Gauge<f64>, Vec<KeyValue>),
 }
 
 /// One series of a plugin metric, resolved once: what a measurement with
@@ -222,6 +228,7 @@ impl PluginSeries {
         match &self.instrument {
             BoundPluginInstrument::Counter(c) => c.add(value),
             BoundPluginInstrument::Histogram(h) => h.record(value),
+            BoundPluginInstrument::Gauge(g, attrs) => g.record(value, attrs),
         }
         if let Some(overflow) = &self.overflow {
             overflow.add(1);
@@ -247,7 +254,7 @@ fn exposition_bytes(
         + 4;
     let line = name.len() + labels + 32;
     match instrument {
-        PluginInstrument::Counter(_) => line,
+        PluginInstrument::Counter(_) | PluginInstrument::Gauge(_) => line,
         // Bucket lines also carry `le="…"` and the `_bucket` suffix.
         PluginInstrument::Histogram(_) => PLUGIN_HISTOGRAM_LINES * (line + 20),
     }
@@ -263,11 +270,33 @@ pub fn valid_plugin_value(value: f64) -> bool {
     value.is_finite() && value >= 0.0
 }
 
+/// Whether `s` may name a plugin metric or label: 1 to 64 of a-z, 0-9, _.
+pub fn valid_plugin_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// How a filter's outbound call ended, as `gateway_callouts_total` counts.
+pub const CALLOUT_RESULTS: &[&str] = &[
+    "ok",
+    "not_allowed",
+    "invalid",
+    "unavailable",
+    "failed",
+    "timeout",
+    "too_large",
+    "too_many",
+];
+
 /// What a plugin asks for through `counter-add` or `histogram-observe`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum PluginMetricKind {
     Counter,
     Histogram,
+    /// 0.2.0 filters only: the last value set.
+    Gauge,
 }
 
 /// An attribute value shared without copying the string on every request.
@@ -480,6 +509,17 @@ impl Metrics {
                     "Shared-state calls from filters, by backend and result (ok, unavailable, invalid)",
                 )
                 .build(),
+            callouts: meter
+                .u64_counter("gateway_callouts_total")
+                .with_description("Outbound calls filters made through the callout interface, by filter, cluster and result (ok, not_allowed, invalid, unavailable, failed, timeout, too_large, too_many)")
+                .build(),
+            callout_duration: meter
+                .f64_histogram("gateway_callout_duration_seconds")
+                .with_description("Time a filter's outbound call took, answer body included, by filter and cluster")
+                .with_boundaries(vec![
+                    1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0,
+                ])
+                .build(),
             state_duration: meter
                 .f64_histogram("gateway_state_call_duration_seconds")
                 .with_description("Time one shared-state call took, by backend")
@@ -662,6 +702,24 @@ impl Metrics {
         }
     }
 
+    /// Every result of a filter's callouts to `cluster`, at zero.
+    pub fn declare_callouts(&self, filter: &Arc<str>, cluster: &str) {
+        for result in CALLOUT_RESULTS {
+            self.callouts.add(
+                0,
+                &[
+                    KeyValue::new("filter", shared(filter)),
+                    KeyValue::new("cluster", cluster.to_string()),
+                    KeyValue::new("result", *result),
+                ],
+            );
+        }
+        drop(self.callout_duration.bind(&[
+            KeyValue::new("filter", shared(filter)),
+            KeyValue::new("cluster", cluster.to_string()),
+        ]));
+    }
+
     /// The state backend's series, at zero.
     /// A filter's quota refusals, at zero.
     pub fn declare_state_quota(&self, filter: &Arc<str>) {
@@ -738,6 +796,70 @@ impl Metrics {
         }
     }
 
+    /// Whether a plugin may declare metric `name` of `kind` (a 0.2.0
+    /// filter's `declare-metric`): the name is valid, not another kind's,
+    /// and within the plugin's metric cap. Creates nothing; the metric
+    /// appears with its first recorded series.
+    pub fn plugin_metric_room(
+        &self,
+        kind: PluginMetricKind,
+        plugin: &str,
+        name: &str,
+    ) -> Result<(), String> {
+        if !valid_plugin_name(name) {
+            return Err(format!(
+                "`{}` is not a metric name: use 1 to 64 of a-z, 0-9 and _",
+                escape(name)
+            ));
+        }
+        if kind != PluginMetricKind::Counter && name.ends_with("_total") {
+            return Err(
+                format!("a {kind:?} may not be named `{name}`: `_total` is for counters")
+                    .to_lowercase(),
+            );
+        }
+        let prefix = format!("gateway_plugin_{}_", plugin.replace('-', "_"));
+        let guard = self.plugin_metrics.lock();
+        let counter = format!("{prefix}{name}_total");
+        let other = format!("{prefix}{name}");
+        let (own, theirs) = match kind {
+            PluginMetricKind::Counter => (&counter, &other),
+            _ => (&other, &counter),
+        };
+        match guard.metrics.get(own) {
+            Some(pm) => {
+                let same = matches!(
+                    (&pm.instrument, kind),
+                    (PluginInstrument::Counter(_), PluginMetricKind::Counter)
+                        | (PluginInstrument::Histogram(_), PluginMetricKind::Histogram)
+                        | (PluginInstrument::Gauge(_), PluginMetricKind::Gauge)
+                );
+                if same {
+                    Ok(())
+                } else {
+                    Err(format!("`{name}` is already another kind of metric"))
+                }
+            }
+            None if guard.metrics.contains_key(theirs) => {
+                Err(format!("`{name}` is already another kind of metric"))
+            }
+            None => {
+                let held = guard
+                    .metrics
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .count();
+                if held >= PLUGIN_METRICS_CAP {
+                    Err(format!(
+                        "the plugin already has {PLUGIN_METRICS_CAP} metrics, its most"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
     /// The series of a plugin's own metric: a counter
     /// `gateway_plugin_<plugin>_<name>_total` or a histogram
     /// `gateway_plugin_<plugin>_<name>`, labelled with the filter that
@@ -756,12 +878,7 @@ impl Metrics {
         name: &str,
         labels: &[(String, String)],
     ) -> Option<PluginSeries> {
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        };
+        let valid = valid_plugin_name;
         if !valid(name) || labels.len() > 8 {
             return None;
         }
@@ -775,7 +892,7 @@ impl Metrics {
         let prefix = format!("gateway_plugin_{}_", plugin.replace('-', "_"));
         let full = match kind {
             PluginMetricKind::Counter => format!("{prefix}{name}_total"),
-            PluginMetricKind::Histogram => format!("{prefix}{name}"),
+            PluginMetricKind::Histogram | PluginMetricKind::Gauge => format!("{prefix}{name}"),
         };
         let mut guard = self.plugin_metrics.lock();
         let PluginMetrics { metrics, spent } = &mut *guard;
@@ -785,7 +902,7 @@ impl Metrics {
             // other way round would clash in the exposition.
             let clash = match kind {
                 PluginMetricKind::Counter => metrics.contains_key(&format!("{prefix}{name}")),
-                PluginMetricKind::Histogram => {
+                PluginMetricKind::Histogram | PluginMetricKind::Gauge => {
                     name.ends_with("_total") || metrics.contains_key(&format!("{full}_total"))
                 }
             };
@@ -797,6 +914,12 @@ impl Metrics {
                 PluginMetricKind::Counter => PluginInstrument::Counter(
                     self.meter
                         .f64_counter(full.clone())
+                        .with_description(description)
+                        .build(),
+                ),
+                PluginMetricKind::Gauge => PluginInstrument::Gauge(
+                    self.meter
+                        .f64_gauge(full.clone())
                         .with_description(description)
                         .build(),
                 ),
@@ -829,7 +952,8 @@ impl Metrics {
         let pm = metrics.get_mut(&full).expect("inserted above");
         match (&pm.instrument, kind) {
             (PluginInstrument::Counter(_), PluginMetricKind::Counter)
-            | (PluginInstrument::Histogram(_), PluginMetricKind::Histogram) => {}
+            | (PluginInstrument::Histogram(_), PluginMetricKind::Histogram)
+            | (PluginInstrument::Gauge(_), PluginMetricKind::Gauge) => {}
             _ => return None,
         }
         let mut key: Vec<(String, String)> = labels.to_vec();
@@ -874,6 +998,7 @@ impl Metrics {
         let instrument = match &pm.instrument {
             PluginInstrument::Counter(c) => BoundPluginInstrument::Counter(c.bind(&attrs)),
             PluginInstrument::Histogram(h) => BoundPluginInstrument::Histogram(h.bind(&attrs)),
+            PluginInstrument::Gauge(g) => BoundPluginInstrument::Gauge(g.clone(), attrs),
         };
         Some(PluginSeries {
             instrument,

@@ -224,6 +224,9 @@ impl InstancePool {
 pub struct UpstreamBody {
     inner: Incoming,
     back: Option<(Sender, Arc<InstancePool>)>,
+    /// Frames read ahead (for a filter that found the body over its
+    /// limit), handed out again before the rest, last first.
+    replay: Vec<Bytes>,
 }
 
 impl UpstreamBody {
@@ -236,6 +239,7 @@ impl UpstreamBody {
             let mut body = UpstreamBody {
                 inner,
                 back: Some((sender, pool)),
+                replay: Vec::new(),
             };
             if body.inner.is_end_stream() {
                 body.give_back();
@@ -246,7 +250,17 @@ impl UpstreamBody {
 
     /// A body on a hyper-util connection, which its client keeps.
     pub fn unpooled(inner: Incoming) -> UpstreamBody {
-        UpstreamBody { inner, back: None }
+        UpstreamBody {
+            inner,
+            back: None,
+            replay: Vec::new(),
+        }
+    }
+
+    /// Puts `frames`, read from this body, back in front of what is left.
+    pub fn unread(&mut self, mut frames: Vec<Bytes>) {
+        frames.reverse();
+        self.replay = frames;
     }
 
     fn give_back(&mut self) {
@@ -264,6 +278,9 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(data) = self.replay.pop() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         let out = Pin::new(&mut self.inner).poll_frame(cx);
         match &out {
             Poll::Ready(None) => self.give_back(),
@@ -276,11 +293,21 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.replay.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.replay.is_empty() {
+            return self.inner.size_hint();
+        }
+        let ahead: u64 = self.replay.iter().map(|b| b.len() as u64).sum();
+        let rest = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + ahead);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }
 
