@@ -42,14 +42,15 @@ test: setup plugins
 	$(CARGO) test --release --manifest-path plugins/Cargo.toml --target-dir target/plugins $(addprefix -p ,$(UNIT_TESTED))
 	$(CARGO) test --release
 
-# server-timing (Rust), shard-header (JavaScript), deny-paths (Python) and
-# require-user-agent (WAT), built into target/examples.
+# server-timing (Rust), shard-header (JavaScript), deny-paths and redact-json
+# (Python) and require-user-agent (WAT), built into target/examples.
 examples: setup build
 	@mkdir -p $(EXAMPLES)
 	cp $(PLUGIN_OUT)/server_timing.wasm $(EXAMPLES)/server-timing.wasm
 	cd plugins/examples/shard-header && npm run --silent build
 	mv plugins/examples/shard-header/shard-header.wasm $(EXAMPLES)/
 	$(PY_TOOLS)/componentize-py -d wit -w plugin componentize -p plugins/examples/deny-paths deny_paths -o $(EXAMPLES)/deny-paths.wasm
+	$(PY_TOOLS)/componentize-py -d wit/v0.2 -w plugin componentize -p plugins/examples/redact-json redact_json -o $(EXAMPLES)/redact-json.wasm
 	target/release/gateway plugin componentize plugins/examples/require-user-agent/filter.wat -o $(EXAMPLES)/require-user-agent.wasm
 
 bench: examples
