@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PLUGIN_OUT := target/plugins/wasm32-wasip2/release
 # Plugins copied to plugins/dist, the folder the default config loads from.
-SHIPPED := headers ratelimit auth tenant
+SHIPPED := headers ratelimit auth tenant cache ext_authz
 
 # The example filters in every language, as README.md builds them.
 EXAMPLES := target/examples
@@ -36,7 +36,7 @@ run: build
 # Only the crates that hold unit tests are built as native test binaries:
 # the test plugins and the example have none, and each would otherwise be
 # compiled and fat-LTO linked for nothing (109 s of a cold run, now 31 s).
-UNIT_TESTED := filter-sdk headers ratelimit auth tenant
+UNIT_TESTED := filter-sdk headers ratelimit auth tenant cache ext-authz
 
 test: setup plugins
 	$(CARGO) test --release --manifest-path plugins/Cargo.toml --target-dir target/plugins $(addprefix -p ,$(UNIT_TESTED))

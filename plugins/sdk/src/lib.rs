@@ -43,6 +43,9 @@
 //! [`install_panic_hook`]), and so does anything printed. The rest of the
 //! crate is what the shipped filters share: reading a JSON configuration,
 //! answering, declaring counter series.
+//!
+//! With the `v2` feature, [`v2`] is the same for `gateway:filter@0.2.0`
+//! (its WIT in `wit-0.2/`): bodies, callouts, `kv`, metrics by handle.
 
 /// Bindings generated from `wit/filter.wit` (the crate's own copy), for
 /// anything the re-exports below leave out.
@@ -56,6 +59,9 @@ pub mod bindings {
         default_bindings_module: "filter_sdk::bindings",
     });
 }
+
+#[cfg(feature = "v2")]
+pub mod v2;
 
 pub use bindings::gateway::filter::host::{self, LogLevel};
 pub use bindings::gateway::filter::types::{Action, HeaderStats, Reply, Request, Response};
@@ -157,14 +163,21 @@ pub fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            let message = info.payload_as_str().unwrap_or("(a panic without a message)");
-            let at = info
-                .location()
-                .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
-                .unwrap_or_default();
-            host::log(LogLevel::Error, &format!("panicked{at}: {message}"));
+            host::log(LogLevel::Error, &panic_line(info));
         }))
     });
+}
+
+/// A panic's log line: its location and message.
+fn panic_line(info: &std::panic::PanicHookInfo) -> String {
+    let message = info
+        .payload_as_str()
+        .unwrap_or("(a panic without a message)");
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    format!("panicked{at}: {message}")
 }
 
 /// Writes to the gateway's log at `level`, with `format!` arguments.
@@ -204,6 +217,60 @@ pub fn refusal(path: &str, message: &str) -> String {
         message.to_string()
     } else {
         format!("at `{path}`: {message}")
+    }
+}
+
+/// Reads a duration written with its unit: `250ms`, `30s`, `5m`, `1h`,
+/// `2d`; `None` for anything else or past `u64` milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// A duration setting in milliseconds, written in the TOML as a number of
+/// seconds (`30`) or a string with its unit (`"500ms"`, `"30s"`, `"5m"`,
+/// `"1h"`, `"1d"`). Bounds are the filter's to check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DurationMs(pub u64);
+
+impl<'de> serde::Deserialize<'de> for DurationMs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DurationMs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a duration: seconds as a whole number, or a string such as \"500ms\", \"30s\", \"5m\", \"1h\", \"1d\"",
+                )
+            }
+            fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<DurationMs, E> {
+                secs.checked_mul(1000)
+                    .map(DurationMs)
+                    .ok_or_else(|| E::custom("the duration is too long"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<DurationMs, E> {
+                match u64::try_from(secs) {
+                    Ok(secs) => self.visit_u64(secs),
+                    Err(_) => Err(E::custom("a duration cannot be negative")),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<DurationMs, E> {
+                parse_duration_ms(text)
+                    .map(DurationMs)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(text), &self))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -432,9 +499,48 @@ mod tests {
             "at `limits[1].rate`: p: invalid type: string \"x\", expected u32"
         );
         let typo = parse_config::<Settings>("p", r#"{"limtis": []}"#).unwrap_err();
-        assert!(typo.starts_with("at `limtis`: p: unknown field `limtis`"), "{typo}");
+        assert!(
+            typo.starts_with("at `limtis`: p: unknown field `limtis`"),
+            "{typo}"
+        );
         let missing = parse_config::<Settings>("p", "{}").unwrap_err();
         assert_eq!(missing, "p: missing field `limits`");
+    }
+
+    #[test]
+    fn durations_are_seconds_or_text_with_a_unit() {
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("30s"), Some(30_000));
+        assert_eq!(parse_duration_ms("5m"), Some(300_000));
+        assert_eq!(parse_duration_ms("1h"), Some(3_600_000));
+        assert_eq!(parse_duration_ms("2d"), Some(172_800_000));
+        for bad in [
+            "",
+            "s",
+            "10",
+            "1.5s",
+            "-1s",
+            "1 s",
+            "1w",
+            "99999999999999999999s",
+        ] {
+            assert_eq!(parse_duration_ms(bad), None, "{bad}");
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Settings {
+            ttl: DurationMs,
+        }
+        let ttl = |json: &str| parse_config::<Settings>("p", json).map(|s| s.ttl);
+        assert_eq!(ttl(r#"{"ttl": 30}"#), Ok(DurationMs(30_000)));
+        assert_eq!(ttl(r#"{"ttl": "500ms"}"#), Ok(DurationMs(500)));
+        let bad = ttl(r#"{"ttl": "soon"}"#).unwrap_err();
+        assert!(
+            bad.starts_with("at `ttl`: p: invalid value: string \"soon\", expected a duration"),
+            "{bad}"
+        );
+        let negative = ttl(r#"{"ttl": -1}"#).unwrap_err();
+        assert_eq!(negative, "at `ttl`: p: a duration cannot be negative");
     }
 
     #[test]
