@@ -11,6 +11,7 @@ mod authoring;
 mod cascade;
 mod check;
 mod config_errors;
+mod filter_v2;
 mod grpc;
 mod languages;
 mod layering;

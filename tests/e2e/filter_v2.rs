@@ -1,0 +1,309 @@
+//! Filter API 0.2: a 0.1.0 and a 0.2.0 plugin in one chain, bodies read
+//! and replaced both ways (and refused or streamed past a filter's limit),
+//! key-value state on memory and a real redis-server, and outbound calls
+//! through the configured clusters.
+
+use crate::common::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The suite's preamble with room for the bodies these tests send.
+fn preamble_v2(listen: SocketAddr, admin: SocketAddr) -> String {
+    preamble(listen, admin).replace("max_body_bytes = 1024", "max_body_bytes = 1048576")
+}
+
+fn start(body: &str) -> Gateway {
+    build_plugins();
+    let body = body.to_string();
+    Gateway::start_with(tempdir::Dir::new(), move |addr, admin| {
+        format!("{}{body}", preamble_v2(addr, admin))
+    })
+}
+
+fn route(upstream: &Upstream, filters: &str) -> String {
+    format!(
+        "[upstreams.app]\ninstances = [\"{}\"]\n\n[[route]]\nid = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\nfilters = [{filters}]\n",
+        upstream.addr
+    )
+}
+
+#[test]
+fn a_0_1_and_a_0_2_filter_serve_in_one_chain_in_order() {
+    let up = Upstream::start("app");
+    let gw = start(&format!(
+        "[filters.old]\nplugin = \"probe\"\n[filters.old.config]\nname = \"old\"\n\n\
+         [filters.new]\nplugin = \"probe_v2\"\n[filters.new.config]\nname = \"new\"\n\n{}",
+        route(&up, "\"old\", \"new\"")
+    ));
+    let r = gw.get("/x", &[]);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(up.last().header("x-chain"), Some("old,v2:new"));
+    // On the way out in reverse: the 0.2.0 filter first.
+    assert_eq!(r.header("x-chain-out"), Some("v2:new,old"));
+    let plugins = gw.admin("GET", "/admin/plugins").body_text();
+    assert!(plugins.contains("probe_v2"), "{plugins}");
+    // Its metric, declared once by handle, is counted.
+    let scrape = gw.metrics();
+    assert_eq!(
+        metric(
+            &scrape,
+            "gateway_plugin_probe_v2_probe_calls_total",
+            &[("filter", "new"), ("phase", "request")]
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+}
+
+#[test]
+fn a_filter_reads_and_replaces_the_request_and_response_bodies() {
+    let up = Upstream::start("app");
+    let gw = start(&format!(
+        "[filters.b]\nplugin = \"probe_v2\"\n[filters.b.config]\nname = \"b\"\nrequest_body = 1000\nresponse_body = 1000\nupper_request_body = true\nappend = \"+filtered\"\n\n{}",
+        route(&up, "\"b\"")
+    ));
+    let r = gw.request("POST", "/echo", &[], b"hello body");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = up.last();
+    assert_eq!(seen.header("x-body-length"), Some("10"));
+    assert_eq!(seen.body, b"HELLO BODY");
+    assert_eq!(seen.header("content-length"), Some("10"));
+    assert_eq!(r.body_text(), "hello from app\n+filtered");
+    assert_eq!(
+        r.header("content-length"),
+        Some("hello from app\n+filtered".len().to_string().as_str())
+    );
+}
+
+#[test]
+fn a_body_over_a_filters_limit_is_refused_or_streams_past_by_its_policy() {
+    let up = Upstream::start("app");
+    let gw = start(&format!(
+        "[filters.strict]\nplugin = \"probe_v2\"\n[filters.strict.config]\nname = \"strict\"\nrequest_body = 8\nover_limit = 413\n\n\
+         [filters.lenient]\nplugin = \"probe_v2\"\n[filters.lenient.config]\nname = \"lenient\"\nrequest_body = 8\nresponse_body = 4\nappend = \"!\"\n\n\
+         [upstreams.app]\ninstances = [\"{}\"]\n\n\
+         [[route]]\nid = \"strict\"\npath_prefix = \"/strict\"\nupstream = \"app\"\nfilters = [\"strict\"]\n\n\
+         [[route]]\nid = \"lenient\"\npath_prefix = \"/lenient\"\nupstream = \"app\"\nfilters = [\"lenient\"]\n",
+        up.addr
+    ));
+    let r = gw.request("POST", "/strict", &[], b"more than eight bytes");
+    assert_eq!(r.status, 413, "{}", r.body_text());
+    assert_eq!(r.header("x-gateway-error"), Some("body-too-large"));
+    assert_eq!(up.count(), 0, "a refused body never goes upstream");
+    // Within the limit it passes.
+    assert_eq!(gw.request("POST", "/strict", &[], b"short").status, 200);
+
+    // `pass`: the filter runs, is told the body is too large, and the
+    // whole body (and the whole response) still arrive.
+    let r = gw.request("POST", "/lenient", &[], b"more than eight bytes");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = up.last();
+    assert_eq!(seen.body, b"more than eight bytes");
+    assert!(seen.header("x-body-error").unwrap().contains("too-large"));
+    assert_eq!(r.body_text(), "hello from app\n");
+    assert!(r.header("x-body-error").unwrap().contains("too-large"));
+}
+
+#[test]
+fn a_toml_body_limit_lowers_what_the_filter_asked_for() {
+    let up = Upstream::start("app");
+    let gw = start(&format!(
+        "[filters.b]\nplugin = \"probe_v2\"\nrequest_body_limit = 4\n[filters.b.config]\nname = \"b\"\nrequest_body = 1000\nover_limit = 413\n\n{}",
+        route(&up, "\"b\"")
+    ));
+    assert_eq!(gw.request("POST", "/", &[], b"abcd").status, 200);
+    assert_eq!(gw.request("POST", "/", &[], b"abcde").status, 413);
+}
+
+#[test]
+fn key_value_state_sets_reads_expires_and_compares_on_memory() {
+    let up = Upstream::start("app");
+    let gw = start(&format!(
+        "[filters.k]\nplugin = \"probe_v2\"\n[filters.k.config]\nname = \"k\"\n\n\
+         [filters.other]\nplugin = \"probe_v2\"\n[filters.other.config]\nname = \"other\"\n\n\
+         [upstreams.app]\ninstances = [\"{}\"]\n\n\
+         [[route]]\nid = \"other\"\npath_prefix = \"/\"\nhost = \"other.local\"\nupstream = \"app\"\nfilters = [\"other\"]\n\n\
+         [[route]]\nid = \"k\"\npath_prefix = \"/\"\nupstream = \"app\"\nfilters = [\"k\"]\n",
+        up.addr
+    ));
+    kv_behaves(&gw);
+}
+
+fn kv_behaves(gw: &Gateway) {
+    let text = |path: &str| {
+        let r = gw.get(path, &[]);
+        assert_eq!(r.status, 200, "{path}: {}", r.body_text());
+        r.body_text()
+    };
+    assert_eq!(text("/kv/get/a"), "none");
+    assert_eq!(text("/kv/set/a/one/60000"), "ok");
+    assert_eq!(text("/kv/get/a"), "one");
+    // Keys are private to the filter.
+    let other = gw.get("/kv/get/a", &[("host", "other.local")]);
+    assert_eq!(other.body_text(), "none");
+    // compare-and-set changes only what it expected.
+    assert_eq!(text("/kv/cas/a/two/three"), "false");
+    assert_eq!(text("/kv/cas/a/one/two"), "true");
+    assert_eq!(text("/kv/get/a"), "two");
+    assert_eq!(text("/kv/cas/b/-/first"), "true");
+    assert_eq!(text("/kv/cas/b/-/second"), "false");
+    assert_eq!(text("/kv/del/a"), "true");
+    assert_eq!(text("/kv/del/a"), "false");
+    assert_eq!(text("/kv/get/a"), "none");
+    // A value expires with its lifetime.
+    assert_eq!(text("/kv/set/t/short/100"), "ok");
+    assert_eq!(text("/kv/get/t"), "short");
+    std::thread::sleep(Duration::from_millis(250));
+    assert_eq!(text("/kv/get/t"), "none");
+    let scrape = gw.metrics();
+    assert!(
+        metric(&scrape, "gateway_state_calls_total", &[("result", "ok")]).unwrap_or(0.0) >= 14.0,
+        "{scrape}"
+    );
+}
+
+fn redis_gateway(redis: &Redis, up: &Upstream) -> Gateway {
+    start(&format!(
+        "[state]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"200ms\"\n\n\
+         [filters.k]\nplugin = \"probe_v2\"\n[filters.k.config]\nname = \"k\"\n\n\
+         [filters.other]\nplugin = \"probe_v2\"\n[filters.other.config]\nname = \"other\"\n\n\
+         [upstreams.app]\ninstances = [\"{}\"]\n\n\
+         [[route]]\nid = \"other\"\npath_prefix = \"/\"\nhost = \"other.local\"\nupstream = \"app\"\nfilters = [\"other\"]\n\n\
+         [[route]]\nid = \"k\"\npath_prefix = \"/\"\nupstream = \"app\"\nfilters = [\"k\"]\n",
+        redis.url(),
+        up.addr
+    ))
+}
+
+#[test]
+fn key_value_state_behaves_the_same_on_redis_and_is_shared_by_replicas() {
+    let redis = Redis::start();
+    let up = Upstream::start("app");
+    let a = redis_gateway(&redis, &up);
+    kv_behaves(&a);
+    // The value lives in Redis under the gateway's prefix, apart from
+    // counters.
+    assert_eq!(a.get("/kv/set/shared/x/60000", &[]).body_text(), "ok");
+    let keys = redis.cli(&["--raw", "keys", "*kv:k:shared*"]);
+    assert!(keys.contains("kv:k:shared"), "{keys}");
+
+    // Two gateways race compare-and-set on one key: each round, exactly
+    // one of the two wins.
+    let b = redis_gateway(&redis, &up);
+    assert_eq!(b.get("/kv/get/shared", &[]).body_text(), "x");
+    for round in 0..20 {
+        let key = format!("race{round}");
+        let (ra, rb) = std::thread::scope(|s| {
+            let ha = s.spawn(|| a.get(&format!("/kv/cas/{key}/-/a"), &[]).body_text());
+            let hb = s.spawn(|| b.get(&format!("/kv/cas/{key}/-/b"), &[]).body_text());
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        let wins = [&ra, &rb].iter().filter(|r| r.as_str() == "true").count();
+        assert_eq!(wins, 1, "round {round}: {ra} {rb}");
+        let winner = if ra == "true" { "a" } else { "b" };
+        assert_eq!(a.get(&format!("/kv/get/{key}"), &[]).body_text(), winner);
+    }
+}
+
+#[test]
+fn callouts_reach_allowed_clusters_fail_fast_on_dead_ones_and_refuse_others() {
+    let app = Upstream::start("app");
+    let authz = Upstream::start("authz");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let gw = start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\"]\n\n\
+         [upstreams.authz]\ninstances = [\"{}\"]\n\n\
+         [upstreams.dead]\ninstances = [\"{dead}\"]\n\n\
+         [upstreams.secret]\ninstances = [\"{}\"]\n\n\
+         [filters.c]\nplugin = \"probe_v2\"\ntimeout = \"500ms\"\ncallouts = [\"authz\", \"dead\"]\ncallout_timeout = \"300ms\"\n[filters.c.config]\nname = \"c\"\n\n\
+         [[route]]\nid = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\nfilters = [\"c\"]\n",
+        app.addr, authz.addr, authz.addr
+    ));
+    let r = gw.get("/callout/authz/check/me", &[]);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert_eq!(r.body_text(), "hello from authz\n");
+    let seen = authz.last();
+    assert_eq!(seen.uri, "/check/me");
+    assert_eq!(seen.header("x-from"), Some("probe-v2"));
+    assert!(seen.header("x-request-id").is_some());
+    // The cluster's own answer comes back as it is.
+    assert_eq!(gw.get("/callout/authz/status/403", &[]).status, 403);
+
+    // A dead cluster fails the call, not the filter, within its deadline.
+    let started = std::time::Instant::now();
+    let r = gw.get("/callout/dead/x", &[]);
+    assert_eq!(r.status, 599, "{}", r.body_text());
+    assert!(
+        r.body_text().starts_with("CalloutError::Failed"),
+        "{}",
+        r.body_text()
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+
+    // A cluster the filter's callouts do not list is refused, though it
+    // exists; nothing reaches it.
+    let before = authz.count();
+    let r = gw.get("/callout/secret/x", &[]);
+    assert_eq!(r.status, 599);
+    assert!(
+        r.body_text().starts_with("CalloutError::NotAllowed"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(authz.count(), before);
+
+    let scrape = gw.metrics();
+    let count = |cluster: &str, result: &str| {
+        metric(
+            &scrape,
+            "gateway_callouts_total",
+            &[("filter", "c"), ("cluster", cluster), ("result", result)],
+        )
+    };
+    assert_eq!(count("authz", "ok"), Some(2.0), "{scrape}");
+    assert_eq!(count("dead", "failed"), Some(1.0), "{scrape}");
+    assert_eq!(count("-", "not_allowed"), Some(1.0), "{scrape}");
+    assert_eq!(count("authz", "timeout"), Some(0.0), "declared at zero");
+}
+
+#[test]
+fn a_callout_slower_than_its_timeout_ends_in_time_and_is_counted() {
+    let app = Upstream::start("app");
+    let slow = Upstream::start("slow");
+    let gw = start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\"]\n\n[upstreams.slow]\ninstances = [\"{}\"]\n\n\
+         [filters.c]\nplugin = \"probe_v2\"\ntimeout = \"1s\"\ncallouts = [\"slow\"]\ncallout_timeout = \"100ms\"\n[filters.c.config]\nname = \"c\"\n\n\
+         [[route]]\nid = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\nfilters = [\"c\"]\n",
+        app.addr, slow.addr
+    ));
+    let started = std::time::Instant::now();
+    let r = gw.get("/callout/slow/slow/800", &[]);
+    assert_eq!(r.body_text(), "CalloutError::Timeout");
+    assert!(started.elapsed() < Duration::from_millis(700));
+    // Meanwhile the worker serves others: a plain request is not held up.
+    let scrape = gw.metrics();
+    assert_eq!(
+        metric(
+            &scrape,
+            "gateway_callouts_total",
+            &[("cluster", "slow"), ("result", "timeout")]
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+}
+
+#[test]
+fn a_callout_to_a_cluster_that_is_not_defined_is_refused_at_the_setting() {
+    let (ok, _, err) = check_config(
+        "[upstreams.app]\ninstances = [\"127.0.0.1:9\"]\n\n\
+         [filters.c]\nplugin = \"probe_v2\"\ncallouts = [\"app\", \"nowhere\"]\n\n\
+         [[route]]\nid = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\nfilters = [\"c\"]\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("filter `c` may call upstream `nowhere`, which is not defined"),
+        "{err}"
+    );
+    assert!(err.contains("CONFIG:12:20:"), "{err}");
+}
