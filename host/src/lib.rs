@@ -17,18 +17,19 @@
 //!    proxy listener.
 //! 3. `state` (plugins' shared counters) and `routing` (path normalisation
 //!    and route matching).
-//! 4. `upstream` (pools, balancing, breakers, health, retries), `plugin`
-//!    (the wasm runtime and the host functions filters call) and `tunnel`
-//!    (upgraded connections copied both ways).
-//! 5. `serving`: the [`serving::Gateway`] requests are served with.
-//! 6. `assemble` (building a gateway from a configuration, reusing the
+//! 4. `upstream` (pools, balancing, breakers, health, retries) and
+//!    `tunnel` (upgraded connections copied both ways).
+//! 5. `plugin`: the wasm runtime and the host functions filters call,
+//!    whose outbound calls go through `upstream`.
+//! 6. `serving`: the [`serving::Gateway`] requests are served with.
+//! 7. `assemble` (building a gateway from a configuration, reusing the
 //!    running one's parts) and `proxy` (one request through routing,
 //!    filters and upstream).
-//! 7. `server` (client connections) and `reload` (swapping configurations).
-//! 8. `admin` (the admin listener), `redirect` (the plaintext listener
+//! 8. `server` (client connections) and `reload` (swapping configurations).
+//! 9. `admin` (the admin listener), `redirect` (the plaintext listener
 //!    that sends clients to https) and `authoring` (`plugin new` and
 //!    `plugin test`, for filter authors).
-//! 9. `app` (the commands: run, check, plugin check and componentize).
+//! 10. `app` (the commands: run, check, plugin check and componentize).
 //!
 //! Modules the binary, the benches and the fuzzers do not use are
 //! `pub(crate)`. Runtime modules take plain values from `config`

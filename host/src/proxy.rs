@@ -42,7 +42,7 @@ use std::time::Instant;
 
 pub type ProxyBody = Either<crate::upstream::pool::UpstreamBody, Full<Bytes>>;
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_GATEWAY_ERROR: HeaderName = HeaderName::from_static("x-gateway-error");
 
 /// An answer the gateway makes itself.
@@ -800,83 +800,40 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     let info = state.info.clone();
     let request_id = &info.request_id;
-    // A gRPC call to an HTTP/2 upstream streams its body as it comes, so
-    // client streams and bidirectional calls work: one try, and no
-    // max_body_bytes (a stream's length is its own). A route that retries
-    // reads it whole instead, so a retry can send it again.
     let limit = gw.server.max_body_bytes;
-    let (body, stream, ahead) = match body {
-        ClientBody::Unread(b)
-            if trail.grpc && rt.upstream.streams_requests() && rt.retry.is_none() =>
-        {
-            (None, Some(b), Vec::new())
-        }
-        ClientBody::Unread(b) => (Some(b), None, Vec::new()),
-        ClientBody::Prefixed(ahead, rest) => (Some(rest), None, ahead),
-        ClientBody::Read => (None, None, Vec::new()),
-    };
-    // What filters read (and may have replaced) goes as it is.
+    // What filters read (and may have replaced) goes as it is. Any other
+    // body streams to the upstream as it arrives (client streams and
+    // bidirectional gRPC calls included), kept for a retry up to
+    // `retry_buffer_bytes` on a route that retries.
     let filtered = match std::mem::take(&mut state.body) {
         BodySlot::Whole(b) => Some(b),
         _ => None,
     };
     state.body = BodySlot::Released;
-    let read = async {
-        if let Some(b) = filtered {
-            return Ok(Some(b));
+    let (buffered, streamed) = match (filtered, body) {
+        (Some(b), _) => (Some(b), None),
+        // No body at all: nothing to stream, nothing to keep.
+        (None, ClientBody::Unread(b)) if http_body::Body::is_end_stream(&b) => {
+            (Some(Bytes::new()), None)
         }
-        let before: usize = ahead.iter().map(Bytes::len).sum();
-        match body {
-            Some(body) => {
-                let rest = Limited::new(body, limit.saturating_sub(before))
-                    .collect()
-                    .await?
-                    .to_bytes();
-                if ahead.is_empty() {
-                    return Ok(Some(rest));
-                }
-                let mut whole = bytes::BytesMut::with_capacity(before + rest.len());
-                for b in ahead {
-                    whole.extend_from_slice(&b);
-                }
-                whole.extend_from_slice(&rest);
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Some(whole.freeze()))
+        (None, ClientBody::Unread(b)) => {
+            let keep = if rt.retry.is_some() {
+                gw.server.retry_buffer_bytes
+            } else {
+                0
+            };
+            let s = crate::upstream::replay::StreamedBody::new(b, keep, limit as u64);
+            (None, Some(s))
+        }
+        (None, ClientBody::Prefixed(ahead, rest)) => {
+            match read_rest(ahead, rest, limit, deadline).await {
+                Ok(b) => (Some(b), None),
+                Err(refusal) => return Err(refusal.reply(limit, request_id)),
             }
-            None => Ok(None),
         }
+        (None, ClientBody::Read) => (Some(Bytes::new()), None),
     };
-    let body = match tokio::time::timeout_at(deadline.into(), read).await {
-        Err(_) => {
-            return Err(local_reply(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                "the request body did not arrive in time",
-                request_id,
-            ));
-        }
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            let msg = format!("request body is over the limit of {limit} bytes");
-            return Err(local_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
-                &msg,
-                request_id,
-            ));
-        }
-        Ok(Err(_)) => {
-            return Err(local_reply(
-                StatusCode::BAD_REQUEST,
-                "bad-body",
-                "the request body could not be read",
-                request_id,
-            ));
-        }
-        Ok(Ok(b)) => b,
-    };
-    trail.bytes_received = body.as_ref().map_or(0, |b| b.len() as u64);
+    trail.bytes_received = buffered.as_ref().map_or(0, |b| b.len() as u64);
 
     // Filters on the way out are shown the request as it was sent; without
     // any, the request moves upstream without a copy.
@@ -886,8 +843,8 @@ async fn forward(
         std::mem::replace(&mut state.parts, Request::new(()).into_parts().0)
     };
     parts.version = http::Version::HTTP_11;
-    let body = match body {
-        Some(body) => {
+    let body = match (buffered, streamed.clone()) {
+        (Some(body), _) => {
             if body.is_empty()
                 && parts.method != http::Method::POST
                 && parts.method != http::Method::PUT
@@ -900,7 +857,8 @@ async fn forward(
             }
             RequestBody::Buffered(body)
         }
-        None => RequestBody::Streamed(stream),
+        (None, Some(s)) => RequestBody::Streamed(s),
+        (None, None) => RequestBody::Buffered(Bytes::new()),
     };
     let upstream = &rt.upstream;
     // A gRPC client's deadline bounds the call, each try and all of them.
@@ -926,6 +884,19 @@ async fn forward(
     let sent = upstream.send(&exchange, &mut tries, parts, body).await;
     trail.instance = tries.last_instance;
     trail.tries = tries.count;
+    if let Some(s) = &streamed {
+        trail.bytes_received = s.bytes_read();
+        // A try cut short by the client's body is the client's failure.
+        if sent.is_err()
+            && let Some(cut) = s.cut()
+        {
+            let refusal = match cut {
+                crate::upstream::replay::Cut::TooLarge => BodyFailure::TooLarge,
+                crate::upstream::replay::Cut::Client => BodyFailure::Broken,
+            };
+            return Err(refusal.reply(limit, request_id));
+        }
+    }
     match sent {
         Err(Failed::Unavailable(code)) => {
             let msg = match code {
@@ -1010,6 +981,67 @@ async fn forward(
             Ok(Response::from_parts(p, body))
         }
     }
+}
+
+/// Why the client's request body could not be read.
+enum BodyFailure {
+    Timeout,
+    TooLarge,
+    Broken,
+}
+
+impl BodyFailure {
+    fn reply(self, limit: usize, request_id: &RequestId) -> Response<ProxyBody> {
+        match self {
+            BodyFailure::Timeout => local_reply(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "the request body did not arrive in time",
+                request_id,
+            ),
+            BodyFailure::TooLarge => local_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                &format!("request body is over the limit of {limit} bytes"),
+                request_id,
+            ),
+            BodyFailure::Broken => local_reply(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "the request body could not be read",
+                request_id,
+            ),
+        }
+    }
+}
+
+/// Reads the rest of a body filters found over their limits, after the
+/// frames they read, whole (within `limit` and the deadline).
+async fn read_rest(
+    ahead: Vec<Bytes>,
+    rest: Incoming,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, BodyFailure> {
+    let before: usize = ahead.iter().map(Bytes::len).sum();
+    let read = Limited::new(rest, limit.saturating_sub(before)).collect();
+    let rest = match tokio::time::timeout_at(deadline.into(), read).await {
+        Err(_) => return Err(BodyFailure::Timeout),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(BodyFailure::TooLarge);
+        }
+        Ok(Err(_)) => return Err(BodyFailure::Broken),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    let mut whole = bytes::BytesMut::with_capacity(before + rest.len());
+    for b in ahead {
+        whole.extend_from_slice(&b);
+    }
+    whole.extend_from_slice(&rest);
+    Ok(whole.freeze())
 }
 
 /// The client's request body on its way to the upstream.

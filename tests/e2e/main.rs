@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod authoring;
+mod cache_authz;
 mod cascade;
 mod check;
 mod config_errors;

@@ -26,6 +26,10 @@ pub struct ServerConfig {
     /// Largest request body, answered with 413.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
+    /// How much of a streamed request body a route that retries keeps to
+    /// send again; a longer body gets one try.
+    #[serde(default = "defaults::retry_buffer_bytes")]
+    pub retry_buffer_bytes: usize,
     /// Keep the client's `X-Forwarded-*` and `X-Request-Id` (only behind a
     /// trusted proxy); otherwise the gateway replaces them.
     #[serde(default)]
@@ -278,6 +282,9 @@ mod defaults {
     }
     pub fn max_body_bytes() -> usize {
         1024 * 1024
+    }
+    pub fn retry_buffer_bytes() -> usize {
+        64 * 1024
     }
     pub fn watch() -> bool {
         true

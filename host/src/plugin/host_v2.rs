@@ -786,9 +786,10 @@ fn outbound_parts(
             http::HeaderValue::from(r.body.len()),
         );
     }
-    parts
-        .headers
-        .insert(crate::proxy::X_REQUEST_ID, request_id.header());
+    parts.headers.insert(
+        http::HeaderName::from_static("x-request-id"),
+        request_id.header(),
+    );
     Ok(parts)
 }
 

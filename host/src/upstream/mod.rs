@@ -8,6 +8,7 @@ pub mod budget;
 pub mod health;
 pub mod outlier;
 pub mod pool;
+pub mod replay;
 
 use crate::config::{Outcome, RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;
@@ -26,17 +27,17 @@ use std::time::{Duration, Instant};
 
 pub type UpstreamClient = Client<pool::CountingConnector, ClientBody>;
 
-/// What the client sends: a body read whole, or one streamed as it comes
-/// (a gRPC call's, over HTTP/2).
-pub type ClientBody = http_body_util::Either<Full<Bytes>, hyper::body::Incoming>;
+/// What a try sends: a body read whole, or the client's streamed as it
+/// comes.
+pub type ClientBody = http_body_util::Either<Full<Bytes>, replay::Replay>;
 
 /// A request's body as the exchange has it.
 pub enum RequestBody {
-    /// Read whole: sent again on every try.
+    /// Read whole (by filters, or a callout's): sent again on every try.
     Buffered(Bytes),
-    /// Passed through as it arrives, so it can be sent once: an exchange
-    /// with one has a single try.
-    Streamed(Option<hyper::body::Incoming>),
+    /// Passed through as it arrives, and kept for a retry while it fits
+    /// the limit; an exchange whose body outgrew it has no further try.
+    Streamed(replay::StreamedBody),
 }
 
 /// A set of try outcomes, as `failure_on` and `retry.on` list them.
@@ -611,17 +612,8 @@ impl Upstream {
         req: http::Request<ClientBody>,
     ) -> Result<http::Response<pool::UpstreamBody>, pool::SendError> {
         if self.own_connections {
-            let (parts, body) = req.into_parts();
-            let http_body_util::Either::Left(body) = body else {
-                return Err(pool::SendError::Failed(
-                    "a streamed body goes over HTTP/2 only".into(),
-                ));
-            };
             return self.pools[i]
-                .send(
-                    &self.balancer.endpoints()[i].addr,
-                    http::Request::from_parts(parts, body),
-                )
+                .send(&self.balancer.endpoints()[i].addr, req)
                 .await;
         }
         match self.client.request(req).await {
@@ -688,11 +680,7 @@ impl Upstream {
                 | http::Method::DELETE
                 | http::Method::TRACE
         );
-        let attempts = match body {
-            RequestBody::Streamed(_) => 1,
-            RequestBody::Buffered(_) => x.retry.map_or(1, |r| r.attempts),
-        };
-        let mut body = body;
+        let attempts = x.retry.map_or(1, |r| r.attempts);
         if let Some(r) = x.retry {
             r.budget.request(Instant::now());
         }
@@ -787,9 +775,9 @@ impl Upstream {
             let span = x
                 .trace
                 .map(|t| t.try_span(p.method.as_str(), &endpoint.addr, attempt, &mut p.headers));
-            let sent = match &mut body {
+            let sent = match &body {
                 RequestBody::Buffered(b) => http_body_util::Either::Left(Full::new(b.clone())),
-                RequestBody::Streamed(s) => match s.take() {
+                RequestBody::Streamed(s) => match s.try_body() {
                     Some(s) => http_body_util::Either::Right(s),
                     None => return Err(Failed::Error("the streamed body was sent already".into())),
                 },
@@ -858,7 +846,12 @@ impl Upstream {
                     || policy.non_idempotent
                     || outcome == TryOutcome::Connect
                     || by_grpc)
-                && Instant::now() < x.deadline;
+                && Instant::now() < x.deadline
+                // A streamed body past the retry buffer cannot go again.
+                && match &body {
+                    RequestBody::Buffered(_) => true,
+                    RequestBody::Streamed(s) => s.replayable(),
+                };
             if !wanted {
                 return result;
             }

@@ -18,7 +18,6 @@ use crate::telemetry::{ConnectionGauge, ConnectionGuard, Metrics};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::Uri;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -44,7 +43,7 @@ pub struct ConnectionSettings {
     pub max_idle: usize,
 }
 
-type Sender = http1::SendRequest<Full<Bytes>>;
+type Sender = http1::SendRequest<super::ClientBody>;
 
 struct IdleConnection {
     sender: Sender,
@@ -110,7 +109,7 @@ impl InstancePool {
     pub async fn send(
         self: &Arc<Self>,
         addr: &str,
-        mut req: http::Request<Full<Bytes>>,
+        mut req: http::Request<super::ClientBody>,
     ) -> Result<http::Response<UpstreamBody>, SendError> {
         loop {
             let mut c = self.checkout(addr).await.map_err(SendError::Connect)?;
