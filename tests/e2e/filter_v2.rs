@@ -264,6 +264,7 @@ fn callouts_reach_allowed_clusters_fail_fast_on_dead_ones_and_refuse_others() {
     assert_eq!(count("dead", "failed"), Some(1.0), "{scrape}");
     assert_eq!(count("-", "not_allowed"), Some(1.0), "{scrape}");
     assert_eq!(count("authz", "timeout"), Some(0.0), "declared at zero");
+    crate::observability::assert_catalogued(&scrape, crate::observability::CALLOUT_METRICS, 2);
 }
 
 #[test]
