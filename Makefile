@@ -40,6 +40,7 @@ UNIT_TESTED := filter-sdk headers ratelimit auth tenant cache ext-authz
 
 test: setup plugins
 	$(CARGO) test --release --manifest-path plugins/Cargo.toml --target-dir target/plugins $(addprefix -p ,$(UNIT_TESTED))
+	$(PY_TOOLS)/python -m unittest discover -s plugins/examples/redact-json -p 'test_*.py'
 	$(CARGO) test --release
 
 # server-timing (Rust), shard-header (JavaScript), deny-paths and redact-json

@@ -294,6 +294,7 @@ impl Reloader {
                     "name": &*p.name,
                     "file": p.path.display().to_string(),
                     "sha256": p.sha256,
+                    "wit": p.wit_version(),
                     "loaded_at": rfc3339(p.loaded_at),
                     "filters": names,
                     "instances_warm": filters.iter().map(|f| f.warm_count()).sum::<usize>(),

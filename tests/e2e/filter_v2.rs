@@ -40,8 +40,28 @@ fn a_0_1_and_a_0_2_filter_serve_in_one_chain_in_order() {
     assert_eq!(up.last().header("x-chain"), Some("old,v2:new"));
     // On the way out in reverse: the 0.2.0 filter first.
     assert_eq!(r.header("x-chain-out"), Some("v2:new,old"));
-    let plugins = gw.admin("GET", "/admin/plugins").body_text();
-    assert!(plugins.contains("probe_v2"), "{plugins}");
+    let plugins: serde_json::Value =
+        serde_json::from_str(&gw.admin("GET", "/admin/plugins").body_text()).unwrap();
+    let wit = |name: &str| {
+        plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["wit"].clone())
+    };
+    assert_eq!(wit("probe_v2"), Some("0.2.0".into()), "{plugins}");
+    assert_eq!(wit("probe"), Some("0.1.0".into()), "{plugins}");
+    // `gateway plugin check` names the version it found.
+    let out = gateway_command()
+        .args(["plugin", "check"])
+        .arg(plugin_dir().join("probe_v2.wasm"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("a gateway:filter@0.2.0 plugin component"), "{said}");
+    assert!(said.contains("exports gateway:filter/filter@0.2.0"), "{said}");
     // Its metric, declared once by handle, is counted.
     let scrape = gw.metrics();
     assert_eq!(
