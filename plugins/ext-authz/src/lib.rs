@@ -158,7 +158,7 @@ impl Filter for ExtAuthz {
                     body,
                 })
             }
-            Decision::Error(why) => self.fail(why),
+            Decision::Error(why) => self.fail(req, why),
         }
     }
 }
@@ -168,23 +168,33 @@ impl ExtAuthz {
     /// `headers_from_authz` lists is removed first, so a client cannot send
     /// one the service left out.
     fn allow(&self, req: &Request, headers: &[Header]) -> Action {
-        for name in &self.s.headers_from_authz {
-            req.remove_header(name);
-        }
+        self.remove_authz_headers(req);
         for (name, value) in headers {
             if let Err(e) = req.append_header(name, value) {
                 v2::log!(Warn, "the service's `{name}` cannot be set: {e}");
-                return self.fail(Failure::AnswerHeader);
+                return self.fail(req, Failure::AnswerHeader);
             }
         }
         Action::Continue
     }
 
-    /// The failure policy's answer to a check that did not decide.
-    fn fail(&self, why: Failure) -> Action {
+    /// Removes every header `headers_from_authz` names: what the upstream
+    /// reads there is the service's word or nothing.
+    fn remove_authz_headers(&self, req: &Request) {
+        for name in &self.s.headers_from_authz {
+            req.remove_header(name);
+        }
+    }
+
+    /// The failure policy's answer to a check that did not decide. With
+    /// `failure_mode_allow` the request goes on without any of the
+    /// `headers_from_authz`: no service vouched for them, so a client's
+    /// copies (or an allow's partly set ones) must not pass as if it had.
+    fn fail(&self, req: &Request, why: Failure) -> Action {
         self.m.decisions.inc(&[Verdict::Error.label()]);
         self.m.errors.inc(&[why.label()]);
         if self.s.failure_mode_allow {
+            self.remove_authz_headers(req);
             return Action::Continue;
         }
         v2::respond(
