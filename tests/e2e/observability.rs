@@ -387,7 +387,7 @@ fn the_whole_catalogue_is_scraped_from_start_up_and_passes_promtool() {
     let plugins: BTreeSet<&str> = infos.iter().map(|(l, _)| l["plugin"].as_str()).collect();
     assert_eq!(
         plugins,
-        BTreeSet::from(["auth", "headers", "probe", "ratelimit", "tenant"])
+        BTreeSet::from(["auth", "cache", "headers", "probe", "ratelimit", "tenant"])
     );
     assert!(
         infos
