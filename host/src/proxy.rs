@@ -30,7 +30,7 @@ use crate::upstream::{Failed, RequestBody};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use opentelemetry::KeyValue;
@@ -826,10 +826,13 @@ async fn forward(
             (None, Some(s))
         }
         (None, ClientBody::Prefixed(ahead, rest)) => {
-            match read_rest(ahead, rest, limit, deadline).await {
-                Ok(b) => (Some(b), None),
-                Err(refusal) => return Err(refusal.reply(limit, request_id)),
-            }
+            let keep = if rt.retry.is_some() {
+                gw.server.retry_buffer_bytes
+            } else {
+                0
+            };
+            let s = crate::upstream::replay::StreamedBody::after(ahead, rest, keep, limit as u64);
+            (None, Some(s))
         }
         (None, ClientBody::Read) => (Some(Bytes::new()), None),
     };
@@ -886,15 +889,16 @@ async fn forward(
     trail.tries = tries.count;
     if let Some(s) = &streamed {
         trail.bytes_received = s.bytes_read();
-        // A try cut short by the client's body is the client's failure.
-        if sent.is_err()
-            && let Some(cut) = s.cut()
-        {
-            let refusal = match cut {
-                crate::upstream::replay::Cut::TooLarge => BodyFailure::TooLarge,
-                crate::upstream::replay::Cut::Client => BodyFailure::Broken,
-            };
-            return Err(refusal.reply(limit, request_id));
+        // A try cut short by the client's body is the client's failure,
+        // and so is one that ran out of time while the body still came.
+        let failure = match (&sent, s.cut()) {
+            (Err(_), Some(crate::upstream::replay::Cut::TooLarge)) => Some(BodyFailure::TooLarge),
+            (Err(_), Some(crate::upstream::replay::Cut::Client)) => Some(BodyFailure::Broken),
+            (Err(Failed::Timeout), None) if !s.finished() => Some(BodyFailure::Timeout),
+            _ => None,
+        };
+        if let Some(f) = failure {
+            return Err(f.reply(limit, request_id));
         }
     }
     match sent {
@@ -1013,35 +1017,6 @@ impl BodyFailure {
             ),
         }
     }
-}
-
-/// Reads the rest of a body filters found over their limits, after the
-/// frames they read, whole (within `limit` and the deadline).
-async fn read_rest(
-    ahead: Vec<Bytes>,
-    rest: Incoming,
-    limit: usize,
-    deadline: Instant,
-) -> Result<Bytes, BodyFailure> {
-    let before: usize = ahead.iter().map(Bytes::len).sum();
-    let read = Limited::new(rest, limit.saturating_sub(before)).collect();
-    let rest = match tokio::time::timeout_at(deadline.into(), read).await {
-        Err(_) => return Err(BodyFailure::Timeout),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(BodyFailure::TooLarge);
-        }
-        Ok(Err(_)) => return Err(BodyFailure::Broken),
-        Ok(Ok(c)) => c.to_bytes(),
-    };
-    let mut whole = bytes::BytesMut::with_capacity(before + rest.len());
-    for b in ahead {
-        whole.extend_from_slice(&b);
-    }
-    whole.extend_from_slice(&rest);
-    Ok(whole.freeze())
 }
 
 /// The client's request body on its way to the upstream.

@@ -60,8 +60,14 @@ fn a_0_1_and_a_0_2_filter_serve_in_one_chain_in_order() {
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("a gateway:filter@0.2.0 plugin component"), "{said}");
-    assert!(said.contains("exports gateway:filter/filter@0.2.0"), "{said}");
+    assert!(
+        said.contains("a gateway:filter@0.2.0 plugin component"),
+        "{said}"
+    );
+    assert!(
+        said.contains("exports gateway:filter/filter@0.2.0"),
+        "{said}"
+    );
     // Its metric, declared once by handle, is counted.
     let scrape = gw.metrics();
     assert_eq!(

@@ -37,8 +37,10 @@ impl std::error::Error for Cut {}
 
 struct Shared {
     source: hyper::body::Incoming,
-    /// Frames read so far, while they fit `keep`.
+    /// Frames read so far, while they fit `keep`; the first `pinned`
+    /// (read ahead for filters) are kept whatever their size.
     kept: Vec<Bytes>,
+    pinned: usize,
     kept_bytes: usize,
     /// Frames read (kept or not).
     read: usize,
@@ -59,12 +61,25 @@ impl StreamedBody {
     /// Streams `source`, keeping up to `keep` bytes for retries, and
     /// cutting it (as `Cut::TooLarge`) past `max` bytes.
     pub fn new(source: hyper::body::Incoming, keep: usize, max: u64) -> StreamedBody {
+        StreamedBody::after(Vec::new(), source, keep, max)
+    }
+
+    /// Like `new`, for a body whose first frames were read already (by
+    /// filters that found it over their limits): they go first.
+    pub fn after(
+        ahead: Vec<Bytes>,
+        source: hyper::body::Incoming,
+        keep: usize,
+        max: u64,
+    ) -> StreamedBody {
+        let bytes: usize = ahead.iter().map(Bytes::len).sum();
         StreamedBody(Arc::new(Mutex::new(Shared {
             source,
-            kept: Vec::new(),
-            kept_bytes: 0,
-            read: 0,
-            bytes: 0,
+            pinned: ahead.len(),
+            read: ahead.len(),
+            kept: ahead,
+            kept_bytes: bytes,
+            bytes: bytes as u64,
             keep,
             max,
             outgrown: false,
@@ -77,7 +92,7 @@ impl StreamedBody {
     /// whole (the record was outgrown).
     pub fn try_body(&self) -> Option<Replay> {
         let s = self.0.lock();
-        (!s.outgrown || s.read == 0).then(|| Replay {
+        (!s.outgrown || s.read == s.pinned).then(|| Replay {
             shared: self.clone(),
             at: 0,
         })
@@ -92,6 +107,12 @@ impl StreamedBody {
     /// Bytes read from the client so far.
     pub fn bytes_read(&self) -> u64 {
         self.0.lock().bytes
+    }
+
+    /// Whether the client's body has been read to its end.
+    pub fn finished(&self) -> bool {
+        let s = self.0.lock();
+        s.ended || s.source.is_end_stream()
     }
 
     /// Why a try's body ended early, if it did.
@@ -123,7 +144,7 @@ impl Body for Replay {
         if self.at < s.read {
             // An earlier try read this far: hand its frames out again.
             return match s.kept.get(self.at) {
-                Some(b) if !s.outgrown => {
+                Some(b) if !s.outgrown || self.at < s.pinned => {
                     let b = b.clone();
                     self.at += 1;
                     Poll::Ready(Some(Ok(Frame::data(b))))
@@ -162,8 +183,8 @@ impl Body for Replay {
                         s.kept.push(data.clone());
                     } else {
                         s.outgrown = true;
-                        s.kept = Vec::new();
-                        s.kept_bytes = 0;
+                        let pinned = s.pinned;
+                        s.kept.truncate(pinned);
                     }
                 }
                 Poll::Ready(Some(Ok(Frame::data(data))))
@@ -179,6 +200,7 @@ impl Body for Replay {
     fn size_hint(&self) -> SizeHint {
         let s = self.shared.0.lock();
         if self.at != 0 || s.read != 0 {
+            // The client's content-length (kept in the head) frames it.
             return SizeHint::default();
         }
         // Untouched: the client's own framing (its content-length) holds.

@@ -149,6 +149,35 @@ fn expect_100_continue_is_answered_by_the_gateway_and_not_forwarded() {
 }
 
 #[test]
+fn a_body_that_stops_coming_is_a_408_and_the_upstream_is_let_go() {
+    let up = Upstream::start("up");
+    let gw = routes(&up);
+    // The body streams to the upstream as it comes; half of it, then
+    // nothing until past the route's 1 s.
+    let mut s = TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    s.write_all(
+        b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\nconnection: close\r\n\r\nhello",
+    )
+    .unwrap();
+    let r = read_response(&mut BufReader::new(s));
+    assert_eq!(
+        (r.status, r.header("x-gateway-error")),
+        (408, Some("body-timeout")),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The upstream never got a request it could act on.
+    assert!(
+        up.seen().iter().all(|s| s.body.len() != 10),
+        "{:?}",
+        up.seen()
+    );
+}
+
+#[test]
 fn the_route_timeout_bounds_body_and_upstream_together() {
     let up = Upstream::start("up");
     let gw = routes(&up);
