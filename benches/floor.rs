@@ -63,7 +63,10 @@ async fn forward(
         // Its connections take the origin form the client sent.
         Pool::Own(pool) => {
             let resp = pool
-                .send(upstream, http::Request::from_parts(parts, Full::new(body)))
+                .send(
+                    upstream,
+                    http::Request::from_parts(parts, Either::Left(Full::new(body))),
+                )
                 .await
                 .expect("the upstream answers");
             Ok(resp.map(Either::Right))

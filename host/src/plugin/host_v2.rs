@@ -636,7 +636,7 @@ impl callout::Host for HostState {
             )));
         };
         let cluster = request.cluster.clone();
-        if !access.allowed.iter().any(|c| *c == cluster) {
+        if !access.allowed.contains(&cluster) {
             access.count(&cluster, "not_allowed", None);
             return Ok(Err(callout::CalloutError::NotAllowed(format!(
                 "`{}` is not in this filter's callouts",
