@@ -293,8 +293,9 @@ fn missing_export(exports: &[(String, ComponentItem)]) -> String {
         .find(|(name, _)| name.split_once('@').map(|(i, _)| i) == Some(iface))
     {
         return format!(
-            "it exports `{other}`, but this gateway speaks `{EXPORT_INTERFACE}`: \
-             rebuild it against this gateway's wit/filter.wit"
+            "it exports `{other}`, but this gateway speaks `{EXPORT_INTERFACE}` and `{}`: \
+             rebuild it against this gateway's wit/filter.wit or wit/v0.2/filter.wit",
+            WORLD_V2.export
         );
     }
     let names: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
@@ -431,14 +432,22 @@ mod tests {
 
     #[test]
     fn another_version_of_the_world_is_named() {
-        let next = |s: &str| s.replace("@0.1.0", "@0.2.0");
+        let next = |s: &str| s.replace("@0.1.0", "@0.3.0");
         let component = componentize_against(next(EXAMPLE).as_bytes(), &next(WIT_SOURCE)).unwrap();
         let why = runtime().check_plugin(&component).unwrap_err();
         assert_eq!(
             why,
-            "it exports `gateway:filter/filter@0.2.0`, but this gateway speaks \
-             `gateway:filter/filter@0.1.0`: rebuild it against this gateway's wit/filter.wit"
+            "it exports `gateway:filter/filter@0.3.0`, but this gateway speaks \
+             `gateway:filter/filter@0.1.0` and `gateway:filter/filter@0.2.0`: rebuild it \
+             against this gateway's wit/filter.wit or wit/v0.2/filter.wit"
         );
+    }
+
+    #[test]
+    fn the_sdk_carries_the_gateways_0_2_wit() {
+        let gateway = include_str!("../../../wit/v0.2/filter.wit");
+        let sdk = include_str!("../../../plugins/sdk/wit-0.2/filter.wit");
+        assert_eq!(gateway, sdk, "plugins/sdk/wit-0.2 must be a copy of wit/v0.2");
     }
 
     #[test]
