@@ -125,6 +125,9 @@ fn a_rust_project_builds_on_its_own_and_the_sdk_works_vendored_by_path_and_by_gi
         project.join("filter-sdk/wit/filter.wit").is_file(),
         "the SDK and its WIT travel with it"
     );
+    // So does the 0.2 API, which the vendored crate builds with `v2`.
+    assert!(project.join("filter-sdk/wit-0.2/filter.wit").is_file());
+    cargo(&project.join("filter-sdk"), &["check", "--features", "v2"]);
     let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
     assert!(
         !manifest.contains("workspace = true") && !manifest.contains("../"),

@@ -19,6 +19,9 @@ pub enum Lang {
 }
 
 const WIT: &str = include_str!("../../../wit/filter.wit");
+/// Filter API 0.2, beside 0.1 in every project, for a filter that reads
+/// bodies, calls out or keeps values (build against `wit/v0.2`).
+const WIT_V2: &str = include_str!("../../../wit/v0.2/filter.wit");
 const README: &str = include_str!("../../../plugins/templates/common-README.md");
 
 /// The Rust SDK, vendored into every Rust project.
@@ -38,6 +41,15 @@ const SDK: &[(&str, &str)] = &[
     (
         "filter-sdk/wit/filter.wit",
         include_str!("../../../plugins/sdk/wit/filter.wit"),
+    ),
+    // The 0.2 API, behind the crate's `v2` feature.
+    (
+        "filter-sdk/src/v2.rs",
+        include_str!("../../../plugins/sdk/src/v2.rs"),
+    ),
+    (
+        "filter-sdk/wit-0.2/filter.wit",
+        include_str!("../../../plugins/sdk/wit-0.2/filter.wit"),
     ),
 ];
 
@@ -168,17 +180,17 @@ pub fn new_filter(name: &str, lang: Lang, dir: &Path) -> anyhow::Result<String> 
         Lang::Js => JS
             .iter()
             .copied()
-            .chain([("wit/filter.wit", WIT)])
+            .chain([("wit/filter.wit", WIT), ("wit/v0.2/filter.wit", WIT_V2)])
             .collect(),
         Lang::Python => PYTHON
             .iter()
             .copied()
-            .chain([("wit/filter.wit", WIT)])
+            .chain([("wit/filter.wit", WIT), ("wit/v0.2/filter.wit", WIT_V2)])
             .collect(),
         Lang::Wat => WAT
             .iter()
             .copied()
-            .chain([("wit/filter.wit", WIT)])
+            .chain([("wit/filter.wit", WIT), ("wit/v0.2/filter.wit", WIT_V2)])
             .collect(),
     };
     let w = words(lang, name);
