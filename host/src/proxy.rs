@@ -744,8 +744,12 @@ async fn pipeline(
                     s.failed(failure.reason);
                 }
                 log_failure(f, "response", &failure, &request_id);
-                (f.policy == FailurePolicy::FailClosed)
-                    .then(|| failure_reply(f, &failure, &request_id))
+                let closed = f.policy == FailurePolicy::FailClosed;
+                if closed && most.is_some() {
+                    // The failure answer is its own; the body read is gone.
+                    resp_state.body = BodySlot::Released;
+                }
+                closed.then(|| failure_reply(f, &failure, &request_id))
             }
         };
         if let Some(r) = replacement {

@@ -102,6 +102,26 @@ fn a_filter_reads_and_replaces_the_request_and_response_bodies() {
 }
 
 #[test]
+fn a_filter_failing_after_reading_the_response_body_answers_by_its_policy() {
+    let up = Upstream::start("app");
+    let gw = start(&format!(
+        "[filters.b]\nplugin = \"probe_v2\"\n[filters.b.config]\nname = \"b\"\nresponse_body = 1000\ntrap_response = true\n\n{}",
+        route(&up, "\"b\"")
+    ));
+    let r = gw.get("/x", &[]);
+    assert_eq!(r.status, 500, "{}", r.body_text());
+    assert!(
+        !r.body_text().contains("hello from app"),
+        "{}",
+        r.body_text()
+    );
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+}
+
+#[test]
 fn a_body_over_a_filters_limit_is_refused_or_streams_past_by_its_policy() {
     let up = Upstream::start("app");
     let gw = start(&format!(

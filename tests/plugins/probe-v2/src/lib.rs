@@ -43,6 +43,9 @@ struct Config {
     append: Option<String>,
     /// Timeout for callouts, in ms (the filter's callout_timeout otherwise).
     callout_timeout_ms: Option<u32>,
+    /// Trap in on-response, after reading the body.
+    #[serde(default)]
+    trap_response: bool,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -180,6 +183,9 @@ impl Guest for Probe {
         if c.response_body.is_some() {
             match resp.body() {
                 Ok(mut body) => {
+                    if c.trap_response {
+                        panic!("probe {} traps after reading {} bytes", c.name, body.len());
+                    }
                     if let Some(a) = &c.append {
                         body.extend_from_slice(a.as_bytes());
                         if let Err(e) = resp.set_body(&body) {
