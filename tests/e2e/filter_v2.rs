@@ -99,6 +99,22 @@ fn a_filter_reads_and_replaces_the_request_and_response_bodies() {
         r.header("content-length"),
         Some("hello from app\n+filtered".len().to_string().as_str())
     );
+    // A gauge, declared by handle, holds the last value set.
+    assert_eq!(gw.request("POST", "/echo", &[], b"four").status, 200);
+    let scrape = gw.metrics();
+    assert!(
+        scrape.contains("# TYPE gateway_plugin_probe_v2_last_body_bytes gauge"),
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "gateway_plugin_probe_v2_last_body_bytes",
+            &[("filter", "b")]
+        ),
+        Some(4.0),
+        "{scrape}"
+    );
 }
 
 #[test]

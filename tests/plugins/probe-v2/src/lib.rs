@@ -52,6 +52,7 @@ static CONFIG: OnceLock<Config> = OnceLock::new();
 
 thread_local! {
     static CALLS: Cell<Option<u32>> = const { Cell::new(None) };
+    static LAST_BODY: Cell<Option<u32>> = const { Cell::new(None) };
 }
 
 fn config() -> &'static Config {
@@ -135,6 +136,8 @@ impl Guest for Probe {
         let over = over_limit()?;
         let calls = host::declare_metric(MetricKind::Counter, "probe_calls", &["phase".into()])?;
         CALLS.set(Some(calls));
+        let last = host::declare_metric(MetricKind::Gauge, "last_body_bytes", &[])?;
+        LAST_BODY.set(Some(last));
         let c = config();
         Ok(Needs {
             request_body: c.request_body.map(|max| BodyLimit {
@@ -165,6 +168,9 @@ impl Guest for Probe {
             match req.body() {
                 Ok(body) => {
                     let _ = req.set_header("x-body-length", body.len().to_string().as_bytes());
+                    if let Some(g) = LAST_BODY.get() {
+                        host::record_metric(g, &[], body.len() as f64);
+                    }
                     if c.upper_request_body {
                         let _ = req.set_body(&body.to_ascii_uppercase());
                     }
