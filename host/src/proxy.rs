@@ -820,6 +820,22 @@ async fn forward(
         (None, ClientBody::Unread(b)) if http_body::Body::is_end_stream(&b) => {
             (Some(Bytes::new()), None)
         }
+        // A small body of known length is read before the upstream is
+        // asked: a client sending it slowly holds no upstream connection,
+        // and a retry can send it again. A gRPC call's never is (its
+        // client may wait for answers before it sends more).
+        (None, ClientBody::Unread(b))
+            if !trail.grpc
+                && http_body::Body::size_hint(&b)
+                    .exact()
+                    .is_some_and(|n| n <= gw.server.retry_buffer_bytes as u64) =>
+        {
+            match tokio::time::timeout_at(deadline.into(), b.collect()).await {
+                Ok(Ok(c)) => (Some(c.to_bytes()), None),
+                Ok(Err(_)) => return Err(BodyFailure::Broken.reply(limit, request_id)),
+                Err(_) => return Err(BodyFailure::Timeout.reply(limit, request_id)),
+            }
+        }
         (None, ClientBody::Unread(b)) => {
             let keep = if rt.retry.is_some() {
                 gw.server.retry_buffer_bytes

@@ -26,8 +26,10 @@ pub struct ServerConfig {
     /// Largest request body, answered with 413.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
-    /// How much of a streamed request body a route that retries keeps to
-    /// send again; a longer body gets one try.
+    /// A request body of declared length up to this is read before the
+    /// upstream is asked; a longer (or chunked) one streams, and a route
+    /// that retries keeps this much of it to send again (a longer body
+    /// gets one try).
     #[serde(default = "defaults::retry_buffer_bytes")]
     pub retry_buffer_bytes: usize,
     /// Keep the client's `X-Forwarded-*` and `X-Request-Id` (only behind a

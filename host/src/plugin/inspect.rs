@@ -447,7 +447,10 @@ mod tests {
     fn the_sdk_carries_the_gateways_0_2_wit() {
         let gateway = include_str!("../../../wit/v0.2/filter.wit");
         let sdk = include_str!("../../../plugins/sdk/wit-0.2/filter.wit");
-        assert_eq!(gateway, sdk, "plugins/sdk/wit-0.2 must be a copy of wit/v0.2");
+        assert_eq!(
+            gateway, sdk,
+            "plugins/sdk/wit-0.2 must be a copy of wit/v0.2"
+        );
     }
 
     #[test]
