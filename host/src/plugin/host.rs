@@ -606,49 +606,162 @@ pub(super) fn remove(h: &mut HeaderMap, name: &str) -> bool {
 
 impl types::Host for HostState {}
 
+/// The request calls every WIT version answers alike (reads, header
+/// removal, context reads), expanded into each version's `HostRequest`.
+macro_rules! request_reads {
+    () => {
+        fn method(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+        ) -> wasmtime::Result<String> {
+            Ok(self.table.get(&r)?.parts.method.as_str().to_string())
+        }
+        fn path(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+        ) -> wasmtime::Result<String> {
+            Ok(self.table.get(&r)?.parts.uri.path().to_string())
+        }
+        fn query(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+        ) -> wasmtime::Result<Option<String>> {
+            Ok(self.table.get(&r)?.parts.uri.query().map(str::to_string))
+        }
+        fn authority(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+        ) -> wasmtime::Result<Option<String>> {
+            let p = &self.table.get(&r)?.parts;
+            Ok($crate::edge::authority(p).map(str::to_string))
+        }
+        fn scheme(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+        ) -> wasmtime::Result<String> {
+            Ok(self.table.get(&r)?.info.scheme.to_string())
+        }
+        fn client_addr(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+        ) -> wasmtime::Result<String> {
+            Ok(self.table.get(&r)?.info.client_addr.to_string())
+        }
+        fn route(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+        ) -> wasmtime::Result<String> {
+            Ok(self.table.get(&r)?.info.route.to_string())
+        }
+        fn request_id(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+        ) -> wasmtime::Result<String> {
+            Ok(self.table.get(&r)?.info.request_id.as_str().to_string())
+        }
+        fn header(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+            name: String,
+        ) -> wasmtime::Result<Option<Vec<u8>>> {
+            Ok($crate::plugin::host::get_one(
+                &self.table.get(&r)?.parts.headers,
+                &name,
+            ))
+        }
+        fn header_all(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+            name: String,
+        ) -> wasmtime::Result<Vec<Vec<u8>>> {
+            Ok($crate::plugin::host::get_all(
+                &self.table.get(&r)?.parts.headers,
+                &name,
+            ))
+        }
+        fn header_names(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+        ) -> wasmtime::Result<Vec<String>> {
+            Ok($crate::plugin::host::names(
+                &self.table.get(&r)?.parts.headers,
+            ))
+        }
+        fn remove_header(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+            name: String,
+        ) -> wasmtime::Result<bool> {
+            Ok($crate::plugin::host::remove(
+                &mut self.table.get_mut(&r)?.parts.headers,
+                &name,
+            ))
+        }
+        fn get_context(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::RequestState>,
+            key: String,
+        ) -> wasmtime::Result<Option<String>> {
+            let ctx = &self.table.get(&r)?.context;
+            Ok(ctx.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
+        }
+    };
+}
+pub(super) use request_reads;
+
+/// The response calls every WIT version answers alike.
+macro_rules! response_reads {
+    () => {
+        fn status(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::ResponseState>,
+        ) -> wasmtime::Result<u16> {
+            Ok(self.table.get(&r)?.parts.status.as_u16())
+        }
+        fn header(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::ResponseState>,
+            name: String,
+        ) -> wasmtime::Result<Option<Vec<u8>>> {
+            Ok($crate::plugin::host::get_one(
+                &self.table.get(&r)?.parts.headers,
+                &name,
+            ))
+        }
+        fn header_all(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::ResponseState>,
+            name: String,
+        ) -> wasmtime::Result<Vec<Vec<u8>>> {
+            Ok($crate::plugin::host::get_all(
+                &self.table.get(&r)?.parts.headers,
+                &name,
+            ))
+        }
+        fn header_names(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::ResponseState>,
+        ) -> wasmtime::Result<Vec<String>> {
+            Ok($crate::plugin::host::names(
+                &self.table.get(&r)?.parts.headers,
+            ))
+        }
+        fn remove_header(
+            &mut self,
+            r: wasmtime::component::Resource<$crate::plugin::host::ResponseState>,
+            name: String,
+        ) -> wasmtime::Result<bool> {
+            Ok($crate::plugin::host::remove(
+                &mut self.table.get_mut(&r)?.parts.headers,
+                &name,
+            ))
+        }
+    };
+}
+pub(super) use response_reads;
+
 impl types::HostRequest for HostState {
-    fn method(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.parts.method.as_str().to_string())
-    }
-    fn path(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.parts.uri.path().to_string())
-    }
-    fn query(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&r)?.parts.uri.query().map(str::to_string))
-    }
-    fn authority(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
-        let p = &self.table.get(&r)?.parts;
-        Ok(crate::edge::authority(p).map(str::to_string))
-    }
-    fn scheme(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.info.scheme.to_string())
-    }
-    fn client_addr(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.info.client_addr.to_string())
-    }
-    fn route(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.info.route.to_string())
-    }
-    fn request_id(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.info.request_id.as_str().to_string())
-    }
-    fn header(
-        &mut self,
-        r: Resource<RequestState>,
-        name: String,
-    ) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(get_one(&self.table.get(&r)?.parts.headers, &name))
-    }
-    fn header_all(
-        &mut self,
-        r: Resource<RequestState>,
-        name: String,
-    ) -> wasmtime::Result<Vec<Vec<u8>>> {
-        Ok(get_all(&self.table.get(&r)?.parts.headers, &name))
-    }
-    fn header_names(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Vec<String>> {
-        Ok(names(&self.table.get(&r)?.parts.headers))
-    }
+    request_reads!();
     fn header_stats(&mut self, r: Resource<RequestState>) -> wasmtime::Result<HeaderStats> {
         Ok(stats(&self.table.get(&r)?.parts.headers))
     }
@@ -674,17 +787,6 @@ impl types::HostRequest for HostState {
                 .map_err(HeaderRefusal::message),
         )
     }
-    fn remove_header(&mut self, r: Resource<RequestState>, name: String) -> wasmtime::Result<bool> {
-        Ok(remove(&mut self.table.get_mut(&r)?.parts.headers, &name))
-    }
-    fn get_context(
-        &mut self,
-        r: Resource<RequestState>,
-        key: String,
-    ) -> wasmtime::Result<Option<String>> {
-        let ctx = &self.table.get(&r)?.context;
-        Ok(ctx.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
-    }
     fn set_context(
         &mut self,
         r: Resource<RequestState>,
@@ -704,9 +806,7 @@ impl types::HostRequest for HostState {
 }
 
 impl types::HostResponse for HostState {
-    fn status(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<u16> {
-        Ok(self.table.get(&r)?.parts.status.as_u16())
-    }
+    response_reads!();
     fn set_status(
         &mut self,
         r: Resource<ResponseState>,
@@ -721,23 +821,6 @@ impl types::HostResponse for HostState {
                 "{status} is not a status a filter may set; use 200 to 599"
             ))),
         }
-    }
-    fn header(
-        &mut self,
-        r: Resource<ResponseState>,
-        name: String,
-    ) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(get_one(&self.table.get(&r)?.parts.headers, &name))
-    }
-    fn header_all(
-        &mut self,
-        r: Resource<ResponseState>,
-        name: String,
-    ) -> wasmtime::Result<Vec<Vec<u8>>> {
-        Ok(get_all(&self.table.get(&r)?.parts.headers, &name))
-    }
-    fn header_names(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<Vec<String>> {
-        Ok(names(&self.table.get(&r)?.parts.headers))
     }
     fn header_stats(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<HeaderStats> {
         Ok(stats(&self.table.get(&r)?.parts.headers))
@@ -763,13 +846,6 @@ impl types::HostResponse for HostState {
             append(&mut self.table.get_mut(&r)?.parts.headers, &name, &value)
                 .map_err(HeaderRefusal::message),
         )
-    }
-    fn remove_header(
-        &mut self,
-        r: Resource<ResponseState>,
-        name: String,
-    ) -> wasmtime::Result<bool> {
-        Ok(remove(&mut self.table.get_mut(&r)?.parts.headers, &name))
     }
     fn drop(&mut self, _r: Resource<ResponseState>) -> wasmtime::Result<()> {
         Ok(())

@@ -6,7 +6,7 @@
 use super::bindings::v2::gateway::filter::{callout, crypto, host, kv, state, types};
 use super::host::{
     BodyRefusal, ContextRefusal, HeaderRefusal, HostState, Needs, RequestState, ResponseState,
-    append, get_all, get_one, names, remove, set, set_context, stats,
+    append, set, set_context, stats,
 };
 use crate::state::{CounterOp, KvAnswer, KvOp, StateError};
 use crate::telemetry::{PluginMetricKind, shared};
@@ -180,48 +180,7 @@ pub fn needs(n: types::Needs) -> Result<Needs, String> {
 impl types::Host for HostState {}
 
 impl types::HostRequest for HostState {
-    fn method(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.parts.method.as_str().to_string())
-    }
-    fn path(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.parts.uri.path().to_string())
-    }
-    fn query(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
-        Ok(self.table.get(&r)?.parts.uri.query().map(str::to_string))
-    }
-    fn authority(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Option<String>> {
-        let p = &self.table.get(&r)?.parts;
-        Ok(crate::edge::authority(p).map(str::to_string))
-    }
-    fn scheme(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.info.scheme.to_string())
-    }
-    fn client_addr(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.info.client_addr.to_string())
-    }
-    fn route(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.info.route.to_string())
-    }
-    fn request_id(&mut self, r: Resource<RequestState>) -> wasmtime::Result<String> {
-        Ok(self.table.get(&r)?.info.request_id.as_str().to_string())
-    }
-    fn header(
-        &mut self,
-        r: Resource<RequestState>,
-        name: String,
-    ) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(get_one(&self.table.get(&r)?.parts.headers, &name))
-    }
-    fn header_all(
-        &mut self,
-        r: Resource<RequestState>,
-        name: String,
-    ) -> wasmtime::Result<Vec<Vec<u8>>> {
-        Ok(get_all(&self.table.get(&r)?.parts.headers, &name))
-    }
-    fn header_names(&mut self, r: Resource<RequestState>) -> wasmtime::Result<Vec<String>> {
-        Ok(names(&self.table.get(&r)?.parts.headers))
-    }
+    super::host::request_reads!();
     fn header_stats(&mut self, r: Resource<RequestState>) -> wasmtime::Result<types::HeaderStats> {
         Ok(header_stats(&self.table.get(&r)?.parts.headers))
     }
@@ -240,17 +199,6 @@ impl types::HostRequest for HostState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
         Ok(append(&mut self.table.get_mut(&r)?.parts.headers, &name, &value).map_err(header_error))
-    }
-    fn remove_header(&mut self, r: Resource<RequestState>, name: String) -> wasmtime::Result<bool> {
-        Ok(remove(&mut self.table.get_mut(&r)?.parts.headers, &name))
-    }
-    fn get_context(
-        &mut self,
-        r: Resource<RequestState>,
-        key: String,
-    ) -> wasmtime::Result<Option<String>> {
-        let ctx = &self.table.get(&r)?.context;
-        Ok(ctx.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()))
     }
     fn set_context(
         &mut self,
@@ -302,9 +250,7 @@ impl types::HostRequest for HostState {
 }
 
 impl types::HostResponse for HostState {
-    fn status(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<u16> {
-        Ok(self.table.get(&r)?.parts.status.as_u16())
-    }
+    super::host::response_reads!();
     fn set_status(&mut self, r: Resource<ResponseState>, status: u16) -> wasmtime::Result<bool> {
         match http::StatusCode::from_u16(status) {
             Ok(s) if (200..=599).contains(&status) => {
@@ -313,23 +259,6 @@ impl types::HostResponse for HostState {
             }
             _ => Ok(false),
         }
-    }
-    fn header(
-        &mut self,
-        r: Resource<ResponseState>,
-        name: String,
-    ) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(get_one(&self.table.get(&r)?.parts.headers, &name))
-    }
-    fn header_all(
-        &mut self,
-        r: Resource<ResponseState>,
-        name: String,
-    ) -> wasmtime::Result<Vec<Vec<u8>>> {
-        Ok(get_all(&self.table.get(&r)?.parts.headers, &name))
-    }
-    fn header_names(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<Vec<String>> {
-        Ok(names(&self.table.get(&r)?.parts.headers))
     }
     fn header_stats(&mut self, r: Resource<ResponseState>) -> wasmtime::Result<types::HeaderStats> {
         Ok(header_stats(&self.table.get(&r)?.parts.headers))
@@ -349,13 +278,6 @@ impl types::HostResponse for HostState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::HeaderError>> {
         Ok(append(&mut self.table.get_mut(&r)?.parts.headers, &name, &value).map_err(header_error))
-    }
-    fn remove_header(
-        &mut self,
-        r: Resource<ResponseState>,
-        name: String,
-    ) -> wasmtime::Result<bool> {
-        Ok(remove(&mut self.table.get_mut(&r)?.parts.headers, &name))
     }
     fn body(
         &mut self,
