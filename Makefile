@@ -43,13 +43,16 @@ test: setup plugins
 	$(PY_TOOLS)/python -m unittest discover -s plugins/examples/redact-json -p 'test_*.py'
 	$(CARGO) test --release
 
-# server-timing (Rust), shard-header (JavaScript), deny-paths and redact-json
-# (Python) and require-user-agent (WAT), built into target/examples.
+# server-timing (Rust), shard-header and validate-json (JavaScript; both with
+# the componentize-js setup installs in shard-header), deny-paths and
+# redact-json (Python) and require-user-agent (WAT), built into target/examples.
 examples: setup build
 	@mkdir -p $(EXAMPLES)
 	cp $(PLUGIN_OUT)/server_timing.wasm $(EXAMPLES)/server-timing.wasm
 	cd plugins/examples/shard-header && npm run --silent build
 	mv plugins/examples/shard-header/shard-header.wasm $(EXAMPLES)/
+	cd plugins/examples/validate-json && PATH=../shard-header/node_modules/.bin:$$PATH npm run --silent build
+	mv plugins/examples/validate-json/validate-json.wasm $(EXAMPLES)/
 	$(PY_TOOLS)/componentize-py -d wit -w plugin componentize -p plugins/examples/deny-paths deny_paths -o $(EXAMPLES)/deny-paths.wasm
 	$(PY_TOOLS)/componentize-py -d wit/v0.2 -w plugin componentize -p plugins/examples/redact-json redact_json -o $(EXAMPLES)/redact-json.wasm
 	target/release/gateway plugin componentize plugins/examples/require-user-agent/filter.wat -o $(EXAMPLES)/require-user-agent.wasm

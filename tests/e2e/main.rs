@@ -27,4 +27,5 @@ mod tenant;
 mod tls;
 mod tracing_export;
 mod upstream;
+mod validate_json;
 mod websocket;
