@@ -166,26 +166,7 @@ impl MemoryStore {
             }
         }
         if new_entries > 0 {
-            let held = usage.entries.load(Ordering::Relaxed);
-            if held + new_entries > owner.quota.max_entries {
-                return Err(StateError::Quota(
-                    QuotaLimit::Entries,
-                    format!(
-                        "filter `{filter}` holds {held} counters; its quota is {} (state_max_entries)",
-                        owner.quota.max_entries
-                    ),
-                ));
-            }
-            let bytes = usage.bytes.load(Ordering::Relaxed);
-            if bytes + new_bytes > owner.quota.max_bytes {
-                return Err(StateError::Quota(
-                    QuotaLimit::Bytes,
-                    format!(
-                        "filter `{filter}` holds {bytes} bytes of counters; its quota is {} (state_max_bytes)",
-                        owner.quota.max_bytes
-                    ),
-                ));
-            }
+            within_quota(owner, new_entries, new_bytes, "counters")?;
             if self.entries.load(Ordering::Relaxed) + new_entries > self.max_entries {
                 return Err(StateError::Invalid(format!(
                     "the memory state holds its maximum of {} counters; raise [state] max_entries or shorten windows",
@@ -243,6 +224,38 @@ impl MemoryStore {
     }
 }
 
+/// Refuses what would take `owner` past its quota: `new_entries` more
+/// entries (`what` names them) of `new_bytes` more bytes.
+fn within_quota(
+    owner: &Owner,
+    new_entries: usize,
+    new_bytes: usize,
+    what: &str,
+) -> Result<(), StateError> {
+    let (filter, usage) = (&*owner.filter, &owner.usage);
+    let held = usage.entries.load(Ordering::Relaxed);
+    if held + new_entries > owner.quota.max_entries {
+        return Err(StateError::Quota(
+            QuotaLimit::Entries,
+            format!(
+                "filter `{filter}` holds {held} {what}; its quota is {} (state_max_entries)",
+                owner.quota.max_entries
+            ),
+        ));
+    }
+    let bytes = usage.bytes.load(Ordering::Relaxed);
+    if bytes + new_bytes > owner.quota.max_bytes {
+        return Err(StateError::Quota(
+            QuotaLimit::Bytes,
+            format!(
+                "filter `{filter}` holds {bytes} bytes of {what}; its quota is {} (state_max_bytes)",
+                owner.quota.max_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl MemoryStore {
     /// One key-value call. Values live in the same shards as counters,
     /// under keys of their own (a counter's and a value's key never meet),
@@ -296,26 +309,7 @@ impl MemoryStore {
             Some(old) => (0, cost.saturating_sub(old)),
             None => (1, cost),
         };
-        let held = usage.entries.load(Ordering::Relaxed);
-        if held + new_entries > owner.quota.max_entries {
-            return Err(StateError::Quota(
-                QuotaLimit::Entries,
-                format!(
-                    "filter `{filter}` holds {held} entries; its quota is {} (state_max_entries)",
-                    owner.quota.max_entries
-                ),
-            ));
-        }
-        let bytes = usage.bytes.load(Ordering::Relaxed);
-        if bytes + new_bytes > owner.quota.max_bytes {
-            return Err(StateError::Quota(
-                QuotaLimit::Bytes,
-                format!(
-                    "filter `{filter}` holds {bytes} bytes; its quota is {} (state_max_bytes)",
-                    owner.quota.max_bytes
-                ),
-            ));
-        }
+        within_quota(owner, new_entries, new_bytes, "entries")?;
         if new_entries > 0 && self.entries.load(Ordering::Relaxed) >= self.max_entries {
             return Err(StateError::Invalid(format!(
                 "the memory state holds its maximum of {} entries; raise [state] max_entries or shorten lifetimes",

@@ -205,28 +205,7 @@ impl RedisStore {
                 other => other,
             }
         };
-        let values = match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) if e.code() == Some("QUOTA") => {
-                return Err(StateError::Quota(
-                    QuotaLimit::Entries,
-                    e.detail().unwrap_or("over quota").to_string(),
-                ));
-            }
-            Ok(Err(e)) if is_refusal(&e) => {
-                return Err(StateError::Invalid(format!("redis refused the call: {e}")));
-            }
-            Ok(Err(e)) => return Err(self.unavailable(format!("redis: {e}"))),
-            Err(_) => {
-                return Err(self.unavailable(format!(
-                    "redis did not answer within {} ms",
-                    self.timeout.as_millis()
-                )));
-            }
-        };
-        if self.paused_until_ns.swap(0, Ordering::Relaxed) != 0 {
-            tracing::info!("redis state backend answers again");
-        }
+        let values = self.answered(tokio::time::timeout(self.timeout, attempt).await)?;
         if values.len() != ops.len() * 2 {
             return Err(StateError::Invalid(format!(
                 "redis answered {} values for {} counters",
@@ -285,6 +264,23 @@ impl RedisStore {
             call.invoke_async::<redis::Value>(&mut conn.clone()),
         )
         .await;
+        let value = self.answered(answer)?;
+        match (op, value) {
+            (KvOp::Get, redis::Value::Nil) => Ok(KvAnswer::Value(None)),
+            (KvOp::Get, redis::Value::BulkString(b)) => Ok(KvAnswer::Value(Some(b.into()))),
+            (_, redis::Value::Int(n)) => Ok(KvAnswer::Done(n > 0)),
+            (_, other) => Err(StateError::Invalid(format!(
+                "redis answered {other:?} to a key-value call"
+            ))),
+        }
+    }
+
+    /// A call's answer, or the error it stands for; a good answer ends a
+    /// pause after failures.
+    fn answered<T>(
+        &self,
+        answer: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StateError> {
         let value = match answer {
             Ok(Ok(v)) => v,
             Ok(Err(e)) if e.code() == Some("QUOTA") => {
@@ -307,14 +303,7 @@ impl RedisStore {
         if self.paused_until_ns.swap(0, Ordering::Relaxed) != 0 {
             tracing::info!("redis state backend answers again");
         }
-        match (op, value) {
-            (KvOp::Get, redis::Value::Nil) => Ok(KvAnswer::Value(None)),
-            (KvOp::Get, redis::Value::BulkString(b)) => Ok(KvAnswer::Value(Some(b.into()))),
-            (_, redis::Value::Int(n)) => Ok(KvAnswer::Done(n > 0)),
-            (_, other) => Err(StateError::Invalid(format!(
-                "redis answered {other:?} to a key-value call"
-            ))),
-        }
+        Ok(value)
     }
 
     fn unavailable(&self, why: String) -> StateError {
