@@ -343,7 +343,6 @@ fn a_callout_slower_than_its_timeout_ends_in_time_and_is_counted() {
     let r = gw.get("/callout/slow/slow/800", &[]);
     assert_eq!(r.body_text(), "CalloutError::Timeout");
     assert!(started.elapsed() < Duration::from_millis(700));
-    // Meanwhile the worker serves others: a plain request is not held up.
     let scrape = gw.metrics();
     assert_eq!(
         metric(
@@ -564,5 +563,46 @@ fn a_streamed_body_past_the_retry_buffer_gets_one_try() {
         ),
         Some(1.0),
         "only the small body was retried: {scrape}"
+    );
+}
+
+#[test]
+fn filters_waiting_on_callouts_hold_no_worker() {
+    let app = Upstream::start("app");
+    let slow = Upstream::start("slow");
+    let gw = start(&format!(
+        "[upstreams.app]\ninstances = [\"{}\"]\n\n[upstreams.slow]\ninstances = [\"{}\"]\n\n\
+         [filters.c]\nplugin = \"probe_v2\"\ntimeout = \"2s\"\ninstances = 16\ncallouts = [\"slow\"]\n[filters.c.config]\nname = \"c\"\n\n\
+         [[route]]\nid = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\nfilters = [\"c\"]\n",
+        app.addr, slow.addr
+    ));
+    // Eight calls each wait 500 ms on their callout, more than the
+    // gateway has worker threads: were a worker held while its filter
+    // waits, they would take turns (2 s and more on two workers), and a
+    // plain request would queue behind them.
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let waiting: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| gw.get("/callout/slow/slow/500", &[])))
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let plain_started = std::time::Instant::now();
+        let r = gw.get("/plain", &[]);
+        assert_eq!(r.status, 200);
+        assert!(
+            plain_started.elapsed() < Duration::from_millis(300),
+            "a plain request took {:?} while callouts waited",
+            plain_started.elapsed()
+        );
+        for w in waiting {
+            let r = w.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.body_text());
+            assert_eq!(r.body_text(), "hello from slow\n");
+        }
+    });
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "eight 500 ms callouts took {:?}",
+        started.elapsed()
     );
 }
