@@ -11,6 +11,7 @@ mod authoring;
 mod cache_authz;
 mod cascade;
 mod check;
+mod compat_v1;
 mod config_errors;
 mod filter_v2;
 mod grpc;

@@ -232,7 +232,7 @@ pub fn parse(config: &str) -> Result<Settings, String> {
 }
 
 fn parse_inner(config: &str) -> Result<Settings, String> {
-    let c: Config = filter_sdk::parse_config("auth", config)?;
+    let c: Config = filter_sdk::v2::parse_config("auth", config)?;
 
     // The realm is sent inside a quoted challenge parameter.
     if c.realm.is_empty()

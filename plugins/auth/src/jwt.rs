@@ -13,7 +13,7 @@ use crate::keys::{Alg, Key, Material};
 use crate::{Identity, Reason};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use filter_sdk::crypto;
+use filter_sdk::v2::crypto;
 use hmac::Mac;
 use serde::Deserialize;
 use serde_json::{Map, Value};

@@ -6,7 +6,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use filter_sdk::crypto::{P256PublicKey, RsaPublicKey as RsaNumbers};
+use filter_sdk::v2::crypto::{P256PublicKey, RsaPublicKey as RsaNumbers};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::pkcs8::DecodePublicKey;

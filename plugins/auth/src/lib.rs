@@ -17,7 +17,9 @@ mod keys;
 
 use cache::Lru;
 use config::{MAX_CONTEXT_VALUE, Policy, Settings};
-use filter_sdk::{Action, Filter, LogLevel, Reply, Request, export_filter, host};
+use filter_sdk::v2::{
+    self, Action, ContextError, Declared, Filter, Metric, Needs, Reply, Request, host,
+};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -34,7 +36,8 @@ pub struct Identity {
 
 impl Identity {
     /// Refuses values the gateway would refuse to carry in the context, so
-    /// an oversized claim is a clean refusal instead of a trapped call.
+    /// an oversized claim refuses the credential rather than failing the
+    /// request once the credential was accepted.
     fn new(
         subject: Option<String>,
         tenant: Option<String>,
@@ -64,7 +67,7 @@ impl Identity {
     }
 }
 
-filter_sdk::label_enum! {
+v2::label_enum! {
     /// The `reason` label of the attempts counter, and the
     /// `error_description` of a 401.
     pub enum Reason {
@@ -117,7 +120,7 @@ impl Reason {
     }
 }
 
-filter_sdk::label_enum! {
+v2::label_enum! {
     /// The `method` label of the attempts counter, and the `auth.method`
     /// context value.
     enum Method {
@@ -146,16 +149,32 @@ thread_local! {
     static TOKENS: RefCell<Lru<jwt::Verified>> = RefCell::new(Lru::new(0));
 }
 
-fn count(method: Method, allowed: bool, reason: Reason) {
-    host::counter_add(
-        "attempts",
-        &[
-            ("method".into(), method.label().into()),
-            ("result".into(), result_label(allowed).into()),
-            ("reason".into(), reason.label().into()),
-        ],
-        1.0,
-    );
+/// The filter's counter and its label names, in the order `declared` gives
+/// the values: the name and labels the plugin had under filter API 0.1,
+/// which dashboards and alerts know.
+const ATTEMPTS: (&str, &[&str]) = ("attempts", &["method", "result", "reason"]);
+
+/// The counter, declared by every instance in `configure`.
+struct Metrics {
+    attempts: Metric,
+}
+
+impl Metrics {
+    fn declare() -> Result<Metrics, String> {
+        Ok(Metrics {
+            attempts: Metric::counter(ATTEMPTS.0, ATTEMPTS.1)?,
+        })
+    }
+
+    /// The metric of a counter `declared` names.
+    fn by_name(&self, name: &str) -> Option<Metric> {
+        (name == ATTEMPTS.0).then_some(self.attempts)
+    }
+
+    fn count(&self, method: Method, allowed: bool, reason: Reason) {
+        self.attempts
+            .inc(&[method.label(), result_label(allowed), reason.label()]);
+    }
 }
 
 /// The credential a request carries. A bearer token is looked at only when
@@ -291,9 +310,9 @@ fn policy<'a>(req: &Request, s: &'a Settings) -> &'a Policy {
 /// enables (`none`, for requests without credentials, always) with every
 /// reason that method can end with and the result that reason is counted
 /// with. At most 17 series, well under `DECLARE_MAX`.
-fn declared(s: &Settings) -> filter_sdk::Declared {
+fn declared(s: &Settings) -> Declared {
     let anonymous_routes = s.routes.values().any(|p| p.anonymous);
-    let mut d = filter_sdk::Declared::new();
+    let mut d = Declared::new();
     for &method in Method::ALL {
         let enabled = match method {
             Method::None => true,
@@ -322,17 +341,15 @@ fn declared(s: &Settings) -> filter_sdk::Declared {
     d
 }
 
-fn refuse(s: &Settings, policy: &Policy, method: Method, reason: Reason, detail: &str) -> Action {
-    count(method, false, reason);
-    host::log(
-        LogLevel::Debug,
-        &format!(
-            "refused {} credentials: {} ({detail})",
-            method.label(),
-            reason.label()
-        ),
+fn refuse(auth: &Auth, policy: &Policy, method: Method, reason: Reason, detail: &str) -> Action {
+    auth.m.count(method, false, reason);
+    v2::log!(
+        Debug,
+        "refused {} credentials: {} ({detail})",
+        method.label(),
+        reason.label()
     );
-    let realm = &s.realm;
+    let realm = &auth.s.realm;
     let (status, challenge, error) = match reason {
         // RFC 6750 §3.1: no error code when the request had no credentials.
         Reason::Missing => (401, format!("Bearer realm=\"{realm}\""), "unauthorized"),
@@ -368,43 +385,77 @@ fn refuse(s: &Settings, policy: &Policy, method: Method, reason: Reason, detail:
     })
 }
 
-struct Auth(Settings);
+/// Puts who the caller is in the context, for the filters after this one.
+/// The error names the entry the gateway refused.
+fn pass_on(
+    req: &Request,
+    method: Method,
+    identity: &Identity,
+) -> Result<(), (&'static str, ContextError)> {
+    let scopes = (!identity.scope_text.is_empty()).then_some(identity.scope_text.as_str());
+    for (key, value) in [
+        ("auth.method", Some(method.label())),
+        ("subject", identity.subject.as_deref()),
+        ("tenant", identity.tenant.as_deref()),
+        ("scopes", scopes),
+    ] {
+        if let Some(value) = value {
+            req.set_context(key, value).map_err(|e| (key, e))?;
+        }
+    }
+    Ok(())
+}
+
+struct Auth {
+    s: Settings,
+    m: Metrics,
+}
 
 impl Filter for Auth {
     // Decides on the way in only: no call on the way out.
     const RESPONSE_PHASE: bool = false;
 
-    fn configure(config: &str) -> Result<Self, String> {
+    fn configure(config: &str) -> Result<(Self, Needs), String> {
         let s = config::parse(config)?;
-        filter_sdk::check_route_ids("auth", s.routes.keys(), &host::route_ids())?;
+        v2::check_route_ids("auth", s.routes.keys(), &host::route_ids())?;
         TOKENS.set(Lru::new(s.cache_size));
-        declared(&s).declare("too many routes");
-        Ok(Auth(s))
+        let m = Metrics::declare()?;
+        declared(&s).zero(|name| m.by_name(name), "too many routes");
+        // Headers only: both bodies stream past.
+        Ok((Auth { s, m }, Needs::NONE))
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
-        let s = &self.0;
+        let s = &self.s;
         let policy = policy(req, s);
         let (method, identity) = match credential(req, s) {
             Credential::None if policy.anonymous => {
-                count(Method::None, true, Reason::Missing);
+                self.m.count(Method::None, true, Reason::Missing);
                 return Action::Continue;
             }
             Credential::None => {
-                return refuse(s, policy, Method::None, Reason::Missing, "no credentials");
+                return refuse(
+                    self,
+                    policy,
+                    Method::None,
+                    Reason::Missing,
+                    "no credentials",
+                );
             }
             Credential::Malformed(method, detail) => {
-                return refuse(s, policy, method, Reason::Malformed, detail);
+                return refuse(self, policy, method, Reason::Malformed, detail);
             }
             Credential::Bearer(token) => match authenticate_jwt(&token, s) {
                 Ok(identity) => (Method::Jwt, identity),
-                Err((reason, detail)) => return refuse(s, policy, Method::Jwt, reason, detail),
+                Err((reason, detail)) => {
+                    return refuse(self, policy, Method::Jwt, reason, detail);
+                }
             },
             Credential::ApiKey(key) => match s.api_keys.get(&sha256(&key)) {
                 Some(identity) => (Method::ApiKey, identity.clone()),
                 None => {
                     return refuse(
-                        s,
+                        self,
                         policy,
                         Method::ApiKey,
                         Reason::UnknownApiKey,
@@ -416,7 +467,7 @@ impl Filter for Auth {
         let granted = |need: &String| identity.scopes.binary_search(need).is_ok();
         if !policy.scopes.iter().all(granted) {
             return refuse(
-                s,
+                self,
                 policy,
                 method,
                 Reason::InsufficientScope,
@@ -424,15 +475,27 @@ impl Filter for Auth {
             );
         }
 
-        req.set_context("auth.method", method.label());
-        if let Some(subject) = &identity.subject {
-            req.set_context("subject", subject);
-        }
-        if let Some(tenant) = &identity.tenant {
-            req.set_context("tenant", tenant);
-        }
-        if !identity.scope_text.is_empty() {
-            req.set_context("scopes", &identity.scope_text);
+        // The filters after this one (tenant, rate limits) decide by these
+        // entries; going on without one would pass the caller off as
+        // someone without a tenant or scopes. The values fit (`Identity`
+        // checked them), so a refusal means the request already carries the
+        // most entries the gateway allows: fail it, whatever the filter's
+        // failure policy says, as the tenant filter does when it cannot set
+        // its trusted header.
+        if let Err((key, e)) = pass_on(req, method, &identity) {
+            v2::log!(
+                Error,
+                "could not set the context entry {key:?}: {}",
+                e.name()
+            );
+            return Action::Respond(Reply {
+                status: 500,
+                headers: vec![
+                    ("content-type".into(), b"application/json".to_vec()),
+                    ("cache-control".into(), b"no-store".to_vec()),
+                ],
+                body: b"{\"error\":\"internal\",\"reason\":\"auth_context\"}\n".to_vec(),
+            });
         }
         if s.strip_credentials {
             // Only what this filter reads as a credential: an Authorization
@@ -444,12 +507,12 @@ impl Filter for Auth {
                 req.remove_header(&s.api_key_header);
             }
         }
-        count(method, true, Reason::Ok);
+        self.m.count(method, true, Reason::Ok);
         Action::Continue
     }
 }
 
-export_filter!(Auth);
+v2::export_filter!(Auth);
 
 #[cfg(test)]
 mod tests {
@@ -460,11 +523,13 @@ mod tests {
         "sha256": "8649cdebee753898fd50e01408a9e438aa5090249bc3e51b65f33dce973b0873",
         "subject": "demo-acme", "tenant": "acme", "scopes": ["orders"]}]}"#;
 
-    fn attempts(d: &filter_sdk::Declared) -> Vec<String> {
+    fn attempts(d: &Declared) -> Vec<String> {
         d.series
             .iter()
             .map(|(c, l)| {
-                assert_eq!(*c, "attempts");
+                assert_eq!(*c, ATTEMPTS.0);
+                let names: Vec<&str> = l.iter().map(|(k, _)| k.as_str()).collect();
+                assert_eq!(names, ATTEMPTS.1);
                 format!("{} {} {}", l[0].1, l[1].1, l[2].1)
             })
             .collect()
@@ -533,7 +598,7 @@ mod tests {
         assert_eq!(jwt.len(), Reason::ALL.len() - 2);
         assert_eq!(jwt[0], "jwt allowed ok");
         assert_eq!(a.len(), 2 + jwt.len() + 4);
-        assert!(a.len() <= filter_sdk::DECLARE_MAX);
+        assert!(a.len() <= v2::DECLARE_MAX);
         assert_eq!(d.dropped, 0);
     }
 }

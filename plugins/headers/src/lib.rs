@@ -3,11 +3,11 @@
 //! response headers that leak what runs behind the gateway, adds configured
 //! headers both ways, and refuses requests with too many or too large headers.
 
-use filter_sdk::{Action, Filter, LogLevel, Reply, Request, Response, export_filter, host};
+use filter_sdk::v2::{self, Action, Declared, Filter, Metric, Needs, Reply, Request, Response};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-filter_sdk::label_enum! {
+v2::label_enum! {
     /// The `type` label of the violations counter: what a request tried.
     enum Violation {
         /// Claims another client address than the connection's.
@@ -97,7 +97,7 @@ fn classify(name: &str) -> Violation {
         .map_or(Violation::Other, |(v, _)| *v)
 }
 
-filter_sdk::label_enum! {
+v2::label_enum! {
     /// The `reason` label of the refusals counter.
     enum Refusal {
         TooManyHeaders => "too many headers",
@@ -114,7 +114,7 @@ impl Refusal {
     }
 }
 
-filter_sdk::label_enum! {
+v2::label_enum! {
     /// The `phase` label of the removals counter.
     enum Phase {
         Request => "request",
@@ -181,7 +181,7 @@ fn lower_all(names: impl IntoIterator<Item = String>) -> Vec<String> {
 }
 
 fn parse(config: &str) -> Result<Settings, String> {
-    let c: Config = filter_sdk::parse_config("headers", config)?;
+    let c: Config = v2::parse_config("headers", config)?;
     let defaults = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let strip = c.strip_request.unwrap_or_else(|| {
         STRIP_BY_VIOLATION
@@ -219,44 +219,69 @@ fn parse(config: &str) -> Result<Settings, String> {
     })
 }
 
-fn removed(phase: Phase, name: &str) {
-    host::counter_add(
-        "headers_removed",
-        &[
-            ("phase".into(), phase.label().into()),
-            ("header".into(), name.into()),
-        ],
-        1.0,
-    );
+/// The filter's counters with their label names, in the order `declared`
+/// gives the values. The names and labels are those the plugin had under
+/// filter API 0.1, which dashboards and alerts know.
+const COUNTERS: [(&str, &[&str]); 3] = [
+    ("headers_removed", &["phase", "header"]),
+    ("requests_refused", &["reason"]),
+    ("violations", &["type"]),
+];
+
+/// The counters, declared by every instance in `configure`.
+struct Metrics {
+    removed: Metric,
+    refused: Metric,
+    violations: Metric,
 }
 
-fn violation(v: Violation) {
-    host::counter_add("violations", &[("type".into(), v.label().into())], 1.0);
-}
+impl Metrics {
+    fn declare() -> Result<Metrics, String> {
+        let [removed, refused, violations] = COUNTERS;
+        Ok(Metrics {
+            removed: Metric::counter(removed.0, removed.1)?,
+            refused: Metric::counter(refused.0, refused.1)?,
+            violations: Metric::counter(violations.0, violations.1)?,
+        })
+    }
 
-fn refuse(why: Refusal) -> Action {
-    host::counter_add(
-        "requests_refused",
-        &[("reason".into(), why.label().into())],
-        1.0,
-    );
-    violation(why.violation());
-    Action::Respond(Reply {
-        status: 431,
-        headers: vec![("content-type".into(), b"text/plain".to_vec())],
-        body: format!("request refused: {}\n", why.label()).into_bytes(),
-    })
+    /// The metric of a counter `declared` names.
+    fn by_name(&self, name: &str) -> Option<Metric> {
+        let metrics = [self.removed, self.refused, self.violations];
+        COUNTERS
+            .iter()
+            .zip(metrics)
+            .find_map(|((n, _), m)| (*n == name).then_some(m))
+    }
+
+    fn removed(&self, phase: Phase, name: &str) {
+        self.removed.inc(&[phase.label(), name]);
+    }
+
+    fn violation(&self, v: Violation) {
+        self.violations.inc(&[v.label()]);
+    }
+
+    fn refuse(&self, why: Refusal) -> Action {
+        self.refused.inc(&[why.label()]);
+        self.violation(why.violation());
+        Action::Respond(Reply {
+            status: 431,
+            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            body: format!("request refused: {}\n", why.label()).into_bytes(),
+        })
+    }
 }
 
 /// Every series of the filter's counters, at zero: each header it may
 /// remove in each phase, each refusal and each violation type. Nothing here
 /// depends on traffic, so these are all the series the filter ever counts
 /// (unless a list of headers runs past `DECLARE_MAX`).
-fn declared(s: &Settings) -> filter_sdk::Declared {
+fn declared(s: &Settings) -> Declared {
     fn names(v: &[String]) -> Vec<&str> {
         v.iter().map(String::as_str).collect()
     }
-    let mut d = filter_sdk::Declared::new();
+    let mut d = Declared::new();
     for (phase, headers) in [
         (Phase::Request, names(&s.strip_request)),
         (Phase::Response, names(&s.remove_response)),
@@ -290,23 +315,28 @@ impl Seen {
     }
 }
 
-struct Headers(Settings);
+struct Headers {
+    s: Settings,
+    m: Metrics,
+}
 
 impl Filter for Headers {
-    fn configure(config: &str) -> Result<Self, String> {
+    fn configure(config: &str) -> Result<(Self, Needs), String> {
         let s = parse(config)?;
-        declared(&s).declare("too many headers listed");
-        Ok(Headers(s))
+        let m = Metrics::declare()?;
+        declared(&s).zero(|name| m.by_name(name), "too many headers listed");
+        // Headers only: both bodies stream past.
+        Ok((Headers { s, m }, Needs::NONE))
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
-        let s = &self.0;
+        let (s, m) = (&self.s, &self.m);
         let stats = req.header_stats();
         if stats.count > s.max_header_count {
-            return refuse(Refusal::TooManyHeaders);
+            return m.refuse(Refusal::TooManyHeaders);
         }
         if stats.bytes > s.max_header_bytes {
-            return refuse(Refusal::HeadersTooLarge);
+            return m.refuse(Refusal::HeadersTooLarge);
         }
         // One call for the names present, then removals only for those on
         // the list: far cheaper than asking for every listed name.
@@ -315,42 +345,42 @@ impl Filter for Headers {
             if let Ok(i) = s.strip_request.binary_search(&name)
                 && req.remove_header(&name)
             {
-                host::log(LogLevel::Debug, &format!("stripped request header {name}"));
-                removed(Phase::Request, &name);
+                v2::log!(Debug, "stripped request header {name}");
+                m.removed(Phase::Request, &name);
                 seen.insert(s.strip_violation[i]);
             }
         }
         // Once per type per request, however many headers tried it.
         for &v in Violation::ALL {
             if seen.contains(v) {
-                violation(v);
+                m.violation(v);
             }
         }
         for (name, value) in &s.add_request {
             if let Err(e) = req.set_header(name, value) {
-                host::log(LogLevel::Warn, &format!("could not add {name}: {e}"));
+                v2::log!(Warn, "could not add {name}: {}", e.name());
             }
         }
         Action::Continue
     }
 
     fn on_response(&mut self, _req: &Request, resp: &Response) -> Action {
-        let s = &self.0;
+        let (s, m) = (&self.s, &self.m);
         for name in resp.header_names() {
             if s.remove_response.binary_search(&name).is_ok() && resp.remove_header(&name) {
-                removed(Phase::Response, &name);
+                m.removed(Phase::Response, &name);
             }
         }
         for (name, value) in &s.add_response {
             if let Err(e) = resp.set_header(name, value) {
-                host::log(LogLevel::Warn, &format!("could not add {name}: {e}"));
+                v2::log!(Warn, "could not add {name}: {}", e.name());
             }
         }
         Action::Continue
     }
 }
 
-export_filter!(Headers);
+v2::export_filter!(Headers);
 
 #[cfg(test)]
 mod tests {
@@ -463,5 +493,15 @@ mod tests {
             );
         }
         assert_eq!(d.series.len(), 38 + 2 + 10);
+    }
+
+    #[test]
+    fn declared_series_carry_their_counters_label_names_in_order() {
+        let s = parse("{}").unwrap();
+        for (counter, labels) in &declared(&s).series {
+            let (_, names) = COUNTERS.iter().find(|(c, _)| c == counter).unwrap();
+            let given: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(given, *names, "{counter}");
+        }
     }
 }

@@ -10,8 +10,10 @@
 
 mod window;
 
-use filter_sdk::state::{self, CounterOp};
-use filter_sdk::{Action, Filter, LogLevel, Reply, Request, Response, export_filter, host};
+use filter_sdk::v2::state::{self, CounterOp};
+use filter_sdk::v2::{
+    self, Action, Declared, Filter, Metric, Needs, Reply, Request, Response, host,
+};
 use serde::Deserialize;
 use window::{Algorithm, Verdict};
 
@@ -56,7 +58,7 @@ impl OnStateError {
     }
 }
 
-filter_sdk::label_enum! {
+v2::label_enum! {
     /// The `result` label of the requests counter: what one limit made of
     /// a request.
     enum Outcome {
@@ -152,7 +154,7 @@ fn parse_window(s: &str) -> Option<u64> {
 }
 
 fn parse(config: &str) -> Result<Settings, String> {
-    let c: Config = filter_sdk::parse_config("ratelimit", config)?;
+    let c: Config = v2::parse_config("ratelimit", config)?;
     if c.limits.is_empty() {
         return Err("ratelimit: `limits` is empty; add at least one [[limits]]".into());
     }
@@ -294,16 +296,41 @@ fn key_for(limit: &Limit, req: &Request, route: &str) -> Option<String> {
     Some(format!("{}:{scope}:{value}", limit.name))
 }
 
-fn count(route: &str, limit: &str, result: Outcome) {
-    host::counter_add(
-        "requests",
-        &[
-            ("route".into(), route.into()),
-            ("limit".into(), limit.into()),
-            ("result".into(), result.label().into()),
-        ],
-        1.0,
-    );
+/// The filter's counters with their label names, in the order `declared`
+/// gives the values. The names and labels are those the plugin had under
+/// filter API 0.1, which dashboards and alerts know.
+const COUNTERS: [(&str, &[&str]); 2] = [
+    ("requests", &["route", "limit", "result"]),
+    ("state_errors", &["route", "decision"]),
+];
+
+/// The counters, declared by every instance in `configure`.
+struct Metrics {
+    requests: Metric,
+    state_errors: Metric,
+}
+
+impl Metrics {
+    fn declare() -> Result<Metrics, String> {
+        let [requests, state_errors] = COUNTERS;
+        Ok(Metrics {
+            requests: Metric::counter(requests.0, requests.1)?,
+            state_errors: Metric::counter(state_errors.0, state_errors.1)?,
+        })
+    }
+
+    /// The metric of a counter `declared` names.
+    fn by_name(&self, name: &str) -> Option<Metric> {
+        let metrics = [self.requests, self.state_errors];
+        COUNTERS
+            .iter()
+            .zip(metrics)
+            .find_map(|((n, _), m)| (*n == name).then_some(m))
+    }
+
+    fn count(&self, route: &str, limit: &str, result: Outcome) {
+        self.requests.inc(&[route, limit, result.label()]);
+    }
 }
 
 impl Limit {
@@ -322,9 +349,9 @@ impl Limit {
 /// (`route_ids`, in their order): on a route the filter does not run on,
 /// its series stay at zero. Routes come outermost, so past `DECLARE_MAX`
 /// what is left out is whole routes, the last ones.
-fn declared(s: &Settings, route_ids: &[String]) -> filter_sdk::Declared {
+fn declared(s: &Settings, route_ids: &[String]) -> Declared {
     let results = Outcome::labels(Outcome::ALL);
-    let mut d = filter_sdk::Declared::new();
+    let mut d = Declared::new();
     for route in route_ids {
         let limits: Vec<&str> = s
             .limits
@@ -366,23 +393,28 @@ fn rate_headers(v: &Verdict) -> Vec<(String, Vec<u8>)> {
     ]
 }
 
-struct RateLimit(Settings);
+struct RateLimit {
+    s: Settings,
+    m: Metrics,
+}
 
 impl Filter for RateLimit {
-    fn configure(config: &str) -> Result<Self, String> {
+    fn configure(config: &str) -> Result<(Self, Needs), String> {
         let s = parse(config)?;
         let route_ids = host::route_ids();
-        filter_sdk::check_route_ids(
+        v2::check_route_ids(
             "ratelimit",
             s.limits.iter().flat_map(|l| l.routes.iter().flatten()),
             &route_ids,
         )?;
-        declared(&s, &route_ids).declare("too many routes and limits");
-        Ok(RateLimit(s))
+        let m = Metrics::declare()?;
+        declared(&s, &route_ids).zero(|name| m.by_name(name), "too many routes and limits");
+        // Headers and state only: both bodies stream past.
+        Ok((RateLimit { s, m }, Needs::NONE))
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
-        let s = &self.0;
+        let (s, m) = (&self.s, &self.m);
         let route = req.route();
         let now_ms = host::now_ms();
         // Every applicable limit's counters go to the state in one call.
@@ -405,17 +437,10 @@ impl Filter for RateLimit {
             Ok(c) => c,
             Err(e) => {
                 let decision = s.on_state_error.label();
-                host::counter_add(
-                    "state_errors",
-                    &[
-                        ("route".into(), route.clone()),
-                        ("decision".into(), decision.into()),
-                    ],
-                    1.0,
-                );
-                host::log(
-                    LogLevel::Warn,
-                    &format!("rate limits not checked ({e:?}); on_state_error = {decision}"),
+                m.state_errors.inc(&[&route, decision]);
+                v2::log!(
+                    Warn,
+                    "rate limits not checked ({e:?}); on_state_error = {decision}"
                 );
                 return match s.on_state_error {
                     OnStateError::Allow => Action::Continue,
@@ -451,15 +476,14 @@ impl Filter for RateLimit {
             } else {
                 Outcome::Allowed
             };
-            count(&route, &limit.name, result);
+            m.count(&route, &limit.name, result);
         }
         if let Some((limit, v)) = refused {
-            host::log(
-                LogLevel::Debug,
-                &format!(
-                    "limit {} refused the request; retry in {} s",
-                    limit.name, v.retry_after_s
-                ),
+            v2::log!(
+                Debug,
+                "limit {} refused the request; retry in {} s",
+                limit.name,
+                v.retry_after_s
             );
             let mut headers = rate_headers(v);
             headers.push((
@@ -482,10 +506,18 @@ impl Filter for RateLimit {
             if let Some((_, v)) = verdicts
                 .iter()
                 .min_by_key(|(_, v)| (v.remaining, std::cmp::Reverse(v.reset_s)))
-            {
-                req.set_context(
+                && let Err(e) = req.set_context(
                     CONTEXT_KEY,
                     &format!("{} {} {}", v.limit, v.remaining, v.reset_s),
+                )
+            {
+                // The limits were checked and counted; only the headers
+                // that report them are lost, which is no reason to fail a
+                // request they allowed.
+                v2::log!(
+                    Warn,
+                    "the RateLimit headers cannot travel to the response: {}",
+                    e.name()
                 );
             }
         }
@@ -510,7 +542,7 @@ impl Filter for RateLimit {
     }
 }
 
-export_filter!(RateLimit);
+v2::export_filter!(RateLimit);
 
 #[cfg(test)]
 mod tests {
@@ -588,13 +620,23 @@ mod tests {
     }
 
     #[test]
+    fn declared_series_carry_their_counters_label_names_in_order() {
+        let s = parse(DEFAULT).unwrap();
+        for (counter, labels) in &declared(&s, &ids(&["echo", "tenants"])).series {
+            let (_, names) = COUNTERS.iter().find(|(c, _)| c == counter).unwrap();
+            let given: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(given, *names, "{counter}");
+        }
+    }
+
+    #[test]
     fn many_routes_are_declared_up_to_the_budget() {
         let s = parse(DEFAULT).unwrap();
         let routes: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
         let d = declared(&s, &routes);
         // 6 series a route: the first 8 routes fit, then part of the 9th.
-        assert_eq!(d.count("requests"), filter_sdk::DECLARE_MAX);
-        assert_eq!(d.dropped, 20 * 6 - filter_sdk::DECLARE_MAX);
+        assert_eq!(d.count("requests"), v2::DECLARE_MAX);
+        assert_eq!(d.dropped, 20 * 6 - v2::DECLARE_MAX);
         assert_eq!(d.values("requests", "route")[0], "r0");
         assert_eq!(d.count("state_errors"), 20);
     }

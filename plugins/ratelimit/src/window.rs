@@ -9,7 +9,7 @@
 //! no edge burst, at the cost of a second counter. Aligned windows make every
 //! replica agree on which counter is current.
 
-use filter_sdk::state::{Counter, CounterOp};
+use filter_sdk::v2::state::{Counter, CounterOp};
 use serde::Deserialize;
 
 #[derive(Deserialize, Clone, Copy, Default, Debug, PartialEq, Eq)]

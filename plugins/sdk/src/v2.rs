@@ -29,10 +29,12 @@
 //! ```
 //!
 //! A 0.2 filter uses this module only: the crate's top-level `host`,
-//! `count`, `Declared`, `respond` and `log!` are 0.1's, and calling one
-//! would make the component import the 0.1 interfaces as well. The helpers
-//! that touch no interface (`parse_config`, `refusal`, `check_route_ids`,
-//! `label_enum!`, `DurationMs`) are re-exported here.
+//! `count`, `Declared::declare`, `respond` and `log!` are 0.1's, and calling
+//! one would make the component import the 0.1 interfaces as well. The
+//! helpers that touch no interface (`parse_config`, `refusal`,
+//! `check_route_ids`, `label_enum!`, `DurationMs`) are re-exported here,
+//! and so is `Declared`, whose list a 0.2 filter creates at zero with
+//! `Declared::zero`.
 
 /// Bindings generated from `wit-0.2/filter.wit`, for anything the
 /// re-exports below leave out.
@@ -65,7 +67,9 @@ pub use bindings::gateway::filter::types::{
 pub use bindings::gateway::filter::{crypto, kv};
 
 pub use crate::{__export_filter_v2 as export_filter, __log_v2 as log, label_enum};
-pub use crate::{DECLARE_MAX, DurationMs, SERIES_CAP, check_route_ids, parse_config, refusal};
+pub use crate::{
+    DECLARE_MAX, Declared, DurationMs, SERIES_CAP, check_route_ids, parse_config, refusal,
+};
 
 /// The largest body limit a filter may ask for.
 pub const MAX_BODY_LIMIT: u32 = 16 * 1024 * 1024;
@@ -411,6 +415,32 @@ impl Metric {
             self.record(&set, 0.0);
         }
         dropped
+    }
+}
+
+impl crate::Declared {
+    /// Creates every series of the list at zero on the metric `metric`
+    /// answers for its counter's name (`None`: the series is skipped), and
+    /// logs at debug how many were left out and why: for a 0.2 filter, what
+    /// [`Declared::declare`](crate::Declared::declare) does for 0.1. A
+    /// series' label values go in the order the list gives them, which must
+    /// be the order of the metric's declared label names. Filters that moved
+    /// from 0.1 keep their lists, and with them the same series under the
+    /// same per-counter budget ([`DECLARE_MAX`]).
+    pub fn zero(&self, metric: impl Fn(&str) -> Option<Metric>, why_dropped: &str) {
+        for (name, labels) in &self.series {
+            if let Some(m) = metric(name) {
+                let values: Vec<&str> = labels.iter().map(|(_, v)| v.as_str()).collect();
+                m.record(&values, 0.0);
+            }
+        }
+        if self.dropped > 0 {
+            crate::v2::log!(
+                Debug,
+                "{} series not declared at zero: {why_dropped}",
+                self.dropped
+            );
+        }
     }
 }
 

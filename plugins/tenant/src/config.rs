@@ -226,7 +226,7 @@ impl Template {
 }
 
 pub fn parse(json: &str) -> Result<Settings, String> {
-    let c: Config = filter_sdk::parse_config("tenant", json)?;
+    let c: Config = filter_sdk::v2::parse_config("tenant", json)?;
     if c.sources.is_empty() {
         return Err("tenant: `sources` is empty; list at least one of \"context\", \"header\", \"subdomain\"".into());
     }

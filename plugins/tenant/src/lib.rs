@@ -6,7 +6,7 @@
 mod config;
 
 use config::{Settings, Source, Unlisted, valid_tenant};
-use filter_sdk::{Action, Filter, LogLevel, Reply, Request, export_filter, host};
+use filter_sdk::v2::{self, Action, Declared, Filter, Metric, Needs, Reply, Request, host};
 
 /// A tenant and where it came from.
 struct Found {
@@ -33,7 +33,7 @@ enum Refusal {
     Unlisted { tenant: Option<String> },
 }
 
-filter_sdk::label_enum! {
+v2::label_enum! {
     /// The `reason` label of the refusal counters: a `Refusal` without its
     /// details.
     enum Reason {
@@ -57,7 +57,7 @@ impl Reason {
     }
 }
 
-filter_sdk::label_enum! {
+v2::label_enum! {
     /// The `result` label of the requests counter.
     enum Outcome {
         Allowed => "allowed",
@@ -286,16 +286,69 @@ fn authorize(s: &Settings, route: &str, path: &str, found: Option<&Found>) -> Re
     Ok(())
 }
 
-fn count_request(tenant: &str, route: &str, result: Outcome) {
-    host::counter_add(
-        "requests",
-        &[
-            ("tenant".into(), tenant.into()),
-            ("route".into(), route.into()),
-            ("result".into(), result.label().into()),
-        ],
-        1.0,
-    );
+/// The filter's counters with their label names, in the order `declared`
+/// gives the values. The names and labels are those the plugin had under
+/// filter API 0.1, which dashboards and alerts know.
+const COUNTERS: [(&str, &[&str]); 3] = [
+    ("requests", &["tenant", "route", "result"]),
+    ("refused", &["route", "reason"]),
+    ("cross_tenant", &["route", "reason"]),
+];
+
+/// The counters, declared by every instance in `configure`.
+struct Metrics {
+    requests: Metric,
+    refused: Metric,
+    cross_tenant: Metric,
+}
+
+impl Metrics {
+    fn declare() -> Result<Metrics, String> {
+        let [requests, refused, cross_tenant] = COUNTERS;
+        Ok(Metrics {
+            requests: Metric::counter(requests.0, requests.1)?,
+            refused: Metric::counter(refused.0, refused.1)?,
+            cross_tenant: Metric::counter(cross_tenant.0, cross_tenant.1)?,
+        })
+    }
+
+    /// The metric of a counter `declared` names.
+    fn by_name(&self, name: &str) -> Option<Metric> {
+        let metrics = [self.requests, self.refused, self.cross_tenant];
+        COUNTERS
+            .iter()
+            .zip(metrics)
+            .find_map(|((n, _), m)| (*n == name).then_some(m))
+    }
+
+    fn count_request(&self, tenant: &str, route: &str, result: Outcome) {
+        self.requests.inc(&[tenant, route, result.label()]);
+    }
+
+    fn refuse(&self, route: &str, r: Refusal) -> Action {
+        let reason = r.reason().label();
+        if r.cross_tenant() {
+            self.cross_tenant.inc(&[route, reason]);
+            v2::log!(Info, "{}", r.describe(route));
+        } else {
+            v2::log!(Debug, "{}", r.describe(route));
+        }
+        self.refused.inc(&[route, reason]);
+        self.count_request(r.tenant(), route, Outcome::Refused);
+        Action::Respond(r.reply())
+    }
+}
+
+/// The answer when the tenant found cannot be passed on (`what`: the
+/// trusted header or the context entry). Forwarding without it would hand
+/// the upstream, or the filters after this one, a request they cannot
+/// attribute to its tenant; stop instead.
+fn internal_error(what: &str) -> Action {
+    Action::Respond(Reply {
+        status: 500,
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: format!(r#"{{"error":"internal","reason":"{what}"}}"#).into_bytes(),
+    })
 }
 
 /// Every series of the filter's counters that the configuration names, at
@@ -312,7 +365,7 @@ fn count_request(tenant: &str, route: &str, result: Outcome) {
 /// Routes come outermost and the tenants in sorted order, so past
 /// `DECLARE_MAX` (16 routes for `refused`; for `requests`, routes times
 /// tenants) the last routes and tenants are left to appear when counted.
-fn declared(s: &Settings, route_ids: &[String]) -> filter_sdk::Declared {
+fn declared(s: &Settings, route_ids: &[String]) -> Declared {
     let mut routes: Vec<&str> = s.routes.keys().map(String::as_str).collect();
     routes.sort();
     if routes.is_empty() {
@@ -333,7 +386,7 @@ fn declared(s: &Settings, route_ids: &[String]) -> filter_sdk::Declared {
         .map(|r| r.label())
         .collect();
     let results = Outcome::labels(Outcome::ALL);
-    let mut d = filter_sdk::Declared::new();
+    let mut d = Declared::new();
     for &route in &routes {
         let owners = s.routes.get(route).and_then(|o| o.tenants.as_ref());
         let tenants: Vec<&str> = std::iter::once(NO_TENANT)
@@ -356,75 +409,67 @@ fn declared(s: &Settings, route_ids: &[String]) -> filter_sdk::Declared {
     d
 }
 
-fn refuse(route: &str, r: Refusal) -> Action {
-    let reason = ("reason".to_string(), r.reason().label().to_string());
-    let route_label = ("route".to_string(), route.to_string());
-    if r.cross_tenant() {
-        host::counter_add("cross_tenant", &[route_label.clone(), reason.clone()], 1.0);
-        host::log(LogLevel::Info, &r.describe(route));
-    } else {
-        host::log(LogLevel::Debug, &r.describe(route));
-    }
-    host::counter_add("refused", &[route_label, reason], 1.0);
-    count_request(r.tenant(), route, Outcome::Refused);
-    Action::Respond(r.reply())
+struct Tenant {
+    s: Settings,
+    m: Metrics,
 }
-
-struct Tenant(Settings);
 
 impl Filter for Tenant {
     // Decides on the way in only: no call on the way out.
     const RESPONSE_PHASE: bool = false;
 
-    fn configure(config: &str) -> Result<Self, String> {
+    fn configure(config: &str) -> Result<(Self, Needs), String> {
         let s = config::parse(config)?;
         let route_ids = host::route_ids();
-        filter_sdk::check_route_ids("tenant", s.routes.keys(), &route_ids)?;
-        declared(&s, &route_ids).declare("too many routes and tenants");
-        Ok(Tenant(s))
+        v2::check_route_ids("tenant", s.routes.keys(), &route_ids)?;
+        let m = Metrics::declare()?;
+        declared(&s, &route_ids).zero(|name| m.by_name(name), "too many routes and tenants");
+        // Headers and context only: both bodies stream past.
+        Ok((Tenant { s, m }, Needs::NONE))
     }
 
     fn on_request(&mut self, req: &Request) -> Action {
-        let s = &self.0;
+        let (s, m) = (&self.s, &self.m);
         let route = req.route();
         // The header is read (when it is a source) before it is removed.
         let found = match resolve(s, req) {
             Ok(f) => f,
-            Err(r) => return refuse(&route, r),
+            Err(r) => return m.refuse(&route, r),
         };
         // Whatever the client sent under either name must not reach the
         // upstream, which trusts `upstream_header` to come from us.
         req.remove_header(&s.header);
         req.remove_header(&s.upstream_header);
         if let Err(r) = authorize(s, &route, &req.path(), found.as_ref()) {
-            return refuse(&route, r);
+            return m.refuse(&route, r);
         }
         let Some(f) = found else {
-            count_request(NO_TENANT, &route, Outcome::Allowed);
+            m.count_request(NO_TENANT, &route, Outcome::Allowed);
             return Action::Continue;
         };
         if let Err(e) = req.set_header(&s.upstream_header, f.tenant.as_bytes()) {
-            // Forwarding without the trusted header would hand the upstream
-            // a request it cannot attribute; stop instead.
-            host::log(
-                LogLevel::Error,
-                &format!("could not set {}: {e}", s.upstream_header),
+            v2::log!(Error, "could not set {}: {}", s.upstream_header, e.name());
+            return internal_error("tenant_header");
+        }
+        // Later filters (a rate limit per tenant, say) count and decide by
+        // this entry: going on without it would let them miss the tenant.
+        if f.source != Source::Context
+            && let Err(e) = req.set_context(&s.context_key, &f.tenant)
+        {
+            v2::log!(
+                Error,
+                "could not set the context entry {:?}: {}",
+                s.context_key,
+                e.name()
             );
-            return Action::Respond(Reply {
-                status: 500,
-                headers: vec![("content-type".into(), b"application/json".to_vec())],
-                body: br#"{"error":"internal","reason":"tenant_header"}"#.to_vec(),
-            });
+            return internal_error("tenant_context");
         }
-        if f.source != Source::Context {
-            req.set_context(&s.context_key, &f.tenant);
-        }
-        count_request(&f.tenant, &route, Outcome::Allowed);
+        m.count_request(&f.tenant, &route, Outcome::Allowed);
         Action::Continue
     }
 }
 
-export_filter!(Tenant);
+v2::export_filter!(Tenant);
 
 #[cfg(test)]
 mod tests {
@@ -525,6 +570,16 @@ mod tests {
             d.values("cross_tenant", "route"),
             ["billing", "orders", "shared"]
         );
+    }
+
+    #[test]
+    fn declared_series_carry_their_counters_label_names_in_order() {
+        let s = config::parse(r#"{"routes": {"orders": {"tenants": ["acme"]}}}"#).unwrap();
+        for (counter, labels) in &declared(&s, &ids(&["orders"])).series {
+            let (_, names) = COUNTERS.iter().find(|(c, _)| c == counter).unwrap();
+            let given: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(given, *names, "{counter}");
+        }
     }
 
     #[test]
