@@ -25,7 +25,7 @@ pub const MAX_HEADER_VALUE: usize = 8 * 1024;
 pub const MAX_HEADER_NAME: usize = 256;
 /// Plugin metric series one instance keeps resolved; past it, further ones
 /// are resolved at every call.
-const MAX_KEPT_SERIES: usize = 256;
+pub(super) const MAX_KEPT_SERIES: usize = 256;
 
 type SeriesKey = (PluginMetricKind, String, Vec<(String, String)>);
 

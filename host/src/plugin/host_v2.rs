@@ -32,6 +32,9 @@ pub struct Extras {
     pub callouts: Option<Arc<Callouts>>,
     /// Metrics it declared, by handle.
     metrics: Vec<Declared>,
+    /// Series it recorded, by handle and label values: a filter recording
+    /// the same series on every request resolves it once (`None`: refused).
+    series: rustc_hash::FxHashMap<(u32, Vec<String>), Option<crate::telemetry::PluginSeries>>,
 }
 
 struct Declared {
@@ -416,9 +419,35 @@ impl host::Host for HostState {
             );
             return Ok(());
         }
-        let (kind, name) = (d.kind, d.name.clone());
-        let labels = d.labels.iter().cloned().zip(label_values).collect();
-        self.plugin_metric(kind, name, labels, value);
+        let valid = match d.kind {
+            PluginMetricKind::Gauge => value.is_finite(),
+            _ => crate::telemetry::valid_plugin_value(value),
+        };
+        if !valid {
+            return Ok(());
+        }
+        let key = (metric, label_values);
+        if let Some(known) = self.v2.series.get(&key) {
+            if let Some(series) = known {
+                series.record(value);
+            }
+            return Ok(());
+        }
+        let labels: Vec<(String, String)> = d.labels.iter().cloned().zip(key.1.clone()).collect();
+        let series =
+            self.metrics
+                .plugin_series(d.kind, &self.plugin, &self.filter, &d.name, &labels);
+        match &series {
+            Some(s) => s.record(value),
+            None => tracing::debug!(
+                filter = &*self.filter,
+                metric = d.name.as_str(),
+                "record refused: a label value too long, or past the metric's caps"
+            ),
+        }
+        if self.v2.series.len() < super::host::MAX_KEPT_SERIES {
+            self.v2.series.insert(key, series);
+        }
         Ok(())
     }
 }
