@@ -814,6 +814,13 @@ async fn forward(
         _ => None,
     };
     state.body = BodySlot::Released;
+    // What of a streamed body is kept to send again: only a route that
+    // retries keeps any.
+    let keep = if rt.retry.is_some() {
+        gw.server.retry_buffer_bytes
+    } else {
+        0
+    };
     let (buffered, streamed) = match (filtered, body) {
         (Some(b), _) => (Some(b), None),
         // No body at all: nothing to stream, nothing to keep.
@@ -837,20 +844,10 @@ async fn forward(
             }
         }
         (None, ClientBody::Unread(b)) => {
-            let keep = if rt.retry.is_some() {
-                gw.server.retry_buffer_bytes
-            } else {
-                0
-            };
             let s = crate::upstream::replay::StreamedBody::new(b, keep, limit as u64);
             (None, Some(s))
         }
         (None, ClientBody::Prefixed(ahead, rest)) => {
-            let keep = if rt.retry.is_some() {
-                gw.server.retry_buffer_bytes
-            } else {
-                0
-            };
             let s = crate::upstream::replay::StreamedBody::after(ahead, rest, keep, limit as u64);
             (None, Some(s))
         }

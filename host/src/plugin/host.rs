@@ -1045,11 +1045,17 @@ impl HostState {
         Ok(())
     }
 
+    /// Counter updates for either WIT version, within the call's budget.
+    pub(super) async fn add_counters(
+        &mut self,
+        ops: &[CounterOp],
+    ) -> Result<Vec<crate::state::Counter>, StateError> {
+        self.spend_state_call()?;
+        self.state.add(&self.state_owner, ops).await
+    }
+
     async fn state_add(&mut self, ops: Vec<CounterOp>) -> Result<Vec<StateCounter>, WitStateError> {
-        if let Err(StateError::Invalid(m)) = self.spend_state_call() {
-            return Err(WitStateError::Invalid(m));
-        }
-        match self.state.add(&self.state_owner, &ops).await {
+        match self.add_counters(&ops).await {
             Ok(out) => Ok(out
                 .into_iter()
                 .map(|c| StateCounter {

@@ -137,6 +137,23 @@ fn body_error(r: BodyRefusal) -> types::BodyError {
     }
 }
 
+/// `body()` for either message: the body a filter asked for, copied out.
+fn read_body(
+    slot: &super::host::BodySlot,
+    need: Option<super::host::BodyNeed>,
+) -> Result<Vec<u8>, types::BodyError> {
+    slot.read(need).map(|b| b.to_vec()).map_err(body_error)
+}
+
+/// `set-body()` for either message.
+fn replace_body(
+    slot: &mut super::host::BodySlot,
+    need: Option<super::host::BodyNeed>,
+    body: Vec<u8>,
+) -> Result<(), types::BodyError> {
+    slot.replace(need, body).map_err(body_error)
+}
+
 fn header_stats(h: &http::HeaderMap) -> types::HeaderStats {
     let s = stats(h);
     types::HeaderStats {
@@ -224,14 +241,10 @@ impl types::HostRequest for HostState {
         &mut self,
         r: Resource<RequestState>,
     ) -> wasmtime::Result<Result<Vec<u8>, types::BodyError>> {
-        let need = self.v2.needs.request_body;
-        Ok(self
-            .table
-            .get(&r)?
-            .body
-            .read(need)
-            .map(|b| b.to_vec())
-            .map_err(body_error))
+        Ok(read_body(
+            &self.table.get(&r)?.body,
+            self.v2.needs.request_body,
+        ))
     }
     fn set_body(
         &mut self,
@@ -239,12 +252,7 @@ impl types::HostRequest for HostState {
         body: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::BodyError>> {
         let need = self.v2.needs.request_body;
-        Ok(self
-            .table
-            .get_mut(&r)?
-            .body
-            .replace(need, body)
-            .map_err(body_error))
+        Ok(replace_body(&mut self.table.get_mut(&r)?.body, need, body))
     }
     fn drop(&mut self, _r: Resource<RequestState>) -> wasmtime::Result<()> {
         // The gateway owns the request and takes it back after the call.
@@ -286,14 +294,10 @@ impl types::HostResponse for HostState {
         &mut self,
         r: Resource<ResponseState>,
     ) -> wasmtime::Result<Result<Vec<u8>, types::BodyError>> {
-        let need = self.v2.needs.response_body;
-        Ok(self
-            .table
-            .get(&r)?
-            .body
-            .read(need)
-            .map(|b| b.to_vec())
-            .map_err(body_error))
+        Ok(read_body(
+            &self.table.get(&r)?.body,
+            self.v2.needs.response_body,
+        ))
     }
     fn set_body(
         &mut self,
@@ -301,12 +305,7 @@ impl types::HostResponse for HostState {
         body: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::BodyError>> {
         let need = self.v2.needs.response_body;
-        Ok(self
-            .table
-            .get_mut(&r)?
-            .body
-            .replace(need, body)
-            .map_err(body_error))
+        Ok(replace_body(&mut self.table.get_mut(&r)?.body, need, body))
     }
     fn drop(&mut self, _r: Resource<ResponseState>) -> wasmtime::Result<()> {
         Ok(())
@@ -497,9 +496,7 @@ impl HostState {
         &mut self,
         ops: Vec<CounterOp>,
     ) -> Result<Vec<state::Counter>, state::StateError> {
-        self.spend_state_call().map_err(state_error)?;
-        self.state
-            .add(&self.state_owner, &ops)
+        self.add_counters(&ops)
             .await
             .map(|out| {
                 out.into_iter()
