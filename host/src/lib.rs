@@ -29,7 +29,8 @@
 //! 9. `admin` (the admin listener), `redirect` (the plaintext listener
 //!    that sends clients to https) and `authoring` (`plugin new` and
 //!    `plugin test`, for filter authors).
-//! 10. `app` (the commands: run, check, plugin check and componentize).
+//! 10. `app` (the commands: run, check, plugin check and componentize) and
+//!     `scenario` (incidents and load shapes replayed on loopback).
 //!
 //! Modules the binary, the benches and the fuzzers do not use are
 //! `pub(crate)`. Runtime modules take plain values from `config`
@@ -56,6 +57,7 @@ pub(crate) mod proxy;
 pub(crate) mod redirect;
 pub mod reload;
 pub mod routing;
+pub mod scenario;
 pub(crate) mod server;
 pub(crate) mod serving;
 pub mod state;

@@ -60,6 +60,30 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Replay an incident or a load shape on loopback: its own upstreams,
+    /// a gateway started from this binary, load, and a short story with a
+    /// before/after table. Results go to --out.
+    Scenario {
+        /// black-friday, cascade, rate-limit-surge, plugin-crash,
+        /// reload-under-load, load-steady, load-ramp, load-spike, load-soak,
+        /// load-rate-limit or load-breaker.
+        name: String,
+        /// A few seconds instead of the full story.
+        #[arg(long)]
+        short: bool,
+        /// Overrides the scenario's length (e.g. 30m, 60s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Where results go (default: target/scenarios/NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The folder holding the shipped plugins.
+        #[arg(long, default_value = "plugins/dist")]
+        plugins: PathBuf,
+        /// Keep the gateway and upstreams running afterwards, until Ctrl-C.
+        #[arg(long)]
+        hold: bool,
+    },
     /// Manage the compile cache (compiled plugins kept across restarts).
     Cache {
         #[command(subcommand)]
@@ -234,6 +258,24 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Scenario {
+            name,
+            short,
+            duration,
+            out,
+            plugins,
+            hold,
+        } => {
+            let options = gateway::scenario::Options {
+                short,
+                duration,
+                out: out.unwrap_or_else(|| PathBuf::from("target/scenarios").join(&name)),
+                gateway: std::env::current_exe().unwrap_or_else(|_| "gateway".into()),
+                plugins,
+                hold,
+            };
+            runtime.block_on(gateway::scenario::run(&name, &options))
+        }
         Command::Cache {
             command: CacheCommand::Prune { dir, unused_for },
         } => gateway::app::prune_cache(

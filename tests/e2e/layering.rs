@@ -27,7 +27,7 @@ const LAYERS: &[&[&str]] = &[
     &["assemble", "proxy"],
     &["server", "reload"],
     &["admin", "redirect", "authoring"],
-    &["app"],
+    &["app", "scenario"],
 ];
 
 /// Module name → the modules its files name through `crate::`.
