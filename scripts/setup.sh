@@ -31,6 +31,10 @@ want git git
 want curl curl
 want openssl openssl
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The admin page's browser tests drive a headless Chromium through
+# chromedriver (W3C WebDriver on loopback).
+want_file /usr/bin/chromium chromium
+want_file /usr/bin/chromedriver chromium-driver
 if [[ "${1:-}" == "--bench" ]]; then
   want nginx nginx-light
   want wrk wrk
