@@ -307,9 +307,7 @@ pub async fn build(
                     .collect(),
                 None => vec!["GET"],
             };
-            if r.retry.is_some() {
-                metrics.declare_retries(&label);
-            }
+            metrics.declare_retries(&label);
             // Compared with, and counted under, the lowercase name a request's
             // Upgrade is read as.
             let upgrades: Vec<String> = r.upgrades.iter().map(|u| u.to_ascii_lowercase()).collect();

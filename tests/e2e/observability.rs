@@ -45,6 +45,42 @@ fn observed_gateway() -> (Gateway, Upstream) {
     (gw, pay)
 }
 
+/// The default configuration as `make run` serves it: config/gateway.toml
+/// as shipped, on free ports, loading the plugins `make plugins` copies to
+/// plugins/dist.
+fn default_gateway() -> Gateway {
+    let dist = repo().join("plugins/dist");
+    assert!(
+        dist.join("headers.wasm").exists(),
+        "no plugins in {}: run `make plugins`",
+        dist.display()
+    );
+    let default = std::fs::read_to_string(repo().join("config/gateway.toml")).unwrap();
+    let replacements = |addr: SocketAddr, admin: SocketAddr, echo: SocketAddr| {
+        [
+            ("${LISTEN:-127.0.0.1:8080}", addr.to_string()),
+            ("${ADMIN_LISTEN:-127.0.0.1:9901}", admin.to_string()),
+            ("${ECHO_LISTEN:-127.0.0.1:9902}", echo.to_string()),
+            (
+                "dir = \"../plugins/dist\"",
+                format!("dir = \"{}\"", dist.display()),
+            ),
+        ]
+    };
+    Gateway::start_with_echo(tempdir::Dir::new(), |addr, admin, echo| {
+        replacements(addr, admin, echo)
+            .into_iter()
+            .fold(default.clone(), |config, (from, to)| {
+                // A changed default would otherwise run on its own ports and plugins.
+                assert!(
+                    config.contains(from),
+                    "config/gateway.toml no longer says {from}"
+                );
+                config.replace(from, &to)
+            })
+    })
+}
+
 /// The prefix of the metrics only a gateway with `[server.tls]` exports.
 pub const TLS_METRICS: &str = "gateway_tls_";
 /// The prefix of the metrics that appear with the first gRPC call
@@ -95,6 +131,25 @@ pub fn catalogue() -> Vec<String> {
         .filter_map(|l| l.split('`').next())
         .filter(|n| !n.contains('<'))
         .map(|n| format!("gateway_{n}"))
+        .collect()
+}
+
+/// Metric names with at least one sample in a scrape, a histogram's
+/// `_bucket`, `_sum` and `_count` series under the histogram's own name.
+pub fn sampled(scrape: &str) -> BTreeSet<String> {
+    let declared = declared(scrape);
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s).filter(|b| declared.contains(*b)))
+                .unwrap_or(n)
+                .to_string()
+        })
         .collect()
 }
 
@@ -429,6 +484,99 @@ fn the_whole_catalogue_is_scraped_from_start_up_and_passes_promtool() {
 }
 
 #[test]
+fn the_default_config_exports_every_name_the_dashboard_and_the_rules_use_from_start_up() {
+    let gw = default_gateway();
+    // Before any request: a rule or a panel whose series appears only
+    // with traffic (or with health checks, or retries) shows "no data"
+    // where it should show zero, and an absent series never fires.
+    let first = gw.metrics();
+    let scraped = sampled(&first);
+    let catalogued = catalogue();
+    for file in [
+        "config/grafana/gateway-dashboard.json",
+        "config/prometheus/alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        let used = names_used(&text, &declared(&first));
+        assert!(used.len() >= 10, "{file} uses only {used:?}");
+        // Certificates and handshakes exist only on a listener with
+        // [server.tls], which the default has not: tls.rs holds those
+        // names to the catalogue, so here they need only be catalogued.
+        let missing: Vec<&String> = used
+            .iter()
+            .filter(|n| !scraped.contains(*n))
+            .filter(|n| !(n.starts_with(TLS_METRICS) && catalogued.contains(*n)))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{file} uses names the default config does not export before its first request: {missing:?}\n{first}"
+        );
+    }
+
+    // Every route has both retry series, retry policy or not.
+    let config = std::fs::read_to_string(gw.config_path()).unwrap();
+    let routes: Vec<&str> = config
+        .lines()
+        .filter_map(|l| l.strip_prefix("id = \""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert_eq!(routes, ["cached", "echo", "tenants"]);
+    for route in routes {
+        for result in ["sent", "budget_exhausted"] {
+            assert_eq!(
+                metric(
+                    &first,
+                    "gateway_upstream_retries_total",
+                    &[("route", route), ("result", result)]
+                ),
+                Some(0.0),
+                "{route} {result}\n{first}"
+            );
+        }
+    }
+    // The echo upstream has no health checks: its one instance is in
+    // rotation, and says so.
+    let healthy = series(&first, "gateway_upstream_healthy");
+    assert_eq!(healthy.len(), 1, "{healthy:?}");
+    let (labels, value) = &healthy[0];
+    assert_eq!(labels["upstream"], "echo");
+    assert_eq!(labels["endpoint"], gw.extra[0].to_string());
+    assert_eq!(*value, 1.0);
+}
+
+/// The names of the rules in an alerting rules file.
+fn rule_names(rules: &str) -> Vec<String> {
+    rules
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- alert:"))
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// The alerts a promtool test file expects to fire somewhere: each
+/// `alertname` whose `exp_alerts` lists at least one alert.
+fn alerts_expected_to_fire(tests: &str) -> BTreeSet<String> {
+    let lines: Vec<&str> = tests.lines().map(str::trim).collect();
+    let mut name = None;
+    let mut out = BTreeSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(n) = line.strip_prefix("alertname:") {
+            name = Some(n.trim());
+        } else if let Some(rest) = line.strip_prefix("exp_alerts:") {
+            let listed = rest.trim().is_empty()
+                && lines[i + 1..]
+                    .iter()
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .is_some_and(|l| l.starts_with("- exp_labels:"));
+            if listed {
+                out.insert(name.expect("exp_alerts after an alertname").to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
 fn alert_rules_pass_promtool_and_their_unit_tests() {
     let (ok, out) = promtool(&["check", "rules", "config/prometheus/alerts.yml"], None);
     assert!(ok, "{out}");
@@ -438,6 +586,30 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     );
     assert!(ok, "{out}");
     assert!(out.contains("SUCCESS"), "{out}");
+
+    // promtool passes a rule no test mentions: every rule must be seen
+    // firing, with its labels and annotations, in at least one test.
+    let rules =
+        rule_names(&std::fs::read_to_string(repo().join("config/prometheus/alerts.yml")).unwrap());
+    let unique: BTreeSet<&String> = rules.iter().collect();
+    assert_eq!(
+        unique.len(),
+        rules.len(),
+        "a rule name used twice: {rules:?}"
+    );
+    assert!(rules.len() >= 25, "{rules:?}");
+    let tests = std::fs::read_to_string(repo().join("config/prometheus/alerts.test.yml")).unwrap();
+    let fired = alerts_expected_to_fire(&tests);
+    let untested: Vec<&String> = rules.iter().filter(|r| !fired.contains(*r)).collect();
+    assert!(
+        untested.is_empty(),
+        "rules no unit test sees firing: {untested:?}"
+    );
+    let unknown: Vec<&String> = fired.iter().filter(|f| !unique.contains(f)).collect();
+    assert!(
+        unknown.is_empty(),
+        "tests of rules that do not exist: {unknown:?}"
+    );
 }
 
 #[test]

@@ -609,6 +609,9 @@ impl Metrics {
     /// Starts the access log and the trace exporter the configuration asks
     /// for. Call once, on the runtime.
     pub fn start_outputs(&self, config: &crate::config::Config) -> anyhow::Result<()> {
+        // At zero with or without an access log, so a rule on dropped
+        // lines reads 0 rather than nothing.
+        self.access_log_dropped.add(0, &[]);
         if let Some(a) = &config.access_log {
             let log =
                 access_log::AccessLog::open(a, &config.base_dir, self.access_log_dropped.clone())?;
@@ -759,7 +762,9 @@ impl Metrics {
         );
     }
 
-    /// The retry series of a route with a retry policy, at zero.
+    /// The retry series of a route, at zero: every route, so a rule or a
+    /// panel on retries reads 0 for a route without a retry policy rather
+    /// than nothing.
     pub fn declare_retries(&self, route: &opentelemetry::Value) {
         for result in ["sent", "budget_exhausted"] {
             self.upstream_retries.add(

@@ -2,7 +2,8 @@
 //! `unhealthy_threshold` failed checks in a row take an instance out of
 //! rotation, `healthy_threshold` passed checks in a row bring it back.
 //! Instances start healthy, so a gateway serves at once and a dead instance
-//! leaves after its first few checks.
+//! leaves after its first few checks; an upstream without checks keeps
+//! them healthy, and `gateway_upstream_healthy` says 1 for each.
 
 pub use crate::config::HealthConfig;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -415,6 +415,12 @@ impl Upstream {
         for (l, b) in labels.iter().zip(&breakers) {
             metrics.breaker_state.record(breaker_level(b.state()), l);
         }
+        // Every instance reports its health from the start, checked or not:
+        // one without active checks is in rotation, so 1, and an alert on
+        // an upstream with no healthy instance has a series to read.
+        for (l, h) in labels.iter().zip(&health) {
+            metrics.upstream_healthy.record(h.is_healthy() as i64, l);
+        }
         for reason in [
             "all-breakers-open",
             "no-healthy-instance",
@@ -491,11 +497,6 @@ impl Upstream {
         let Some(cfg) = self.health_cfg.clone() else {
             return;
         };
-        for (l, h) in self.labels.iter().zip(&self.health) {
-            self.metrics
-                .upstream_healthy
-                .record(h.is_healthy() as i64, l);
-        }
         let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(cfg.interval());
