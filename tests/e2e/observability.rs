@@ -755,6 +755,8 @@ fn a_real_prometheus_scrapes_the_gateway_and_evaluates_the_rules() {
     assert_eq!(gw.get("/tenants/globex/orders", &key).status, 403);
 
     // The rules load and evaluate against the gateway's real series.
+    let in_file =
+        rule_names(&std::fs::read_to_string(repo().join("config/prometheus/alerts.yml")).unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v: serde_json::Value =
@@ -769,6 +771,7 @@ fn a_real_prometheus_scrapes_the_gateway_and_evaluates_the_rules() {
         let bad: Vec<&&serde_json::Value> = rules.iter().filter(|r| r["health"] == "err").collect();
         assert!(bad.is_empty(), "rules failing to evaluate: {bad:?}");
         if !rules.is_empty() && evaluated == rules.len() {
+            assert_eq!(rules.len(), in_file.len(), "Prometheus loaded {v}");
             // The cross-tenant attempt fires its alert at its next evaluation.
             let alerts = http_get(prom, "/api/v1/alerts").1;
             if alerts.contains("GatewayCrossTenantAttempt") {
