@@ -20,8 +20,8 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -64,6 +64,9 @@ struct Behaviour {
     /// Most requests in service or queued at once.
     peak_waiting: AtomicUsize,
     waiting: AtomicUsize,
+    /// Latency by path prefix, in place of `latency_us` for those paths
+    /// (one instance serving a fast and a slow endpoint).
+    path_latency: std::sync::Mutex<Vec<(String, Duration)>>,
 }
 
 /// An HTTP/1.1 upstream on a loopback port, answering `200 NAME` after its
@@ -93,6 +96,7 @@ impl Upstream {
             failed: AtomicU64::new(0),
             peak_waiting: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            path_latency: std::sync::Mutex::new(Vec::new()),
         });
         let server = Some(tokio::spawn(serve(
             listener,
@@ -111,6 +115,20 @@ impl Upstream {
         self.behaviour
             .latency_us
             .store(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Requests whose path starts with `prefix` take `latency` instead of
+    /// the upstream's own (the first matching prefix set wins).
+    pub fn set_path_latency(&self, prefix: &str, latency: Duration) {
+        let mut paths = self
+            .behaviour
+            .path_latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match paths.iter_mut().find(|(p, _)| p == prefix) {
+            Some(entry) => entry.1 = latency,
+            None => paths.push((prefix.into(), latency)),
+        }
     }
 
     /// Fails `share` (0.0 to 1.0) of the requests with `status`.
@@ -222,10 +240,17 @@ async fn answer(req: Request<Incoming>, b: &Behaviour, body: Bytes) -> Response<
     // Released on every path, also when the gateway gives up and the
     // connection (and this future) is dropped.
     let _slot = Slot::take(b).await;
+    let latency = b
+        .path_latency
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(prefix, _)| req.uri().path().starts_with(prefix.as_str()))
+        .map(|(_, d)| *d)
+        .unwrap_or(Duration::from_micros(b.latency_us.load(Ordering::Relaxed)));
     let _ = req.into_body().collect().await;
-    let latency = b.latency_us.load(Ordering::Relaxed);
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_micros(latency)).await;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     let ppm = b.failure_ppm.load(Ordering::Relaxed);
     let fails = (n + 1) * ppm / 1_000_000 > n * ppm / 1_000_000;
@@ -657,12 +682,13 @@ pub async fn open_loop(
     let total = (rate * duration.as_secs_f64()).ceil() as u64;
     let pending = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
+    let mut samples = Vec::new();
     let mut skipped = 0;
     for k in 0..total {
         let due = start + interval.mul_f64(k as f64);
         tokio::time::sleep_until(due.into()).await;
         while let Some(done) = tasks.try_join_next() {
-            let _ = done;
+            samples.extend(done.ok());
         }
         if pending.load(Ordering::Relaxed) >= max_in_flight {
             skipped += 1;
@@ -677,7 +703,8 @@ pub async fn open_loop(
             s
         });
     }
-    let samples = collect(tasks).await;
+    samples.extend(collect(tasks).await);
+    samples.sort_by_key(|s| s.at);
     Run {
         samples,
         elapsed: start.elapsed(),
