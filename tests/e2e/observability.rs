@@ -499,9 +499,10 @@ fn the_default_config_exports_every_name_the_dashboard_and_the_rules_use_from_st
         let text = std::fs::read_to_string(repo().join(file)).unwrap();
         let used = names_used(&text, &declared(&first));
         assert!(used.len() >= 10, "{file} uses only {used:?}");
-        // Certificates and handshakes exist only on a listener with
-        // [server.tls], which the default has not: tls.rs holds those
-        // names to the catalogue, so here they need only be catalogued.
+        // Certificates and handshakes exist only where TLS is configured
+        // ([server.tls], an upstream's tls), which the default is not:
+        // tls.rs holds those names to the catalogue, so here they need
+        // only be catalogued.
         let missing: Vec<&String> = used
             .iter()
             .filter(|n| !scraped.contains(*n))
