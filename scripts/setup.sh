@@ -7,7 +7,8 @@
 # Prometheus and check the alert rules), the JavaScript and Python filter
 # toolchains at the versions the examples pin (componentize-js from npm into
 # plugins/examples/shard-header/node_modules, componentize-py from PyPI into
-# target/toolchains/python), and (with --bench) nginx, wrk, perf and the
+# target/toolchains/python), Chromium and chromedriver (the admin page's
+# browser tests), and (with --bench) nginx, wrk, perf and the
 # peers (HAProxy, Caddy, nginx's njs module) for the comparison benchmarks. Safe to run again: it only installs what is missing.
 set -euo pipefail
 

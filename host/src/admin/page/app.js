@@ -58,10 +58,6 @@ function ago(seconds) {
   return isNumber(seconds) ? `${duration(seconds)} ago` : DASH;
 }
 
-function list(v) {
-  return Array.isArray(v) && v.length > 0 ? v.join(", ") : DASH;
-}
-
 // ---- DOM helpers ----------------------------------------------------------
 
 function setText(node, value) {
@@ -287,7 +283,7 @@ function renderRoutes(routes) {
     (r) => ({ route: r.id }),
     [
       cell("id mono", (r) => text(r.id)),
-      cell("hosts mono", (r) => list(r.hosts)),
+      cell("hosts mono", (r) => (Array.isArray(r.hosts) && r.hosts.length > 0 ? r.hosts.join(", ") : "any")),
       cell("prefix mono", (r) => text(r.path_prefix)),
       cell("methods", (r) => (Array.isArray(r.methods) && r.methods.length > 0 ? r.methods.join(" ") : "any")),
       cell("upstream mono", (r) => text(r.upstream)),
