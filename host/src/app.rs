@@ -23,13 +23,21 @@ pub async fn check(source: &ConfigSource) -> anyhow::Result<String> {
         runtime.use_compile_cache(&dir);
     }
     let routes = config.routes.len();
+    let warning = config.admin.as_ref().and_then(|a| {
+        let token = a.token(|k| std::env::var(k).ok());
+        a.exposure_warning(token.as_deref())
+    });
     let mut cache = PluginCache::default();
     let (gw, _) = assemble::build(config, &runtime, metrics, &mut cache, None).await?;
-    Ok(format!(
+    let mut report = format!(
         "configuration OK: {} routes, {} filters loaded",
         routes,
         gw.filters.len()
-    ))
+    );
+    if let Some(w) = warning {
+        report = format!("warning: {w}\n{report}");
+    }
+    Ok(report)
 }
 
 /// `gateway plugin check FILE`: whether the file is a filter this gateway
@@ -104,6 +112,17 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     let workers = config.server.worker_count();
     let grace = config.server.shutdown_grace.0;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
+    let admin_token = config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token(|k| std::env::var(k).ok()));
+    if let Some(warning) = config
+        .admin
+        .as_ref()
+        .and_then(|a| a.exposure_warning(admin_token.as_deref()))
+    {
+        tracing::warn!("{warning}");
+    }
     let echo_listen = config.echo.as_ref().map(|e| e.listen);
     let redirect_listen = config.server.tls.as_ref().and_then(|t| t.redirect_listen);
 
@@ -133,7 +152,14 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     let _ = loaded.send(());
     if let Some(early) = early_admin {
         let l = early.await.context("the admin listener's start-up task")?;
-        tokio::spawn(crate::admin::serve(l, reloader.clone()));
+        let access = crate::admin::Access {
+            token: admin_token,
+            loopback: l.local_addr()?.ip().is_loopback(),
+        };
+        tokio::spawn(crate::admin::serve(
+            l,
+            crate::admin::Admin::new(reloader.clone(), access),
+        ));
     }
 
     let listener = listen(inherited.server, server_listen, "[server]").await?;

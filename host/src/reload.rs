@@ -88,15 +88,34 @@ impl RestartOnly {
 #[derive(Clone)]
 struct Attempt {
     at: SystemTime,
+    /// The generation serving after it.
+    generation: u64,
+    /// Routes the new configuration adds and removes.
+    routes: (Vec<String>, Vec<String>),
     trigger: &'static str,
     took: Duration,
     outcome: Result<BuildReport, String>,
     needs_restart: Vec<&'static str>,
 }
 
+/// Reload attempts the admin page lists.
+const HISTORY: usize = 20;
+
+impl Status {
+    fn remember(&mut self, attempt: Attempt) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(attempt.clone());
+        self.last = Some(attempt);
+    }
+}
+
 #[derive(Default)]
 struct Status {
     last: Option<Attempt>,
+    /// The latest attempts, newest last, for the admin page.
+    history: std::collections::VecDeque<Attempt>,
     running_since: Option<SystemTime>,
     /// The last error per plugin, kept until a reload succeeds.
     plugin_errors: HashMap<String, (SystemTime, String)>,
@@ -137,23 +156,36 @@ impl Reloader {
             cache: PluginCache::default(),
             restart_only: RestartOnly::of(&config),
         };
-        let (gw, _) =
+        let (gw, report) =
             crate::assemble::build(config, &runtime, metrics.clone(), &mut builder.cache, None)
                 .await?;
         builder.cache.trim(&gw.plugins);
         metrics.declare_reloads();
         metrics.declare_edge();
         metrics.declare_tls_failures(&crate::tls::HandshakeFailure::ALL.map(|f| f.as_str()));
+        let mut status = Status {
+            running_since: Some(SystemTime::now()),
+            ..Status::default()
+        };
+        status.history.push_back(Attempt {
+            at: SystemTime::now(),
+            generation: gw.generation,
+            routes: (
+                gw.routes.routes().iter().map(|r| r.id.clone()).collect(),
+                Vec::new(),
+            ),
+            trigger: "start",
+            took: Duration::ZERO,
+            outcome: Ok(report),
+            needs_restart: Vec::new(),
+        });
         let shared = Arc::new(Shared::new(gw, metrics));
         Ok(Arc::new(Reloader {
             shared,
             runtime,
             source,
             builder: tokio::sync::Mutex::new(builder),
-            status: Mutex::new(Status {
-                running_since: Some(SystemTime::now()),
-                ..Status::default()
-            }),
+            status: Mutex::new(status),
             retired: Mutex::new(Vec::new()),
             watch,
             applied: tokio::sync::Notify::new(),
@@ -201,6 +233,16 @@ impl Reloader {
         };
         gw.generation = previous.generation + 1;
         let generation = gw.generation;
+        let routes = {
+            let ids = |g: &Gateway| -> Vec<String> {
+                g.routes.routes().iter().map(|r| r.id.clone()).collect()
+            };
+            let (old, new) = (ids(&previous), ids(&gw));
+            (
+                new.iter().filter(|id| !old.contains(id)).cloned().collect(),
+                old.into_iter().filter(|id| !new.contains(id)).collect(),
+            )
+        };
         builder.cache.trim(&gw.plugins);
         // Every plugin the configuration names has loaded; errors of
         // plugins it no longer names are history.
@@ -234,8 +276,10 @@ impl Reloader {
         );
         let mut status = self.status.lock();
         status.running_since = Some(SystemTime::now());
-        status.last = Some(Attempt {
+        status.remember(Attempt {
             at: SystemTime::now(),
+            generation,
+            routes,
             trigger,
             took,
             outcome: Ok(report.clone()),
@@ -257,8 +301,11 @@ impl Reloader {
                 .plugin_errors
                 .insert(p.to_string(), (now, msg.to_string()));
         }
-        status.last = Some(Attempt {
+        let generation = self.shared.current().generation;
+        status.remember(Attempt {
             at: now,
+            generation,
+            routes: Default::default(),
             trigger,
             took: started.elapsed(),
             outcome: Err(msg.to_string()),
@@ -508,6 +555,69 @@ fn relevant(ev: &notify::Result<notify::Event>, watched: &Watched) -> Option<Pat
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Reloader {
+    /// The latest reload attempts, newest first, with what each changed
+    /// in words (or why it was refused), for the admin page.
+    pub fn history(&self) -> Value {
+        let now = SystemTime::now();
+        let status = self.status.lock();
+        Value::Array(
+            status
+                .history
+                .iter()
+                .rev()
+                .map(|a| {
+                    json!({
+                        "at": rfc3339(a.at),
+                        "seconds_ago": now.duration_since(a.at).unwrap_or_default().as_secs_f64(),
+                        "trigger": a.trigger,
+                        "result": if a.outcome.is_ok() { "success" } else { "failure" },
+                        "generation": a.generation,
+                        "took_ms": a.took.as_secs_f64() * 1000.0,
+                        "changes": change_lines(a),
+                        "error": a.outcome.as_ref().err(),
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// An attempt's changes as sentences: routes added and removed, plugins
+/// compiled, filters configured anew, upstreams renewed, and settings
+/// that wait for a restart.
+fn change_lines(a: &Attempt) -> Vec<String> {
+    let Ok(report) = &a.outcome else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    let mut each = |what: &str, names: &[String], how: &str| {
+        lines.extend(names.iter().map(|n| format!("{what} {n} {how}")));
+    };
+    each(
+        "route",
+        &a.routes.0,
+        if a.trigger == "start" {
+            "served"
+        } else {
+            "added"
+        },
+    );
+    each("route", &a.routes.1, "removed");
+    each("plugin", &report.plugins_compiled, "compiled");
+    each("filter", &report.filters_configured, "configured");
+    each("upstream", &report.upstreams_renewed, "renewed");
+    lines.extend(
+        a.needs_restart
+            .iter()
+            .map(|s| format!("{s} changed: applied at the next restart")),
+    );
+    if lines.is_empty() {
+        lines.push("nothing changed".to_string());
+    }
+    lines
 }
 
 fn attempt_json(a: &Attempt) -> Value {

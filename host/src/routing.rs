@@ -238,6 +238,17 @@ impl Route {
         }
     }
 
+    /// The route's match as the admin page shows it: host (`null` for
+    /// any), path prefix and methods (`null` for all but TRACE and TRACK).
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "host": self.host.as_ref().map(crate::config::host_pattern_text),
+            "path_prefix": self.prefix,
+            "methods": self.methods.as_ref().map(|ms| ms.iter().map(Method::as_str).collect::<Vec<_>>()),
+        })
+    }
+
     /// Whether the route's `methods` name this method; `TRACE` and `TRACK`
     /// are served only where a route names them.
     pub fn lists_method(&self, method: &Method) -> bool {
@@ -281,6 +292,10 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     pub fn new(cfgs: &[RouteConfig]) -> RouteTable {
         RouteTable {
             routes: cfgs

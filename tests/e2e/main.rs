@@ -6,6 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod admin;
 mod admin_page;
 mod auth;
 mod authoring;

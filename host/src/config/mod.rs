@@ -27,8 +27,8 @@ pub use env::Env;
 pub use filters::{FailurePolicy, FilterConfig, FilterLogLevel, Isolation, MAX_CONFIG_FILE_BYTES};
 pub use routes::{MIN_BUDGET_WINDOW, RetryConfig, RouteConfig};
 pub use server::{
-    AdminConfig, EchoConfig, PathParameters, PluginsConfig, ReloadConfig, ServerConfig,
-    default_compile_cache_dir,
+    AdminConfig, EchoConfig, MIN_ADMIN_TOKEN_BYTES, PathParameters, PluginsConfig, ReloadConfig,
+    ServerConfig, default_compile_cache_dir,
 };
 pub use state::{MAX_WINDOW, StateBackend, StateConfig};
 pub use telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};

@@ -175,6 +175,36 @@ pub enum PathParameters {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// What `Authorization: Bearer` must carry on the mutating endpoints
+    /// (`POST /admin/reload`). Off loopback they are refused without one;
+    /// `GATEWAY_ADMIN_TOKEN` gives it when this is unset.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// The shortest admin token accepted: long enough that guessing it over
+/// the network is hopeless.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
+impl AdminConfig {
+    /// The token mutating calls must carry: the configured one, else
+    /// `GATEWAY_ADMIN_TOKEN` when it is long enough.
+    pub fn token(&self, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+        self.token
+            .clone()
+            .or_else(|| env("GATEWAY_ADMIN_TOKEN").filter(|t| t.len() >= MIN_ADMIN_TOKEN_BYTES))
+    }
+
+    /// A warning when anyone who can reach the admin listener could reload
+    /// the gateway were it not for the refusal: not on loopback, no token.
+    pub fn exposure_warning(&self, token: Option<&str>) -> Option<String> {
+        (!self.listen.ip().is_loopback() && token.is_none()).then(|| {
+            format!(
+                "[admin] listen {} is not on loopback and no token is set: POST /admin/reload is refused (401) until [admin] token or GATEWAY_ADMIN_TOKEN gives one",
+                self.listen
+            )
+        })
+    }
 }
 
 /// An echo upstream the gateway runs itself, for demos and tests.

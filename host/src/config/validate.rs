@@ -52,6 +52,18 @@ pub(super) fn across_sections(config: &Config, src: &Source<'_>) -> Result<(), C
             ));
         }
     }
+    if let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_deref()) {
+        src.require(
+            token.len() >= super::MIN_ADMIN_TOKEN_BYTES && !token.chars().any(char::is_whitespace),
+            &["admin", "token"],
+            || {
+                format!(
+                    "[admin] token must be at least {} characters without spaces; generate one with `openssl rand -hex 32`, or leave it out to keep mutating admin calls to loopback",
+                    super::MIN_ADMIN_TOKEN_BYTES
+                )
+            },
+        )?;
+    }
     for (name, f) in &config.filters {
         let plugin = f.plugin.as_str();
         let path = config.plugin_path(plugin);

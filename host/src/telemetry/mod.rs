@@ -17,6 +17,7 @@
 //! metrics' cost per request. benches/metrics.rs measures all three ways.
 
 pub mod access_log;
+pub mod live;
 pub mod log_limit;
 pub mod trace;
 
@@ -1313,6 +1314,9 @@ pub struct RouteMetrics {
     pub response_size: prometheus::Histogram,
     requests: RwLock<HashMap<SeriesKey, BoundCounter<u64>, rustc_hash::FxBuildHasher>>,
     counter: Counter<u64>,
+    /// Answers with a 5xx, for the admin page's error rate (the request
+    /// counter above cannot be read back).
+    server_errors: std::sync::atomic::AtomicU64,
 }
 
 /// Bound request counters one route may hold; past this (a client making
@@ -1337,6 +1341,7 @@ impl RouteMetrics {
             response_size: metrics.http_response_size.with_label_values(&route),
             requests: RwLock::default(),
             counter: metrics.http_requests.clone(),
+            server_errors: std::sync::atomic::AtomicU64::new(0),
             label,
         };
         for m in methods {
@@ -1379,8 +1384,29 @@ impl RouteMetrics {
             // The first of its kind: bound now, with the read lock released.
             self.requests_for(method, status).add(1);
         }
+        if status >= 500 {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
         self.duration.observe(took.as_secs_f64());
         self.request_size.observe(request_bytes as f64);
+    }
+
+    /// The route's answered requests, 5xx answers and latency histogram
+    /// since start, for the admin page's live traffic.
+    pub fn totals(&self) -> live::Totals {
+        use prometheus::core::Metric;
+        let metric = self.duration.metric();
+        let h = metric.get_histogram();
+        live::Totals {
+            count: h.get_sample_count(),
+            errors: self.server_errors.load(Ordering::Relaxed),
+            buckets: h
+                .get_bucket()
+                .iter()
+                .filter(|b| b.upper_bound().is_finite())
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect(),
+        }
     }
 }
 
@@ -1565,13 +1591,13 @@ impl ConnectionGauge {
         g
     }
 
-    fn open(&self) -> i64 {
+    pub fn open(&self) -> i64 {
         self.open.load(Ordering::Relaxed).max(0)
     }
 
     /// Open connections less those carrying a try: for HTTP/1.1, where a
     /// connection carries one exchange at a time, the idle ones.
-    fn idle(&self) -> i64 {
+    pub fn idle(&self) -> i64 {
         (self.open() - self.active.load(Ordering::Relaxed)).max(0)
     }
 

@@ -100,6 +100,8 @@ struct Inner {
     /// Counts half-open periods, so a probe can tell whether the period it
     /// was admitted in is still the current one.
     half_open_period: u64,
+    /// The latest change of state and when, for the admin page.
+    last: Option<(Transition, Instant)>,
 }
 
 #[derive(Debug)]
@@ -121,12 +123,19 @@ impl Breaker {
                 probes_in_flight: 0,
                 probe_successes: 0,
                 half_open_period: 0,
+                last: None,
             }),
         }
     }
 
     pub fn state(&self) -> State {
         self.inner.lock().state
+    }
+
+    /// The state, and the latest transition with when it happened.
+    pub fn describe(&self) -> (State, Option<(Transition, Instant)>) {
+        let g = self.inner.lock();
+        (g.state, g.last)
     }
 
     /// Whether the balancer may pick this instance now, without taking a
@@ -151,11 +160,13 @@ impl Breaker {
             g.probes_in_flight = 0;
             g.probe_successes = 0;
             g.half_open_period += 1;
-            transition = Some(Transition {
+            let t = Transition {
                 from: State::Open,
                 to: State::HalfOpen,
                 reason: "cool_down_elapsed",
-            });
+            };
+            g.last = Some((t, now));
+            transition = Some(t);
         }
         let probe = match g.state {
             State::Closed => None,
@@ -190,7 +201,21 @@ impl Breaker {
     /// half-open period of a probe.
     fn record(&self, now: Instant, probe: Option<u64>, success: bool) -> Option<Transition> {
         let mut g = self.inner.lock();
-        let current_probe = Breaker::current_probe(&g, probe);
+        let transition = self.record_locked(&mut g, now, probe, success);
+        if let Some(t) = transition {
+            g.last = Some((t, now));
+        }
+        transition
+    }
+
+    fn record_locked(
+        &self,
+        g: &mut Inner,
+        now: Instant,
+        probe: Option<u64>,
+        success: bool,
+    ) -> Option<Transition> {
+        let current_probe = Breaker::current_probe(g, probe);
         if current_probe {
             g.probes_in_flight = g.probes_in_flight.saturating_sub(1);
         }
@@ -211,7 +236,7 @@ impl Breaker {
                     }
                     None
                 } else {
-                    Some(self.trip(&mut g, now, State::HalfOpen, "probe_failed"))
+                    Some(self.trip(g, now, State::HalfOpen, "probe_failed"))
                 }
             }
             // Answers to requests sent before the breaker opened, probes
@@ -219,7 +244,7 @@ impl Breaker {
             // a half-open switch change nothing.
             State::HalfOpen | State::Open => None,
             State::Closed => {
-                self.count(&mut g, now, success);
+                self.count(g, now, success);
                 if success {
                     g.consecutive_failures = 0;
                     return None;
@@ -228,14 +253,14 @@ impl Breaker {
                 if self.cfg.consecutive_failures > 0
                     && g.consecutive_failures >= self.cfg.consecutive_failures
                 {
-                    return Some(self.trip(&mut g, now, State::Closed, "consecutive_failures"));
+                    return Some(self.trip(g, now, State::Closed, "consecutive_failures"));
                 }
                 if self.cfg.failure_rate > 0.0 {
-                    let (requests, failures) = self.window_counts(&g, now);
+                    let (requests, failures) = self.window_counts(g, now);
                     if requests >= self.cfg.min_requests
                         && failures as f64 >= self.cfg.failure_rate * requests as f64
                     {
-                        return Some(self.trip(&mut g, now, State::Closed, "failure_rate"));
+                        return Some(self.trip(g, now, State::Closed, "failure_rate"));
                     }
                 }
                 None
@@ -360,6 +385,32 @@ mod tests {
         );
         assert_eq!(kind(&b.admit(t0 + Duration::from_millis(999)).0), Admit::No);
         assert!(!b.pickable(t0 + Duration::from_millis(999)));
+    }
+
+    #[test]
+    fn describe_gives_the_latest_transition_and_when() {
+        let b = Breaker::new(cfg());
+        let t0 = Instant::now();
+        assert_eq!(b.describe(), (State::Closed, None));
+        for _ in 0..3 {
+            send(&b, t0, false);
+        }
+        let (state, last) = b.describe();
+        assert_eq!(state, State::Open);
+        assert_eq!(
+            last.map(|(t, at)| (t.reason, at)),
+            Some(("consecutive_failures", t0))
+        );
+        // The cool-down passing is a transition too, seen on the next admit.
+        let t1 = t0 + Duration::from_secs(1);
+        let (permit, _) = b.admit(t1);
+        let (state, last) = b.describe();
+        assert_eq!(state, State::HalfOpen);
+        assert_eq!(
+            last.map(|(t, at)| (t.reason, at)),
+            Some(("cool_down_elapsed", t1))
+        );
+        drop(permit);
     }
 
     #[test]

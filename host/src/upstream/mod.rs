@@ -9,6 +9,7 @@ pub mod health;
 pub mod outlier;
 pub mod pool;
 pub mod replay;
+mod snapshot;
 
 use crate::config::{Outcome, RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;

@@ -207,6 +207,11 @@ impl InstancePool {
 
     /// Closes idle connections past the idle timeout or closed by the
     /// upstream.
+    /// Idle connections kept, over all worker threads.
+    pub fn max_idle(&self) -> usize {
+        self.settings.max_idle
+    }
+
     pub fn sweep(&self) {
         self.idle.retain(|c| self.usable(c));
     }
