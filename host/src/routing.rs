@@ -238,12 +238,12 @@ impl Route {
         }
     }
 
-    /// The route's match as the admin page shows it: host (`null` for
-    /// any), path prefix and methods (`null` for all but TRACE and TRACK).
+    /// The route's match as the admin page shows it: hosts (none for any),
+    /// path prefix and methods (`null` for all but TRACE and TRACK).
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.id,
-            "host": self.host.as_ref().map(crate::config::host_pattern_text),
+            "hosts": self.host.as_ref().map(crate::config::host_pattern_text).into_iter().collect::<Vec<_>>(),
             "path_prefix": self.prefix,
             "methods": self.methods.as_ref().map(|ms| ms.iter().map(Method::as_str).collect::<Vec<_>>()),
         })
