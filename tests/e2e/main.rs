@@ -23,6 +23,7 @@ mod observability;
 mod proxy;
 mod ratelimit;
 mod reload;
+mod scenarios;
 mod sandbox;
 mod security;
 mod suite;

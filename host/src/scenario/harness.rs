@@ -441,6 +441,18 @@ impl Gateway {
         Ok(Scrape::parse(&text))
     }
 
+    /// `GET path` on the proxy listener, the whole answer read.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Response<Bytes>> {
+        let req = Request::builder()
+            .uri(format!("{}{path}", self.url()))
+            .body(Full::new(Bytes::new()))?;
+        let r = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .context("the proxy did not answer within 30 s")??;
+        let (head, body) = r.into_parts();
+        Ok(Response::from_parts(head, body.collect().await?.to_bytes()))
+    }
+
     /// The gateway's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.out.join("gateway.log")).unwrap_or_default()
