@@ -406,13 +406,6 @@ function renderUpstreams(state) {
           setTitle(td, isNumber(p.open) ? `${p.open} open connection${p.open === 1 ? "" : "s"}` : "");
         },
       },
-      {
-        cls: "draining",
-        fill: (td, r) => {
-          const d = r.instance.draining;
-          badge(td, d === true ? "draining" : d === false ? "no" : DASH, d === true ? "warn" : "");
-        },
-      },
     ],
   );
 }
