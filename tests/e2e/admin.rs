@@ -243,7 +243,7 @@ fn live_traffic_shows_each_routes_rate_latency_and_errors() {
     let until = Instant::now() + Duration::from_secs(3);
     let mut sent = 0u32;
     while Instant::now() < until {
-        let path = if sent % 5 == 0 {
+        let path = if sent.is_multiple_of(5) {
             "/api/status/503"
         } else {
             "/api/ok"
