@@ -125,6 +125,9 @@ fn plugin_crash_fails_closed_on_its_route_only() {
     }
     assert!(f(&r["plugin_failures_metric"]) > 0.0);
     assert!(f(&r["suspensions_metric"]) >= 1.0);
+    // Suspended, the filter stops running: fewer traps than requests.
+    assert!(f(&r["traps_metric"]) >= 1.0);
+    assert!(f(&r["traps_metric"]) < f(&checkout["count"]));
 }
 
 #[test]

@@ -162,10 +162,6 @@ impl Upstream {
         self.behaviour.peak_waiting.load(Ordering::Relaxed)
     }
 
-    pub fn is_running(&self) -> bool {
-        self.server.is_some()
-    }
-
     /// Closes the listener and drops every open connection, as a killed
     /// process would.
     pub async fn stop(&mut self) {
@@ -437,8 +433,9 @@ impl Gateway {
         if status != 200 {
             bail!("/metrics answered {status}");
         }
-        std::fs::write(self.out.join("metrics.txt"), &text)?;
-        Ok(Scrape::parse(&text))
+        let scrape = Scrape::parse(&text);
+        std::fs::write(self.out.join("metrics.txt"), &scrape.text)?;
+        Ok(scrape)
     }
 
     /// `GET path` on the proxy listener, the whole answer read.

@@ -838,25 +838,34 @@ async fn plugin_crash(options: &Options) -> anyhow::Result<()> {
     )
     .await;
     let scrape = gateway.scrape().await?;
+    let failures = |reason: &str| {
+        scrape
+            .value(
+                "gateway_plugin_failures_total",
+                &[("filter", "checkout-rules"), ("reason", reason)],
+            )
+            .unwrap_or(0.0)
+    };
+    // Calls that ran and trapped, and calls the suspension answered
+    // without making an instance.
+    let (traps, answered_suspended) = (failures("trap"), failures("suspended"));
     let failures_metric = scrape
         .value(
             "gateway_plugin_failures_total",
             &[("filter", "checkout-rules")],
         )
-        .or_else(|| scrape.value("gateway_plugin_failures_total", &[("plugin", "trapping")]))
         .unwrap_or(0.0);
     let suspensions = scrape
         .value(
             "gateway_plugin_suspensions_total",
             &[("filter", "checkout-rules")],
         )
-        .or_else(|| {
-            scrape.value(
-                "gateway_plugin_suspensions_total",
-                &[("plugin", "trapping")],
-            )
-        })
         .unwrap_or(0.0);
+    let logged_suspensions = gateway
+        .log()
+        .lines()
+        .filter(|l| l.contains("filter suspended") && l.contains("checkout-rules"))
+        .count();
     let (_, plugins_page) = gateway.admin_get("/admin/plugins").await?;
 
     let checkout = Summary::route(&run, "checkout");
@@ -878,8 +887,15 @@ async fn plugin_crash(options: &Options) -> anyhow::Result<()> {
     if failures_metric < 1.0 {
         problems.push("gateway_plugin_failures_total did not count the traps".into());
     }
-    if suspensions < 1.0 {
-        problems.push("the trapping filter was never suspended (crash loop)".into());
+    if suspensions < 1.0 || logged_suspensions == 0 {
+        problems.push(format!(
+            "the trapping filter should be suspended as a crash loop: {suspensions} counted, {logged_suspensions} logged"
+        ));
+    } else if traps >= checkout.count as f64 {
+        problems.push(format!(
+            "suspended, the filter should not run: {traps} traps for {} requests",
+            checkout.count
+        ));
     }
     let mut table = Table::new(&[
         "route",
@@ -919,7 +935,7 @@ async fn plugin_crash(options: &Options) -> anyhow::Result<()> {
             catalog.failures() + search.failures()
         ),
         format!(
-            "The gateway counted {failures_metric} filter failures and suspended the filter {suspensions} times (crash loop: while suspended it answers at once without making instances)."
+            "The gateway counted {failures_metric} filter failures: {traps} calls ran and trapped, then the crash loop was caught and the filter suspended {suspensions} times (each logged), so {answered_suspended} requests were refused at once without running it."
         ),
     ];
     let plugins_json: serde_json::Value =
@@ -932,6 +948,9 @@ async fn plugin_crash(options: &Options) -> anyhow::Result<()> {
         "others_failed": catalog.failures() + search.failures(),
         "plugin_failures_metric": failures_metric,
         "suspensions_metric": suspensions,
+        "suspensions_logged": logged_suspensions,
+        "traps_metric": traps,
+        "answered_while_suspended_metric": answered_suspended,
         "admin_plugins": plugins_json,
         "parameters": {
             "seconds": phase.as_secs_f64(),
@@ -953,7 +972,7 @@ const RELOAD_RPS: f64 = 150.0;
 /// The configuration of reload number `n`: the headers filter adds a
 /// response header naming it, and every other one lists a second instance.
 fn reload_body(n: usize, a: &Upstream, b: &Upstream) -> String {
-    let instances = if n % 2 == 0 {
+    let instances = if n.is_multiple_of(2) {
         format!("\"{}\"", a.addr)
     } else {
         format!("\"{}\", \"{}\"", a.addr, b.addr)
@@ -1030,7 +1049,7 @@ async fn reload_under_load(options: &Options) -> anyhow::Result<()> {
     // Quiet time before the first reload (the "before" figures) and after
     // the last one.
     let quiet = total / 6;
-    let reloads = if options.short { 6 } else { 20 };
+    let reloads: usize = if options.short { 6 } else { 20 };
     let every = (total - 2 * quiet) / reloads as u32;
     let plugins = own_plugins(options, &[])?;
     let headers = std::fs::read(plugins.join("headers.wasm"))?;
@@ -1067,7 +1086,7 @@ async fn reload_under_load(options: &Options) -> anyhow::Result<()> {
             let at = started.elapsed();
             // Every third reload deploys a new build of the headers plugin;
             // the others change the configuration file.
-            let what = if n % 3 == 0 {
+            let what = if n.is_multiple_of(3) {
                 swap_file(&plugins.join("headers.wasm"), &new_version(&headers, n))?;
                 "plugin file swapped".to_string()
             } else {
@@ -1076,7 +1095,7 @@ async fn reload_under_load(options: &Options) -> anyhow::Result<()> {
                 format!(
                     "config rewritten ({} instance{})",
                     1 + n % 2,
-                    if n % 2 == 1 { "s" } else { "" }
+                    if !n.is_multiple_of(2) { "s" } else { "" }
                 )
             };
             let (status, answer) = gateway.reload().await?;
