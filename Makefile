@@ -118,3 +118,12 @@ fuzz:
 	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -dict=$(FUZZ_DIR)/dicts/$$t.dict) || failed="$$failed $$t"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: findings in$$failed (see fuzz/artifacts/)"; exit 1; fi
+
+# A load scenario by its short name: `make load SCENARIO=spike` runs
+# `gateway scenario load-spike` (steady, ramp, spike, soak, rate-limit or
+# breaker) with oha, which setup installs; ARGS adds options, e.g.
+# `make load SCENARIO=soak ARGS=--short`. Results in target/scenarios/.
+SCENARIO ?= steady
+.PHONY: load
+load: setup build
+	target/release/gateway scenario load-$(SCENARIO) $(ARGS)

@@ -32,6 +32,8 @@ want git git
 want curl curl
 want openssl openssl
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The load scenarios' charts draw their text in DejaVu Sans.
+want_file /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf fonts-dejavu-core
 # The admin page's browser tests drive a headless Chromium through
 # chromedriver (W3C WebDriver on loopback).
 want_file /usr/bin/chromium chromium
@@ -79,4 +81,14 @@ if ! cmp -s "$req" "$py/.installed-requirements.txt"; then
   python3 -m venv "$py"
   "$py/bin/pip" install --quiet --disable-pip-version-check -r "$req"
   cp "$req" "$py/.installed-requirements.txt"
+fi
+
+# oha, the load generator `gateway scenario load-*` drives (and the load
+# scenario tests), built by `cargo install` into target/tools at the version
+# pinned here; rebuilt only when missing or another version. The charts'
+# text font is installed with the Debian packages above.
+OHA_VERSION=1.16.0
+if [[ "$("$root/target/tools/bin/oha" --version 2>/dev/null)" != "oha $OHA_VERSION" ]]; then
+  echo "setup: installing oha $OHA_VERSION into target/tools"
+  cargo install --locked --quiet "oha@$OHA_VERSION" --root "$root/target/tools"
 fi

@@ -19,6 +19,7 @@ mod filter_v2;
 mod grpc;
 mod languages;
 mod layering;
+mod load_scenarios;
 mod observability;
 mod proxy;
 mod ratelimit;

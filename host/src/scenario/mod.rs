@@ -10,9 +10,11 @@
 //!   `load-ramp`, `load-spike`, `load-soak`, `load-rate-limit`,
 //!   `load-breaker`, each with results as JSON and a chart as PNG.
 
+mod chart;
 mod harness;
 mod incident;
 mod load;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::Duration;
