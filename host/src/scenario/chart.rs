@@ -104,7 +104,13 @@ fn draw_panel(
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(plot_error)?;
-    for marker in markers {
+    for (i, marker) in markers.iter().enumerate() {
+        // Labels of events close in time go one under the other.
+        let row = markers[..i]
+            .iter()
+            .filter(|m| (m.at_s - marker.at_s).abs() < end_s / 50.0)
+            .count();
+        let label_y = y_max * (1.0 - 0.09 * row as f64);
         let style = ShapeStyle::from(marker.color.mix(0.7)).stroke_width(1);
         chart
             .draw_series(DashedLineSeries::new(
@@ -117,7 +123,7 @@ fn draw_panel(
         chart
             .draw_series(std::iter::once(Text::new(
                 marker.label.clone(),
-                (marker.at_s, y_max),
+                (marker.at_s, label_y),
                 (FONT_FAMILY, 12).into_font().color(&marker.color),
             )))
             .map_err(plot_error)?;
