@@ -90,5 +90,7 @@ fi
 OHA_VERSION=1.16.0
 if [[ "$("$root/target/tools/bin/oha" --version 2>/dev/null)" != "oha $OHA_VERSION" ]]; then
   echo "setup: installing oha $OHA_VERSION into target/tools"
-  cargo install --locked --quiet "oha@$OHA_VERSION" --root "$root/target/tools"
+  # Without its default TLS stack: the scenarios load plain HTTP on
+  # loopback, and aws-lc's C build would double the install's time.
+  cargo install --locked --quiet --no-default-features "oha@$OHA_VERSION" --root "$root/target/tools"
 fi

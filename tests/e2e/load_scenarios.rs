@@ -3,56 +3,12 @@
 //! oha (scripts/setup.sh installs it into target/tools), and these tests
 //! read the story back from its `result.json` and `chart.png`.
 
-use crate::common::{build_plugins, gateway_bin, plugin_dir};
+use crate::common::{num as f, run_scenario as scenario};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
-
-/// One scenario at a time: each measures latency and rates on the same
-/// two cores, and two at once would each see the other's load.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-struct Outcome {
-    passed: bool,
-    output: String,
-    result: Value,
-    out: PathBuf,
-}
-
-fn scenario(name: &str) -> Outcome {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    build_plugins();
-    let out = std::env::temp_dir().join(format!("gateway-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
-    let run = Command::new(gateway_bin())
-        .args(["scenario", name, "--short", "--out"])
-        .arg(&out)
-        .arg("--plugins")
-        .arg(plugin_dir())
-        .output()
-        .expect("run gateway scenario");
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let result = std::fs::read_to_string(out.join("result.json"))
-        .unwrap_or_else(|e| panic!("{name} wrote no result.json ({e}):\n{output}"));
-    Outcome {
-        passed: run.status.success(),
-        result: serde_json::from_str(&result).expect("result.json is JSON"),
-        output,
-        out,
-    }
-}
+use std::path::Path;
 
 fn steps(result: &Value) -> &Vec<Value> {
     result["steps"].as_array().expect("a timeline of steps")
-}
-
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"))
 }
 
 /// A real PNG: the signature, an IHDR of a chart's size, and more bytes
@@ -64,7 +20,11 @@ fn assert_chart(path: &Path) {
     let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
     assert!(width >= 800 && height >= 600, "a {width}x{height} chart");
-    assert!(png.len() > 20_000, "a chart of {} bytes has hardly anything drawn", png.len());
+    assert!(
+        png.len() > 20_000,
+        "a chart of {} bytes has hardly anything drawn",
+        png.len()
+    );
 }
 
 #[test]
@@ -75,7 +35,11 @@ fn soak_serves_every_request_through_reloads_and_instance_kills_with_flat_memory
     assert_eq!(r["unexpected_errors"], 0, "{}", o.output);
     assert_eq!(r["totals"]["not_2xx"], 0);
     // 60 s at 300/s; oha's steps start a few milliseconds apart.
-    assert!(f(&r["totals"]["requests"]) > 0.9 * 60.0 * 300.0, "{}", r["totals"]);
+    assert!(
+        f(&r["totals"]["requests"]) > 0.9 * 60.0 * 300.0,
+        "{}",
+        r["totals"]
+    );
     assert!(f(&r["reloads_done"]) >= 5.0, "{}", o.output);
     assert!(f(&r["kills_done"]) >= 2.0, "{}", o.output);
     let events: Vec<&str> = r["events"]
@@ -96,7 +60,7 @@ fn soak_serves_every_request_through_reloads_and_instance_kills_with_flat_memory
         assert!(f(&flat["baseline"]) > 0.0);
     }
     assert!(r["samples"].as_array().unwrap().len() >= 50);
-    assert_chart(&o.out.join("chart.png"));
+    assert_chart(&o.out.path().join("chart.png"));
 }
 
 #[test]
@@ -123,7 +87,7 @@ fn spike_offers_ten_times_the_base_rate_and_it_is_answered() {
         assert!(f(&s["rps"]) < 2.0 * base_offered, "after step {s}");
     }
     assert_eq!(o.result["totals"]["not_2xx"], 0);
-    assert_chart(&o.out.join("chart.png"));
+    assert_chart(&o.out.path().join("chart.png"));
 }
 
 #[test]
@@ -141,7 +105,10 @@ fn breaker_opens_on_a_failing_instance_and_errors_stop() {
         .filter(|s| s["phase"] == "b failing")
         .map(|s| f(&s["error_rate"]))
         .collect();
-    assert!(healthy.iter().all(|e| *e == 0.0), "errors before b failed: {healthy:?}");
+    assert!(
+        healthy.iter().all(|e| *e == 0.0),
+        "errors before b failed: {healthy:?}"
+    );
     // Errors reach the clients once b fails (no retries on this route)...
     assert!(
         failing.iter().cloned().fold(0.0, f64::max) > 0.05,
@@ -152,7 +119,7 @@ fn breaker_opens_on_a_failing_instance_and_errors_stop() {
         assert!(*e < 0.01, "errors went on: {failing:?}");
     }
     assert!(f(&o.result["breaker_opened"]) >= 1.0);
-    assert_chart(&o.out.join("chart.png"));
+    assert_chart(&o.out.path().join("chart.png"));
 }
 
 #[test]
@@ -172,5 +139,5 @@ fn rate_limit_refuses_the_share_above_the_limit() {
         (share - expected).abs() < 0.05,
         "{share:.3} refused, expected {expected:.3}"
     );
-    assert_chart(&o.out.join("chart.png"));
+    assert_chart(&o.out.path().join("chart.png"));
 }

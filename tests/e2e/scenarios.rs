@@ -3,46 +3,20 @@
 //! story (exit status 1 when it did not go its way), and these tests read
 //! the numbers back from its `result.json` to hold the story's direction.
 
-use crate::common::{build_plugins, gateway_command, plugin_dir, tempdir};
+use crate::common::{num as f, run_scenario};
 use serde_json::Value;
-use std::sync::Mutex;
 
-/// One scenario at a time: each measures latency on the same two cores,
-/// and two at once would each see the other's load.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// Runs the scenario, asserts it exited 0, and returns its `result.json`.
+/// Runs the scenario, asserts it passed and kept its scrape, and returns
+/// its `result.json`.
 fn scenario(name: &str) -> Value {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    build_plugins();
-    let out = tempdir::Dir::new();
-    let run = gateway_command()
-        .args(["scenario", name, "--short", "--out"])
-        .arg(out.path())
-        .arg("--plugins")
-        .arg(plugin_dir())
-        .output()
-        .expect("run gateway scenario");
-    let output = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-    println!("{output}");
-    let result = std::fs::read_to_string(out.path().join("result.json"))
-        .unwrap_or_else(|e| panic!("{name} wrote no result.json ({e}):\n{output}"));
-    assert!(run.status.success(), "{name} failed:\n{output}");
+    let run = run_scenario(name);
+    assert!(run.passed, "{name} failed:\n{}", run.output);
     assert!(
-        out.path().join("metrics.txt").exists(),
+        run.out.path().join("metrics.txt").exists(),
         "{name} kept no scrape"
     );
-    let result: Value = serde_json::from_str(&result).expect("result.json is JSON");
-    assert_eq!(result["passed"], true, "{result:#}");
-    result
-}
-
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"))
+    assert_eq!(run.result["passed"], true, "{:#}", run.result);
+    run.result
 }
 
 #[test]

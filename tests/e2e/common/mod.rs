@@ -844,3 +844,52 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// One `gateway scenario` at a time in the whole suite: each measures
+/// latency and rates on the same two cores, and two at once would each see
+/// the other's load.
+static SCENARIO_ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What `gateway scenario NAME --short` left: its exit, what it printed,
+/// its `result.json` and the folder holding them.
+pub struct ScenarioRun {
+    pub passed: bool,
+    pub output: String,
+    pub result: serde_json::Value,
+    pub out: tempdir::Dir,
+}
+
+/// Runs the scenario `name` in its short form with the shipped plugins.
+pub fn run_scenario(name: &str) -> ScenarioRun {
+    let _one = SCENARIO_ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    build_plugins();
+    let out = tempdir::Dir::new();
+    let run = gateway_command()
+        .args(["scenario", name, "--short", "--out"])
+        .arg(out.path())
+        .arg("--plugins")
+        .arg(plugin_dir())
+        .output()
+        .expect("run gateway scenario");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{output}");
+    let result = std::fs::read_to_string(out.path().join("result.json"))
+        .unwrap_or_else(|e| panic!("{name} wrote no result.json ({e}):\n{output}"));
+    ScenarioRun {
+        passed: run.status.success(),
+        result: serde_json::from_str(&result).expect("result.json is JSON"),
+        output,
+        out,
+    }
+}
+
+/// A number from a scenario's `result.json`.
+pub fn num(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"))
+}
