@@ -331,6 +331,17 @@ pub struct Gateway {
 impl Gateway {
     /// Writes the configuration, starts the gateway and waits (up to 60 s,
     /// plugins may compile) until `/ready` answers 200.
+    /// A gateway on `body` with the shipped plugins and `[server]`'s
+    /// defaults.
+    pub async fn start_plain(options: &Options, body: &str) -> anyhow::Result<Gateway> {
+        let config = GatewayConfig {
+            plugins: &options.plugins,
+            server: "",
+            body,
+        };
+        Gateway::start(options, &config).await
+    }
+
     pub async fn start(options: &Options, config: &GatewayConfig<'_>) -> anyhow::Result<Gateway> {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));

@@ -258,15 +258,7 @@ async fn shopping(
          [[route]]\nid = \"catalog\"\npath_prefix = \"/catalog\"\nupstream = \"catalog\"\n",
         payments[0].addr, payments[1].addr, catalog.addr
     );
-    let gateway = Gateway::start(
-        options,
-        &GatewayConfig {
-            plugins: &options.plugins,
-            server: "",
-            body: &body,
-        },
-    )
-    .await?;
+    let gateway = Gateway::start_plain(options, &body).await?;
     let targets = [
         Target::new("payments", "/payments/charge").weight(PAYMENTS_RPS as u32),
         Target::new("catalog", "/catalog/item").weight(CATALOG_RPS as u32),
@@ -477,15 +469,7 @@ async fn shared_app(
             app = app.addr
         )
     };
-    let gateway = Gateway::start(
-        options,
-        &GatewayConfig {
-            plugins: &options.plugins,
-            server: "",
-            body: &body,
-        },
-    )
-    .await?;
+    let gateway = Gateway::start_plain(options, &body).await?;
     let mut targets =
         vec![Target::new("catalog", "/catalog/item").weight(CASCADE_CATALOG_RPS as u32)];
     let mut rate = CASCADE_CATALOG_RPS;
@@ -546,15 +530,7 @@ async fn rate_limit_surge(options: &Options) -> anyhow::Result<()> {
          [[route]]\nid = \"api\"\npath_prefix = \"/api\"\nupstream = \"api\"\nfilters = [\"ratelimit\"]\n",
         api.addr
     );
-    let gateway = Gateway::start(
-        options,
-        &GatewayConfig {
-            plugins: &options.plugins,
-            server: "",
-            body: &body,
-        },
-    )
-    .await?;
+    let gateway = Gateway::start_plain(options, &body).await?;
     // Each client from its own loopback address, as the limit counts by
     // client address.
     let calm: Vec<Target> = (0..CALM_CLIENTS)

@@ -11,7 +11,7 @@
 
 use super::Options;
 use super::chart::{self, Marker, PALETTE, Panel, Series};
-use super::harness::{self, Gateway, GatewayConfig, Summary, Table, Target, Upstream, round};
+use super::harness::{self, Gateway, Summary, Table, Target, Upstream, round};
 use anyhow::{Context, bail};
 use plotters::style::RGBColor;
 use serde_json::{Value, json};
@@ -536,15 +536,7 @@ upstream = "app"
 async fn plain_gateway(options: &Options) -> anyhow::Result<(Gateway, Upstream)> {
     let upstream = Upstream::start("app").await?;
     let body = PLAIN.replace("{a}", &upstream.addr.to_string());
-    let gateway = Gateway::start(
-        options,
-        &GatewayConfig {
-            plugins: &options.plugins,
-            server: "",
-            body: &body,
-        },
-    )
-    .await?;
+    let gateway = Gateway::start_plain(options, &body).await?;
     Ok((gateway, upstream))
 }
 
@@ -809,15 +801,7 @@ async fn rate_limit(options: &Options, oha: &Oha) -> anyhow::Result<()> {
     let body = RATE_LIMITED
         .replace("{a}", &upstream.addr.to_string())
         .replace("{limit}", &limit.to_string());
-    let gateway = Gateway::start(
-        options,
-        &GatewayConfig {
-            plugins: &options.plugins,
-            server: "",
-            body: &body,
-        },
-    )
-    .await?;
+    let gateway = Gateway::start_plain(options, &body).await?;
     let (steps, events) = drive(oha, &gateway, &Target::new("app", "/"), &phases, |_, _| {
         None
     })
@@ -919,15 +903,7 @@ async fn breaker(options: &Options, oha: &Oha) -> anyhow::Result<()> {
     let body = BREAKER
         .replace("{a}", &a.addr.to_string())
         .replace("{b}", &b.addr.to_string());
-    let gateway = Gateway::start(
-        options,
-        &GatewayConfig {
-            plugins: &options.plugins,
-            server: "",
-            body: &body,
-        },
-    )
-    .await?;
+    let gateway = Gateway::start_plain(options, &body).await?;
     let (steps, events) = drive(oha, &gateway, &Target::new("app", "/"), &phases, |i, _| {
         (i == healthy).then(|| {
             b.set_failures(1.0, 503);
