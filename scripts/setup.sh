@@ -90,7 +90,6 @@ fi
 OHA_VERSION=1.16.0
 if [[ "$("$root/target/tools/bin/oha" --version 2>/dev/null)" != "oha $OHA_VERSION" ]]; then
   echo "setup: installing oha $OHA_VERSION into target/tools"
-  # Without its default TLS stack: the scenarios load plain HTTP on
-  # loopback, and aws-lc's C build would double the install's time.
-  cargo install --locked --quiet --no-default-features "oha@$OHA_VERSION" --root "$root/target/tools"
+  # With its default TLS stack: oha 1.16 does not build without one.
+  cargo install --locked --quiet "oha@$OHA_VERSION" --root "$root/target/tools"
 fi
