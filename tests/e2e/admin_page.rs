@@ -327,28 +327,6 @@ fn open_page(browser: &Browser, admin: SocketAddr) {
     );
 }
 
-/// config/gateway.toml as `make run` serves it (the shipped plugins in
-/// plugins/dist), on the harness's free ports.
-fn default_gateway() -> Gateway {
-    let dist = repo().join("plugins/dist");
-    assert!(
-        dist.join("headers.wasm").exists(),
-        "{} holds no plugins; `make plugins` builds them",
-        dist.display()
-    );
-    let default = std::fs::read_to_string(repo().join("config/gateway.toml")).unwrap();
-    Gateway::start_with_echo(tempdir::Dir::new(), |addr, admin, echo| {
-        default
-            .replace("${LISTEN:-127.0.0.1:8080}", &addr.to_string())
-            .replace("${ADMIN_LISTEN:-127.0.0.1:9901}", &admin.to_string())
-            .replace("${ECHO_LISTEN:-127.0.0.1:9902}", &echo.to_string())
-            .replace(
-                "dir = \"../plugins/dist\"",
-                &format!("dir = \"{}\"", dist.display()),
-            )
-    })
-}
-
 /// The routes of config/gateway.toml, (id, filters in order), and the
 /// names of its filters.
 fn default_routes() -> (Vec<(String, Vec<String>)>, Vec<String>) {
@@ -381,7 +359,7 @@ fn default_routes() -> (Vec<(String, Vec<String>)>, Vec<String>) {
 
 #[test]
 fn the_admin_page_loads_cleanly_and_lists_every_default_route() {
-    let gw = default_gateway();
+    let gw = start_default(&shipped_plugins());
     // Without the policy a CSP violation could not happen, and a quiet
     // console would prove nothing about inline script or style.
     let page = gw.admin("GET", "/");
@@ -522,7 +500,7 @@ fn trickle(
 
 #[test]
 fn the_live_rate_rises_under_traffic_and_the_page_keeps_refreshing() {
-    let gw = default_gateway();
+    let gw = start_default(&shipped_plugins());
     let browser = Browser::start();
     open_page(&browser, gw.admin);
     let rate = route_cell("live", "rate");

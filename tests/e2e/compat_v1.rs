@@ -19,22 +19,6 @@ const KEY_GLOBEX: (&str, &str) = ("x-api-key", "demo-key-globex");
 /// Response headers that differ from request to request whoever answers.
 const VOLATILE: [&str; 2] = ["date", "x-request-id"];
 
-/// The default configuration (config/gateway.toml) on free ports, loading
-/// its plugins from `plugins`.
-fn default_gateway(plugins: &Path) -> Gateway {
-    let default = std::fs::read_to_string(repo().join("config/gateway.toml")).unwrap();
-    Gateway::start_with_echo(tempdir::Dir::new(), |addr, admin, echo| {
-        default
-            .replace("${LISTEN:-127.0.0.1:8080}", &addr.to_string())
-            .replace("${ADMIN_LISTEN:-127.0.0.1:9901}", &admin.to_string())
-            .replace("${ECHO_LISTEN:-127.0.0.1:9902}", &echo.to_string())
-            .replace(
-                "dir = \"../plugins/dist\"",
-                &format!("dir = \"{}\"", plugins.display()),
-            )
-    })
-}
-
 /// A plugin folder with the 0.1 fixtures and the current builds of
 /// `others` (the default configuration loads `cache` too).
 fn fixture_plugins(others: &[&str]) -> tempdir::Dir {
@@ -210,8 +194,8 @@ fn assert_same_lines(v2: &[String], v1: &[String], when: &str) {
 #[test]
 fn the_0_1_builds_of_the_shipped_plugins_answer_as_their_0_2_builds_do() {
     let v1_plugins = fixture_plugins(&["cache"]);
-    let v2 = default_gateway(&plugin_dir());
-    let v1 = default_gateway(v1_plugins.path());
+    let v2 = start_default(&plugin_dir());
+    let v1 = start_default(v1_plugins.path());
 
     // Which build each gateway runs.
     for (gw, wit) in [(&v2, "0.2.0"), (&v1, "0.1.0")] {

@@ -18,16 +18,8 @@ use std::time::{Duration, Instant};
 fn observed_gateway() -> (Gateway, Upstream) {
     let pay = Upstream::start("payments");
     let dead = format!("127.0.0.1:{}", free_port());
-    let default = std::fs::read_to_string(repo().join("config/gateway.toml")).unwrap();
     let gw = Gateway::start_with_echo(tempdir::Dir::new(), |addr, admin, echo| {
-        let base = default
-            .replace("${LISTEN:-127.0.0.1:8080}", &addr.to_string())
-            .replace("${ADMIN_LISTEN:-127.0.0.1:9901}", &admin.to_string())
-            .replace("${ECHO_LISTEN:-127.0.0.1:9902}", &echo.to_string())
-            .replace(
-                "dir = \"../plugins/dist\"",
-                &format!("dir = \"{}\"", plugin_dir().display()),
-            );
+        let base = default_config(addr, admin, echo, &plugin_dir());
         format!(
             "{base}\n\
              [access_log]\npath = \"access.log\"\n\n\
@@ -43,42 +35,6 @@ fn observed_gateway() -> (Gateway, Upstream) {
         )
     });
     (gw, pay)
-}
-
-/// The default configuration as `make run` serves it: config/gateway.toml
-/// as shipped, on free ports, loading the plugins `make plugins` copies to
-/// plugins/dist.
-fn default_gateway() -> Gateway {
-    let dist = repo().join("plugins/dist");
-    assert!(
-        dist.join("headers.wasm").exists(),
-        "no plugins in {}: run `make plugins`",
-        dist.display()
-    );
-    let default = std::fs::read_to_string(repo().join("config/gateway.toml")).unwrap();
-    let replacements = |addr: SocketAddr, admin: SocketAddr, echo: SocketAddr| {
-        [
-            ("${LISTEN:-127.0.0.1:8080}", addr.to_string()),
-            ("${ADMIN_LISTEN:-127.0.0.1:9901}", admin.to_string()),
-            ("${ECHO_LISTEN:-127.0.0.1:9902}", echo.to_string()),
-            (
-                "dir = \"../plugins/dist\"",
-                format!("dir = \"{}\"", dist.display()),
-            ),
-        ]
-    };
-    Gateway::start_with_echo(tempdir::Dir::new(), |addr, admin, echo| {
-        replacements(addr, admin, echo)
-            .into_iter()
-            .fold(default.clone(), |config, (from, to)| {
-                // A changed default would otherwise run on its own ports and plugins.
-                assert!(
-                    config.contains(from),
-                    "config/gateway.toml no longer says {from}"
-                );
-                config.replace(from, &to)
-            })
-    })
 }
 
 /// The prefix of the metrics only a gateway with `[server.tls]` exports.
@@ -485,7 +441,7 @@ fn the_whole_catalogue_is_scraped_from_start_up_and_passes_promtool() {
 
 #[test]
 fn the_default_config_exports_every_name_the_dashboard_and_the_rules_use_from_start_up() {
-    let gw = default_gateway();
+    let gw = start_default(&shipped_plugins());
     // Before any request: a rule or a panel whose series appears only
     // with traffic (or with health checks, or retries) shows "no data"
     // where it should show zero, and an absent series never fires.

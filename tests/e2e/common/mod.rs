@@ -893,3 +893,52 @@ pub fn run_scenario(name: &str) -> ScenarioRun {
 pub fn num(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"))
 }
+
+/// The folder `make plugins` copies the shipped plugins to, as
+/// config/gateway.toml loads them; it must hold them.
+pub fn shipped_plugins() -> PathBuf {
+    let dist = repo().join("plugins/dist");
+    assert!(
+        dist.join("headers.wasm").exists(),
+        "{} holds no plugins; `make plugins` builds them",
+        dist.display()
+    );
+    dist
+}
+
+/// config/gateway.toml as shipped, listening on `addr`, `admin` and `echo`
+/// and loading its plugins from `plugins`.
+pub fn default_config(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    echo: SocketAddr,
+    plugins: &Path,
+) -> String {
+    let default = std::fs::read_to_string(repo().join("config/gateway.toml")).unwrap();
+    [
+        ("${LISTEN:-127.0.0.1:8080}", addr.to_string()),
+        ("${ADMIN_LISTEN:-127.0.0.1:9901}", admin.to_string()),
+        ("${ECHO_LISTEN:-127.0.0.1:9902}", echo.to_string()),
+        (
+            "dir = \"../plugins/dist\"",
+            format!("dir = \"{}\"", plugins.display()),
+        ),
+    ]
+    .into_iter()
+    .fold(default, |config, (from, to)| {
+        // A changed default would otherwise run on its own ports and plugins.
+        assert!(
+            config.contains(from),
+            "config/gateway.toml no longer says {from}"
+        );
+        config.replace(from, &to)
+    })
+}
+
+/// The default configuration as `make run` serves it, on free ports, with
+/// its plugins from `plugins`.
+pub fn start_default(plugins: &Path) -> Gateway {
+    Gateway::start_with_echo(tempdir::Dir::new(), |addr, admin, echo| {
+        default_config(addr, admin, echo, plugins)
+    })
+}
