@@ -106,14 +106,17 @@ impl Status {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
-        self.history.push_back(attempt.clone());
-        self.last = Some(attempt);
+        self.history.push_back(attempt);
+    }
+
+    /// The latest reload attempt; start-up is not one.
+    fn last(&self) -> Option<&Attempt> {
+        self.history.back().filter(|a| a.trigger != "start")
     }
 }
 
 #[derive(Default)]
 struct Status {
-    last: Option<Attempt>,
     /// The latest attempts, newest last, for the admin page.
     history: std::collections::VecDeque<Attempt>,
     running_since: Option<SystemTime>,
@@ -380,7 +383,7 @@ impl Reloader {
             },
             "retired_generations_alive": self.retired_alive(),
             "running_since": status.running_since.map(rfc3339),
-            "last_reload": status.last.as_ref().map(attempt_json),
+            "last_reload": status.last().map(attempt_json),
             "plugins": plugins,
             "compile_cache": self.runtime.compile_cache().map(|c| json!({
                 "dir": c.dir().display().to_string(),

@@ -7,7 +7,7 @@
 use super::Options;
 use super::harness::{
     Clients, Gateway, GatewayConfig, Sample, Summary, Table, Target, Upstream, closed_loop, hold,
-    length, open_loop, percentile, round, tell,
+    length, open_loop, percentile, round, share, tell,
 };
 use serde_json::json;
 use std::net::IpAddr;
@@ -31,10 +31,6 @@ const MAX_IN_FLIGHT: usize = 4000;
 
 fn ms(x: f64) -> String {
     format!("{x:.1}")
-}
-
-fn share(part: u64, whole: u64) -> f64 {
-    part as f64 / whole.max(1) as f64
 }
 
 // ---------------------------------------------------------------------
@@ -990,14 +986,6 @@ fn new_version(component: &[u8], n: usize) -> Vec<u8> {
     out
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Replaces `path` by writing beside it and renaming, as deploy tools do.
 fn swap_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("wasm.partial");
@@ -1101,7 +1089,9 @@ async fn reload_under_load(options: &Options) -> anyhow::Result<()> {
                     .and_then(|v| v.parse().ok()),
                 wanted_version: config_version,
                 plugin_taken: loaded_sha
-                    == Some(sha256_hex(&std::fs::read(plugins.join("headers.wasm"))?)),
+                    == Some(crate::plugin::content_hash(&std::fs::read(
+                        plugins.join("headers.wasm"),
+                    )?)),
             });
             let next = quiet + every * n as u32;
             tokio::time::sleep_until((started + next).into()).await;

@@ -11,7 +11,7 @@
 
 use super::Options;
 use super::chart::{self, Marker, PALETTE, Panel, Series};
-use super::harness::{self, Gateway, Summary, Table, Target, Upstream, round};
+use super::harness::{self, Gateway, Summary, Table, Target, Upstream, round, share};
 use anyhow::{Context, bail};
 use plotters::style::RGBColor;
 use serde_json::{Value, json};
@@ -227,14 +227,6 @@ impl Step {
         map.insert("error_rate".into(), round(self.error_rate(), 5).into());
         map.insert("error_kinds".into(), json!(self.errors));
         v
-    }
-}
-
-pub fn share(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
     }
 }
 

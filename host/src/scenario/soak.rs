@@ -10,8 +10,8 @@
 
 use super::Options;
 use super::chart::{Marker, PALETTE, Panel, Series};
-use super::harness::{self, Gateway, GatewayConfig, Target, Upstream, round};
-use super::load::{self, Event, Measured, Oha, Step, share};
+use super::harness::{self, Gateway, GatewayConfig, Target, Upstream, round, share};
+use super::load::{self, Event, Measured, Oha, Step};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
