@@ -8,7 +8,9 @@
 # toolchains at the versions the examples pin (componentize-js from npm into
 # plugins/examples/shard-header/node_modules, componentize-py from PyPI into
 # target/toolchains/python), Chromium and chromedriver (the admin page's
-# browser tests), and (with --bench) nginx, wrk, perf and the
+# browser tests), the musl Rust target and musl-tools (the static binary;
+# --static stops after these), podman, runc and the CA bundle (the container
+# image; --image stops after these), and (with --bench) nginx, wrk, perf and the
 # peers (HAProxy, Caddy, nginx's njs module) for the comparison benchmarks. Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -18,9 +20,39 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 [[ "${1:-}" == "--run" ]] && exit 0
 
+apt_install() {
+  [[ $# -gt 0 ]] || return 0
+  echo "setup: installing $*"
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "$@"
+}
 need_apt=()
 want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
 want_file() { [[ -e "$1" ]] || need_apt+=("$2"); }
+
+# The static binary the container image holds (`make static`; --static
+# stops after it): the musl Rust target, and musl-gcc for *ring*'s C.
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+  echo "setup: adding the x86_64-unknown-linux-musl Rust target"
+  rustup target add x86_64-unknown-linux-musl
+fi
+want musl-gcc musl-tools
+# The container image (`make image` and its test; --image stops after it):
+# podman, runc (deploy/container/containers.conf says why not crun), the
+# CA bundle the image ships and objcopy, which strips the binary's line tables.
+if [[ "${1:-}" != "--static" ]]; then
+  want podman podman
+  want runc runc
+  want objcopy binutils
+  want_file /etc/ssl/certs/ca-certificates.crt ca-certificates
+fi
+if [[ "${1:-}" == "--static" || "${1:-}" == "--image" ]]; then
+  apt_install "${need_apt[@]}"
+  exit 0
+fi
+
 want redis-server redis-server
 want prometheus prometheus
 want promtool prometheus
@@ -50,13 +82,7 @@ if [[ "${1:-}" == "--bench" ]]; then
   want_file /usr/lib/nginx/modules/ngx_http_js_module.so libnginx-mod-http-js
 fi
 
-if [[ ${#need_apt[@]} -gt 0 ]]; then
-  echo "setup: installing ${need_apt[*]}"
-  sudo_cmd=()
-  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
-fi
+apt_install "${need_apt[@]}"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 

@@ -95,6 +95,48 @@ pub fn prune_cache(
     ))
 }
 
+/// `gateway drain`: asks the gateway at `admin` to drain, then waits
+/// `wait` so load balancers see `/ready` fail before it is stopped.
+pub async fn drain(admin: &str, wait: std::time::Duration) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = std::env::var("GATEWAY_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(admin).await?;
+        conn.write_all(
+            format!(
+                "POST /admin/drain HTTP/1.1\r\nHost: {admin}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut answer = Vec::new();
+        conn.take(64 * 1024).read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("{admin} did not answer within 10 s"))?
+        .with_context(|| format!("cannot reach the admin listener at {admin}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.split(' ').nth(1).unwrap_or("");
+    if status != "200" {
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+        anyhow::bail!(
+            "{admin} refused to drain ({}): {body}",
+            answer.lines().next().unwrap_or("no answer")
+        );
+    }
+    tokio::time::sleep(wait).await;
+    Ok(format!(
+        "{admin} is draining (/ready answers 503); waited {wait:?}"
+    ))
+}
+
 /// `gateway run`: serve until SIGTERM or SIGINT, then drain; reload on
 /// file changes, SIGHUP and `POST /admin/reload`.
 pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<()> {
@@ -111,6 +153,7 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     let server_listen = config.server.listen;
     let workers = config.server.worker_count();
     let grace = config.server.shutdown_grace.0;
+    let drain_delay = config.server.drain_delay.0;
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let admin_token = config
         .admin
@@ -194,14 +237,27 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     let signals = {
         let shared = shared.clone();
         tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
             use tokio::signal::unix::{SignalKind, signal};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
             let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
             let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
-            tracing::info!("{name} received; draining");
-            shared
-                .draining
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            shared.stopping.store(true, Ordering::Relaxed);
+            let drained_already = shared.draining.swap(true, Ordering::Relaxed);
+            if !drained_already && !drain_delay.is_zero() {
+                // Still serving while the balancer sees `/ready` fail; a
+                // second signal cuts the wait short.
+                tracing::info!(
+                    "{name} received; /ready fails for {drain_delay:?} before the listener closes"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(drain_delay) => {}
+                    _ = term.recv() => tracing::info!("SIGTERM again; closing now"),
+                    _ = int.recv() => tracing::info!("SIGINT again; closing now"),
+                }
+            } else {
+                tracing::info!("{name} received; draining");
+            }
             let _ = stop_tx.send(true);
         })
     };

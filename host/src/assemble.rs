@@ -35,20 +35,43 @@ struct Cached {
     last_used: u64,
 }
 
+/// The hash a filter requires of its plugin file, and where it says so.
+#[derive(Debug, Clone)]
+pub struct Pin<'c> {
+    pub filter: &'c str,
+    pub sha256: &'c str,
+    pub at: String,
+}
+
 /// Versions not in use that the cache keeps.
 const SPARE_VERSIONS: usize = 8;
 
 impl PluginCache {
     /// The plugin `name` as its file now reads, compiled only if this
-    /// content has not been seen; `true` when it was compiled now.
+    /// content has not been seen; `true` when it was compiled now. A file
+    /// whose hash is not the one `pin` names is refused before it is
+    /// compiled.
     pub async fn get(
         &mut self,
         runtime: &Runtime,
         name: &str,
         path: &Path,
+        pin: Option<Pin<'_>>,
     ) -> Result<(Arc<LoadedPlugin>, bool), PluginError> {
         let bytes = read_plugin(name, path)?;
         let hash = content_hash(&bytes);
+        if let Some(pin) = pin
+            && !pin.sha256.eq_ignore_ascii_case(&hash)
+        {
+            return Err(PluginError::Unpinned {
+                plugin: name.into(),
+                path: path.into(),
+                filter: pin.filter.to_string(),
+                expected: pin.sha256.to_ascii_lowercase(),
+                found: hash,
+                at: pin.at,
+            });
+        }
         self.uses += 1;
         let key = (name.to_string(), hash);
         if let Some(c) = self.entries.get_mut(&key) {
@@ -222,7 +245,9 @@ pub async fn build(
         if plugins.contains_key(name) {
             continue;
         }
-        let (p, compiled) = cache.get(runtime, name, &config.plugin_path(name)).await?;
+        let (p, compiled) = cache
+            .get(runtime, name, &config.plugin_path(name), config.pin(name))
+            .await?;
         if compiled {
             report.plugins_compiled.push(name.to_string());
         } else {

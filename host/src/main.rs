@@ -40,9 +40,11 @@ enum Command {
     /// supervisor hands over: LISTEN_FDS, with LISTEN_FDNAMES naming them
     /// server, admin, echo). Reloads when the config file or a plugin file
     /// changes, on SIGHUP and on `POST /admin/reload`; a reload that fails
-    /// keeps the running configuration. SIGTERM or SIGINT drains open
-    /// requests for `[server] shutdown_grace`, then exits. `/ready` on the
-    /// admin listener answers 200 once requests are served.
+    /// keeps the running configuration. SIGTERM or SIGINT makes `/ready`
+    /// fail for `[server] drain_delay` while requests are still served,
+    /// then closes the listener and lets open requests finish for
+    /// `[server] shutdown_grace`, then exits. `/ready` on the admin
+    /// listener answers 200 once requests are served.
     Run {
         /// The TOML configuration file.
         #[arg(long, short)]
@@ -84,6 +86,19 @@ enum Command {
         #[arg(long)]
         hold: bool,
     },
+    /// Take this gateway out of its load balancer: `POST /admin/drain`
+    /// (with the token in GATEWAY_ADMIN_TOKEN, if set) makes `/ready`
+    /// answer 503 while requests are still served; then wait, so the
+    /// balancer notices before the process is stopped. What a Kubernetes
+    /// preStop hook runs.
+    Drain {
+        /// The admin listener, as host:port.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// How long to wait after draining before exiting.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Manage the compile cache (compiled plugins kept across restarts).
     Cache {
         #[command(subcommand)]
@@ -110,6 +125,12 @@ enum PluginCommand {
     /// Say whether FILE is a component this gateway can load as a filter,
     /// and if not, what is missing or mismatched. Exits 1 when it is not.
     Check { file: PathBuf },
+    /// Print each FILE's SHA-256, as a filter's `sha256 = "…"` pins it and
+    /// `/admin/plugins` reports it.
+    Hash {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Make a core module (.wasm or .wat) written against the world
     /// `plugin` in wit/filter.wit into a component.
     Componentize {
@@ -231,6 +252,17 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Plugin {
+            command: PluginCommand::Hash { files },
+        } => files.iter().try_for_each(|f| {
+            let bytes = std::fs::read(f)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
+            println!("{}  {}", gateway::plugin::content_hash(&bytes), f.display());
+            Ok(())
+        }),
+        Command::Drain { admin, wait } => runtime
+            .block_on(gateway::app::drain(&admin, wait))
+            .map(|msg| println!("{msg}")),
         Command::Plugin {
             command: PluginCommand::New { name, lang, dir },
         } => {

@@ -34,6 +34,7 @@ struct RestartOnly {
     listen: std::net::SocketAddr,
     workers: usize,
     grace: Duration,
+    drain_delay: Duration,
     admin: Option<std::net::SocketAddr>,
     echo: Option<std::net::SocketAddr>,
     redirect: Option<std::net::SocketAddr>,
@@ -50,6 +51,7 @@ impl RestartOnly {
             listen: c.server.listen,
             workers: c.server.worker_count(),
             grace: c.server.shutdown_grace.0,
+            drain_delay: c.server.drain_delay.0,
             admin: c.admin.as_ref().map(|a| a.listen),
             echo: c.echo.as_ref().map(|e| e.listen),
             redirect: c.server.tls.as_ref().and_then(|t| t.redirect_listen),
@@ -66,6 +68,7 @@ impl RestartOnly {
             (self.listen != new.listen, "[server] listen"),
             (self.workers != new.workers, "[server] workers"),
             (self.grace != new.grace, "[server] shutdown_grace"),
+            (self.drain_delay != new.drain_delay, "[server] drain_delay"),
             (self.admin != new.admin, "[admin] listen"),
             (self.echo != new.echo, "[echo] listen"),
             (

@@ -258,7 +258,8 @@ impl Worker {
                 let Some(tls) = tls else {
                     let handler = move |mut req: Request<Incoming>| {
                         offer_hold(&mut req, &hold);
-                        crate::proxy::handle(shared.current(), req, peer)
+                        let close = closes_when_draining(&shared, &req);
+                        closing(close, crate::proxy::handle(shared.current(), req, peer))
                     };
                     serve_connection(stream, peer, &settings, handler, stopping).await;
                     return;
@@ -288,7 +289,8 @@ impl Worker {
                 let handler = move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(session.clone());
                     offer_hold(&mut req, &hold);
-                    crate::proxy::handle(shared.current(), req, peer)
+                    let close = closes_when_draining(&shared, &req);
+                    closing(close, crate::proxy::handle(shared.current(), req, peer))
                 };
                 serve_connection(stream, peer, &settings, handler, stopping).await;
             });
@@ -299,6 +301,37 @@ impl Worker {
             _ = tokio::time::sleep(self.grace) => {}
         }
     }
+}
+
+/// While draining, an HTTP/1 answer says `Connection: close`, so a client
+/// that keeps connections (a load balancer's pool, say) opens its next one
+/// elsewhere rather than keep using a gateway about to stop. HTTP/2
+/// connections are told with GOAWAY when the listener closes. Costs one
+/// relaxed load per request otherwise.
+fn closes_when_draining(shared: &Shared, req: &Request<Incoming>) -> bool {
+    req.version() < http::Version::HTTP_2 && shared.draining.load(Ordering::Relaxed)
+}
+
+/// `answer`, saying `Connection: close` when `close`.
+fn closing<F, B>(
+    close: bool,
+    answer: F,
+) -> futures_util::future::Either<F, impl Future<Output = Response<B>> + use<F, B>>
+where
+    F: Future<Output = Response<B>>,
+{
+    use futures_util::future::Either;
+    if !close {
+        return Either::Left(answer);
+    }
+    Either::Right(async move {
+        let mut resp = answer.await;
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        resp
+    })
 }
 
 /// Lends a request that asks to upgrade the hold on its connection, for

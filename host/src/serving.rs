@@ -75,7 +75,11 @@ pub struct Shared {
     /// `starting`: with a socket handed over at start, the kernel queues
     /// connections before anyone serves them.
     pub serving: AtomicBool,
+    /// `/ready` answers 503 and HTTP/1 answers close their connection, so
+    /// a load balancer moves traffic away while it is still served.
     pub draining: AtomicBool,
+    /// SIGTERM or SIGINT came: draining cannot be undone.
+    pub stopping: AtomicBool,
 }
 
 impl Shared {
@@ -87,6 +91,7 @@ impl Shared {
             metrics,
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 

@@ -1,11 +1,12 @@
 //! The admin listener: `/metrics` for Prometheus, `/health` (the process is
 //! up), `/ready` (its workers accept, it is not draining, and
 //! every upstream whose health is `required` has a healthy instance),
-//! `POST /admin/reload`, `/admin/plugins` (what is loaded, and how the
-//! last reload went), `/admin/state` (everything the page shows) and the
-//! page itself at `/`, from files built into the binary.
+//! `POST /admin/reload`, `POST /admin/drain` (and `DELETE` to undo it),
+//! `/admin/plugins` (what is loaded, and how the last reload went),
+//! `/admin/state` (everything the page shows) and the page itself at `/`,
+//! from files built into the binary.
 //!
-//! Reading is open to whoever reaches the listener; changing (reload) takes
+//! Reading is open to whoever reaches the listener; changing (reload, drain) takes
 //! `Authorization: Bearer <token>` when a token is set, and is refused
 //! outright off loopback when none is.
 
@@ -221,6 +222,9 @@ impl Admin {
 async fn route(admin: &Arc<Admin>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let reloader = &admin.reloader;
     let shared = &reloader.shared;
+    if req.uri().path() == "/admin/drain" {
+        return drain(admin, req);
+    }
     if req.uri().path() == "/admin/reload" {
         if req.method() != Method::POST {
             return text(
@@ -319,10 +323,52 @@ async fn route(admin: &Arc<Admin>, req: &Request<Incoming>) -> Response<Full<Byt
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try / (the page), /metrics, /health, /ready, /admin/state, /admin/plugins or POST /admin/reload\n"
+            "not found; try / (the page), /metrics, /health, /ready, /admin/state, /admin/plugins, POST /admin/reload or POST /admin/drain\n"
                 .into(),
         ),
     }
+}
+
+/// `POST /admin/drain`: `/ready` answers 503 from now on, and HTTP/1
+/// answers close their connections, while requests are still served, so
+/// load balancers move away before the process is stopped. `DELETE`
+/// undoes it, unless the process is stopping. Changes need what a reload
+/// needs.
+fn drain(admin: &Admin, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let shared = &admin.reloader.shared;
+    let drain = match *req.method() {
+        Method::POST => true,
+        Method::DELETE => false,
+        _ => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "use POST to drain, DELETE to serve again\n".into(),
+            );
+        }
+    };
+    if let Some(refusal) = admin.access.refuse(req) {
+        return refusal;
+    }
+    if !drain && shared.stopping.load(Ordering::Relaxed) {
+        return text(
+            StatusCode::CONFLICT,
+            "text/plain",
+            "the gateway is stopping; it cannot serve again\n".into(),
+        );
+    }
+    let was = shared.draining.swap(drain, Ordering::Relaxed);
+    if was != drain {
+        tracing::info!(
+            "{}",
+            if drain {
+                "draining: /ready answers 503 while requests are still served"
+            } else {
+                "drain undone: /ready answers again"
+            }
+        );
+    }
+    json(StatusCode::OK, serde_json::json!({"draining": drain}))
 }
 
 /// Serves the admin endpoints on `listener`. Connections are kept to the

@@ -48,6 +48,10 @@ pub enum FilterLogLevel {
 pub struct FilterConfig {
     /// The plugin's name: the file `<plugin>.wasm` in `[plugins] dir`.
     pub plugin: PluginName,
+    /// The SHA-256 (hex) the plugin file must have; a file with another is
+    /// refused at start and at every reload, and the running version
+    /// serves on. `gateway plugin hash FILE` prints it.
+    pub sha256: Option<String>,
     #[serde(default = "defaults::failure")]
     pub failure: FailurePolicy,
     /// The status answered under `fail-closed`.
@@ -150,6 +154,17 @@ impl FilterConfig {
                 &["filters", name],
                 format!("filter name `{name}` may use only letters, digits, `-` and `_`"),
             ));
+        }
+        if let Some(pin) = &self.sha256 {
+            src.require(
+                pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()),
+                &["filters", name, "sha256"],
+                || {
+                    format!(
+                        "[filters.{name}] sha256 must be 64 hex digits, as `gateway plugin hash FILE` prints"
+                    )
+                },
+            )?;
         }
         refuse(
             src,

@@ -179,6 +179,7 @@ impl Config {
         for (name, f) in &mut config.filters {
             f.read_files(&src, name, &config.base_dir)?;
         }
+        config.state.load(&src, &config.base_dir)?;
         if let Some(tls) = &mut config.server.tls {
             tls.load(&src, &config.base_dir)?;
         }
@@ -195,6 +196,21 @@ impl Config {
         self.base_dir
             .join(&self.plugins.dir)
             .join(format!("{plugin}.wasm"))
+    }
+
+    /// The hash a filter pins plugin `plugin` to, if any filter does
+    /// (validation saw that all that do agree).
+    pub fn pin(&self, plugin: &str) -> Option<crate::assemble::Pin<'_>> {
+        self.filters
+            .iter()
+            .find(|(_, f)| f.plugin.as_str() == plugin && f.sha256.is_some())
+            .map(|(name, f)| crate::assemble::Pin {
+                filter: name,
+                sha256: f.sha256.as_deref().unwrap_or_default(),
+                at: self
+                    .position(&["filters", name, "sha256"])
+                    .unwrap_or_else(|| format!("[filters.{name}] sha256")),
+            })
     }
 
     /// `FILE:LINE:COL` of the setting at `path` (keys, and array positions

@@ -39,6 +39,13 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "defaults::shutdown_grace")]
     pub shutdown_grace: Millis,
+    /// How long the gateway keeps serving after SIGTERM with `/ready`
+    /// answering 503, so a load balancer polling it stops sending before
+    /// the listener closes; longer than the balancer's check interval
+    /// times the checks it needs to mark a server down. Skipped when the
+    /// gateway was drained already (`POST /admin/drain`, `gateway drain`).
+    #[serde(default)]
+    pub drain_delay: Millis,
     /// How long a connection may sit with no request in progress (an
     /// HTTP/1.1 keep-alive between requests, an HTTP/2 connection with no
     /// open stream) before the gateway closes it.

@@ -1,7 +1,10 @@
 //! `[state]`: where plugins keep shared counters, and each filter's share.
 
 use super::{ConfigError, Millis, Source, refuse};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The longest window a counter may have: two days, so a sliding limit over
@@ -10,12 +13,24 @@ use std::time::Duration;
 pub const MAX_WINDOW: Duration = Duration::from_secs(2 * 24 * 60 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum StateBackend {
     /// In this process only: each replica counts for itself.
     Memory,
     /// One Redis shared by every replica.
     Redis,
+    /// A Redis Cluster shared by every replica, reached through `nodes`.
+    RedisCluster,
+}
+
+impl StateBackend {
+    pub fn label(self) -> &'static str {
+        match self {
+            StateBackend::Memory => "memory",
+            StateBackend::Redis => "redis",
+            StateBackend::RedisCluster => "redis-cluster",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -23,8 +38,26 @@ pub enum StateBackend {
 pub struct StateConfig {
     #[serde(default = "defaults::backend")]
     pub backend: StateBackend,
-    /// `redis://[user:password@]host:port[/db]`, for the Redis backend.
+    /// `redis://[user:password@]host:port[/db]` (`rediss://` for TLS), for
+    /// the Redis backend.
     pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` or `rediss://`);
+    /// the client learns the rest of the cluster, and follows it through
+    /// resharding and failover, from any one of them.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// The Redis user (ACL), for either Redis backend; overrides one in the URL.
+    pub username: Option<String>,
+    /// The Redis password, for either Redis backend, usually
+    /// `"${REDIS_PASSWORD}"` so it stays out of the file; overrides one in
+    /// the URL. Empty means none.
+    pub password: Option<String>,
+    /// CA certificates (PEM) a `rediss://` server's certificate must chain
+    /// to, relative to this file; the system's CAs when absent.
+    pub ca_file: Option<PathBuf>,
+    /// The PEM `ca_file` held, read at load.
+    #[serde(skip)]
+    pub ca_pem: Option<Vec<u8>>,
     /// Prepended to every Redis key, so several gateways' deployments can
     /// share one Redis without sharing counters.
     #[serde(default = "defaults::prefix")]
@@ -61,9 +94,50 @@ impl StateConfig {
             .unwrap_or((self.max_entries / 10).max(1))
     }
 
+    /// The password to give Redis, if any.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref().filter(|p| !p.is_empty())
+    }
+
+    /// The Redis URLs this config connects to: `url`, or the cluster's nodes.
+    pub fn redis_urls(&self) -> Vec<&str> {
+        match self.backend {
+            StateBackend::Memory => Vec::new(),
+            StateBackend::Redis => self.url.iter().map(String::as_str).collect(),
+            StateBackend::RedisCluster => self.nodes.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Reads `ca_file`, so a missing or unreadable one is a config error
+    /// at its line rather than a failed connection later.
+    pub(super) fn load(&mut self, src: &Source<'_>, base_dir: &Path) -> Result<(), ConfigError> {
+        let Some(ca) = &self.ca_file else {
+            return Ok(());
+        };
+        let path = base_dir.join(ca);
+        let pem = std::fs::read(&path).map_err(|e| {
+            src.error_key(
+                &["state", "ca_file"],
+                format!("[state] ca_file {}: {e}", path.display()),
+            )
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .filter(Result::is_ok)
+            .count();
+        src.require(certs > 0, &["state", "ca_file"], || {
+            format!(
+                "[state] ca_file {} holds no PEM certificate",
+                path.display()
+            )
+        })?;
+        self.ca_pem = Some(pem);
+        Ok(())
+    }
+
     pub(super) fn validate(&self, src: &Source<'_>) -> Result<(), ConfigError> {
-        if self.backend == StateBackend::Redis {
-            match &self.url {
+        match self.backend {
+            StateBackend::Memory => {}
+            StateBackend::Redis => match &self.url {
                 None => {
                     return Err(src.error_key(
                         &["state", "backend"],
@@ -74,12 +148,64 @@ impl StateConfig {
                     return Err(src.error_key(
                         &["state", "url"],
                         format!(
-                            "[state] url `{url}` is not a Redis URL; write it like \"redis://127.0.0.1:6379/0\""
+                            "[state] url `{url}` is not a Redis URL; write it like \"redis://127.0.0.1:6379/0\" (or rediss:// for TLS)"
                         ),
                     ));
                 }
                 Some(_) => {}
+            },
+            StateBackend::RedisCluster => {
+                src.require(!self.nodes.is_empty(), &["state", "backend"], || {
+                    "[state] backend \"redis-cluster\" needs `nodes`, like [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]".into()
+                })?;
+                for (i, node) in self.nodes.iter().enumerate() {
+                    let at = ["state".to_string(), "nodes".to_string(), i.to_string()];
+                    let at: Vec<&str> = at.iter().map(String::as_str).collect();
+                    src.require(is_redis_url(node), &at, || {
+                        format!(
+                            "[state] node `{node}` is not a Redis URL; write it like \"redis://10.0.0.1:6379\" (or rediss:// for TLS)"
+                        )
+                    })?;
+                    src.require(
+                        is_tls(node) == is_tls(&self.nodes[0]),
+                        &at,
+                        || "[state] nodes mix redis:// and rediss://; a cluster is reached with TLS or without it".into(),
+                    )?;
+                }
             }
+        }
+        if self.backend != StateBackend::Redis {
+            src.require(self.url.is_none(), &["state", "url"], || {
+                format!(
+                    "[state] url is for backend \"redis\"; backend \"{}\" {}",
+                    self.backend.label(),
+                    if self.backend == StateBackend::RedisCluster {
+                        "takes `nodes`"
+                    } else {
+                        "uses no Redis"
+                    }
+                )
+            })?;
+        }
+        if self.backend != StateBackend::RedisCluster {
+            src.require(self.nodes.is_empty(), &["state", "nodes"], || {
+                "[state] nodes are for backend \"redis-cluster\"".into()
+            })?;
+        }
+        src.require(
+            !self.prefix.contains(['{', '}']),
+            &["state", "prefix"],
+            || {
+                "[state] prefix may not hold `{` or `}`: Redis Cluster reads them as a hash tag"
+                    .into()
+            },
+        )?;
+        if self.ca_file.is_some() {
+            src.require(
+                self.redis_urls().iter().any(|u| is_tls(u)),
+                &["state", "ca_file"],
+                || "[state] ca_file is for a rediss:// (TLS) Redis; the URL says redis://".into(),
+            )?;
         }
         refuse(
             src,
@@ -126,10 +252,14 @@ impl StateConfig {
     }
 }
 
-/// `redis://` with a host the client can read.
+/// `redis://` or `rediss://` with a host the client can read.
 fn is_redis_url(url: &str) -> bool {
     use redis::IntoConnectionInfo;
-    url.starts_with("redis://") && url.into_connection_info().is_ok()
+    (url.starts_with("redis://") || is_tls(url)) && url.into_connection_info().is_ok()
+}
+
+fn is_tls(url: &str) -> bool {
+    url.starts_with("rediss://")
 }
 
 /// Whether a counter window may be this long.
@@ -142,6 +272,11 @@ impl Default for StateConfig {
         StateConfig {
             backend: defaults::backend(),
             url: None,
+            nodes: Vec::new(),
+            username: None,
+            password: None,
+            ca_file: None,
+            ca_pem: None,
             prefix: defaults::prefix(),
             timeout: defaults::timeout(),
             pool_size: defaults::pool_size(),

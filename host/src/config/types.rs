@@ -91,7 +91,7 @@ checked_from!(Ratio, float, "a share from 0 to 1");
 checked_from!(MemoryMib, integer, "a size in MiB from 1 to 256");
 
 /// A duration written as `250ms`, `10s`, `2m`, `1h` or `1d`, at most a year.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Millis(pub Duration);
 
 /// The longest duration any setting takes: deadlines are `Instant::now() +

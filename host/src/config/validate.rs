@@ -4,6 +4,29 @@
 use super::{Config, ConfigError, Source, list_or_none};
 
 pub(super) fn across_sections(config: &Config, src: &Source<'_>) -> Result<(), ConfigError> {
+    // One file cannot have two hashes: filters sharing a plugin pin it
+    // alike, or the later pin could never be met.
+    let mut pins: std::collections::BTreeMap<&str, (&str, &str)> = Default::default();
+    for (name, f) in &config.filters {
+        let Some(pin) = f.sha256.as_deref() else {
+            continue;
+        };
+        match pins.get(f.plugin.as_str()) {
+            Some((first, theirs)) if !theirs.eq_ignore_ascii_case(pin) => {
+                return Err(src.error_key(
+                    &["filters", name, "sha256"],
+                    format!(
+                        "[filters.{name}] pins plugin `{}` to another hash than [filters.{first}] does; one file has one hash",
+                        f.plugin.as_str()
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                pins.insert(f.plugin.as_str(), (name, pin));
+            }
+        }
+    }
     // Two listeners on one address: the second would fail to bind at start
     // (port 0 asks for any free port, so it never collides). Each is
     // named by its setting and by the table whose listener it is.

@@ -67,6 +67,18 @@ pub enum PluginError {
         path: PathBuf,
         reason: String,
     },
+    #[error(
+        "{path} has SHA-256 {found}, but filter `{filter}` pins {expected} ({at}); it is not loaded"
+    )]
+    Unpinned {
+        plugin: Arc<str>,
+        path: PathBuf,
+        filter: String,
+        expected: String,
+        found: String,
+        /// `FILE:LINE:COL` of the pin.
+        at: String,
+    },
     #[error("filter `{filter}` could not start: {reason}")]
     Instantiate {
         plugin: Arc<str>,
@@ -93,6 +105,7 @@ impl PluginError {
             PluginError::Read { plugin, .. }
             | PluginError::Compile { plugin, .. }
             | PluginError::World { plugin, .. }
+            | PluginError::Unpinned { plugin, .. }
             | PluginError::Instantiate { plugin, .. }
             | PluginError::Configure { plugin, .. } => plugin,
         }

@@ -1,6 +1,6 @@
 //! Shared state for plugins: windowed counters that every instance of a
-//! filter sees, kept in this process (`memory`) or in one Redis that every
-//! gateway replica shares (`redis`).
+//! filter sees, kept in this process (`memory`) or in one Redis or Redis
+//! Cluster that every gateway replica shares (`redis`, `redis-cluster`).
 //!
 //! A counter is created by the first add, lives for its window and then
 //! reads zero again; later adds do not move its expiry. Filters build fixed
@@ -148,14 +148,9 @@ impl State {
                 Backend::Memory(memory::MemoryStore::new(cfg.max_entries)),
                 "memory",
             ),
-            StateBackend::Redis => (
-                Backend::Redis(redis::RedisStore::new(
-                    cfg.url.as_deref().unwrap_or(""),
-                    &cfg.prefix,
-                    cfg.timeout.0,
-                    cfg.pool_size,
-                )),
-                "redis",
+            StateBackend::Redis | StateBackend::RedisCluster => (
+                Backend::Redis(redis::RedisStore::new(cfg)),
+                cfg.backend.label(),
             ),
         };
         metrics.declare_state(label);

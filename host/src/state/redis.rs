@@ -1,15 +1,25 @@
-//! The Redis state backend, for counters shared by every gateway replica.
+//! The Redis state backends, for counters shared by every gateway replica:
+//! one Redis, or a Redis Cluster.
 //!
 //! Every call is one round trip: a Lua script increments each key, gives a
 //! new key its expiry and reads the remaining time, atomically (Redis runs a
-//! script alone). Connections are multiplexed (many requests in flight on
-//! each) and kept in a small set used in turn; each one reconnects by
-//! itself. While Redis is unreachable, calls fail at once for a short
-//! pause instead of each waiting out the timeout, and the filter's own
-//! policy decides what a request gets.
+//! script alone). With one Redis, connections are multiplexed (many
+//! requests in flight on each) and kept in a small set used in turn; each
+//! one reconnects by itself. In a cluster, every key a filter uses carries
+//! the filter's name as its hash tag (`{name}`), so a call's counters, its
+//! quota index and its values sit in one slot and the script runs on one
+//! node; the client keeps one multiplexed connection per node and follows
+//! MOVED, ASK and failovers itself. The price is that one filter's keys
+//! live on one shard: filters spread over the cluster, a filter's keys do
+//! not. While Redis is unreachable, calls fail at once for a short pause
+//! instead of each waiting out the timeout, and the filter's own policy
+//! decides what a request gets.
 
 use super::{Counter, CounterOp, KvAnswer, KvOp, Owner, QuotaLimit, StateError};
+use crate::config::{StateBackend, StateConfig};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -115,13 +125,18 @@ end
 return 1
 "#;
 
+/// How calls reach Redis.
+enum Link {
+    /// One server: a few multiplexed connections, used in turn.
+    Single(Vec<ConnectionManager>),
+    /// A cluster: the client routes each call to its key's slot owner.
+    Cluster(ClusterConnection),
+}
+
 pub struct RedisStore {
-    url: String,
-    prefix: String,
-    timeout: Duration,
+    config: StateConfig,
     /// Built on first use, inside the runtime the connections belong to.
-    pool: OnceLock<Result<Vec<ConnectionManager>, String>>,
-    pool_size: usize,
+    link: OnceLock<Result<Link, String>>,
     next: AtomicUsize,
     script: redis::Script,
     kv_script: redis::Script,
@@ -131,13 +146,11 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(url: &str, prefix: &str, timeout: Duration, pool_size: usize) -> RedisStore {
+    /// A store for the `redis` or `redis-cluster` backend of `config`.
+    pub fn new(config: &StateConfig) -> RedisStore {
         RedisStore {
-            url: url.to_string(),
-            prefix: prefix.to_string(),
-            timeout,
-            pool: OnceLock::new(),
-            pool_size,
+            config: config.clone(),
+            link: OnceLock::new(),
             next: AtomicUsize::new(0),
             script: redis::Script::new(SCRIPT),
             kv_script: redis::Script::new(KV_SCRIPT),
@@ -146,26 +159,97 @@ impl RedisStore {
         }
     }
 
-    fn connections(&self) -> Result<&[ConnectionManager], StateError> {
-        let pool = self.pool.get_or_init(|| {
-            let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.timeout))
-                .set_response_timeout(Some(self.timeout))
-                // One quick retry; beyond that the pause below takes over, so
-                // a dead Redis costs requests nothing but a failed call.
-                .set_number_of_retries(1)
-                .set_min_delay(Duration::from_millis(5))
-                .set_max_delay(Duration::from_millis(50));
-            (0..self.pool_size)
-                .map(|_| {
-                    ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                        .map_err(|e| e.to_string())
-                })
-                .collect()
-        });
-        pool.as_deref()
-            .map_err(|e| StateError::Invalid(format!("redis url: {e}")))
+    fn link(&self) -> Result<&Link, StateError> {
+        self.link
+            .get_or_init(|| self.connect().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| StateError::Invalid(format!("redis: {e}")))
+    }
+
+    /// Connections that open on first use and reopen by themselves.
+    fn connect(&self) -> redis::RedisResult<Link> {
+        let cfg = &self.config;
+        let timeout = cfg.timeout.0;
+        let certificates = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: cfg.ca_pem.clone(),
+        };
+        if cfg.backend == StateBackend::RedisCluster {
+            let mut builder =
+                redis::cluster::ClusterClient::builder(cfg.nodes.iter().map(String::as_str))
+                    // A failing call is not retried past the call's own
+                    // deadline; the pause below takes over instead.
+                    .retries(1)
+                    .min_retry_wait(5)
+                    .max_retry_wait(50);
+            if let Some(user) = &cfg.username {
+                builder = builder.username(user);
+            }
+            if let Some(password) = cfg.password() {
+                builder = builder.password(password);
+            }
+            if cfg.ca_pem.is_some() {
+                builder = builder.certs(certificates());
+            }
+            let client = builder.build()?;
+            let settings = redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(timeout);
+            return Ok(Link::Cluster(
+                client.get_pending_async_connection_with_config(settings),
+            ));
+        }
+        let mut info =
+            redis::IntoConnectionInfo::into_connection_info(cfg.url.as_deref().unwrap_or(""))?;
+        let mut redis_settings = info.redis_settings().clone();
+        if let Some(user) = &cfg.username {
+            redis_settings = redis_settings.set_username(user);
+        }
+        if let Some(password) = cfg.password() {
+            redis_settings = redis_settings.set_password(password);
+        }
+        info = info.set_redis_settings(redis_settings);
+        let client = match cfg.ca_pem {
+            Some(_) => redis::Client::build_with_tls(info, certificates())?,
+            None => redis::Client::open(info)?,
+        };
+        let settings = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // One quick retry; beyond that the pause below takes over, so
+            // a dead Redis costs requests nothing but a failed call.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(5))
+            .set_max_delay(Duration::from_millis(50));
+        (0..cfg.pool_size)
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), settings.clone()))
+            .collect::<Result<_, _>>()
+            .map(Link::Single)
+    }
+
+    /// Runs a prepared script on the connection whose turn it is.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        link: &Link,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        match link {
+            Link::Single(pool) => {
+                let conn = &pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()];
+                call.invoke_async(&mut conn.clone()).await
+            }
+            Link::Cluster(conn) => call.invoke_async(&mut conn.clone()).await,
+        }
+    }
+
+    /// The filter's name as its keys carry it: in a cluster, as their hash
+    /// tag, so all of them share a slot. (Filter names are letters, digits
+    /// and `_`, so the tag is always the key's first `{...}`.)
+    fn tag<'f>(&self, filter: &'f str) -> Cow<'f, str> {
+        match self.config.backend {
+            StateBackend::RedisCluster => Cow::Owned(format!("{{{filter}}}")),
+            _ => Cow::Borrowed(filter),
+        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -173,26 +257,21 @@ impl RedisStore {
     }
 
     pub async fn add(&self, owner: &Owner, ops: &[CounterOp]) -> Result<Vec<Counter>, StateError> {
-        let filter = &*owner.filter;
-        let paused = self.paused_until_ns.load(Ordering::Relaxed);
-        if paused != 0 && self.now_ns() < paused {
-            return Err(StateError::Unavailable(
-                "redis is unreachable; retrying shortly".into(),
-            ));
-        }
-        let conns = self.connections()?;
-        let conn = &conns[self.next.fetch_add(1, Ordering::Relaxed) % conns.len()];
+        let filter = self.tag(&owner.filter);
+        let prefix = &self.config.prefix;
+        self.check_pause()?;
+        let link = self.link()?;
         let mut call = self.script.prepare_invoke();
         call.arg(owner.quota.max_entries);
         for op in ops {
-            call.key(format!("{}:{filter}:{}", self.prefix, op.key));
+            call.key(format!("{prefix}:{filter}:{}", op.key));
             call.arg(op.delta).arg(op.window.as_millis() as u64);
         }
         // `#` cannot follow the prefix in a counter's key (`prefix:filter:`),
         // so no filter's counter can be another's index.
-        call.key(format!("{}#quota:{filter}", self.prefix));
+        call.key(format!("{prefix}#quota:{filter}"));
         let attempt = async {
-            let first = call.invoke_async::<Vec<i64>>(&mut conn.clone()).await;
+            let first = self.invoke::<Vec<i64>>(link, &call).await;
             match first {
                 // A connection Redis dropped (a restart, say) is replaced as
                 // soon as it fails; one retry on its replacement keeps a
@@ -200,12 +279,12 @@ impl RedisStore {
                 // connection. A dropped connection (unlike a slow answer)
                 // rarely ran the script, so the retry seldom counts twice.
                 Err(e) if e.is_connection_dropped() && !e.is_timeout() => {
-                    call.invoke_async::<Vec<i64>>(&mut conn.clone()).await
+                    self.invoke::<Vec<i64>>(link, &call).await
                 }
                 other => other,
             }
         };
-        let values = self.answered(tokio::time::timeout(self.timeout, attempt).await)?;
+        let values = self.answered(tokio::time::timeout(self.config.timeout.0, attempt).await)?;
         if values.len() != ops.len() * 2 {
             return Err(StateError::Invalid(format!(
                 "redis answered {} values for {} counters",
@@ -224,20 +303,15 @@ impl RedisStore {
 
     /// One key-value call, in one round trip.
     pub async fn kv(&self, owner: &Owner, key: &str, op: &KvOp) -> Result<KvAnswer, StateError> {
-        let filter = &*owner.filter;
-        let paused = self.paused_until_ns.load(Ordering::Relaxed);
-        if paused != 0 && self.now_ns() < paused {
-            return Err(StateError::Unavailable(
-                "redis is unreachable; retrying shortly".into(),
-            ));
-        }
-        let conns = self.connections()?;
-        let conn = &conns[self.next.fetch_add(1, Ordering::Relaxed) % conns.len()];
+        let filter = self.tag(&owner.filter);
+        let prefix = &self.config.prefix;
+        self.check_pause()?;
+        let link = self.link()?;
         let mut call = self.kv_script.prepare_invoke();
         // `#kv:` after the prefix: no counter's key (`prefix:`) and no index
         // (`prefix#quota:`) can be a value's.
-        call.key(format!("{}#kv:{filter}:{key}", self.prefix));
-        call.key(format!("{}#quota:{filter}", self.prefix));
+        call.key(format!("{prefix}#kv:{filter}:{key}"));
+        call.key(format!("{prefix}#quota:{filter}"));
         let empty = bytes::Bytes::new();
         let (name, value, ttl, expected) = match op {
             KvOp::Get => ("get", &empty, 0, None),
@@ -260,8 +334,8 @@ impl RedisStore {
         // Not retried on a dropped connection as counters are: a set that
         // ran before the drop must not run twice under compare-and-set.
         let answer = tokio::time::timeout(
-            self.timeout,
-            call.invoke_async::<redis::Value>(&mut conn.clone()),
+            self.config.timeout.0,
+            self.invoke::<redis::Value>(link, &call),
         )
         .await;
         let value = self.answered(answer)?;
@@ -296,7 +370,7 @@ impl RedisStore {
             Err(_) => {
                 return Err(self.unavailable(format!(
                     "redis did not answer within {} ms",
-                    self.timeout.as_millis()
+                    self.config.timeout.0.as_millis()
                 )));
             }
         };
@@ -304,6 +378,17 @@ impl RedisStore {
             tracing::info!("redis state backend answers again");
         }
         Ok(value)
+    }
+
+    /// Fails at once while a recent failure's pause lasts.
+    fn check_pause(&self) -> Result<(), StateError> {
+        let paused = self.paused_until_ns.load(Ordering::Relaxed);
+        if paused != 0 && self.now_ns() < paused {
+            return Err(StateError::Unavailable(
+                "redis is unreachable; retrying shortly".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn unavailable(&self, why: String) -> StateError {
