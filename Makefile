@@ -10,7 +10,7 @@ SHIPPED := headers ratelimit auth tenant cache ext_authz
 EXAMPLES := target/examples
 PY_TOOLS := target/toolchains/python/bin
 
-.PHONY: setup setup-run plugins build run test bench bench-deps vs-nginx vs-nginx-tls peers profile soak-reload examples fuzz
+.PHONY: setup setup-run plugins build run test bench bench-deps vs-nginx vs-nginx-tls peers profile soak-reload examples fuzz static image
 
 # Serving needs Rust and its wasm target; the tests and the examples also
 # need Redis, Prometheus, Node.js and Python (scripts/setup.sh says which).
@@ -38,10 +38,26 @@ run: build
 # compiled and fat-LTO linked for nothing (109 s of a cold run, now 31 s).
 UNIT_TESTED := filter-sdk headers ratelimit auth tenant cache ext-authz
 
-test: setup plugins
+test: setup plugins static
 	$(CARGO) test --release --manifest-path plugins/Cargo.toml --target-dir target/plugins $(addprefix -p ,$(UNIT_TESTED))
 	$(PY_TOOLS)/python -m unittest discover -s plugins/examples/redact-json -p 'test_*.py'
 	$(CARGO) test --release
+
+# The gateway as one static binary, musl's libc linked in, for the container
+# image: target/x86_64-unknown-linux-musl/release/gateway. *ring*'s C is
+# compiled with musl-gcc (cc-rs picks it for musl targets); setup --static
+# installs it and the Rust target.
+MUSL_TARGET := x86_64-unknown-linux-musl
+
+static:
+	scripts/setup.sh --static
+	$(CARGO) build --release --target $(MUSL_TARGET) --bin gateway
+
+# The container image localhost/gateway:latest (Containerfile), with podman;
+# deploy/container/build.sh stages its context under target/image.
+image: static plugins
+	scripts/setup.sh --image
+	deploy/container/build.sh localhost/gateway:latest
 
 # server-timing (Rust), shard-header and validate-json (JavaScript; both with
 # the componentize-js setup installs in shard-header), deny-paths and

@@ -17,6 +17,7 @@ mod compat_v1;
 mod config_errors;
 mod filter_v2;
 mod grpc;
+mod image;
 mod languages;
 mod layering;
 mod load_scenarios;
