@@ -406,7 +406,8 @@ fn cache_entries(pid: u32) -> Vec<(String, u32)> {
 /// user 10001 with its addresses from the environment, serving the default
 /// configuration with the shipped plugins, keeping compiled plugins in its
 /// cache folder (also with a read-only root and that folder mounted, as
-/// Kubernetes runs it), and stopped by SIGTERM with status 0.
+/// Kubernetes runs it), drained by `gateway drain` run inside it, and
+/// stopped by SIGTERM with status 0.
 #[test]
 fn the_image_serves_as_a_non_root_user_and_stops_on_sigterm() {
     // The image is built here from the current static binary and plugins
@@ -456,10 +457,11 @@ fn the_image_serves_as_a_non_root_user_and_stops_on_sigterm() {
     println!("image size: {:.1} MB", size as f64 / 1e6);
     assert!(size < 80_000_000, "the image is {size} bytes");
 
-    // As `podman run` with no options but the addresses: the image's own
-    // writable cache folder.
+    // As `podman run` with no options but the addresses and an admin
+    // token: the image's own writable cache folder.
+    let token = "GATEWAY_ADMIN_TOKEN=image-test-admin-token";
     let [listen, admin, echo] = free_addrs();
-    let container = Container::run(&image, [listen, admin, echo], &[]);
+    let container = Container::run(&image, [listen, admin, echo], &["--env", token]);
     container.wait_ready(admin);
     assert_echo_serves(listen);
 
@@ -480,6 +482,23 @@ fn the_image_serves_as_a_non_root_user_and_stops_on_sigterm() {
         cached.iter().all(|(_, owner)| *owner == 10001),
         "{cached:?}"
     );
+
+    // What a Kubernetes preStop hook runs (the image has no shell): the
+    // gateway's own drain command, with the token from the container's
+    // environment. Readiness fails while traffic is still served.
+    let admin_arg = admin.to_string();
+    podman_ok(&[
+        "exec",
+        &container.0,
+        "/usr/local/bin/gateway",
+        "drain",
+        "--admin",
+        &admin_arg,
+        "--wait",
+        "0s",
+    ]);
+    assert_eq!(status_of(admin, "/ready"), Some(503));
+    assert_echo_serves(listen);
 
     let begun = Instant::now();
     podman_ok(&["stop", "--time", "40", &container.0]);
