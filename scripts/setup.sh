@@ -119,3 +119,16 @@ if [[ "$("$root/target/tools/bin/oha" --version 2>/dev/null)" != "oha $OHA_VERSI
   # With its default TLS stack: oha 1.16 does not build without one.
   cargo install --locked --quiet "oha@$OHA_VERSION" --root "$root/target/tools"
 fi
+
+# kubernetes-validate, which checks deploy/kubernetes against the Kubernetes
+# API's JSON schemas (bundled with it: no cluster and no network at test
+# time), in a virtualenv of its own under target/tools at the version pinned
+# here, for tests/e2e/kubernetes/.
+K8S_VALIDATE_VERSION=1.37.0
+k8s="$root/target/tools/k8s-venv"
+if [[ "$("$k8s/bin/kubernetes-validate" --version 2>/dev/null)" != "$K8S_VALIDATE_VERSION" ]]; then
+  echo "setup: installing kubernetes-validate $K8S_VALIDATE_VERSION into target/tools/k8s-venv"
+  rm -rf "$k8s"
+  python3 -m venv "$k8s"
+  "$k8s/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION"
+fi

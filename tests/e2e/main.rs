@@ -18,6 +18,7 @@ mod config_errors;
 mod filter_v2;
 mod grpc;
 mod image;
+mod kubernetes;
 mod languages;
 mod layering;
 mod load_scenarios;
