@@ -54,6 +54,9 @@ if [[ "${1:-}" == "--static" || "${1:-}" == "--image" ]]; then
 fi
 
 want redis-server redis-server
+# HAProxy, the load balancer in front of the replicas tests/e2e/scale_out.rs
+# starts (and the peer ../shared/bench/peers.sh measures).
+want haproxy haproxy
 want prometheus prometheus
 want promtool prometheus
 want node nodejs
@@ -76,8 +79,8 @@ if [[ "${1:-}" == "--bench" ]]; then
   want curl curl
   want taskset util-linux
   want perf linux-perf
-  # The peers ../shared/bench/peers.sh measures beside the gateway.
-  want haproxy haproxy
+  # The peers ../shared/bench/peers.sh measures beside the gateway
+  # (HAProxy is installed for the tests already).
   want caddy caddy
   want_file /usr/lib/nginx/modules/ngx_http_js_module.so libnginx-mod-http-js
 fi

@@ -144,6 +144,10 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     let metrics = Arc::new(Metrics::new(&config.metrics.duration_buckets)?);
     let state = Arc::new(State::from_config(&config.state, metrics.clone()));
     tracing::info!("plugin state in {}", state.backend());
+    tokio::spawn({
+        let state = state.clone();
+        async move { state.warm().await }
+    });
     let mut runtime = Runtime::with_state(metrics.clone(), state)?;
     if let Some(dir) = config.compile_cache_dir() {
         runtime.use_compile_cache(&dir);

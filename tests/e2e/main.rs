@@ -27,6 +27,7 @@ mod proxy;
 mod ratelimit;
 mod reload;
 mod sandbox;
+mod scale_out;
 mod scenarios;
 mod security;
 mod suite;

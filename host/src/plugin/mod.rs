@@ -68,7 +68,7 @@ pub enum PluginError {
         reason: String,
     },
     #[error(
-        "{path} has SHA-256 {found}, but filter `{filter}` pins {expected} ({at}); it is not loaded"
+        "{at}: filter `{filter}` pins plugin `{plugin}` to SHA-256 {expected}, but {path} has {found}; it is not loaded"
     )]
     Unpinned {
         plugin: Arc<str>,

@@ -169,6 +169,13 @@ impl State {
         }
     }
 
+    /// Connects a shared backend ahead of the first request.
+    pub async fn warm(&self) {
+        if let Backend::Redis(r) = &self.backend {
+            r.warm().await;
+        }
+    }
+
     /// The quota a filter gets unless its table sets its own.
     pub fn default_quota(&self) -> Quota {
         self.default_quota

@@ -227,6 +227,45 @@ impl RedisStore {
             .map(Link::Single)
     }
 
+    /// Opens the connections and loads the scripts ahead of the first
+    /// request, so it does not pay a connect, a TLS handshake and a script
+    /// upload inside its filter's deadline. A Redis that is not there yet
+    /// is only logged: calls connect by themselves when it comes.
+    pub async fn warm(&self) {
+        let Ok(link) = self.link() else { return };
+        let loaded = async {
+            match link {
+                Link::Single(pool) => {
+                    for conn in pool {
+                        redis::cmd("PING")
+                            .query_async::<()>(&mut conn.clone())
+                            .await?;
+                    }
+                    let conn = &mut pool[0].clone();
+                    self.script.load_async(conn).await?;
+                    self.kv_script.load_async(conn).await?;
+                }
+                // SCRIPT LOAD goes to every node of a cluster.
+                Link::Cluster(conn) => {
+                    self.script.load_async(&mut conn.clone()).await?;
+                    self.kv_script.load_async(&mut conn.clone()).await?;
+                }
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), loaded).await {
+            Ok(Ok(())) => tracing::info!("{} state backend connected", self.config.backend.label()),
+            Ok(Err(e)) => tracing::warn!(
+                "{} state backend not reachable at start ({e}); calls will connect when it is",
+                self.config.backend.label()
+            ),
+            Err(_) => tracing::warn!(
+                "{} state backend did not answer at start; calls will connect when it does",
+                self.config.backend.label()
+            ),
+        }
+    }
+
     /// Runs a prepared script on the connection whose turn it is.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
