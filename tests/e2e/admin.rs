@@ -298,3 +298,92 @@ fn live_traffic_shows_each_routes_rate_latency_and_errors() {
             .all(|p| p["rate"] == 0.0 && p["p50_ms"].is_null())
     );
 }
+
+/// `POST /admin/drain` (and `gateway drain`, which sends it): `/ready`
+/// fails while requests are still served, an HTTP/1 keep-alive connection
+/// is told to close after its answer, `DELETE` undoes it, and the token
+/// guards both; once the process is stopping, it cannot be undone.
+#[test]
+fn a_drain_fails_ready_closes_kept_connections_and_can_be_undone() {
+    use std::io::{BufReader, Write};
+    let app = Upstream::start("app");
+    let gw = Gateway::start_with_env(
+        tempdir::Dir::new(),
+        &[("ADMIN_TOKEN_FOR_TEST", TOKEN)],
+        |addr, admin| {
+            preamble(addr, admin)
+                .replace(
+                    &format!("[admin]\nlisten = \"{admin}\"\n"),
+                    &format!(
+                        "[admin]\nlisten = \"{admin}\"\ntoken = \"${{ADMIN_TOKEN_FOR_TEST}}\"\n"
+                    ),
+                )
+                .replace("[server]\n", "[server]\ndrain_delay = \"30s\"\n")
+                + &two_routes(&app)
+        },
+    );
+    let drain = |method: &str, auth: Option<&str>| {
+        let auth = auth
+            .map(|a| format!("authorization: Bearer {a}\r\n"))
+            .unwrap_or_default();
+        raw(
+            gw.admin,
+            format!("{method} /admin/drain HTTP/1.1\r\nhost: admin\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    // One keep-alive connection, opened before the drain.
+    let conn = std::net::TcpStream::connect(gw.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut ask = |conn: &std::net::TcpStream| {
+        (&*conn)
+            .write_all(b"GET /rest HTTP/1.1\r\nhost: t\r\n\r\n")
+            .unwrap();
+        crate::common::read_response(&mut reader)
+    };
+    let first = ask(&conn);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("connection"), None, "kept open while serving");
+
+    assert_eq!(drain("POST", None).status, 401, "the token guards a drain");
+    assert_eq!(gw.admin("GET", "/ready").status, 200);
+    let r = drain("POST", Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let ready = gw.admin("GET", "/ready");
+    assert_eq!(
+        (ready.status, ready.body_text().as_str()),
+        (503, "draining\n")
+    );
+    // Still served, but the kept connection is told to go.
+    let second = ask(&conn);
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    let closed = std::io::Read::read_to_end(&mut reader.get_mut(), &mut rest);
+    assert!(matches!(closed, Ok(0)), "the gateway closed it: {closed:?}");
+    assert_eq!(
+        gw.get("/rest", &[]).status,
+        200,
+        "new connections are served"
+    );
+
+    assert_eq!(drain("DELETE", None).status, 401);
+    assert_eq!(drain("DELETE", Some(TOKEN)).status, 200);
+    assert_eq!(gw.admin("GET", "/ready").status, 200, "back in service");
+
+    // SIGTERM under a 30 s drain_delay: still serving, /ready failing, and
+    // no way back.
+    gw.signal(15);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.admin("GET", "/ready").status != 503 {
+        assert!(Instant::now() < deadline, "SIGTERM did not drain");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        gw.get("/rest", &[]).status,
+        200,
+        "served through drain_delay"
+    );
+    assert_eq!(drain("DELETE", Some(TOKEN)).status, 409);
+}
