@@ -65,11 +65,13 @@ impl PluginCache {
         {
             return Err(PluginError::Unpinned {
                 plugin: name.into(),
-                path: path.into(),
-                filter: pin.filter.to_string(),
-                expected: pin.sha256.to_ascii_lowercase(),
-                found: hash,
-                at: pin.at,
+                reason: format!(
+                    "{}: filter `{}` pins plugin `{name}` to SHA-256 {}, but {} has {hash}; it is not loaded",
+                    pin.at,
+                    pin.filter,
+                    pin.sha256.to_ascii_lowercase(),
+                    path.display()
+                ),
             });
         }
         self.uses += 1;

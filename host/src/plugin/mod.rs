@@ -67,18 +67,10 @@ pub enum PluginError {
         path: PathBuf,
         reason: String,
     },
-    #[error(
-        "{at}: filter `{filter}` pins plugin `{plugin}` to SHA-256 {expected}, but {path} has {found}; it is not loaded"
-    )]
-    Unpinned {
-        plugin: Arc<str>,
-        path: PathBuf,
-        filter: String,
-        expected: String,
-        found: String,
-        /// `FILE:LINE:COL` of the pin.
-        at: String,
-    },
+    /// The file's hash is not the one a filter pins: where the pin is,
+    /// which hash it wants and which the file has.
+    #[error("{reason}")]
+    Unpinned { plugin: Arc<str>, reason: String },
     #[error("filter `{filter}` could not start: {reason}")]
     Instantiate {
         plugin: Arc<str>,

@@ -116,7 +116,7 @@ pub struct Owner {
 
 enum Backend {
     Memory(memory::MemoryStore),
-    Redis(redis::RedisStore),
+    Redis(Box<redis::RedisStore>),
 }
 
 /// The state store the runtime lends every filter.
@@ -149,7 +149,7 @@ impl State {
                 "memory",
             ),
             StateBackend::Redis | StateBackend::RedisCluster => (
-                Backend::Redis(redis::RedisStore::new(cfg)),
+                Backend::Redis(Box::new(redis::RedisStore::new(cfg))),
                 cfg.backend.label(),
             ),
         };
