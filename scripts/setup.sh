@@ -73,6 +73,9 @@ want_file /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf fonts-dejavu-core
 # chromedriver (W3C WebDriver on loopback).
 want_file /usr/bin/chromium chromium
 want_file /usr/bin/chromedriver chromium-driver
+# The OCI registry `gateway plugin pull` is tested against
+# (tests/e2e/oci.rs starts its own on loopback).
+want docker-registry docker-registry
 if [[ "${1:-}" == "--bench" ]]; then
   want nginx nginx-light
   want wrk wrk

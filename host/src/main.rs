@@ -135,6 +135,31 @@ enum PluginCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Fetch a plugin from an OCI registry by digest and write it whole as
+    /// DIR/NAME.wasm (a running gateway reloads once, on the whole file).
+    ///
+    /// REF is REGISTRY/REPOSITORY@sha256:<digest of the manifest>; tags are
+    /// refused, since a tag can be moved to other content. The manifest is
+    /// checked against the digest, the wasm layer against the manifest's
+    /// digest and size, and the file must be a component this gateway can
+    /// load, or nothing is written. Prints the file's SHA-256, which a
+    /// filter pins with `sha256 = "…"`. Anonymous, or with
+    /// GATEWAY_REGISTRY_USER and GATEWAY_REGISTRY_PASSWORD.
+    Pull {
+        /// REGISTRY/REPOSITORY@sha256:<64 hex digits>, e.g.
+        /// ghcr.io/acme/auth@sha256:3f1c….
+        #[arg(value_name = "REF")]
+        reference: gateway::plugin::oci::Reference,
+        /// The plugin folder (`[plugins] dir`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The plugin's name: the file written is NAME.wasm.
+        #[arg(long, value_parser = |s: &str| gateway::config::PluginName::try_from(s.to_string()))]
+        name: gateway::config::PluginName,
+        /// Plain HTTP rather than HTTPS, for a registry on loopback.
+        #[arg(long)]
+        plain_http: bool,
+    },
     /// Make a core module (.wasm or .wat) written against the world
     /// `plugin` in wit/filter.wit into a component.
     Componentize {
@@ -320,6 +345,15 @@ fn main() -> ExitCode {
         )
         .map(|msg| println!("{msg}")),
         Command::Plugin {
+            command:
+                PluginCommand::Pull {
+                    reference,
+                    dir,
+                    name,
+                    plain_http,
+                },
+        } => pull_plugin(&runtime, &reference, &dir, name.as_str(), plain_http),
+        Command::Plugin {
             command: PluginCommand::Componentize { module, out },
         } => gateway::app::componentize_file(&module, &out)
             .map(|()| println!("{} written", out.display())),
@@ -331,4 +365,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `gateway plugin pull`: fetched on the runtime, checked and written
+/// outside it (loading a component to check it blocks).
+fn pull_plugin(
+    runtime: &tokio::runtime::Runtime,
+    reference: &gateway::plugin::oci::Reference,
+    dir: &std::path::Path,
+    name: &str,
+    plain_http: bool,
+) -> anyhow::Result<()> {
+    use gateway::plugin::oci;
+    let credentials = match (
+        std::env::var("GATEWAY_REGISTRY_USER"),
+        std::env::var("GATEWAY_REGISTRY_PASSWORD"),
+    ) {
+        (Ok(user), Ok(password)) => Some((user, password)),
+        _ => None,
+    };
+    let options = oci::PullOptions {
+        plain_http,
+        credentials,
+    };
+    let pulled = runtime.block_on(oci::fetch(reference, &options))?;
+    let written =
+        oci::install(
+            dir,
+            name,
+            &pulled.bytes,
+            |temp| match gateway::app::check_plugin_file(temp) {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(why)) => Err(format!("{reference}: {why}")),
+                Err(e) => Err(format!("{reference}: cannot check the plugin: {e:#}")),
+            },
+        )?;
+    println!(
+        "{}  {} ({} bytes, {})",
+        pulled.sha256,
+        written.display(),
+        pulled.bytes.len(),
+        pulled.media_type
+    );
+    println!("sha256 = \"{}\"", pulled.sha256);
+    Ok(())
 }

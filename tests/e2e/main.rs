@@ -23,6 +23,7 @@ mod languages;
 mod layering;
 mod load_scenarios;
 mod observability;
+mod oci;
 mod proxy;
 mod ratelimit;
 mod reload;

@@ -11,6 +11,7 @@ pub mod compile_cache;
 pub mod host;
 pub mod host_v2;
 pub mod inspect;
+pub mod oci;
 mod output;
 
 use crate::config::{FailurePolicy, FilterConfig, Isolation};
