@@ -377,6 +377,12 @@ fn pull_plugin(
     plain_http: bool,
 ) -> anyhow::Result<()> {
     use gateway::plugin::oci;
+    // Before any download, so a mistyped folder costs nothing.
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{} is not a folder; pass the plugin folder (`[plugins] dir`)",
+        dir.display()
+    );
     let credentials = match (
         std::env::var("GATEWAY_REGISTRY_USER"),
         std::env::var("GATEWAY_REGISTRY_PASSWORD"),

@@ -630,10 +630,14 @@ impl<'a> Registry<'a> {
                     .ok_or_else(|| http_err(url, "an HTTPS URL while --plain-http was given"))?;
                 let name = rustls::pki_types::ServerName::try_from(host.to_string())
                     .map_err(|e| http_err(url, format!("not a TLS server name: {e}")))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| http_err(url, format!("TLS: {e}")))?;
+                let stream = tls.connect(name, tcp).await.map_err(|e| {
+                    http_err(
+                        url,
+                        format!(
+                            "TLS: {e} (for a registry without TLS, on loopback, pass --plain-http)"
+                        ),
+                    )
+                })?;
                 send(url, stream, request, limit).await
             } else {
                 send(url, tcp, request, limit).await
