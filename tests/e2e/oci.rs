@@ -36,19 +36,54 @@ struct Registry {
 impl Registry {
     fn start() -> Registry {
         let dir = tempdir::Dir::new();
+        let storage = dir.path().join("storage");
+        let registry = Registry::serve(dir, &storage, None);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while registry.request("GET", "/v2/", &[], b"").status != 200 {
+            assert!(Instant::now() < deadline, "docker-registry did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    /// A second registry serving this one's storage over TLS, with a
+    /// certificate for 127.0.0.1 from `ca`: what is pushed here is pulled
+    /// there (the test pushes over plain HTTP only).
+    fn tls_twin(&self, ca: &crate::tls::Ca) -> Registry {
+        let dir = tempdir::Dir::new();
+        ca.server("registry", &["127.0.0.1"])
+            .write(dir.path(), "registry");
+        let tls = (
+            dir.path().join("registry.pem"),
+            dir.path().join("registry.key"),
+        );
+        Registry::serve(dir, &self._dir.path().join("storage"), Some(tls))
+    }
+
+    /// Starts `docker-registry` with a config file in `dir`, storing in
+    /// `storage`, and waits until it accepts connections.
+    fn serve(
+        dir: tempdir::Dir,
+        storage: &Path,
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Registry {
         // The registry binds its own socket, so the port is picked free
         // and tried; another process taking it meanwhile fails the start
         // loudly rather than silently.
         let port = crate::common::free_port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        if let Some((cert, key)) = tls {
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        std::fs::write(&config, yaml).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -63,12 +98,7 @@ impl Registry {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if TcpStream::connect(addr).is_ok()
-                && registry.request("GET", "/v2/", &[], b"").status == 200
-            {
-                break;
-            }
+        while TcpStream::connect(addr).is_err() {
             assert!(
                 registry.child.try_wait().unwrap().is_none(),
                 "docker-registry exited at start"
@@ -187,10 +217,21 @@ fn with_custom_section(component: &[u8], note: &str) -> Vec<u8> {
 }
 
 fn pull(reference: &str, dir: &Path, name: &str, env: &[(&str, &str)]) -> Output {
+    pull_with(reference, dir, name, env, &["--plain-http"])
+}
+
+fn pull_with(
+    reference: &str,
+    dir: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> Output {
     let mut c = gateway_command();
     c.args(["plugin", "pull", reference, "--dir"])
         .arg(dir)
-        .args(["--name", name, "--plain-http"]);
+        .args(["--name", name])
+        .args(flags);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -625,4 +666,51 @@ fn a_token_challenge_and_a_redirected_blob_are_followed_and_altered_content_is_r
         text(&out)
     );
     assert!(files(clean.path()).is_empty(), "{:?}", files(clean.path()));
+}
+
+#[test]
+fn https_is_the_default_and_the_registry_certificate_is_verified() {
+    let registry = Registry::start();
+    let wasm = headers_plugin();
+    let (_, digest) = registry.push_plugin("plugins/headers", "v1", &wasm);
+    let ca = crate::tls::Ca::new("registry test CA");
+    let twin = registry.tls_twin(&ca);
+    let cas = tempdir::Dir::new();
+    let ca_file = cas.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let dir = tempdir::Dir::new();
+    let reference = format!("{}/plugins/headers@{digest}", twin.addr);
+
+    // Trusting the test's CA (the system's CAs, as SSL_CERT_FILE names them).
+    let trusted = [("SSL_CERT_FILE", ca_file.to_str().unwrap())];
+    let out = pull_with(&reference, dir.path(), "hdr", &trusted, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::read(dir.path().join("hdr.wasm")).unwrap() == wasm);
+
+    // The same registry, with a CA bundle that does not hold its issuer.
+    let other = cas.path().join("other.pem");
+    std::fs::write(&other, crate::tls::Ca::new("another CA").pem).unwrap();
+    let untrusted = [("SSL_CERT_FILE", other.to_str().unwrap())];
+    let out = pull_with(&reference, dir.path(), "other", &untrusted, &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!(
+            "https://{}/v2/plugins/headers/manifests/",
+            twin.addr
+        )) && text(&out).contains("TLS: "),
+        "{}",
+        text(&out)
+    );
+
+    // A plain-HTTP registry without --plain-http: refused, with the hint.
+    let out = pull_with(
+        &format!("{}/plugins/headers@{digest}", registry.addr),
+        dir.path(),
+        "plain",
+        &trusted,
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("pass --plain-http"), "{}", text(&out));
+    assert_eq!(files(dir.path()), ["hdr.wasm"]);
 }
