@@ -10,7 +10,7 @@
 //! ([`Plan`]), and only then built, so the decisions are tested without
 //! compiling a plugin or opening a socket.
 
-use crate::config::Config;
+use crate::config::{Config, Pin};
 use crate::plugin::{Filter, LoadedPlugin, PluginError, Runtime, content_hash, read_plugin};
 use crate::routing::RouteTable;
 use crate::serving::{Built, Gateway, RouteRuntime};
@@ -33,14 +33,6 @@ pub struct PluginCache {
 struct Cached {
     plugin: Arc<LoadedPlugin>,
     last_used: u64,
-}
-
-/// The hash a filter requires of its plugin file, and where it says so.
-#[derive(Debug, Clone)]
-pub struct Pin<'c> {
-    pub filter: &'c str,
-    pub sha256: &'c str,
-    pub at: String,
 }
 
 /// Versions not in use that the cache keeps.

@@ -14,20 +14,51 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A Redis Cluster on loopback: `masters` primaries, each with `replicas`
-/// replicas, its slots spread by `redis-cli --cluster create`.
+/// replicas, its slots spread by `redis-cli --cluster create`; with
+/// `secured`, every link (clients, the cluster bus, replication) is TLS
+/// under a CA of the test's own and every node wants that password.
 struct RedisCluster {
     nodes: Vec<(u16, Option<Child>)>,
-    _dir: tempdir::Dir,
+    secured: Option<String>,
+    dir: tempdir::Dir,
 }
 
 impl RedisCluster {
     fn start(masters: usize, replicas: usize) -> RedisCluster {
+        RedisCluster::start_with(masters, replicas, None)
+    }
+
+    fn start_with(masters: usize, replicas: usize, secured: Option<&str>) -> RedisCluster {
         let dir = tempdir::Dir::new();
+        if secured.is_some() {
+            let ca = crate::tls::Ca::new("Redis Cluster test CA");
+            ca.peer("redis", &["127.0.0.1"]).write(dir.path(), "redis");
+            std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
+        }
         let nodes: Vec<(u16, Option<Child>)> = (0..masters * (1 + replicas))
             .map(|_| {
                 let port = free_port();
-                let child = Command::new("redis-server")
-                    .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                let mut server = Command::new("redis-server");
+                server.args(["--bind", "127.0.0.1"]);
+                match secured {
+                    None => {
+                        server.args(["--port", &port.to_string()]);
+                    }
+                    Some(password) => {
+                        server
+                            .args(["--port", "0", "--tls-port", &port.to_string()])
+                            .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                            .args(["--tls-auth-clients", "no"])
+                            .arg("--tls-cert-file")
+                            .arg(dir.path().join("redis.pem"))
+                            .arg("--tls-key-file")
+                            .arg(dir.path().join("redis.key"))
+                            .arg("--tls-ca-cert-file")
+                            .arg(dir.path().join("ca.pem"))
+                            .args(["--requirepass", password, "--masterauth", password]);
+                    }
+                }
+                let child = server
                     .args(["--cluster-enabled", "yes"])
                     .args(["--cluster-port", &free_port().to_string()])
                     .arg("--cluster-config-file")
@@ -52,7 +83,13 @@ impl RedisCluster {
             .iter()
             .map(|(p, _)| format!("127.0.0.1:{p}"))
             .collect();
-        let out = Command::new("redis-cli")
+        let cluster = RedisCluster {
+            nodes,
+            secured: secured.map(String::from),
+            dir,
+        };
+        let out = cluster
+            .cli_command()
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -61,22 +98,73 @@ impl RedisCluster {
             .expect("run redis-cli --cluster create");
         assert!(
             out.status.success(),
-            "redis-cli --cluster create failed:\n{}",
-            String::from_utf8_lossy(&out.stdout)
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { nodes, _dir: dir };
         wait_for("the cluster to agree and its replicas to sync", 30, || {
-            cluster
-                .nodes
+            cluster.nodes.iter().all(|(p, _)| {
+                cluster
+                    .cli(*p, &["CLUSTER", "INFO"])
+                    .contains("cluster_state:ok")
+            }) && cluster
+                .live_ports()
                 .iter()
-                .all(|(p, _)| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-                && cluster
-                    .live_ports()
-                    .iter()
-                    .filter(|p| cli(**p, &["ROLE"]).starts_with("slave"))
-                    .all(|p| cli(*p, &["INFO", "replication"]).contains("master_link_status:up"))
+                .filter(|p| cluster.cli(**p, &["ROLE"]).starts_with("slave"))
+                .all(|p| {
+                    cluster
+                        .cli(*p, &["INFO", "replication"])
+                        .contains("master_link_status:up")
+                })
         });
         cluster
+    }
+
+    /// `redis-cli` with what it needs to reach this cluster.
+    fn cli_command(&self) -> Command {
+        let mut c = Command::new("redis-cli");
+        if let Some(password) = &self.secured {
+            c.args(["--tls", "--cacert"])
+                .arg(self.dir.path().join("ca.pem"))
+                .args(["--no-auth-warning", "-a", password]);
+        }
+        c
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = self
+            .cli_command()
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `[state]` settings reaching this cluster: the seeds, and for a
+    /// secured one its CA and the password from `REDIS_TEST_PASSWORD`.
+    fn state_settings(&self) -> String {
+        let scheme = if self.secured.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("\"{scheme}://127.0.0.1:{p}\""))
+            .collect();
+        let mut out = format!(
+            "backend = \"redis-cluster\"\nnodes = [{}]\n",
+            urls.join(", ")
+        );
+        if self.secured.is_some() {
+            out.push_str(&format!(
+                "password = \"${{REDIS_TEST_PASSWORD}}\"\nca_file = \"{}\"\n",
+                self.dir.path().join("ca.pem").display()
+            ));
+        }
+        out
     }
 
     fn live_ports(&self) -> Vec<u16> {
@@ -87,26 +175,16 @@ impl RedisCluster {
             .collect()
     }
 
-    /// `nodes = [...]` for `[state]`: every primary and replica, as an
-    /// operator would list them.
-    fn seeds(&self) -> String {
-        let urls: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|(p, _)| format!("\"redis://127.0.0.1:{p}\""))
-            .collect();
-        format!("[{}]", urls.join(", "))
-    }
-
     /// The port of the primary serving the slot of hash tag `tag`, as the
     /// cluster itself says; none while that primary is failing.
     fn owner_of(&self, tag: &str) -> Option<u16> {
         let port = self.live_ports()[0];
-        let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", tag])
+        let slot: u16 = self
+            .cli(port, &["CLUSTER", "KEYSLOT", tag])
             .trim()
             .parse()
             .unwrap();
-        let nodes = cli(port, &["CLUSTER", "NODES"]);
+        let nodes = self.cli(port, &["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
             if !fields[2].contains("master") || fields[2].contains("fail") {
@@ -144,15 +222,6 @@ impl Drop for RedisCluster {
             }
         }
     }
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("run redis-cli");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn wait_for(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
@@ -292,11 +361,15 @@ fn count(statuses: &[u16], status: u16) -> usize {
 
 /// A gateway counting one global limit in the cluster's state.
 fn replica(cluster: &RedisCluster, up: &Upstream, requests: u32, window: &str) -> Gateway {
-    Gateway::start(&format!(
-        r#"[state]
-backend = "redis-cluster"
-nodes = {seeds}
-timeout = "200ms"
+    let password = cluster.secured.clone().unwrap_or_default();
+    Gateway::start_with_env(
+        tempdir::Dir::new(),
+        &[("REDIS_TEST_PASSWORD", &password)],
+        |addr, admin| {
+            format!(
+                r#"{preamble}
+[state]
+{state}timeout = "200ms"
 
 [upstreams.app]
 instances = ["{up}"]
@@ -318,9 +391,12 @@ path_prefix = "/"
 upstream = "app"
 filters = ["rl"]
 "#,
-        seeds = cluster.seeds(),
-        up = up.addr,
-    ))
+                preamble = preamble(addr, admin),
+                state = cluster.state_settings(),
+                up = up.addr,
+            )
+        },
+    )
 }
 
 fn limited(gw: &Gateway, result: &str) -> f64 {
@@ -379,7 +455,7 @@ fn three_replicas_on_a_redis_cluster_hold_one_limit_and_ride_out_a_failover() {
     let owner = cluster
         .owner_of("rl")
         .expect("a primary serves the tag's slot");
-    let keys = cli(owner, &["--scan", "--pattern", "gateway:{rl}:*"]);
+    let keys = cluster.cli(owner, &["--scan", "--pattern", "gateway:{rl}:*"]);
     assert_eq!(
         keys.lines().count(),
         1,
@@ -878,4 +954,32 @@ fn a_rolling_reload_moves_replicas_one_at_a_time_and_stops_at_a_refusal() {
             v2
         );
     }
+}
+
+/// A cluster whose every link is TLS and whose nodes want a password: the
+/// replicas reach it with `rediss://` seeds, the test's CA and the password
+/// from the environment, and share one limit there.
+#[test]
+fn replicas_reach_a_redis_cluster_over_tls_with_a_password() {
+    let cluster = RedisCluster::start_with(3, 0, Some("cluster-secret-for-the-test"));
+    let up = Upstream::start("app");
+    let gws: Vec<Gateway> = (0..2).map(|_| replica(&cluster, &up, 5, "60s")).collect();
+    let statuses: Vec<u16> = (0..8).map(|i| gws[i % 2].get("/x", &[]).status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429, 429],
+        "one limit of 5 across both:\n{}",
+        gws[0].log()
+    );
+    let owner = cluster.owner_of("rl").unwrap();
+    let keys = cluster.cli(owner, &["--scan", "--pattern", "gateway:{rl}:*"]);
+    assert_eq!(keys.lines().count(), 1, "{keys}");
+    // Without the password the nodes refuse, and `deny` answers 503.
+    let mut plain = cluster.state_settings();
+    plain = plain.replace("password = \"${REDIS_TEST_PASSWORD}\"\n", "");
+    let refused = Gateway::start(&format!(
+        "[state]\n{plain}timeout = \"200ms\"\n\n[upstreams.app]\ninstances = [\"{}\"]\n\n[filters.rl]\nplugin = \"ratelimit\"\n[filters.rl.config]\non_state_error = \"deny\"\n[[filters.rl.config.limits]]\nname = \"global\"\nrequests = 5\nwindow = \"60s\"\nalgorithm = \"fixed\"\nkey = \"route\"\n\n[[route]]\nid = \"api\"\npath_prefix = \"/\"\nupstream = \"app\"\nfilters = [\"rl\"]\n",
+        up.addr
+    ));
+    assert_eq!(refused.get("/x", &[]).status, 503, "{}", refused.log());
 }

@@ -58,6 +58,19 @@ impl Ca {
         self.sign(params)
     }
 
+    /// A certificate for a server that is also a client of its peers (a
+    /// Redis Cluster node on its TLS cluster bus), for `names`.
+    pub fn peer(&self, cn: &str, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
     /// A client certificate with common name `cn` and a URI name.
     fn client(&self, cn: &str, uri: &str) -> Leaf {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

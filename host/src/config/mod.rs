@@ -139,6 +139,15 @@ impl ConfigSource {
     }
 }
 
+/// The hash a filter requires of its plugin file, and where it says so.
+#[derive(Debug, Clone)]
+pub struct Pin<'c> {
+    pub filter: &'c str,
+    pub sha256: &'c str,
+    /// `FILE:LINE:COL` of the pin.
+    pub at: String,
+}
+
 impl Config {
     /// Reads, parses, expands and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -200,11 +209,11 @@ impl Config {
 
     /// The hash a filter pins plugin `plugin` to, if any filter does
     /// (validation saw that all that do agree).
-    pub fn pin(&self, plugin: &str) -> Option<crate::assemble::Pin<'_>> {
+    pub fn pin(&self, plugin: &str) -> Option<Pin<'_>> {
         self.filters
             .iter()
             .find(|(_, f)| f.plugin.as_str() == plugin && f.sha256.is_some())
-            .map(|(name, f)| crate::assemble::Pin {
+            .map(|(name, f)| Pin {
                 filter: name,
                 sha256: f.sha256.as_deref().unwrap_or_default(),
                 at: self
