@@ -367,15 +367,26 @@ fn replica(cluster: &RedisCluster, up: &Upstream, requests: u32, window: &str) -
         &[("REDIS_TEST_PASSWORD", &password)],
         |addr, admin| {
             format!(
-                r#"{preamble}
-[state]
-{state}timeout = "200ms"
+                "{}\n[state]\n{}timeout = \"200ms\"\n\n{}",
+                preamble(addr, admin),
+                cluster.state_settings(),
+                limited_route(up, requests, window)
+            )
+        },
+    )
+}
 
-[upstreams.app]
+/// An upstream, the rate-limit filter with one global limit of `requests`
+/// per `window` (refusing when its state is unavailable) and a route
+/// through it.
+fn limited_route(up: &Upstream, requests: u32, window: &str) -> String {
+    format!(
+        r#"[upstreams.app]
 instances = ["{up}"]
 
 [filters.rl]
 plugin = "ratelimit"
+timeout = "1s"
 [filters.rl.config]
 on_state_error = "deny"
 [[filters.rl.config.limits]]
@@ -391,11 +402,7 @@ path_prefix = "/"
 upstream = "app"
 filters = ["rl"]
 "#,
-                preamble = preamble(addr, admin),
-                state = cluster.state_settings(),
-                up = up.addr,
-            )
-        },
+        up = up.addr
     )
 }
 
@@ -695,38 +702,10 @@ fn the_redis_backend_speaks_tls_with_a_password_from_the_environment() {
             &[("REDIS_TEST_PASSWORD", env_password)],
             |addr, admin| {
                 format!(
-                    r#"{}
-[state]
-backend = "redis"
-url = "rediss://127.0.0.1:{port}/0"
-password = "${{REDIS_TEST_PASSWORD}}"
-ca_file = "{}"
-timeout = "500ms"
-
-[upstreams.app]
-instances = ["{}"]
-
-[filters.rl]
-plugin = "ratelimit"
-timeout = "1s"
-[filters.rl.config]
-on_state_error = "deny"
-[[filters.rl.config.limits]]
-name = "global"
-requests = 3
-window = "60s"
-algorithm = "fixed"
-key = "route"
-
-[[route]]
-id = "api"
-path_prefix = "/"
-upstream = "app"
-filters = ["rl"]
-"#,
+                    "{}\n[state]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:{port}/0\"\npassword = \"${{REDIS_TEST_PASSWORD}}\"\nca_file = \"{}\"\ntimeout = \"500ms\"\n\n{}",
                     preamble(addr, admin),
                     ca_file.display(),
-                    up.addr
+                    limited_route(&up, 3, "60s")
                 )
             },
         )
@@ -978,8 +957,8 @@ fn replicas_reach_a_redis_cluster_over_tls_with_a_password() {
     let mut plain = cluster.state_settings();
     plain = plain.replace("password = \"${REDIS_TEST_PASSWORD}\"\n", "");
     let refused = Gateway::start(&format!(
-        "[state]\n{plain}timeout = \"200ms\"\n\n[upstreams.app]\ninstances = [\"{}\"]\n\n[filters.rl]\nplugin = \"ratelimit\"\n[filters.rl.config]\non_state_error = \"deny\"\n[[filters.rl.config.limits]]\nname = \"global\"\nrequests = 5\nwindow = \"60s\"\nalgorithm = \"fixed\"\nkey = \"route\"\n\n[[route]]\nid = \"api\"\npath_prefix = \"/\"\nupstream = \"app\"\nfilters = [\"rl\"]\n",
-        up.addr
+        "[state]\n{plain}timeout = \"200ms\"\n\n{}",
+        limited_route(&up, 5, "60s")
     ));
     assert_eq!(refused.get("/x", &[]).status, 503, "{}", refused.log());
 }
