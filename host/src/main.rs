@@ -96,9 +96,11 @@ enum Command {
     /// balancer notices before the process is stopped. What a Kubernetes
     /// preStop hook runs.
     Drain {
-        /// The admin listener, as host:port.
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin: String,
+        /// The admin listener, as host:port (default: ADMIN_LISTEN, as the
+        /// default config reads it, with a wildcard address made loopback;
+        /// else 127.0.0.1:9901).
+        #[arg(long)]
+        admin: Option<String>,
         /// How long to wait after draining before exiting.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         wait: std::time::Duration,
@@ -195,6 +197,19 @@ enum PluginCommand {
 
 const DEFAULT_CONFIG: &str = "config/gateway.toml";
 
+/// Where this host's gateway has its admin listener: `ADMIN_LISTEN`, which
+/// the default config (and so the image) listens on, reached on loopback
+/// when it names every address.
+fn default_admin() -> String {
+    let Ok(listen) = std::env::var("ADMIN_LISTEN") else {
+        return "127.0.0.1:9901".into();
+    };
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+        _ => listen,
+    }
+}
+
 fn source(path: Option<PathBuf>) -> ConfigSource {
     match path {
         Some(p) => ConfigSource::File(p),
@@ -290,7 +305,10 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Drain { admin, wait } => runtime
-            .block_on(gateway::app::drain(&admin, wait))
+            .block_on(gateway::app::drain(
+                &admin.unwrap_or_else(default_admin),
+                wait,
+            ))
             .map(|msg| println!("{msg}")),
         Command::Plugin {
             command: PluginCommand::New { name, lang, dir },
