@@ -272,12 +272,12 @@ fn redis_state_needs_a_redis_url() {
     assert!(!ok);
     assert_eq!(
         err,
-        "error: CONFIG:9:7: [state] url `http://x` is not a Redis URL; write it like \"redis://127.0.0.1:6379/0\""
+        "error: CONFIG:9:7: [state] url `http://x` is not a Redis URL; write it like \"redis://127.0.0.1:6379/0\" (or rediss:// for TLS)"
     );
     let (ok, _, err) = check("[state]\nbackend = \"etcd\"\n");
     assert!(!ok);
     assert!(
-        err.starts_with("error: CONFIG:8:11: unknown variant `etcd`, expected `memory` or `redis`"),
+        err.starts_with("error: CONFIG:8:11: unknown variant `etcd`, expected one of `memory`, `redis`, `redis-cluster`"),
         "{err}"
     );
 }

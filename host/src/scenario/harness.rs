@@ -343,6 +343,21 @@ impl Gateway {
     }
 
     pub async fn start(options: &Options, config: &GatewayConfig<'_>) -> anyhow::Result<Gateway> {
+        // A port found free can be taken by another process before the
+        // gateway binds it; then it exits at once, and new ports are tried.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Gateway::start_once(options, config).await {
+                Err(e) if attempt < 3 && e.to_string().contains("in use") => {
+                    tracing::debug!("retrying on other ports: {e}");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(options: &Options, config: &GatewayConfig<'_>) -> anyhow::Result<Gateway> {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         std::fs::create_dir_all(&options.out)?;
@@ -375,9 +390,16 @@ impl Gateway {
         let until = Instant::now() + limit;
         while Instant::now() < until {
             if let Some(status) = self.child.try_wait()? {
+                let log = self.out.join("gateway.log");
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let last = said
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
                 bail!(
-                    "the gateway exited ({status}) before it was ready; see {}",
-                    self.out.join("gateway.log").display()
+                    "the gateway exited ({status}) before it was ready: {last}; see {}",
+                    log.display()
                 );
             }
             if let Ok((200, _)) = self.admin_get("/ready").await {
