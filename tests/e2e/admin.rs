@@ -30,12 +30,22 @@ fn state_until(gw: &Gateway, within: Duration, pred: impl Fn(&Value) -> bool) ->
 }
 
 fn reload_with(gw: &Gateway, authorization: Option<&str>) -> crate::common::RawResponse {
+    admin_call(gw, "POST", "/admin/reload", authorization)
+}
+
+/// A bodiless admin request with an `Authorization` header, if given.
+fn admin_call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> crate::common::RawResponse {
     let auth = authorization
         .map(|a| format!("authorization: {a}\r\n"))
         .unwrap_or_default();
     raw(
         gw.admin,
-        format!("POST /admin/reload HTTP/1.1\r\nhost: admin\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n")
+        format!("{method} {path} HTTP/1.1\r\nhost: admin\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n")
             .as_bytes(),
     )
 }
@@ -322,15 +332,9 @@ fn a_drain_fails_ready_closes_kept_connections_and_can_be_undone() {
                 + &two_routes(&app)
         },
     );
-    let drain = |method: &str, auth: Option<&str>| {
-        let auth = auth
-            .map(|a| format!("authorization: Bearer {a}\r\n"))
-            .unwrap_or_default();
-        raw(
-            gw.admin,
-            format!("{method} /admin/drain HTTP/1.1\r\nhost: admin\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
+    let drain = |method: &str, token: Option<&str>| {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        admin_call(&gw, method, "/admin/drain", bearer.as_deref())
     };
     // One keep-alive connection, opened before the drain.
     let conn = std::net::TcpStream::connect(gw.addr).unwrap();
