@@ -86,6 +86,9 @@ if [[ "${1:-}" == "--bench" ]]; then
   # (HAProxy is installed for the tests already).
   want caddy caddy
   want_file /usr/lib/nginx/modules/ngx_http_js_module.so libnginx-mod-http-js
+  # The layer-4 comparison (benches/l4.sh): iperf3, and nginx's stream module.
+  want iperf3 iperf3
+  want_file /usr/lib/nginx/modules/ngx_stream_module.so libnginx-mod-stream
 fi
 
 apt_install "${need_apt[@]}"
