@@ -274,9 +274,19 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
         ));
     }
     tracing::info!("{workers} worker thread(s) serving connections");
+    // TCP routes drain beside the HTTP connections, under the same grace.
+    let tcp = {
+        let tcp = reloader.tcp.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tcp.shutdown(grace).await
+        })
+    };
     crate::server::serve(listener, workers, shared, stop_rx, grace)
         .await
         .context("cannot start the worker threads")?;
+    let _ = tcp.await;
     signals.abort();
     hangups.abort();
     watcher.abort();

@@ -392,6 +392,12 @@ pub async fn build(
         upstreams: config.upstreams.clone(),
         route_ids,
     };
+    let tcp = crate::l4::Routes::new(
+        &config.tcp_routes,
+        &upstreams,
+        &metrics,
+        previous.map(|p| &p.tcp),
+    );
     Ok((
         Gateway {
             routes: RouteTable::new(&config.routes),
@@ -412,6 +418,7 @@ pub async fn build(
             tls_files,
             plugin_dir,
             tls,
+            tcp,
             built,
         },
         report,

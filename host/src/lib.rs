@@ -50,6 +50,7 @@ pub mod config;
 pub(crate) mod echo;
 pub mod edge;
 pub(crate) mod grpc;
+pub(crate) mod l4;
 pub mod listeners;
 pub(crate) mod per_worker;
 pub mod plugin;

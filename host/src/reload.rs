@@ -144,6 +144,9 @@ pub struct Reloader {
     watch: crate::config::ReloadConfig,
     /// Woken by every applied reload, so the watcher follows the new files.
     applied: tokio::sync::Notify,
+    /// The TCP routes' listeners, opened and closed as configurations
+    /// change.
+    pub tcp: Arc<crate::l4::Server>,
 }
 
 /// What `reload` answers: the new generation, or why nothing changed.
@@ -186,7 +189,13 @@ impl Reloader {
             needs_restart: Vec::new(),
         });
         let shared = Arc::new(Shared::new(gw, metrics));
+        let tcp = crate::l4::Server::new(shared.clone());
+        let current = shared.current();
+        let bound = tcp.bind_new(&current.tcp).map_err(anyhow::Error::msg)?;
+        tcp.apply(bound, &current.tcp);
+        drop(current);
         Ok(Arc::new(Reloader {
+            tcp,
             shared,
             runtime,
             source,
@@ -249,11 +258,22 @@ impl Reloader {
                 old.into_iter().filter(|id| !new.contains(id)).collect(),
             )
         };
+        // A TCP route's port that cannot be bound refuses the whole
+        // configuration, as a plugin that cannot load does.
+        let bound = match self.tcp.bind_new(&gw.tcp) {
+            Ok(b) => b,
+            Err(msg) => {
+                builder.cache.trim(&previous.plugins);
+                self.failed(trigger, started, None, &msg);
+                return Err(msg);
+            }
+        };
         builder.cache.trim(&gw.plugins);
         // Every plugin the configuration names has loaded; errors of
         // plugins it no longer names are history.
         self.status.lock().plugin_errors.clear();
         self.shared.swap(gw);
+        self.tcp.apply(bound, &self.shared.current().tcp);
         self.applied.notify_one();
         {
             let mut retired = self.retired.lock();

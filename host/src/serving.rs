@@ -63,6 +63,8 @@ pub struct Gateway {
     pub plugin_dir: PathBuf,
     /// Handshakes new connections when `[server.tls]` is set.
     pub tls: Option<Arc<Terminator>>,
+    /// The TCP routes, by listener.
+    pub tcp: crate::l4::Routes,
     /// What was built from which settings, for the next reload to compare.
     pub(crate) built: Built,
 }

@@ -15,6 +15,7 @@ mod filters;
 mod routes;
 mod server;
 mod state;
+mod tcp;
 mod telemetry;
 #[cfg(test)]
 mod tests;
@@ -31,6 +32,7 @@ pub use server::{
     ServerConfig, default_compile_cache_dir,
 };
 pub use state::{MAX_WINDOW, StateBackend, StateConfig};
+pub use tcp::{CLIENT_HELLO_TIMEOUT, ProxyProtocol, TcpRouteConfig};
 pub use telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
 pub use tls::{
     ClientAuth, LoadedCertificate, LoadedTls, LoadedUpstreamTls, SniCertificate, TlsConfig,
@@ -101,6 +103,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    #[serde(default, rename = "tcp_route")]
+    pub tcp_routes: Vec<TcpRouteConfig>,
     /// The directory relative paths are resolved from (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -258,6 +262,7 @@ impl Config {
             u.validate(src, name)?;
         }
         routes::validate(&self.routes, src)?;
+        tcp::validate(&self.tcp_routes, src)?;
         if let Some(t) = &self.tracing {
             t.validate(src)?;
         }

@@ -255,7 +255,7 @@ impl HealthConfig {
             &[
                 (
                     "path",
-                    !self.path.starts_with('/'),
+                    self.path.as_ref().is_some_and(|p| !p.starts_with('/')),
                     "is not a path, so every check would fail",
                     "start it with `/`, like \"/health\"",
                 ),
@@ -464,8 +464,10 @@ impl Default for BreakerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
-    /// The path checked on each instance.
-    pub path: String,
+    /// The path an HTTP GET checks on each instance; without it, a check
+    /// is a TCP connection made within the timeout (for the instances of
+    /// TCP routes).
+    pub path: Option<String>,
     #[serde(default = "health_defaults::interval")]
     pub interval: Millis,
     #[serde(default = "health_defaults::timeout")]

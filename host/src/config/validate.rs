@@ -75,6 +75,32 @@ pub(super) fn across_sections(config: &Config, src: &Source<'_>) -> Result<(), C
             ));
         }
     }
+    for (i, r) in config.tcp_routes.iter().enumerate() {
+        let index = i.to_string();
+        let id = &r.id;
+        if let Some((_, _, setting, _)) = listeners.iter().find(|(other, ..)| *other == r.listen) {
+            return Err(src.error_key(
+                &["tcp_route", &index, "listen"],
+                format!(
+                    "tcp_route `{id}` listens on {}, which {setting} takes already; give the route its own port",
+                    r.listen
+                ),
+            ));
+        }
+        let up = &r.upstream;
+        let Some(cluster) = config.upstreams.get(up) else {
+            let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+            return Err(src.error_key(
+                &["tcp_route", &index, "upstream"],
+                format!("tcp_route `{id}` sends to upstream `{up}`, which is not defined; define [upstreams.{up}] or use one of: {}", list_or_none(&known)),
+            ));
+        };
+        // The route passes the client's bytes as they are, TLS included; a
+        // cluster that speaks TLS to its instances is an HTTP cluster.
+        src.require(cluster.tls.is_none(), &["tcp_route", &index, "upstream"], || {
+            format!("tcp_route `{id}` sends to upstream `{up}`, which has `tls`; a TCP route passes the client's bytes through unchanged (TLS passthrough included), so give it a cluster without `tls`")
+        })?;
+    }
     if let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_deref()) {
         src.require(
             token.len() >= super::MIN_ADMIN_TOKEN_BYTES && !token.chars().any(char::is_whitespace),

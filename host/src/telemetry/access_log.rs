@@ -54,6 +54,29 @@ pub struct Entry {
     pub answered_by: String,
 }
 
+/// One connection of a TCP route, as logged when it ends. `kind` is
+/// always `tcp`, which tells these lines from requests' in one file.
+#[derive(Serialize, Debug)]
+pub struct TcpEntry<'a> {
+    pub time: String,
+    pub kind: &'static str,
+    pub client: String,
+    pub listener: String,
+    pub route: &'a str,
+    /// The server name of the ClientHello, on listeners that route by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<&'a str>,
+    /// The instance the connection went to; absent when refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// `closed`, `idle`, `error` or `shutdown` for a proxied connection;
+    /// the refusal's reason otherwise.
+    pub outcome: &'static str,
+    pub duration_ms: f64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
 impl AccessLog {
     /// Opens the destination (`stdout`, `stderr` or a file, appended to,
     /// relative to the config's folder) and starts the writer.
@@ -85,7 +108,7 @@ impl AccessLog {
         Ok(AccessLog { tx, dropped })
     }
 
-    pub fn write(&self, entry: &Entry) {
+    pub fn write(&self, entry: &impl Serialize) {
         let Ok(mut line) = serde_json::to_string(entry) else {
             return;
         };

@@ -19,6 +19,7 @@
 pub mod access_log;
 pub mod live;
 pub mod log_limit;
+pub mod tcp;
 pub mod trace;
 
 use arc_swap::ArcSwap;
@@ -122,6 +123,8 @@ pub struct Metrics {
     pub health_check_duration: Histogram<f64>,
     pub plugin_metric_overflow: Counter<u64>,
     pub access_log_dropped: Counter<u64>,
+    /// TCP routes' connections and bytes.
+    pub tcp: tcp::TcpMetrics,
     /// The plugin versions the running configuration uses, for
     /// `gateway_plugin_info`; replaced on every applied reload.
     plugin_versions: PluginVersions,
@@ -599,6 +602,7 @@ impl Metrics {
                     "Shared-state calls refused because the filter would pass its quota, by filter and limit (entries, bytes, window)",
                 )
                 .build(),
+            tcp: tcp::TcpMetrics::new(&meter),
             access_log: OnceLock::new(),
             tracing: OnceLock::new(),
             registry,

@@ -95,10 +95,30 @@ impl Endpoint {
             .ok()
             .map(|_| InFlight(self))
     }
+
+    /// Like `try_start`, for a guard that outlives the borrow (a TCP
+    /// connection's task holds it).
+    pub fn try_start_owned(self: &Arc<Self>, max: u32) -> Option<OwnedInFlight> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| OwnedInFlight(self.clone()))
+    }
 }
 
 /// A request in flight to an endpoint; dropping it ends the count.
 pub struct InFlight<'a>(&'a Endpoint);
+
+/// An `InFlight` that owns its endpoint.
+pub struct OwnedInFlight(Arc<Endpoint>);
+
+impl Drop for OwnedInFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {

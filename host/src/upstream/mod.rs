@@ -10,6 +10,7 @@ pub mod outlier;
 pub mod pool;
 pub mod replay;
 mod snapshot;
+pub mod stream;
 
 use crate::config::{Outcome, RetryConfig, UpstreamConfig};
 use crate::telemetry::Metrics;
@@ -228,6 +229,8 @@ pub struct Upstream {
     breakers: Vec<Arc<Breaker>>,
     failure_on: Outcomes,
     max_in_flight: u32,
+    /// How long a TCP route waits for a connection to an instance.
+    connect_timeout: Duration,
     /// Plaintext HTTP/1 requests go over each instance's own connections;
     /// h2c and TLS ones by `client`.
     own_connections: bool,
@@ -445,6 +448,7 @@ impl Upstream {
             breakers,
             failure_on: cfg.failure_on.iter().map(|f| f.0).collect(),
             max_in_flight: cfg.max_connections_per_instance.max(1),
+            connect_timeout: cfg.connect_timeout.0,
             own_connections: cfg.protocol == crate::config::UpstreamProtocol::Http1
                 && cfg.tls.is_none(),
             scheme: if cfg.tls.is_some() { "https" } else { "http" },
@@ -506,11 +510,22 @@ impl Upstream {
                 tick.tick().await;
                 let Some(up) = weak.upgrade() else { return };
                 let checks = up.balancer.endpoints().iter().map(|e| {
-                    let uri = format!("{}://{}{}", up.scheme, e.addr, cfg.path);
+                    let uri = cfg
+                        .path
+                        .as_ref()
+                        .map(|path| format!("{}://{}{}", up.scheme, e.addr, path));
                     let up = &up;
                     let cfg = &cfg;
                     async move {
                         let started = Instant::now();
+                        let Some(uri) = uri else {
+                            let connected = tokio::time::timeout(
+                                cfg.timeout.0,
+                                tokio::net::TcpStream::connect(&*e.addr),
+                            )
+                            .await;
+                            return (matches!(connected, Ok(Ok(_))), started.elapsed());
+                        };
                         let req = http::Request::get(uri)
                             .header(http::header::USER_AGENT, "gateway-health-check")
                             .body(http_body_util::Either::Left(Full::new(Bytes::new())));
@@ -592,6 +607,11 @@ impl Upstream {
     /// stream a request body.
     pub fn streams_requests(&self) -> bool {
         !self.own_connections
+    }
+
+    /// Each instance's `upstream` and `endpoint` labels.
+    pub fn instance_labels(&self) -> &[[KeyValue; 2]] {
+        &self.labels
     }
 
     /// The address of instance `i`, as configured.
@@ -709,30 +729,7 @@ impl Upstream {
                 pick = self.balancer.pick(eligible, &tried);
             }
             let Some(i) = pick else {
-                let reason = if !(0..self.health.len())
-                    .any(|i| self.health[i].is_healthy() && !self.outliers[i].ejected(now))
-                {
-                    "no-healthy-instance"
-                } else if (0..self.breakers.len()).all(|i| !self.breakers[i].pickable(now)) {
-                    "all-breakers-open"
-                } else if self
-                    .balancer
-                    .endpoints()
-                    .iter()
-                    .all(|e| e.in_flight() >= self.max_in_flight)
-                {
-                    "pool-exhausted"
-                } else {
-                    "no-instance"
-                };
-                self.metrics.upstream_unavailable.add(
-                    1,
-                    &[
-                        KeyValue::new("upstream", crate::telemetry::shared(&self.name)),
-                        KeyValue::new("reason", reason),
-                    ],
-                );
-                return Err(Failed::Unavailable(reason));
+                return Err(Failed::Unavailable(self.unavailable(now)));
             };
             let endpoint = &self.balancer.endpoints()[i];
             self.instruments[i].picked();

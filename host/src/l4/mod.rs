@@ -1,0 +1,473 @@
+//! TCP routes (`[[tcp_route]]`): listeners whose connections are proxied
+//! byte for byte to an upstream cluster, chosen per listener, or by the
+//! server name of the TLS ClientHello when routes share a listener.
+//!
+//! The routes are part of each configuration (`Routes`, built with the
+//! upstreams they send to), so a reload changes them like anything else: a
+//! connection is routed by the configuration current when it arrives and
+//! keeps its route and instance for life. The sockets are not: `Server`
+//! owns them across reloads, binds the new ones before a configuration is
+//! applied (a port that cannot be bound refuses the reload) and closes the
+//! ones no longer listed, whose open connections finish on their own.
+
+pub mod proxy_protocol;
+pub mod relay;
+pub mod sni;
+
+use crate::config::{ProxyProtocol, TcpRouteConfig};
+use crate::serving::Shared;
+use crate::telemetry::Metrics;
+use crate::telemetry::access_log::{TcpEntry, now_rfc3339};
+use crate::telemetry::tcp::{End, Refusal, RouteInstruments};
+use crate::upstream::Upstream;
+use crate::upstream::stream::NotConnected;
+use parking_lot::Mutex;
+use sni::ServerNames;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+/// One configuration's TCP routes, by listener.
+#[derive(Default)]
+pub struct Routes {
+    listeners: HashMap<SocketAddr, Arc<Listener>>,
+}
+
+/// What a listener does with a connection.
+pub struct Listener {
+    /// The address as configured, which labels its metrics.
+    label: String,
+    choice: Choice,
+}
+
+enum Choice {
+    /// One route takes every connection.
+    Plain(Arc<Route>),
+    /// Routes chosen by the ClientHello's server name; `default` takes a
+    /// hello no route names (or that names none).
+    ByName {
+        names: ServerNames<Arc<Route>>,
+        default: Option<Arc<Route>>,
+    },
+}
+
+pub struct Route {
+    pub id: String,
+    upstream: Arc<Upstream>,
+    idle_timeout: Duration,
+    max_connections: u32,
+    proxy_protocol: Option<ProxyProtocol>,
+    /// Connections open on the route, carried over reloads that keep the
+    /// route's id, so `max_connections` counts the old ones too.
+    open: Arc<AtomicU32>,
+    instruments: RouteInstruments,
+}
+
+impl Routes {
+    /// The routes of a configuration, sending to its `upstreams`; routes
+    /// of `previous` with the same ids keep their counts of open
+    /// connections.
+    pub fn new(
+        configs: &[TcpRouteConfig],
+        upstreams: &HashMap<String, Arc<Upstream>>,
+        metrics: &Metrics,
+        previous: Option<&Routes>,
+    ) -> Routes {
+        let previous_open: HashMap<&str, Arc<AtomicU32>> = previous
+            .into_iter()
+            .flat_map(|p| p.listeners.values())
+            .flat_map(|l| l.routes())
+            .map(|r| (r.id.as_str(), r.open.clone()))
+            .collect();
+        let mut by_listener: HashMap<SocketAddr, Vec<&TcpRouteConfig>> = HashMap::new();
+        for c in configs {
+            by_listener.entry(c.listen).or_default().push(c);
+        }
+        let listeners = by_listener
+            .into_iter()
+            .map(|(addr, members)| {
+                let label = addr.to_string();
+                metrics.tcp.declare_listener(&label);
+                let route = |c: &TcpRouteConfig| {
+                    let upstream = upstreams[&c.upstream].clone();
+                    let instruments = metrics.tcp.route(&label, &c.id);
+                    for instance in upstream.instance_labels() {
+                        for counter in instruments.bytes(instance) {
+                            counter.add(0);
+                        }
+                    }
+                    Arc::new(Route {
+                        id: c.id.clone(),
+                        upstream,
+                        idle_timeout: c.idle_timeout.0,
+                        max_connections: c.max_connections,
+                        proxy_protocol: c.proxy_protocol,
+                        open: previous_open
+                            .get(c.id.as_str())
+                            .cloned()
+                            .unwrap_or_default(),
+                        instruments,
+                    })
+                };
+                let by_name = members.iter().any(|c| !c.sni.is_empty());
+                let choice = if by_name {
+                    let mut names = ServerNames::default();
+                    let mut default = None;
+                    for c in &members {
+                        let r = route(c);
+                        if c.sni.is_empty() {
+                            default = Some(r);
+                        } else {
+                            for name in &c.sni {
+                                names.insert(name, r.clone());
+                            }
+                        }
+                    }
+                    Choice::ByName { names, default }
+                } else {
+                    Choice::Plain(route(members[0]))
+                };
+                (addr, Arc::new(Listener { label, choice }))
+            })
+            .collect();
+        Routes { listeners }
+    }
+
+    pub fn listener(&self, addr: &SocketAddr) -> Option<&Arc<Listener>> {
+        self.listeners.get(addr)
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.listeners.keys()
+    }
+}
+
+impl Listener {
+    fn routes(&self) -> Vec<&Arc<Route>> {
+        match &self.choice {
+            Choice::Plain(r) => vec![r],
+            Choice::ByName { names, default } => {
+                let mut all: Vec<&Arc<Route>> = names.values().collect();
+                all.extend(default);
+                all
+            }
+        }
+    }
+}
+
+/// The listening sockets of TCP routes, and the connections they accepted.
+pub struct Server {
+    shared: Arc<Shared>,
+    accepting: Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
+    open: Arc<OpenConnections>,
+    /// Turns true when the grace period of a shutdown is over: connections
+    /// still open then are closed.
+    cut: watch::Sender<bool>,
+}
+
+/// Connections being served (from accept to close), for the shutdown to
+/// wait on.
+#[derive(Default)]
+struct OpenConnections {
+    count: AtomicUsize,
+    all_closed: Notify,
+}
+
+struct Serving(Arc<OpenConnections>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}
+
+/// Sockets bound for a configuration not applied yet.
+pub struct Bound(Vec<(SocketAddr, TcpListener)>);
+
+impl Server {
+    pub fn new(shared: Arc<Shared>) -> Arc<Server> {
+        Arc::new(Server {
+            shared,
+            accepting: Mutex::new(HashMap::new()),
+            open: Arc::default(),
+            cut: watch::channel(false).0,
+        })
+    }
+
+    /// Binds the listeners `routes` names that are not open yet. An
+    /// address that cannot be bound refuses the configuration.
+    pub fn bind_new(&self, routes: &Routes) -> Result<Bound, String> {
+        let open: Vec<SocketAddr> = self.accepting.lock().keys().copied().collect();
+        let mut bound = Vec::new();
+        for addr in routes.addresses().filter(|a| !open.contains(a)) {
+            let listener =
+                bind(*addr).map_err(|e| format!("cannot listen on {addr} for a tcp_route: {e}"))?;
+            bound.push((*addr, listener));
+        }
+        Ok(Bound(bound))
+    }
+
+    /// Starts accepting on `bound` and closes the listeners `routes` no
+    /// longer names, once `routes` is the current configuration's.
+    pub fn apply(self: &Arc<Self>, bound: Bound, routes: &Routes) {
+        let mut accepting = self.accepting.lock();
+        accepting.retain(|addr, task| {
+            let kept = routes.listener(addr).is_some();
+            if !kept {
+                task.abort();
+                tracing::info!("tcp listener {addr} closed: no tcp_route uses it now");
+            }
+            kept
+        });
+        for (addr, listener) in bound.0 {
+            tracing::info!("tcp routes listening on {addr}");
+            let task = tokio::spawn(self.clone().accept(addr, listener));
+            accepting.insert(addr, task.abort_handle());
+        }
+    }
+
+    /// Stops accepting, waits up to `grace` for open connections to end,
+    /// then closes the rest.
+    pub async fn shutdown(&self, grace: Duration) {
+        for (_, task) in self.accepting.lock().drain() {
+            task.abort();
+        }
+        let open = self.open.count.load(Ordering::Acquire);
+        if open == 0 {
+            return;
+        }
+        tracing::info!("tcp routes: waiting up to {grace:?} for {open} open connection(s)");
+        let all_closed = async {
+            loop {
+                let notified = self.open.all_closed.notified();
+                if self.open.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(grace, all_closed).await.is_err() {
+            tracing::warn!("tcp routes: grace period over; closing the connections still open");
+            let _ = self.cut.send(true);
+            // Long enough for each to log and count its end.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while self.open.count.load(Ordering::Acquire) > 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+        }
+    }
+
+    async fn accept(self: Arc<Self>, addr: SocketAddr, listener: TcpListener) {
+        loop {
+            let (stream, peer) = crate::server::accept(&listener).await;
+            let Some(routes) = self.shared.current().tcp.listener(&addr).cloned() else {
+                // Removed by a reload that has not closed this socket yet.
+                continue;
+            };
+            self.open.count.fetch_add(1, Ordering::AcqRel);
+            let serving = Serving(self.open.clone());
+            let metrics = self.shared.metrics.clone();
+            let mut cut = self.cut.subscribe();
+            let local = stream.local_addr().unwrap_or(addr);
+            tokio::spawn(async move {
+                let _serving = serving;
+                let cut = async move {
+                    let _ = cut.wait_for(|c| *c).await;
+                };
+                connection(stream, peer, local, routes, &metrics, cut).await;
+            });
+        }
+    }
+}
+
+/// A listening socket with the backlog the HTTP listeners get, so bursts
+/// of connections queue rather than fail.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The log line and counts of one connection.
+struct Record<'a> {
+    peer: SocketAddr,
+    listener: &'a Listener,
+    started: Instant,
+    sni: Option<String>,
+}
+
+impl Record<'_> {
+    fn log(
+        &self,
+        metrics: &Metrics,
+        route: &str,
+        upstream: Option<String>,
+        outcome: &'static str,
+        bytes: (u64, u64),
+    ) {
+        let Some(log) = metrics.access_log.get() else {
+            return;
+        };
+        log.write(&TcpEntry {
+            time: now_rfc3339(),
+            kind: "tcp",
+            client: self.peer.to_string(),
+            listener: self.listener.label.clone(),
+            route,
+            sni: self.sni.as_deref(),
+            upstream,
+            outcome,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            bytes_received: bytes.0,
+            bytes_sent: bytes.1,
+        });
+    }
+
+    fn refused(&self, metrics: &Metrics, route: Option<&Route>, why: Refusal) {
+        match route {
+            Some(r) => r.instruments.refused(why),
+            None => metrics.tcp.refused_before_route(&self.listener.label, why),
+        }
+        tracing::debug!(
+            peer = %self.peer,
+            listener = &*self.listener.label,
+            "tcp connection refused: {}",
+            why.as_str()
+        );
+        let route = route.map_or(crate::telemetry::tcp::NO_ROUTE, |r| r.id.as_str());
+        self.log(metrics, route, None, why.as_str(), (0, 0));
+    }
+}
+
+/// A route's slot for one connection, given back on drop.
+struct Slot<'a>(&'a AtomicU32);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Route {
+    fn try_open(&self) -> Option<Slot<'_>> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(&self.open))
+    }
+}
+
+async fn connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: Arc<Listener>,
+    metrics: &Metrics,
+    cut: impl std::future::Future<Output = ()>,
+) {
+    let _ = client.set_nodelay(true);
+    let mut record = Record {
+        peer,
+        listener: &listener,
+        started: Instant::now(),
+        sni: None,
+    };
+    let mut hello = Vec::new();
+    let route = match &listener.choice {
+        Choice::Plain(r) => r,
+        Choice::ByName { names, default } => {
+            let read = tokio::time::timeout(
+                crate::config::CLIENT_HELLO_TIMEOUT,
+                sni::read_client_hello(&client, &mut hello),
+            )
+            .await
+            .unwrap_or(Err(Refusal::ClientHelloTimeout));
+            let name = match read {
+                Ok(name) => name,
+                Err(why) => return record.refused(metrics, None, why),
+            };
+            let chosen = name
+                .as_deref()
+                .and_then(|n| names.get(n))
+                .or(default.as_ref());
+            record.sni = name;
+            match chosen {
+                Some(r) => r,
+                None => {
+                    let why = if record.sni.is_some() {
+                        Refusal::UnknownSni
+                    } else {
+                        Refusal::NoSni
+                    };
+                    let _ = relay::send_first(&client, &sni::UNRECOGNIZED_NAME_ALERT).await;
+                    return record.refused(metrics, None, why);
+                }
+            }
+        }
+    };
+    let Some(_slot) = route.try_open() else {
+        return record.refused(metrics, Some(route), Refusal::MaxConnections);
+    };
+    let connected = match route.upstream.connect_stream().await {
+        Ok(c) => c,
+        Err(NotConnected::Unavailable(_)) => {
+            return record.refused(metrics, Some(route), Refusal::UpstreamUnavailable);
+        }
+        Err(NotConnected::Failed) => {
+            return record.refused(metrics, Some(route), Refusal::ConnectFailed);
+        }
+    };
+    route.instruments.accepted();
+    let [inbound, outbound] = route
+        .instruments
+        .bytes(&connected.labels)
+        .map(relay::Direction::new);
+    let instance = connected.labels[1].value.to_string();
+    let upstream = &connected.stream;
+    let mut first = match route.proxy_protocol {
+        Some(v) => proxy_protocol::header(v, peer, local),
+        None => Vec::new(),
+    };
+    first.extend_from_slice(&hello);
+    let end = match relay::send_first(upstream, &first).await {
+        Ok(()) => {
+            inbound.moved(hello.len());
+            relay::relay(
+                &client,
+                upstream,
+                &inbound,
+                &outbound,
+                route.idle_timeout,
+                cut,
+            )
+            .await
+        }
+        Err(_) => End::Error,
+    };
+    route.instruments.closed(record.started.elapsed());
+    record.log(
+        metrics,
+        &route.id,
+        Some(instance),
+        end.as_str(),
+        (
+            inbound.bytes.load(Ordering::Relaxed),
+            outbound.bytes.load(Ordering::Relaxed),
+        ),
+    );
+}
