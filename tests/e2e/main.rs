@@ -32,6 +32,7 @@ mod scale_out;
 mod scenarios;
 mod security;
 mod suite;
+mod tcp;
 mod tenant;
 mod tls;
 mod tracing_export;
