@@ -33,6 +33,7 @@ mod scenarios;
 mod security;
 mod suite;
 mod tcp;
+mod tcp_sni;
 mod tenant;
 mod tls;
 mod tracing_export;

@@ -1,0 +1,235 @@
+//! TLS passthrough: several TLS services behind one gateway port, each
+//! chosen by the server name of the client's ClientHello, the handshake
+//! made end to end between the client and the service. The services are
+//! `openssl s_server` with certificates this test makes, the client is
+//! `openssl s_client`; the gateway holds no key.
+
+use crate::common::*;
+use crate::tcp::connect;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A self-signed certificate for `name`, made with openssl in `dir`:
+/// (certificate, key) paths.
+fn certificate(dir: &Path, name: &str) -> (String, String) {
+    let file = name.replace('*', "wildcard");
+    let cert = dir.join(format!("{file}.crt")).display().to_string();
+    let key = dir.join(format!("{file}.key")).display().to_string();
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:P-256")
+        .args(["-nodes", "-days", "1", "-subj"])
+        .arg(format!("/CN={name}"))
+        .arg("-addext")
+        .arg(format!("subjectAltName=DNS:{name}"))
+        .args(["-keyout", &key, "-out", &cert])
+        .output()
+        .expect("run openssl (scripts/setup.sh installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
+
+/// `openssl s_server` with one certificate, answering HTTP with its status
+/// page; stopped when dropped.
+struct TlsService {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl TlsService {
+    fn start(cert: &str, key: &str) -> TlsService {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new("openssl")
+            .args(["s_server", "-accept"])
+            .arg(addr.to_string())
+            .args(["-cert", cert, "-key", key, "-www", "-quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run openssl s_server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "s_server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsService { child, addr }
+    }
+}
+
+impl Drop for TlsService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `openssl s_client` through the gateway with server name `name` (none
+/// when None), verifying the chain against `ca` and the certificate's name
+/// against `expect` (the name sent, unless a default answers): whether the
+/// handshake succeeded, and what s_client printed.
+fn s_client(addr: SocketAddr, name: Option<&str>, ca: &str, expect: &str) -> (bool, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect"])
+        .arg(addr.to_string())
+        .args(["-CAfile", ca, "-verify_return_error", "-brief", "-ign_eof"])
+        .args(["-verify_hostname", expect]);
+    match name {
+        Some(n) => cmd.args(["-servername", n]),
+        None => cmd.arg("-noservername"),
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl s_client");
+    // A request the service answers, so the session is used, then the end.
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The peer certificate's subject as `s_client -brief` prints it, spaces
+/// removed (`CN=a.test`).
+fn peer_subject(out: &str) -> Option<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Peer certificate: "))
+        .map(|s| s.replace(' ', ""))
+}
+
+#[test]
+fn one_port_passes_tls_through_to_the_service_each_server_name_chooses() {
+    let dir = tempdir::Dir::new();
+    let (a_cert, a_key) = certificate(dir.path(), "a.test");
+    let (b_cert, b_key) = certificate(dir.path(), "*.b.test");
+    let (d_cert, d_key) = certificate(dir.path(), "default.test");
+    let a = TlsService::start(&a_cert, &a_key);
+    let b = TlsService::start(&b_cert, &b_key);
+    let d = TlsService::start(&d_cert, &d_key);
+    let (strict, with_default) = (free_port(), free_port());
+    let gw = Gateway::start(&format!(
+        "[access_log]\npath = \"access.log\"\n\n\
+         [upstreams.a]\ninstances = [\"{}\"]\n\
+         [upstreams.b]\ninstances = [\"{}\"]\n\
+         [upstreams.d]\ninstances = [\"{}\"]\n\n\
+         [[tcp_route]]\nid = \"a\"\nlisten = \"127.0.0.1:{strict}\"\nupstream = \"a\"\nsni = [\"a.test\"]\n\n\
+         [[tcp_route]]\nid = \"b\"\nlisten = \"127.0.0.1:{strict}\"\nupstream = \"b\"\nsni = [\"*.b.test\"]\n\n\
+         [[tcp_route]]\nid = \"a-again\"\nlisten = \"127.0.0.1:{with_default}\"\nupstream = \"a\"\nsni = [\"a.test\"]\n\n\
+         [[tcp_route]]\nid = \"rest\"\nlisten = \"127.0.0.1:{with_default}\"\nupstream = \"d\"\n",
+        a.addr, b.addr, d.addr
+    ));
+    let strict: SocketAddr = format!("127.0.0.1:{strict}").parse().unwrap();
+    let with_default: SocketAddr = format!("127.0.0.1:{with_default}").parse().unwrap();
+
+    // Each name reaches its own service and sees its own certificate,
+    // verified by the client against that service's CA and name.
+    for (name, ca, subject) in [
+        ("a.test", &a_cert, "CN=a.test"),
+        ("www.b.test", &b_cert, "CN=*.b.test"),
+        ("API.B.test", &b_cert, "CN=*.b.test"),
+    ] {
+        let (ok, out) = s_client(strict, Some(name), ca, name);
+        assert!(ok, "{name}: {out}");
+        assert_eq!(peer_subject(&out).as_deref(), Some(subject), "{name}: {out}");
+        assert!(out.contains("Verification: OK"), "{name}: {out}");
+        assert!(
+            out.contains("s_server"),
+            "{name}: the service answered over the session: {out}"
+        );
+    }
+
+    // Unknown names, and a hello with no name, are refused on a listener
+    // without a default: the client reads an unrecognized_name alert.
+    for name in [Some("c.test"), Some("x.y.b.test"), None] {
+        let (ok, out) = s_client(strict, name, &a_cert, "a.test");
+        assert!(!ok, "{name:?} was let through: {out}");
+        assert!(
+            out.contains("unrecognized name"),
+            "{name:?}: no alert read: {out}"
+        );
+    }
+    // Bytes that are not a ClientHello are refused too.
+    let mut plain = connect(strict);
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .unwrap();
+    assert_eq!(crate::tcp::read_all(&mut plain), b"");
+
+    // The listener with a default sends every other name there.
+    let (ok, out) = s_client(with_default, Some("a.test"), &a_cert, "a.test");
+    assert!(ok, "{out}");
+    assert_eq!(peer_subject(&out).as_deref(), Some("CN=a.test"));
+    for name in [Some("c.test"), None] {
+        let (ok, out) = s_client(with_default, name, &d_cert, "default.test");
+        assert!(ok, "{name:?}: {out}");
+        assert_eq!(
+            peer_subject(&out).as_deref(),
+            Some("CN=default.test"),
+            "{name:?}: {out}"
+        );
+    }
+
+    let listener = strict.to_string();
+    let refused = |reason: &str| {
+        metric(
+            &gw.metrics(),
+            "gateway_tcp_connections_refused_total",
+            &[
+                ("listener", listener.as_str()),
+                ("route", "-"),
+                ("reason", reason),
+            ],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused("bad-client-hello") != Some(1.0) {
+        assert!(Instant::now() < deadline, "{}", gw.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(refused("unknown-sni"), Some(2.0));
+    assert_eq!(refused("no-sni"), Some(1.0));
+    let accepted = |route: &str| {
+        metric(
+            &gw.metrics(),
+            "gateway_tcp_connections_accepted_total",
+            &[("route", route)],
+        )
+    };
+    assert_eq!(accepted("a"), Some(1.0));
+    assert_eq!(accepted("b"), Some(2.0));
+    assert_eq!(accepted("rest"), Some(2.0));
+    let log = std::fs::read_to_string(gw.dir.path().join("access.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["sni"] == "c.test" && l["outcome"] == "unknown-sni" && l["route"] == "-"),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["sni"] == "www.b.test" && l["route"] == "b" && l["outcome"] == "closed"),
+        "{log}"
+    );
+}
