@@ -76,7 +76,7 @@ mod tests {
 
     fn cfg() -> HealthConfig {
         HealthConfig {
-            path: "/healthz".into(),
+            path: Some("/healthz".into()),
             interval: Millis(Duration::from_secs(5)),
             timeout: Millis(Duration::from_secs(1)),
             expected_status: vec![],
