@@ -28,7 +28,17 @@
 #               below its share of cores, the load side was the limit).
 # A `direct` row (no proxy) shows what the load and the servers manage alone.
 # Prints every round, then the medians and the ratios gateway/haproxy and
-# gateway/nginx. PROXIES (default "haproxy nginx gateway") picks the proxies.
+# gateway/nginx, as Markdown tables.
+#
+# Loopback numbers move with anything else the machine runs, so each run
+# first waits (up to L4_QUIET seconds, default 30) for a quiet second, and
+# "others' CPU %" is what processes outside the benchmark used during it
+# (the highest of a row's runs, in % of one core; the kernel's own threads
+# count there too): well above a few percent, the row is not to be trusted.
+#
+# PROXIES (default "haproxy nginx gateway") picks the proxies, GATEWAY the
+# gateway binary (default target/release/gateway); L4_KEEP=1 keeps the
+# configs and logs in the temporary directory and prints its path.
 #
 # Needs iperf3, wrk, haproxy, nginx with libnginx-mod-stream, taskset, ss and
 # python3 (scripts/setup.sh --bench installs them) and a built gateway
@@ -193,16 +203,54 @@ EOF
   proxy_pid[gateway]=$!
 }
 
+hz=$(getconf CLK_TCK)
+# Busy ticks of the whole machine: user, nice, system, irq, softirq, steal
+# (a process's system time includes the interrupts served in its context).
+system_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# Ticks of every process the benchmark started and of shell ME's finished
+# children (the clients, and the helpers measuring).
+own_ticks() { # ME
+  local t=0 p
+  for p in "${pids[@]}"; do t=$((t + $(cpu_ticks "$p"))); done
+  echo $((t + $(sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13 + $14 + $15}')))
+}
+# Waits, up to L4_QUIET seconds (default 30), for a second in which the
+# machine is busy less than a tenth of a core: another program's build on
+# the same cores would otherwise be measured as the proxy's slowness.
+wait_quiet() {
+  local a b
+  for _ in $(seq "${L4_QUIET:-30}"); do
+    a=$(system_ticks)
+    sleep 1
+    b=$(system_ticks)
+    ((b - a < hz / 10)) && return
+  done
+  echo "l4: the machine stayed busy; measuring anyway (see others' CPU %)" >&2
+}
+# Runs CMD...; sets proxy_ticks (what PID's processes used; none for 0)
+# and other_pct, the CPU that processes outside the benchmark took
+# meanwhile, in % of one core: a busy machine shows in the results.
+measured() { # PID CMD...
+  local pid=$1 me=$BASHPID p0=0 p1=0 s0 s1 o0 o1 t0 t1
+  shift
+  wait_quiet
+  [[ $pid == 0 ]] || p0=$(cpu_ticks "$pid")
+  s0=$(system_ticks) o0=$(own_ticks "$me") t0=$(date +%s%N)
+  "$@" || true
+  t1=$(date +%s%N) s1=$(system_ticks) o1=$(own_ticks "$me")
+  [[ $pid == 0 ]] || p1=$(cpu_ticks "$pid")
+  proxy_ticks=$((p1 - p0))
+  other_pct=$(((s1 - s0 - (o1 - o0)) * 100 * 1000000000 / hz / (t1 - t0)))
+}
+
 # iperf3 through PORT, accounting PID's CPU (0: none); prints
-# "bits_per_second bytes cpu_ticks". EXTRA is -R for the download.
+# "bits_per_second bytes cpu_ticks other_pct". EXTRA is -R for the download.
 iperf_run() { # PORT PID CPUS [EXTRA]
-  local port=$1 pid=$2 cpus=$3 a=0 b=0
+  local port=$1 pid=$2 cpus=$3
   shift 3
-  [[ $pid == 0 ]] || a=$(cpu_ticks "$pid")
-  timeout $((secs + 30)) taskset -c "$cpus" iperf3 -c 127.0.0.1 -p "$port" -t "$secs" --connect-timeout 5000 -J "$@" \
-    >"$work/iperf.json" || true
-  [[ $pid == 0 ]] || b=$(cpu_ticks "$pid")
-  python3 - "$work/iperf.json" $((b - a)) <<'EOF'
+  measured "$pid" timeout $((secs + 30)) taskset -c "$cpus" \
+    iperf3 -c 127.0.0.1 -p "$port" -t "$secs" --connect-timeout 5000 -J "$@" >"$work/iperf.json"
+  python3 - "$work/iperf.json" "$proxy_ticks" "$other_pct" <<'EOF'
 import json, sys
 try:
     r = json.load(open(sys.argv[1]))
@@ -211,23 +259,25 @@ except ValueError:
 if "error" in r:
     sys.exit(f"l4: iperf3: {r['error']}")
 s = r["end"]["sum_received"]
-print(s["bits_per_second"], s["bytes"], sys.argv[2])
+print(s["bits_per_second"], s["bytes"], sys.argv[2], sys.argv[3])
 EOF
 }
 
 # wrk with a new connection per request through PORT; prints
-# "conns_per_second connections cpu_ticks errors".
+# "conns_per_second connections cpu_ticks errors other_pct".
 conns_run() { # PORT PID CPUS
-  local port=$1 pid=$2 cpus=$3 a=0 b=0 before after out
+  local port=$1 pid=$2 cpus=$3 before after
   before=$(web_accepts)
-  [[ $pid == 0 ]] || a=$(cpu_ticks "$pid")
-  out=$(timeout $((secs + 30)) taskset -c "$cpus" wrk -t2 -c32 -d"${secs}s" -H 'Connection: close' "http://127.0.0.1:$port/")
-  [[ $pid == 0 ]] || b=$(cpu_ticks "$pid")
+  measured "$pid" timeout $((secs + 30)) taskset -c "$cpus" \
+    wrk -t2 -c32 -d"${secs}s" -H 'Connection: close' "http://127.0.0.1:$port/" >"$work/wrk.out"
   after=$(web_accepts)
-  python3 - "$out" $((b - a)) $((after - before)) <<'EOF'
+  python3 - "$work/wrk.out" "$proxy_ticks" $((after - before)) "$other_pct" <<'EOF'
 import re, sys
-out, ticks, accepted = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-requests = int(re.search(r"(\d+) requests in", out).group(1))
+out, ticks, accepted = open(sys.argv[1]).read(), int(sys.argv[2]), int(sys.argv[3])
+m = re.search(r"(\d+) requests in", out)
+if not m:
+    sys.exit(f"l4: wrk failed: {out}")
+requests = int(m.group(1))
 rate = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))
 errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
 m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -236,11 +286,10 @@ errors += int(m.group(1)) if m else 0
 # last connections may be cut at the deadline, hence the slack.
 if requests and not requests <= accepted <= requests + 64:
     sys.exit(f"l4: {requests} requests but the upstream accepted {accepted} connections")
-print(rate, requests, ticks, errors)
+print(rate, requests, ticks, errors, sys.argv[4])
 EOF
 }
 
-hz=$(getconf CLK_TCK)
 results=$work/results
 : >"$results"
 for workers in "${worker_counts[@]}"; do
@@ -301,8 +350,8 @@ runs = defaultdict(list)
 for line in open(path):
     f = line.split()
     workers, rnd, name = int(f[0]), int(f[1]), f[2]
-    up_bps, up_bytes, up_ticks, down_bps, down_bytes, down_ticks = map(float, f[3:9])
-    cps, conns, conn_ticks, errors = map(float, f[9:13])
+    up_bps, up_bytes, up_ticks, up_other, down_bps, down_bytes, down_ticks, down_other = map(float, f[3:11])
+    cps, conns, conn_ticks, errors, conn_other = map(float, f[11:16])
     direct = name == "direct"
     row = {
         "round": rnd,
@@ -313,6 +362,7 @@ for line in open(path):
         "us_per_conn": None if direct else conn_ticks / hz * 1e6 / max(conns, 1),
         "busy": None if direct else conn_ticks / hz / secs * 100,
         "errors": int(errors),
+        "others": max(up_other, down_other, conn_other),
     }
     runs[(workers, name)].append(row)
 
@@ -323,10 +373,10 @@ def cell(v, fmt):
     return "-" if v is None else fmt.format(v)
 def table(title, rows):
     print(title)
-    print("| proxy | " + " | ".join(c[1] for c in cols) + " | errors |")
-    print("|---|" + "---:|" * (len(cols) + 1))
+    print("| proxy | " + " | ".join(c[1] for c in cols) + " | errors | others' CPU % |")
+    print("|---|" + "---:|" * (len(cols) + 2))
     for label, r in rows:
-        print(f"| {label} | " + " | ".join(cell(r[k], f) for k, _, f in cols) + f" | {r['errors']} |")
+        print(f"| {label} | " + " | ".join(cell(r[k], f) for k, _, f in cols) + f" | {r['errors']} | {r['others']:.0f} |")
     print()
 
 for workers in sorted({w for w, _ in runs}):
@@ -338,6 +388,7 @@ for workers in sorted({w for w, _ in runs}):
         rs = runs[(workers, n)]
         medians[n] = {k: (None if rs[0][k] is None else statistics.median(r[k] for r in rs)) for k, _, _ in cols}
         medians[n]["errors"] = sum(r["errors"] for r in rs)
+        medians[n]["others"] = max(r["others"] for r in rs)
     table(f"## {workers} worker(s): median of {len(runs[(workers, names[0])])} rounds", list(medians.items()))
     if "gateway" in medians:
         g = medians["gateway"]
