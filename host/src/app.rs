@@ -292,6 +292,9 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     watcher.abort();
     drop(reloader);
     drop(runtime);
+    if let Some(log) = metrics.access_log.get() {
+        log.flush(std::time::Duration::from_secs(2));
+    }
     // Queued spans go out before the process ends.
     if metrics.tracing.get().is_some() {
         let m = metrics.clone();

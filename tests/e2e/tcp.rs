@@ -205,7 +205,11 @@ fn a_tcp_route_carries_a_gibibyte_both_ways_unchanged() {
     }
     let sent = sent.join().unwrap();
     assert_eq!(got, TOTAL, "bytes echoed back");
-    assert_eq!(hash.finalize(), sent, "the echoed bytes hash as the sent ones");
+    assert_eq!(
+        hash.finalize(),
+        sent,
+        "the echoed bytes hash as the sent ones"
+    );
 
     let instance = echo.addr.to_string();
     let bytes = |direction: &str| {
@@ -243,6 +247,9 @@ fn a_tcp_route_carries_a_gibibyte_both_ways_unchanged() {
         ),
         1.0
     );
+    // Every TCP series the catalogue lists is exported by a gateway with
+    // a TCP route (the default configuration has none).
+    crate::observability::assert_catalogued(&gw.metrics(), crate::observability::TCP_METRICS, 5);
     let lines = wait_log_lines(&gw, 1);
     let line = &lines[0];
     assert_eq!(line["route"], "bulk");
@@ -299,7 +306,10 @@ fn each_side_can_close_its_half_while_the_other_goes_on_sending() {
     c.shutdown(Shutdown::Write).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while heard.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the upstream never heard the rest");
+        assert!(
+            Instant::now() < deadline,
+            "the upstream never heard the rest"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(&heard.lock().unwrap()[..], b"but I was not done");
@@ -312,10 +322,7 @@ fn connections_are_balanced_across_the_clusters_instances() {
     let names = ["one", "two", "three"];
     let services: Vec<Service> = names.iter().map(|n| Service::named(n)).collect();
     let port = free_port();
-    let instances: Vec<String> = services
-        .iter()
-        .map(|s| format!("\"{}\"", s.addr))
-        .collect();
+    let instances: Vec<String> = services.iter().map(|s| format!("\"{}\"", s.addr)).collect();
     let _gw = gateway(&format!(
         "[upstreams.trio]\ninstances = [{}]\nstrategy = \"round_robin\"\n\n\
          [[tcp_route]]\nid = \"trio\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"trio\"\n",
@@ -414,6 +421,55 @@ fn connect_failures_open_the_breaker_and_refuse_only_when_no_instance_is_left() 
             "upstream-unavailable",
             "upstream-unavailable"
         ]
+    );
+}
+
+#[test]
+fn a_connect_health_check_takes_a_dead_instance_out_of_rotation() {
+    let live = Service::named("live");
+    // Bound, so it takes connections, and then dropped before the
+    // checks begin: an instance that went away.
+    let gone = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_addr = gone.local_addr().unwrap().to_string();
+    drop(gone);
+    let port = free_port();
+    let gw = gateway(&format!(
+        "[upstreams.checked]\ninstances = [\"{}\", \"{gone_addr}\"]\n\
+         [upstreams.checked.health]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\n\n\
+         [[tcp_route]]\nid = \"checked\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"checked\"\n",
+        live.addr
+    ));
+    wait_metric(
+        &gw,
+        "gateway_upstream_healthy",
+        &[("upstream", "checked"), ("endpoint", &gone_addr)],
+        0.0,
+    );
+    let route: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..6 {
+        assert_eq!(read_all(&mut connect(route)), b"live");
+    }
+    let scrape = gw.metrics();
+    assert_eq!(
+        metric(
+            &scrape,
+            "gateway_upstream_picks_total",
+            &[("upstream", "checked"), ("endpoint", &gone_addr)]
+        ),
+        Some(0.0),
+        "the unhealthy instance is never picked"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "gateway_upstream_healthy",
+            &[
+                ("upstream", "checked"),
+                ("endpoint", &live.addr.to_string())
+            ]
+        ),
+        Some(1.0),
+        "a connect check passes on a live instance"
     );
 }
 
@@ -520,11 +576,7 @@ fn a_route_refuses_connections_past_its_limit_and_closes_idle_ones() {
         1.0,
     );
     assert_eq!(
-        tcp_metric(
-            &gw,
-            "gateway_tcp_connections_open",
-            &[("route", "limited")]
-        ),
+        tcp_metric(&gw, "gateway_tcp_connections_open", &[("route", "limited")]),
         2.0
     );
     drop(first);

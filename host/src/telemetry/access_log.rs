@@ -15,7 +15,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 const QUEUE: usize = 16 * 1024;
 
 pub struct AccessLog {
-    tx: SyncSender<String>,
+    tx: SyncSender<Message>,
     dropped: Counter<u64>,
 }
 
@@ -113,28 +113,52 @@ impl AccessLog {
             return;
         };
         line.push('\n');
-        match self.tx.try_send(line) {
+        match self.tx.try_send(Message::Line(line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.add(1, &[])
             }
         }
     }
+
+    /// Waits, up to `wait`, until every line queued before this call is
+    /// written: the process is about to end, and the lines of its last
+    /// connections would go with it.
+    pub fn flush(&self, wait: std::time::Duration) {
+        let (done, written) = sync_channel(1);
+        if self.tx.send(Message::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(wait);
+        }
+    }
+}
+
+enum Message {
+    Line(String),
+    /// Answered once every line before it is written.
+    Flush(SyncSender<()>),
 }
 
 /// Writes lines as they come, flushing whenever the queue is empty, so a
 /// quiet gateway's log is complete and a busy one writes in large blocks.
-fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+fn write_lines(rx: Receiver<Message>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
-        while let Ok(line) = rx.try_recv() {
-            let _ = out.write_all(line.as_bytes());
+    let mut waiting = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                Message::Line(line) => {
+                    let _ = out.write_all(line.as_bytes());
+                }
+                Message::Flush(done) => waiting.push(done),
+            }
+            next = rx.try_recv().ok();
         }
-        if out.flush().is_err() {
-            // A closed stdout: nothing more can be written; keep draining
-            // so senders never block.
-            continue;
+        // A closed stdout: nothing more can be written; draining goes on
+        // so senders never block.
+        let _ = out.flush();
+        for done in waiting.drain(..) {
+            let _ = done.try_send(());
         }
     }
 }
