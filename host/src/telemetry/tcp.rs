@@ -206,13 +206,12 @@ impl RouteInstruments {
     /// of this route's cluster, by its `upstream` and `endpoint` labels.
     pub fn bytes(&self, instance: &[KeyValue; 2]) -> [BoundCounter<u64>; 2] {
         ["in", "out"].map(|direction| {
-            let b = self.bytes.bind(&[
+            self.bytes.bind(&[
                 KeyValue::new("route", self.route.clone()),
                 instance[0].clone(),
                 instance[1].clone(),
                 KeyValue::new("direction", direction),
-            ]);
-            b
+            ])
         })
     }
 }
