@@ -147,7 +147,11 @@ fn one_port_passes_tls_through_to_the_service_each_server_name_chooses() {
     ] {
         let (ok, out) = s_client(strict, Some(name), ca, name);
         assert!(ok, "{name}: {out}");
-        assert_eq!(peer_subject(&out).as_deref(), Some(subject), "{name}: {out}");
+        assert_eq!(
+            peer_subject(&out).as_deref(),
+            Some(subject),
+            "{name}: {out}"
+        );
         assert!(out.contains("Verification: OK"), "{name}: {out}");
         assert!(
             out.contains("s_server"),
@@ -232,4 +236,62 @@ fn one_port_passes_tls_through_to_the_service_each_server_name_chooses() {
             .any(|l| l["sni"] == "www.b.test" && l["route"] == "b" && l["outcome"] == "closed"),
         "{log}"
     );
+}
+
+#[test]
+fn clients_that_never_finish_a_hello_hold_no_more_sockets_than_the_routes_take() {
+    let dir = tempdir::Dir::new();
+    let (cert, key) = certificate(dir.path(), "a.test");
+    let a = TlsService::start(&cert, &key);
+    let port = free_port();
+    let gw = Gateway::start(&format!(
+        "[upstreams.a]\ninstances = [\"{}\"]\n\n\
+         [[tcp_route]]\nid = \"a\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\nsni = [\"a.test\"]\nmax_connections = 1\n\n\
+         [[tcp_route]]\nid = \"rest\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\nmax_connections = 1\n",
+        a.addr
+    ));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Two connections that send half a record header and stop.
+    let stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(&[0x16, 0x03]).unwrap();
+            s
+        })
+        .collect();
+    let listener = addr.to_string();
+    let refused = |reason: &str| {
+        metric(
+            &gw.metrics(),
+            "gateway_tcp_connections_refused_total",
+            &[
+                ("listener", listener.as_str()),
+                ("route", "-"),
+                ("reason", reason),
+            ],
+        )
+    };
+    assert_eq!(refused("max-connections"), Some(0.0));
+    assert!(
+        crate::tcp::closed_at_once(addr),
+        "a third hello-less connection is closed at once"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused("max-connections") != Some(1.0) {
+        assert!(Instant::now() < deadline, "{}", gw.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Once the stalled ones give up, a real client gets through.
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ok, out) = s_client(addr, Some("a.test"), &cert, "a.test");
+        if ok {
+            assert_eq!(peer_subject(&out).as_deref(), Some("CN=a.test"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(refused("bad-client-hello"), Some(2.0), "the stalled two");
 }

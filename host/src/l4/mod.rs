@@ -53,6 +53,11 @@ enum Choice {
     ByName {
         names: ServerNames<Arc<Route>>,
         default: Option<Arc<Route>>,
+        /// Connections whose hello is still being read, at most as many
+        /// as the routes together take: a client cannot hold more sockets
+        /// by never finishing its hello than by finishing it.
+        reading: AtomicU32,
+        max_reading: u32,
     },
 }
 
@@ -118,6 +123,9 @@ impl Routes {
                 let choice = if by_name {
                     let mut names = ServerNames::default();
                     let mut default = None;
+                    let max_reading = members
+                        .iter()
+                        .fold(0u32, |n, c| n.saturating_add(c.max_connections));
                     for c in &members {
                         let r = route(c);
                         if c.sni.is_empty() {
@@ -128,7 +136,12 @@ impl Routes {
                             }
                         }
                     }
-                    Choice::ByName { names, default }
+                    Choice::ByName {
+                        names,
+                        default,
+                        reading: AtomicU32::new(0),
+                        max_reading,
+                    }
                 } else {
                     Choice::Plain(route(members[0]))
                 };
@@ -151,7 +164,7 @@ impl Listener {
     fn routes(&self) -> Vec<&Arc<Route>> {
         match &self.choice {
             Choice::Plain(r) => vec![r],
-            Choice::ByName { names, default } => {
+            Choice::ByName { names, default, .. } => {
                 let mut all: Vec<&Arc<Route>> = names.values().collect();
                 all.extend(default);
                 all
@@ -352,8 +365,19 @@ impl Record<'_> {
     }
 }
 
-/// A route's slot for one connection, given back on drop.
+/// One of a counted number of connections, given back on drop.
 struct Slot<'a>(&'a AtomicU32);
+
+impl Slot<'_> {
+    fn take(count: &AtomicU32, max: u32) -> Option<Slot<'_>> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(count))
+    }
+}
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
@@ -363,12 +387,7 @@ impl Drop for Slot<'_> {
 
 impl Route {
     fn try_open(&self) -> Option<Slot<'_>> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < self.max_connections).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(&self.open))
+        Slot::take(&self.open, self.max_connections)
     }
 }
 
@@ -390,7 +409,15 @@ async fn connection(
     let mut hello = Vec::new();
     let route = match &listener.choice {
         Choice::Plain(r) => r,
-        Choice::ByName { names, default } => {
+        Choice::ByName {
+            names,
+            default,
+            reading,
+            max_reading,
+        } => {
+            let Some(_reading) = Slot::take(reading, *max_reading) else {
+                return record.refused(metrics, None, Refusal::MaxConnections);
+            };
             let read = tokio::time::timeout(
                 crate::config::CLIENT_HELLO_TIMEOUT,
                 sni::read_client_hello(&client, &mut hello),

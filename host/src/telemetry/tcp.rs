@@ -43,8 +43,10 @@ impl Refusal {
         Refusal::ConnectFailed,
     ];
 
-    /// Refusals that happen before a route is known.
-    pub const BEFORE_ROUTE: [Refusal; 4] = [
+    /// Refusals that happen before a route is known (`max-connections`:
+    /// as many hellos being read as the listener's routes take).
+    pub const BEFORE_ROUTE: [Refusal; 5] = [
+        Refusal::MaxConnections,
         Refusal::UnknownSni,
         Refusal::NoSni,
         Refusal::BadClientHello,
