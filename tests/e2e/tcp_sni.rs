@@ -114,6 +114,19 @@ fn peer_subject(out: &str) -> Option<String> {
         .map(|s| s.replace(' ', ""))
 }
 
+/// Connections `listener` refused for `reason` before choosing a route.
+fn refused_before_route(gw: &Gateway, listener: SocketAddr, reason: &str) -> Option<f64> {
+    metric(
+        &gw.metrics(),
+        "gateway_tcp_connections_refused_total",
+        &[
+            ("listener", listener.to_string().as_str()),
+            ("route", "-"),
+            ("reason", reason),
+        ],
+    )
+}
+
 #[test]
 fn one_port_passes_tls_through_to_the_service_each_server_name_chooses() {
     let dir = tempdir::Dir::new();
@@ -190,18 +203,7 @@ fn one_port_passes_tls_through_to_the_service_each_server_name_chooses() {
         );
     }
 
-    let listener = strict.to_string();
-    let refused = |reason: &str| {
-        metric(
-            &gw.metrics(),
-            "gateway_tcp_connections_refused_total",
-            &[
-                ("listener", listener.as_str()),
-                ("route", "-"),
-                ("reason", reason),
-            ],
-        )
-    };
+    let refused = |reason: &str| refused_before_route(&gw, strict, reason);
     let deadline = Instant::now() + Duration::from_secs(5);
     while refused("bad-client-hello") != Some(1.0) {
         assert!(Instant::now() < deadline, "{}", gw.metrics());
@@ -259,18 +261,7 @@ fn clients_that_never_finish_a_hello_hold_no_more_sockets_than_the_routes_take()
             s
         })
         .collect();
-    let listener = addr.to_string();
-    let refused = |reason: &str| {
-        metric(
-            &gw.metrics(),
-            "gateway_tcp_connections_refused_total",
-            &[
-                ("listener", listener.as_str()),
-                ("route", "-"),
-                ("reason", reason),
-            ],
-        )
-    };
+    let refused = |reason: &str| refused_before_route(&gw, addr, reason);
     assert_eq!(refused("max-connections"), Some(0.0));
     assert!(
         crate::tcp::closed_at_once(addr),

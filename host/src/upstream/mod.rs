@@ -609,6 +609,15 @@ impl Upstream {
         !self.own_connections
     }
 
+    /// Whether instance `i` may be picked now: healthy, not ejected, its
+    /// breaker letting tries through, and under its connection limit.
+    fn pickable(&self, i: usize, now: Instant) -> bool {
+        self.health[i].is_healthy()
+            && !self.outliers[i].ejected(now)
+            && self.breakers[i].pickable(now)
+            && self.balancer.endpoints()[i].in_flight() < self.max_in_flight
+    }
+
     /// Each instance's `upstream` and `endpoint` labels.
     pub fn instance_labels(&self) -> &[[KeyValue; 2]] {
         &self.labels
@@ -714,12 +723,7 @@ impl Upstream {
         let mut retried_tried = false;
         loop {
             let now = Instant::now();
-            let eligible = |i: usize| {
-                self.health[i].is_healthy()
-                    && !self.outliers[i].ejected(now)
-                    && self.breakers[i].pickable(now)
-                    && self.balancer.endpoints()[i].in_flight() < self.max_in_flight
-            };
+            let eligible = |i: usize| self.pickable(i, now);
             let mut pick = self.balancer.pick(eligible, &tried);
             if pick.is_none() && !tried.is_empty() && !retried_tried {
                 retried_tried = true;

@@ -42,12 +42,7 @@ impl Upstream {
         let mut failed = false;
         while tried.len() < MAX_CONNECT_TRIES {
             let now = Instant::now();
-            let eligible = |i: usize| {
-                self.health[i].is_healthy()
-                    && !self.outliers[i].ejected(now)
-                    && self.breakers[i].pickable(now)
-                    && self.balancer.endpoints()[i].in_flight() < self.max_in_flight
-            };
+            let eligible = |i: usize| self.pickable(i, now);
             let Some(i) = self.balancer.pick(eligible, &tried) else {
                 if failed {
                     return Err(NotConnected::Failed);
