@@ -38,6 +38,11 @@
 # A row where it passed 10% is measured again, up to L4_RETRIES times
 # (default 2), and the last try is kept.
 #
+# HAProxy and nginx copy through 16 KiB buffers by default and the gateway
+# through up to 64 KiB ones; L4_PEER_BUFFER=65536 gives HAProxy
+# `tune.bufsize` and nginx `proxy_buffer_size` that size instead, to compare
+# like with like.
+#
 # PROXIES (default "haproxy nginx gateway") picks the proxies, GATEWAY the
 # gateway binary (default target/release/gateway); L4_KEEP=1 keeps the
 # configs and logs in the temporary directory and prints its path.
@@ -52,6 +57,7 @@ rounds=${2:-3}
 read -ra worker_counts <<<"${3:-1}"
 read -ra proxies <<<"${PROXIES:-haproxy nginx gateway}"
 gw=${GATEWAY:-target/release/gateway}
+peer_buffer=${L4_PEER_BUFFER:-}
 stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
 
 for t in iperf3 wrk haproxy nginx taskset ss curl python3; do
@@ -130,6 +136,7 @@ start_haproxy() { # WORKERS CPUS
 global
   nbthread $1
   maxconn 4096
+  ${peer_buffer:+tune.bufsize $peer_buffer}
 defaults
   mode tcp
   timeout connect 5s
@@ -161,6 +168,7 @@ pid $work/stream.pid;
 error_log $work/nginx.log;
 events { worker_connections 8192; }
 stream {
+  ${peer_buffer:+proxy_buffer_size $peer_buffer;}
   server { listen 127.0.0.1:${tcp_port[nginx]}; proxy_pass 127.0.0.1:$iperf_port; proxy_timeout 1h; }
   server { listen 127.0.0.1:${web_proxy_port[nginx]} backlog=4096; proxy_pass 127.0.0.1:$web_port; }
 }
