@@ -21,6 +21,7 @@ use crate::telemetry::access_log::{TcpEntry, now_rfc3339};
 use crate::telemetry::tcp::{End, Refusal, RouteInstruments};
 use crate::upstream::Upstream;
 use crate::upstream::stream::NotConnected;
+use opentelemetry::metrics::BoundCounter;
 use parking_lot::Mutex;
 use sni::ServerNames;
 use std::collections::HashMap;
@@ -71,6 +72,9 @@ pub struct Route {
     /// route's id, so `max_connections` counts the old ones too.
     open: Arc<AtomicU32>,
     instruments: RouteInstruments,
+    /// Bytes from and to the client, per instance of the cluster, bound
+    /// once here rather than per connection.
+    bytes: Vec<[BoundCounter<u64>; 2]>,
 }
 
 impl Routes {
@@ -101,11 +105,17 @@ impl Routes {
                 let route = |c: &TcpRouteConfig| {
                     let upstream = upstreams[&c.upstream].clone();
                     let instruments = metrics.tcp.route(&label, &c.id);
-                    for instance in upstream.instance_labels() {
-                        for counter in instruments.bytes(instance) {
-                            counter.add(0);
-                        }
-                    }
+                    let bytes = upstream
+                        .instance_labels()
+                        .iter()
+                        .map(|instance| {
+                            let counters = instruments.bytes(instance);
+                            for c in &counters {
+                                c.add(0);
+                            }
+                            counters
+                        })
+                        .collect();
                     Arc::new(Route {
                         id: c.id.clone(),
                         upstream,
@@ -117,6 +127,7 @@ impl Routes {
                             .cloned()
                             .unwrap_or_default(),
                         instruments,
+                        bytes,
                     })
                 };
                 let by_name = members.iter().any(|c| !c.sni.is_empty());
@@ -327,7 +338,7 @@ impl Record<'_> {
         &self,
         metrics: &Metrics,
         route: &str,
-        upstream: Option<String>,
+        upstream: Option<&str>,
         outcome: &'static str,
         bytes: (u64, u64),
     ) {
@@ -460,11 +471,9 @@ async fn connection(
         }
     };
     route.instruments.accepted();
-    let [inbound, outbound] = route
-        .instruments
-        .bytes(&connected.labels)
+    let [inbound, outbound] = route.bytes[connected.instance]
+        .clone()
         .map(relay::Direction::new);
-    let instance = connected.labels[1].value.to_string();
     let upstream = &connected.stream;
     let mut first = match route.proxy_protocol {
         Some(v) => proxy_protocol::header(v, peer, local),
@@ -487,10 +496,11 @@ async fn connection(
         Err(_) => End::Error,
     };
     route.instruments.closed(record.started.elapsed());
+    let instance = route.upstream.instance_addr(connected.instance);
     record.log(
         metrics,
         &route.id,
-        Some(instance),
+        instance,
         end.as_str(),
         (
             inbound.bytes.load(Ordering::Relaxed),

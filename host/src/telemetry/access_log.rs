@@ -68,7 +68,7 @@ pub struct TcpEntry<'a> {
     pub sni: Option<&'a str>,
     /// The instance the connection went to; absent when refused.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
+    pub upstream: Option<&'a str>,
     /// `closed`, `idle`, `error` or `shutdown` for a proxied connection;
     /// the refusal's reason otherwise.
     pub outcome: &'static str,

@@ -18,8 +18,8 @@ const MAX_CONNECT_TRIES: usize = 3;
 /// until dropped.
 pub struct Connected {
     pub stream: TcpStream,
-    /// The instance's `upstream` and `endpoint` labels.
-    pub labels: [KeyValue; 2],
+    /// Which of the cluster's instances, as `instance_labels` orders them.
+    pub instance: usize,
     /// One of the instance's `max_connections_per_instance`, the count
     /// requests in flight take theirs from too.
     _slot: OwnedInFlight,
@@ -102,7 +102,7 @@ impl Upstream {
             let _ = stream.set_nodelay(true);
             return Ok(Connected {
                 stream,
-                labels: self.labels[i].clone(),
+                instance: i,
                 _slot: slot,
             });
         }
