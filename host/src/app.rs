@@ -194,7 +194,14 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
         }
         None => None,
     };
-    let reloader = Reloader::start(source, config, runtime.clone(), metrics.clone()).await?;
+    let reloader = Reloader::start(
+        source,
+        config,
+        runtime.clone(),
+        metrics.clone(),
+        inherited.tcp,
+    )
+    .await?;
     let shared = reloader.shared.clone();
     let _ = loaded.send(());
     if let Some(early) = early_admin {

@@ -1,9 +1,11 @@
 //! Listening sockets a supervisor opened for the gateway and handed over
 //! at start: systemd's socket activation protocol (`LISTEN_FDS`, and
-//! `LISTEN_FDNAMES` naming each socket `server`, `admin`, `echo` or
-//! `redirect`). A
-//! section with an inherited socket serves on it instead of binding its
-//! `listen` address, so a restart never races another process for the port.
+//! `LISTEN_FDNAMES` naming each socket `server`, `admin`, `echo`,
+//! `redirect` or `tcp`). A section with an inherited socket serves on it
+//! instead of binding its `listen` address, so a restart never races
+//! another process for the port. `tcp` sockets, any number of them, serve
+//! the TCP routes whose `listen` is their address, at start or when a
+//! reload adds such a route.
 
 use std::net::TcpListener;
 
@@ -14,6 +16,7 @@ pub struct Inherited {
     pub admin: Option<TcpListener>,
     pub echo: Option<TcpListener>,
     pub redirect: Option<TcpListener>,
+    pub tcp: Vec<TcpListener>,
 }
 
 impl Inherited {
@@ -36,6 +39,10 @@ impl Inherited {
                 .take_tcp_listener(i)
                 .map_err(|e| format!("inherited socket {i} (`{name}`): {e}"))?
                 .ok_or_else(|| format!("inherited socket {i} (`{name}`) is missing"))?;
+            if name == "tcp" {
+                inherited.tcp.push(listener);
+                continue;
+            }
             let slot = match name.as_str() {
                 "server" => &mut inherited.server,
                 "admin" => &mut inherited.admin,
@@ -43,7 +50,7 @@ impl Inherited {
                 "redirect" => &mut inherited.redirect,
                 other => {
                     return Err(format!(
-                        "inherited socket {i} is named `{other}`; LISTEN_FDNAMES names are server, admin, echo and redirect"
+                        "inherited socket {i} is named `{other}`; LISTEN_FDNAMES names are server, admin, echo, redirect and tcp"
                     ));
                 }
             };

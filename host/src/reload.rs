@@ -159,6 +159,7 @@ impl Reloader {
         config: Config,
         runtime: Arc<Runtime>,
         metrics: Arc<crate::telemetry::Metrics>,
+        inherited_tcp: Vec<std::net::TcpListener>,
     ) -> anyhow::Result<Arc<Reloader>> {
         let watch = config.reload.clone();
         let mut builder = Builder {
@@ -189,7 +190,7 @@ impl Reloader {
             needs_restart: Vec::new(),
         });
         let shared = Arc::new(Shared::new(gw, metrics));
-        let tcp = crate::l4::Server::new(shared.clone());
+        let tcp = crate::l4::Server::new(shared.clone(), inherited_tcp)?;
         let current = shared.current();
         let bound = tcp.bind_new(&current.tcp).map_err(anyhow::Error::msg)?;
         tcp.apply(bound, &current.tcp);

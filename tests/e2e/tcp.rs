@@ -141,9 +141,20 @@ fn wait_log_lines(gw: &Gateway, n: usize) -> Vec<serde_json::Value> {
     }
 }
 
-/// A gateway with the access log in its folder and `body` after it.
-fn gateway(body: &str) -> Gateway {
-    Gateway::start(&format!("[access_log]\npath = \"access.log\"\n\n{body}"))
+/// A gateway with the access log in its folder and `ports` TCP listeners
+/// handed over (`LISTEN_FDNAMES` `tcp`, so no other process takes a port
+/// between choosing it and the gateway's start); `body` makes the rest of
+/// the configuration from their ports.
+pub fn gateway(ports: usize, body: impl FnOnce(&[u16]) -> String) -> Gateway {
+    let names = vec!["tcp"; ports];
+    Gateway::start_with_listeners(tempdir::Dir::new(), &names, |a| {
+        let ports: Vec<u16> = a[2..].iter().map(SocketAddr::port).collect();
+        format!(
+            "{}[access_log]\npath = \"access.log\"\n\n{}",
+            preamble(a[0], a[1]),
+            body(&ports)
+        )
+    })
 }
 
 /// Bytes from a fixed-seed generator (xorshift), so sender and receiver
@@ -165,12 +176,15 @@ impl Stream {
 fn a_tcp_route_carries_a_gibibyte_both_ways_unchanged() {
     const TOTAL: usize = 1 << 30;
     let echo = Service::echo();
-    let port = free_port();
-    let gw = gateway(&format!(
-        "[upstreams.echo]\ninstances = [\"{}\"]\n\n\
+    let gw = gateway(1, |p| {
+        let port = p[0];
+        format!(
+            "[upstreams.echo]\ninstances = [\"{}\"]\n\n\
          [[tcp_route]]\nid = \"bulk\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"echo\"\n",
-        echo.addr
-    ));
+            echo.addr
+        )
+    });
+    let port = gw.extra[0].port();
     let route: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let client = connect(route);
     let mut sender = client.try_clone().unwrap();
@@ -279,14 +293,19 @@ fn each_side_can_close_its_half_while_the_other_goes_on_sending() {
             *heard.lock().unwrap() = got;
         })
     };
-    let (p1, p2) = (free_port(), free_port());
-    let gw = gateway(&format!(
-        "[upstreams.listener]\ninstances = [\"{}\"]\n\
+    let gw = gateway(2, |p| {
+        let p1 = p[0];
+        let p2 = p[1];
+        format!(
+            "[upstreams.listener]\ninstances = [\"{}\"]\n\
          [upstreams.talker]\ninstances = [\"{}\"]\n\n\
          [[tcp_route]]\nid = \"client-first\"\nlisten = \"127.0.0.1:{p1}\"\nupstream = \"listener\"\n\n\
          [[tcp_route]]\nid = \"upstream-first\"\nlisten = \"127.0.0.1:{p2}\"\nupstream = \"talker\"\n",
-        after_client_closed.addr, upstream_closes_first.addr
-    ));
+            after_client_closed.addr, upstream_closes_first.addr
+        )
+    });
+    let p1 = gw.extra[0].port();
+    let p2 = gw.extra[1].port();
 
     let mut c = connect(format!("127.0.0.1:{p1}").parse().unwrap());
     c.write_all(b"twelve bytes").unwrap();
@@ -321,14 +340,16 @@ fn each_side_can_close_its_half_while_the_other_goes_on_sending() {
 fn connections_are_balanced_across_the_clusters_instances() {
     let names = ["one", "two", "three"];
     let services: Vec<Service> = names.iter().map(|n| Service::named(n)).collect();
-    let port = free_port();
     let instances: Vec<String> = services.iter().map(|s| format!("\"{}\"", s.addr)).collect();
-    let _gw = gateway(&format!(
-        "[upstreams.trio]\ninstances = [{}]\nstrategy = \"round_robin\"\n\n\
-         [[tcp_route]]\nid = \"trio\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"trio\"\n",
-        instances.join(", ")
-    ));
-    let route: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let gw = gateway(1, |p| {
+        format!(
+            "[upstreams.trio]\ninstances = [{}]\nstrategy = \"round_robin\"\n\n\
+             [[tcp_route]]\nid = \"trio\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"trio\"\n",
+            instances.join(", "),
+            p[0]
+        )
+    });
+    let route = gw.extra[0];
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for _ in 0..30 {
         let answer = String::from_utf8(read_all(&mut connect(route))).unwrap();
@@ -346,16 +367,21 @@ fn connections_are_balanced_across_the_clusters_instances() {
 fn connect_failures_open_the_breaker_and_refuse_only_when_no_instance_is_left() {
     let live = Service::named("live");
     let dead = dead_address();
-    let (mixed, gone) = (free_port(), free_port());
-    let gw = gateway(&format!(
-        "[upstreams.mixed]\ninstances = [\"{}\", \"{dead}\"]\n\
+    let gw = gateway(2, |p| {
+        let mixed = p[0];
+        let gone = p[1];
+        format!(
+            "[upstreams.mixed]\ninstances = [\"{}\", \"{dead}\"]\n\
          [upstreams.mixed.breaker]\nconsecutive_failures = 2\ncool_down = \"60s\"\n\n\
          [upstreams.gone]\ninstances = [\"{dead}\"]\n\
          [upstreams.gone.breaker]\nconsecutive_failures = 2\ncool_down = \"60s\"\n\n\
          [[tcp_route]]\nid = \"mixed\"\nlisten = \"127.0.0.1:{mixed}\"\nupstream = \"mixed\"\n\n\
          [[tcp_route]]\nid = \"gone\"\nlisten = \"127.0.0.1:{gone}\"\nupstream = \"gone\"\n",
-        live.addr
-    ));
+            live.addr
+        )
+    });
+    let mixed = gw.extra[0].port();
+    let gone = gw.extra[1].port();
     // Every client is served: a failed connect moves on to the live
     // instance, and once the breaker opens the dead one is not tried.
     let mixed: SocketAddr = format!("127.0.0.1:{mixed}").parse().unwrap();
@@ -432,13 +458,16 @@ fn a_connect_health_check_takes_a_dead_instance_out_of_rotation() {
     let gone = TcpListener::bind("127.0.0.1:0").unwrap();
     let gone_addr = gone.local_addr().unwrap().to_string();
     drop(gone);
-    let port = free_port();
-    let gw = gateway(&format!(
-        "[upstreams.checked]\ninstances = [\"{}\", \"{gone_addr}\"]\n\
+    let gw = gateway(1, |p| {
+        let port = p[0];
+        format!(
+            "[upstreams.checked]\ninstances = [\"{}\", \"{gone_addr}\"]\n\
          [upstreams.checked.health]\ninterval = \"50ms\"\ntimeout = \"200ms\"\nunhealthy_threshold = 1\n\n\
          [[tcp_route]]\nid = \"checked\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"checked\"\n",
-        live.addr
-    ));
+            live.addr
+        )
+    });
+    let port = gw.extra[0].port();
     wait_metric(
         &gw,
         "gateway_upstream_healthy",
@@ -525,13 +554,18 @@ impl Drop for ProxyProtocolReader {
 #[test]
 fn the_upstream_learns_the_client_address_by_proxy_protocol_v1_and_v2() {
     let reader = ProxyProtocolReader::start();
-    let (v1, v2) = (free_port(), free_port());
-    let _gw = gateway(&format!(
-        "[upstreams.reader]\ninstances = [\"{}\"]\n\n\
+    let _gw = gateway(2, |p| {
+        let v1 = p[0];
+        let v2 = p[1];
+        format!(
+            "[upstreams.reader]\ninstances = [\"{}\"]\n\n\
          [[tcp_route]]\nid = \"v1\"\nlisten = \"127.0.0.1:{v1}\"\nupstream = \"reader\"\nproxy_protocol = \"v1\"\n\n\
          [[tcp_route]]\nid = \"v2\"\nlisten = \"127.0.0.1:{v2}\"\nupstream = \"reader\"\nproxy_protocol = \"v2\"\n",
-        reader.addr
-    ));
+            reader.addr
+        )
+    });
+    let v1 = _gw.extra[0].port();
+    let v2 = _gw.extra[1].port();
     for port in [v1, v2] {
         let route: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut c = connect(route);
@@ -551,13 +585,18 @@ fn the_upstream_learns_the_client_address_by_proxy_protocol_v1_and_v2() {
 #[test]
 fn a_route_refuses_connections_past_its_limit_and_closes_idle_ones() {
     let echo = Service::echo();
-    let (limited, idle) = (free_port(), free_port());
-    let gw = gateway(&format!(
-        "[upstreams.echo]\ninstances = [\"{}\"]\n\n\
+    let gw = gateway(2, |p| {
+        let limited = p[0];
+        let idle = p[1];
+        format!(
+            "[upstreams.echo]\ninstances = [\"{}\"]\n\n\
          [[tcp_route]]\nid = \"limited\"\nlisten = \"127.0.0.1:{limited}\"\nupstream = \"echo\"\nmax_connections = 2\n\n\
          [[tcp_route]]\nid = \"idle\"\nlisten = \"127.0.0.1:{idle}\"\nupstream = \"echo\"\nidle_timeout = \"300ms\"\n",
-        echo.addr
-    ));
+            echo.addr
+        )
+    });
+    let limited = gw.extra[0].port();
+    let idle = gw.extra[1].port();
     let limited: SocketAddr = format!("127.0.0.1:{limited}").parse().unwrap();
     let echoed = |c: &mut TcpStream| {
         c.write_all(b"ping").unwrap();
@@ -624,11 +663,12 @@ fn reload(gw: &Gateway, config: &str) -> RawResponse {
 fn reloads_add_change_and_remove_tcp_routes_while_connections_stay_open() {
     let echo = Service::echo();
     let other = Service::named("other");
-    let (kept, removed, added) = (free_port(), free_port(), free_port());
     let dir = tempdir::Dir::new();
     let mut base = String::new();
-    let gw = Gateway::start_with(dir, |addr, admin| {
-        base = preamble(addr, admin);
+    // `added` is handed over too, unused until the reload names it.
+    let gw = Gateway::start_with_listeners(dir, &["tcp", "tcp", "tcp"], |a| {
+        base = preamble(a[0], a[1]);
+        let (kept, removed) = (a[2].port(), a[3].port());
         format!(
             "{base}[upstreams.echo]\ninstances = [\"{}\"]\n\
              [upstreams.other]\ninstances = [\"{}\"]\n\n\
@@ -637,9 +677,9 @@ fn reloads_add_change_and_remove_tcp_routes_while_connections_stay_open() {
             echo.addr, other.addr
         )
     });
-    let kept: SocketAddr = format!("127.0.0.1:{kept}").parse().unwrap();
-    let removed: SocketAddr = format!("127.0.0.1:{removed}").parse().unwrap();
-    let added: SocketAddr = format!("127.0.0.1:{added}").parse().unwrap();
+    let [kept, removed, added] = gw.extra[..] else {
+        unreachable!("three tcp listeners were handed over")
+    };
     let echoes = |c: &mut TcpStream, word: &[u8]| {
         c.write_all(word).unwrap();
         let mut buf = vec![0u8; word.len()];
@@ -713,17 +753,17 @@ fn reloads_add_change_and_remove_tcp_routes_while_connections_stay_open() {
 #[test]
 fn a_graceful_shutdown_stops_accepting_and_lets_open_connections_finish() {
     let echo = Service::echo();
-    let port = free_port();
-    let gw = Gateway::start_with(tempdir::Dir::new(), |addr, admin| {
+    let gw = Gateway::start_with_listeners(tempdir::Dir::new(), &["tcp"], |a| {
         format!(
             "{}[access_log]\npath = \"access.log\"\n\n\
              [upstreams.echo]\ninstances = [\"{}\"]\n\n\
-             [[tcp_route]]\nid = \"echo\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"echo\"\n",
-            preamble(addr, admin).replace("shutdown_grace = \"10s\"", "shutdown_grace = \"2s\""),
-            echo.addr
+             [[tcp_route]]\nid = \"echo\"\nlisten = \"{}\"\nupstream = \"echo\"\n",
+            preamble(a[0], a[1]).replace("shutdown_grace = \"10s\"", "shutdown_grace = \"2s\""),
+            echo.addr,
+            a[2]
         )
     });
-    let route: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let route = gw.extra[0];
     let mut finishing = connect(route);
     let mut lingering = connect(route);
     for c in [&mut finishing, &mut lingering] {
@@ -751,9 +791,20 @@ fn a_graceful_shutdown_stops_accepting_and_lets_open_connections_finish() {
     let mut gw = gw;
     let status = gw.child.wait().unwrap();
     assert!(status.success(), "{status}\n{}", gw.log());
-    let outcomes: Vec<String> = tcp_log_lines(&gw)
-        .iter()
-        .map(|l| l["outcome"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(outcomes, ["closed", "shutdown"]);
+    // The probes above that got in before the listener closed are
+    // logged too; these two are the ones that matter.
+    let lines = tcp_log_lines(&gw);
+    let outcome = |c: &TcpStream| {
+        let client = c.local_addr().unwrap().to_string();
+        lines
+            .iter()
+            .find(|l| l["client"] == client.as_str())
+            .map(|l| l["outcome"].as_str().unwrap().to_string())
+    };
+    assert_eq!(outcome(&finishing).as_deref(), Some("closed"), "{lines:?}");
+    assert_eq!(
+        outcome(&lingering).as_deref(),
+        Some("shutdown"),
+        "{lines:?}"
+    );
 }

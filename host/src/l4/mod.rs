@@ -188,6 +188,9 @@ impl Listener {
 pub struct Server {
     shared: Arc<Shared>,
     accepting: Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
+    /// Sockets handed over at start (`LISTEN_FDNAMES` `tcp`), by address,
+    /// until a route listens there.
+    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
     open: Arc<OpenConnections>,
     /// Turns true when the grace period of a shutdown is over: connections
     /// still open then are closed.
@@ -212,17 +215,26 @@ impl Drop for Serving {
     }
 }
 
-/// Sockets bound for a configuration not applied yet.
-pub struct Bound(Vec<(SocketAddr, TcpListener)>);
+/// Sockets bound for a configuration not applied yet (and whether each
+/// was handed over at start).
+pub struct Bound(Vec<(SocketAddr, TcpListener, bool)>);
 
 impl Server {
-    pub fn new(shared: Arc<Shared>) -> Arc<Server> {
-        Arc::new(Server {
+    pub fn new(
+        shared: Arc<Shared>,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> anyhow::Result<Arc<Server>> {
+        let inherited = inherited
+            .into_iter()
+            .map(|l| Ok((l.local_addr()?, l)))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Arc::new(Server {
             shared,
             accepting: Mutex::new(HashMap::new()),
+            inherited: Mutex::new(inherited),
             open: Arc::default(),
             cut: watch::channel(false).0,
-        })
+        }))
     }
 
     /// Binds the listeners `routes` names that are not open yet. An
@@ -231,11 +243,34 @@ impl Server {
         let open: Vec<SocketAddr> = self.accepting.lock().keys().copied().collect();
         let mut bound = Vec::new();
         for addr in routes.addresses().filter(|a| !open.contains(a)) {
-            let listener =
-                bind(*addr).map_err(|e| format!("cannot listen on {addr} for a tcp_route: {e}"))?;
-            bound.push((*addr, listener));
+            let handed_over = self.inherited.lock().remove(addr);
+            let inherited = handed_over.is_some();
+            let listener = match handed_over {
+                Some(l) => l
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpListener::from_std(l)),
+                None => bind(*addr),
+            };
+            match listener {
+                Ok(l) => bound.push((*addr, l, inherited)),
+                Err(e) => {
+                    // Sockets handed over go back for a later attempt.
+                    self.give_back(bound);
+                    return Err(format!("cannot listen on {addr} for a tcp_route: {e}"));
+                }
+            }
         }
         Ok(Bound(bound))
+    }
+
+    /// Keeps the sockets of a configuration that was not applied, for the
+    /// next: a fresh one is closed, one handed over at start is kept.
+    fn give_back(&self, bound: Vec<(SocketAddr, TcpListener, bool)>) {
+        for (addr, listener, inherited) in bound {
+            if inherited && let Ok(l) = listener.into_std() {
+                self.inherited.lock().insert(addr, l);
+            }
+        }
     }
 
     /// Starts accepting on `bound` and closes the listeners `routes` no
@@ -250,7 +285,7 @@ impl Server {
             }
             kept
         });
-        for (addr, listener) in bound.0 {
+        for (addr, listener, _) in bound.0 {
             tracing::info!("tcp routes listening on {addr}");
             let task = tokio::spawn(self.clone().accept(addr, listener));
             accepting.insert(addr, task.abort_handle());
@@ -301,13 +336,12 @@ impl Server {
             let serving = Serving(self.open.clone());
             let metrics = self.shared.metrics.clone();
             let mut cut = self.cut.subscribe();
-            let local = stream.local_addr().unwrap_or(addr);
             tokio::spawn(async move {
                 let _serving = serving;
                 let cut = async move {
                     let _ = cut.wait_for(|c| *c).await;
                 };
-                connection(stream, peer, local, routes, &metrics, cut).await;
+                connection(stream, peer, addr, routes, &metrics, cut).await;
             });
         }
     }
@@ -405,7 +439,7 @@ impl Route {
 async fn connection(
     client: TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
+    listen: SocketAddr,
     listener: Arc<Listener>,
     metrics: &Metrics,
     cut: impl std::future::Future<Output = ()>,
@@ -476,7 +510,9 @@ async fn connection(
         .map(relay::Direction::new);
     let upstream = &connected.stream;
     let mut first = match route.proxy_protocol {
-        Some(v) => proxy_protocol::header(v, peer, local),
+        // The address the client reached: the configured one, unless the
+        // listener is on a wildcard address.
+        Some(v) => proxy_protocol::header(v, peer, client.local_addr().unwrap_or(listen)),
         None => Vec::new(),
     };
     first.extend_from_slice(&hello);

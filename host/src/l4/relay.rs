@@ -9,7 +9,7 @@
 use crate::telemetry::tcp::End;
 use opentelemetry::metrics::BoundCounter;
 use std::io::ErrorKind;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -48,10 +48,12 @@ pub async fn relay(
     cut: impl std::future::Future<Output = ()>,
 ) -> End {
     let last_moved = AtomicU64::new(crate::clock::monotonic_ns());
+    // Directions that read the end of their stream.
+    let ended = AtomicU8::new(0);
     let both = async {
         tokio::try_join!(
-            one_way(client, upstream, inbound, &last_moved),
-            one_way(upstream, client, outbound, &last_moved),
+            one_way(client, upstream, inbound, &last_moved, &ended),
+            one_way(upstream, client, outbound, &last_moved, &ended),
         )
     };
     tokio::select! {
@@ -84,29 +86,36 @@ async fn one_way(
     to: &TcpStream,
     direction: &Direction,
     last_moved: &AtomicU64,
+    ended: &AtomicU8,
 ) -> std::io::Result<()> {
+    // Filled through its spare capacity, so it is never zeroed.
     let mut buf: Vec<u8> = Vec::new();
     loop {
         from.readable().await?;
-        if buf.is_empty() {
-            buf = vec![0u8; FIRST_BUFFER];
+        if buf.capacity() == 0 {
+            buf.reserve_exact(FIRST_BUFFER);
         }
-        let n = match from.try_read(&mut buf) {
+        let n = match from.try_read_buf(&mut buf) {
             Ok(0) => {
                 // The other side reads the end of the stream; its own half
-                // stays open for the other direction.
-                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                // stays open for the other direction. When that direction
+                // has ended already, both sockets are closed next anyway.
+                if ended.fetch_add(1, Ordering::AcqRel) == 0 {
+                    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                }
                 return Ok(());
             }
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        write_all(to, &buf[..n]).await?;
+        write_all(to, &buf).await?;
         direction.moved(n);
         last_moved.store(crate::clock::monotonic_ns(), Ordering::Relaxed);
-        if n == buf.len() && buf.len() < LARGEST_BUFFER {
-            buf.resize(buf.len() * 2, 0);
+        let full = buf.len() == buf.capacity();
+        buf.clear();
+        if full && buf.capacity() < LARGEST_BUFFER {
+            buf.reserve_exact(buf.capacity() * 2);
         }
     }
 }
