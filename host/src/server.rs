@@ -157,6 +157,8 @@ pub async fn serve(
     grace: Duration,
 ) -> io::Result<()> {
     let listener = listener.into_std()?;
+    // Each accepted connection inherits it.
+    crate::listeners::no_delay(&listener)?;
     let slots = Arc::new(Slots::default());
     let lingering = Arc::new(AtomicUsize::new(0));
     // Each worker holds a sender; the channel closes when the last ends.
@@ -231,7 +233,6 @@ impl Worker {
                 accepted = accept(&listener) => accepted,
                 _ = self.shutdown.wait_for(|stop| *stop) => break,
             };
-            let _ = stream.set_nodelay(true);
             let settings = current.get(&self.shared.current().server).clone();
             let (max, max_per_client) = current.limits();
             let slot = match self.slots.take(peer.ip(), max, max_per_client) {
