@@ -10,7 +10,7 @@ SHIPPED := headers ratelimit auth tenant cache ext_authz
 EXAMPLES := target/examples
 PY_TOOLS := target/toolchains/python/bin
 
-.PHONY: setup setup-run plugins build run test bench bench-deps vs-nginx vs-nginx-tls peers profile soak-reload examples fuzz static image
+.PHONY: setup setup-run plugins build run test bench bench-deps vs-nginx vs-nginx-tls l4 peers profile soak-reload examples fuzz static image
 
 # Serving needs Rust and its wasm target; the tests and the examples also
 # need Redis, Prometheus, Node.js and Python (scripts/setup.sh says which).
@@ -98,6 +98,12 @@ vs-nginx: build bench-deps
 # keep-alive requests and full handshakes (see README.md, Performance).
 vs-nginx-tls: build bench-deps
 	benches/vs-nginx-tls.sh
+
+# TCP routes against HAProxy (mode tcp) and nginx's stream module: one
+# connection's throughput, connections per second, CPU per GiB and per
+# connection.
+l4: build bench-deps
+	benches/l4.sh
 
 # HAProxy, Caddy and nginx + njs (the shipped plugins' policy), each against
 # nginx as vs-nginx measures the gateway.
