@@ -20,11 +20,12 @@
 //! 4. `upstream` (pools, balancing, breakers, health, retries) and
 //!    `tunnel` (upgraded connections copied both ways).
 //! 5. `plugin`: the wasm runtime and the host functions filters call,
-//!    whose outbound calls go through `upstream`.
+//!    whose outbound calls go through `upstream`; `l4`: TCP routes, one
+//!    connection from its first byte to its close.
 //! 6. `serving`: the [`serving::Gateway`] requests are served with.
 //! 7. `assemble` (building a gateway from a configuration, reusing the
-//!    running one's parts) and `proxy` (one request through routing,
-//!    filters and upstream).
+//!    running one's parts), `proxy` (one request through routing,
+//!    filters and upstream) and `tcp_server` (TCP routes' listeners).
 //! 8. `server` (client connections) and `reload` (swapping configurations).
 //! 9. `admin` (the admin listener), `redirect` (the plaintext listener
 //!    that sends clients to https) and `authoring` (`plugin new` and
@@ -62,6 +63,7 @@ pub mod scenario;
 pub(crate) mod server;
 pub(crate) mod serving;
 pub mod state;
+pub(crate) mod tcp_server;
 pub mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod tunnel;

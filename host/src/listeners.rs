@@ -90,3 +90,23 @@ pub async fn listen(
 pub fn no_delay(listener: &std::net::TcpListener) -> std::io::Result<()> {
     socket2::SockRef::from(listener).set_tcp_nodelay(true)
 }
+
+/// The pause after a failed accept (out of file descriptors, say), so the
+/// loop waits for connections to close instead of spinning.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Accepts the next connection. When accepting fails (out of file
+/// descriptors and the like) it backs off instead of spinning.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}

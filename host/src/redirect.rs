@@ -31,7 +31,7 @@ pub async fn serve(
     let slots = Arc::new(server::Slots::default());
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = server::accept(&listener) => accepted,
+            accepted = crate::listeners::accept(&listener) => accepted,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
         let settings = current.get(&shared.current().server).clone();

@@ -146,7 +146,7 @@ pub struct Reloader {
     applied: tokio::sync::Notify,
     /// The TCP routes' listeners, opened and closed as configurations
     /// change.
-    pub tcp: Arc<crate::l4::Server>,
+    pub tcp: Arc<crate::tcp_server::Server>,
 }
 
 /// What `reload` answers: the new generation, or why nothing changed.
@@ -190,7 +190,7 @@ impl Reloader {
             needs_restart: Vec::new(),
         });
         let shared = Arc::new(Shared::new(gw, metrics));
-        let tcp = crate::l4::Server::new(shared.clone(), inherited_tcp)?;
+        let tcp = crate::tcp_server::Server::new(shared.clone(), inherited_tcp)?;
         let current = shared.current();
         let bound = tcp.bind_new(&current.tcp).map_err(anyhow::Error::msg)?;
         tcp.apply(bound, &current.tcp);

@@ -43,10 +43,6 @@ const MIN_HEADER_BUFFER: usize = 8192;
 /// What an h2c client sends first (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The pause after a failed accept (out of file descriptors, say), so the
-/// loop waits for connections to close instead of spinning.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// The longest a refused connection is kept to deliver its 503.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Refused connections lingering at once; past this a refusal is written
@@ -120,20 +116,6 @@ impl CurrentSettings {
     pub(crate) fn limits(&self) -> (usize, Option<usize>) {
         let cfg = &self.built_for;
         (cfg.max_connections, cfg.max_connections_per_client)
-    }
-}
-
-/// Accepts the next connection. When accepting fails (out of file
-/// descriptors and the like) it backs off instead of spinning.
-pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok(accepted) => return accepted,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
     }
 }
 
@@ -230,7 +212,7 @@ impl Worker {
         let mut current = CurrentSettings::new(&self.shared.current().server);
         loop {
             let (stream, peer) = tokio::select! {
-                accepted = accept(&listener) => accepted,
+                accepted = crate::listeners::accept(&listener) => accepted,
                 _ = self.shutdown.wait_for(|stop| *stop) => break,
             };
             let settings = current.get(&self.shared.current().server).clone();

@@ -390,7 +390,7 @@ pub async fn while_starting(
     tokio::pin!(loaded);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = server::accept(&listener) => accepted,
+            accepted = crate::listeners::accept(&listener) => accepted,
             _ = &mut loaded => return listener,
         };
         let settings = settings.clone();
@@ -416,7 +416,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let mut current = CurrentSettings::new(&admin.reloader.shared.current().server);
     tokio::spawn(admin.clone().sample_live());
     loop {
-        let (stream, peer) = server::accept(&listener).await;
+        let (stream, peer) = crate::listeners::accept(&listener).await;
         let settings = current.get(&admin.reloader.shared.current().server).clone();
         let admin = admin.clone();
         tokio::spawn(async move {

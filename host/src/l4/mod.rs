@@ -5,32 +5,27 @@
 //! The routes are part of each configuration (`Routes`, built with the
 //! upstreams they send to), so a reload changes them like anything else: a
 //! connection is routed by the configuration current when it arrives and
-//! keeps its route and instance for life. The sockets are not: `Server`
-//! owns them across reloads, binds the new ones before a configuration is
-//! applied (a port that cannot be bound refuses the reload) and closes the
-//! ones no longer listed, whose open connections finish on their own.
+//! keeps its route and instance for life. The sockets are not: they live
+//! across reloads in `tcp_server`.
 
 pub mod proxy_protocol;
 pub mod relay;
 pub mod sni;
 
 use crate::config::{ProxyProtocol, TcpRouteConfig};
-use crate::serving::Shared;
 use crate::telemetry::Metrics;
 use crate::telemetry::access_log::{TcpEntry, now_rfc3339};
 use crate::telemetry::tcp::{End, Refusal, RouteInstruments};
 use crate::upstream::Upstream;
 use crate::upstream::stream::NotConnected;
 use opentelemetry::metrics::BoundCounter;
-use parking_lot::Mutex;
 use sni::ServerNames;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// One configuration's TCP routes, by listener.
@@ -162,7 +157,7 @@ impl Routes {
         Routes { listeners }
     }
 
-    pub fn listener(&self, addr: &SocketAddr) -> Option<&Arc<Listener>> {
+    pub(crate) fn listener(&self, addr: &SocketAddr) -> Option<&Arc<Listener>> {
         self.listeners.get(addr)
     }
 
@@ -182,183 +177,6 @@ impl Listener {
             }
         }
     }
-}
-
-/// The listening sockets of TCP routes, and the connections they accepted.
-pub struct Server {
-    shared: Arc<Shared>,
-    accepting: Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
-    /// Sockets handed over at start (`LISTEN_FDNAMES` `tcp`), by address,
-    /// until a route listens there.
-    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
-    open: Arc<OpenConnections>,
-    /// Turns true when the grace period of a shutdown is over: connections
-    /// still open then are closed.
-    cut: watch::Sender<bool>,
-}
-
-/// Connections being served (from accept to close), for the shutdown to
-/// wait on.
-#[derive(Default)]
-struct OpenConnections {
-    count: AtomicUsize,
-    all_closed: Notify,
-}
-
-struct Serving(Arc<OpenConnections>);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.all_closed.notify_waiters();
-        }
-    }
-}
-
-/// Sockets bound for a configuration not applied yet (and whether each
-/// was handed over at start).
-pub struct Bound(Vec<(SocketAddr, TcpListener, bool)>);
-
-impl Server {
-    pub fn new(
-        shared: Arc<Shared>,
-        inherited: Vec<std::net::TcpListener>,
-    ) -> anyhow::Result<Arc<Server>> {
-        let inherited = inherited
-            .into_iter()
-            .map(|l| Ok((l.local_addr()?, l)))
-            .collect::<std::io::Result<_>>()?;
-        Ok(Arc::new(Server {
-            shared,
-            accepting: Mutex::new(HashMap::new()),
-            inherited: Mutex::new(inherited),
-            open: Arc::default(),
-            cut: watch::channel(false).0,
-        }))
-    }
-
-    /// Binds the listeners `routes` names that are not open yet. An
-    /// address that cannot be bound refuses the configuration.
-    pub fn bind_new(&self, routes: &Routes) -> Result<Bound, String> {
-        let open: Vec<SocketAddr> = self.accepting.lock().keys().copied().collect();
-        let mut bound = Vec::new();
-        for addr in routes.addresses().filter(|a| !open.contains(a)) {
-            let handed_over = self.inherited.lock().remove(addr);
-            let inherited = handed_over.is_some();
-            let listener = match handed_over {
-                Some(l) => crate::listeners::no_delay(&l)
-                    .and_then(|()| l.set_nonblocking(true))
-                    .and_then(|()| TcpListener::from_std(l)),
-                None => bind(*addr),
-            };
-            match listener {
-                Ok(l) => bound.push((*addr, l, inherited)),
-                Err(e) => {
-                    // Sockets handed over go back for a later attempt.
-                    self.give_back(bound);
-                    return Err(format!("cannot listen on {addr} for a tcp_route: {e}"));
-                }
-            }
-        }
-        Ok(Bound(bound))
-    }
-
-    /// Keeps the sockets of a configuration that was not applied, for the
-    /// next: a fresh one is closed, one handed over at start is kept.
-    fn give_back(&self, bound: Vec<(SocketAddr, TcpListener, bool)>) {
-        for (addr, listener, inherited) in bound {
-            if inherited && let Ok(l) = listener.into_std() {
-                self.inherited.lock().insert(addr, l);
-            }
-        }
-    }
-
-    /// Starts accepting on `bound` and closes the listeners `routes` no
-    /// longer names, once `routes` is the current configuration's.
-    pub fn apply(self: &Arc<Self>, bound: Bound, routes: &Routes) {
-        let mut accepting = self.accepting.lock();
-        accepting.retain(|addr, task| {
-            let kept = routes.listener(addr).is_some();
-            if !kept {
-                task.abort();
-                tracing::info!("tcp listener {addr} closed: no tcp_route uses it now");
-            }
-            kept
-        });
-        for (addr, listener, _) in bound.0 {
-            tracing::info!("tcp routes listening on {addr}");
-            let task = tokio::spawn(self.clone().accept(addr, listener));
-            accepting.insert(addr, task.abort_handle());
-        }
-    }
-
-    /// Stops accepting, waits up to `grace` for open connections to end,
-    /// then closes the rest.
-    pub async fn shutdown(&self, grace: Duration) {
-        for (_, task) in self.accepting.lock().drain() {
-            task.abort();
-        }
-        let open = self.open.count.load(Ordering::Acquire);
-        if open == 0 {
-            return;
-        }
-        tracing::info!("tcp routes: waiting up to {grace:?} for {open} open connection(s)");
-        let all_closed = async {
-            loop {
-                let notified = self.open.all_closed.notified();
-                if self.open.count.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        if tokio::time::timeout(grace, all_closed).await.is_err() {
-            tracing::warn!("tcp routes: grace period over; closing the connections still open");
-            let _ = self.cut.send(true);
-            // Long enough for each to log and count its end.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while self.open.count.load(Ordering::Acquire) > 0 {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-            .await;
-        }
-    }
-
-    async fn accept(self: Arc<Self>, addr: SocketAddr, listener: TcpListener) {
-        loop {
-            let (stream, peer) = crate::server::accept(&listener).await;
-            let Some(routes) = self.shared.current().tcp.listener(&addr).cloned() else {
-                // Removed by a reload that has not closed this socket yet.
-                continue;
-            };
-            self.open.count.fetch_add(1, Ordering::AcqRel);
-            let serving = Serving(self.open.clone());
-            let metrics = self.shared.metrics.clone();
-            let mut cut = self.cut.subscribe();
-            tokio::spawn(async move {
-                let _serving = serving;
-                let cut = async move {
-                    let _ = cut.wait_for(|c| *c).await;
-                };
-                connection(stream, peer, addr, routes, &metrics, cut).await;
-            });
-        }
-    }
-}
-
-/// A listening socket with the backlog the HTTP listeners get, so bursts
-/// of connections queue rather than fail, and `TCP_NODELAY` for the
-/// connections it accepts (see `listeners::no_delay`).
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 /// The log line and counts of one connection.
@@ -438,7 +256,7 @@ impl Route {
     }
 }
 
-async fn connection(
+pub(crate) async fn connection(
     client: TcpStream,
     peer: SocketAddr,
     listen: SocketAddr,
