@@ -6,7 +6,6 @@
 
 use crate::common::*;
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -140,30 +139,10 @@ pub fn names_used(text: &str, scraped: &BTreeSet<String>) -> BTreeSet<String> {
 }
 
 fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool (installed by `make setup` with the prometheus package)");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    // promtool is installed by `make setup` with the prometheus package.
+    let mut cmd = Command::new("promtool");
+    cmd.args(args).current_dir(repo());
+    run_with_input(&mut cmd, stdin.unwrap_or_default().as_bytes())
 }
 
 /// Requests of every kind the dashboards show: answered, refused by each

@@ -85,25 +85,8 @@ fn s_client(addr: SocketAddr, name: Option<&str>, ca: &str, expect: &str) -> (bo
         Some(n) => cmd.args(["-servername", n]),
         None => cmd.arg("-noservername"),
     };
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run openssl s_client");
     // A request the service answers, so the session is used, then the end.
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET / HTTP/1.0\r\n\r\n");
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_with_input(&mut cmd, b"GET / HTTP/1.0\r\n\r\n")
 }
 
 /// The peer certificate's subject as `s_client -brief` prints it, spaces

@@ -942,3 +942,23 @@ pub fn start_default(plugins: &Path) -> Gateway {
         default_config(addr, admin, echo, plugins)
     })
 }
+
+/// Runs `cmd` with `input` on its stdin (then closed): whether it
+/// succeeded, and its stdout and stderr together.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    // A command that exits before reading all of it is not an error here.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
