@@ -451,6 +451,45 @@ fn connect_failures_open_the_breaker_and_refuse_only_when_no_instance_is_left() 
 }
 
 #[test]
+fn connect_failures_eject_an_outlier_when_its_breaker_does_not_trip() {
+    let live = Service::named("live");
+    let dead = dead_address();
+    let gw = gateway(1, |p| {
+        format!(
+            "[upstreams.ejecting]\ninstances = [\"{}\", \"{dead}\"]\n\
+             [upstreams.ejecting.breaker]\nconsecutive_failures = 0\nfailure_rate = 0.0\n\
+             [upstreams.ejecting.outlier]\nconsecutive_gateway_failures = 2\nbase_ejection_time = \"60s\"\nmax_ejected_percent = 50\n\n\
+             [[tcp_route]]\nid = \"ejecting\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"ejecting\"\n",
+            live.addr, p[0]
+        )
+    });
+    for _ in 0..10 {
+        assert_eq!(read_all(&mut connect(gw.extra[0])), b"live");
+    }
+    let scrape = gw.metrics();
+    let dead_labels = [("upstream", "ejecting"), ("endpoint", dead.as_str())];
+    let mut ejected = dead_labels.to_vec();
+    ejected.push(("reason", "consecutive_gateway_failures"));
+    assert_eq!(
+        metric(&scrape, "gateway_upstream_ejections_total", &ejected),
+        Some(1.0),
+        "ejected after its second failed connect"
+    );
+    let mut failed = dead_labels.to_vec();
+    failed.push(("outcome", "connect_error"));
+    assert_eq!(
+        metric(&scrape, "gateway_upstream_requests_total", &failed),
+        Some(2.0),
+        "and not tried while ejected"
+    );
+    assert_eq!(
+        metric(&scrape, "gateway_circuit_breaker_state", &dead_labels),
+        Some(0.0),
+        "the breaker, switched off, stayed closed"
+    );
+}
+
+#[test]
 fn a_connect_health_check_takes_a_dead_instance_out_of_rotation() {
     let live = Service::named("live");
     // Bound, so it takes connections, and then dropped before the
