@@ -40,7 +40,7 @@ pub use tls::{
 };
 pub use types::{
     FailureOn, HostPattern, MAX_MEMORY_LIMIT_MIB, MemoryMib, Method, Millis, Outcome, PluginName,
-    Ratio, RetryOn, Status, is_plain_name,
+    Ratio, RetryOn, ServerNames, Status, is_plain_name,
 };
 pub use upstreams::{
     BreakerConfig, HealthConfig, InstanceConfig, MIN_HEALTH_INTERVAL, OutlierConfig, Strategy,
@@ -325,6 +325,29 @@ impl<'a> Source<'a> {
             Ok(())
         } else {
             Err(self.error_key(path, message()))
+        }
+    }
+
+    /// Records `id`, written at `at`, as taken among the `kind`s (`route`,
+    /// `tcp_route`); refuses it when an earlier one took it.
+    fn unique_id<'i>(
+        &self,
+        seen: &mut std::collections::HashMap<&'i str, usize>,
+        kind: &str,
+        id: &'i str,
+        at: usize,
+    ) -> Result<(), ConfigError> {
+        match seen.insert(id, at) {
+            Some(first) => {
+                let (line, _) = line_col(self.text, first);
+                Err(self.error_at(
+                    at,
+                    format!(
+                        "{kind} id `{id}` is already used on line {line}; give each route its own id"
+                    ),
+                ))
+            }
+            None => Ok(()),
         }
     }
 

@@ -2,9 +2,7 @@
 //! filters, with which deadlines and retries.
 
 use super::types::Outcome;
-use super::{
-    ConfigError, HostPattern, Method, Millis, Ratio, RetryOn, Source, line_col, refuse_labelled,
-};
+use super::{ConfigError, HostPattern, Method, Millis, Ratio, RetryOn, Source, refuse_labelled};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -85,15 +83,7 @@ pub(super) fn validate(routes: &[RouteConfig], src: &Source<'_>) -> Result<(), C
                 "a route's id is empty; give each route a name, like \"api\"",
             ));
         }
-        if let Some(first) = seen.insert(id, id_at) {
-            let (line, _) = line_col(src.text, first);
-            return Err(src.error_at(
-                id_at,
-                format!(
-                    "route id `{id}` is already used on line {line}; give each route its own id"
-                ),
-            ));
-        }
+        src.unique_id(&mut seen, "route", id, id_at)?;
         src.require(r.path_prefix.starts_with('/'), &at("path_prefix"), || {
             format!(
                 "route `{id}` has path_prefix `{}`; it must start with `/`",

@@ -3,7 +3,7 @@
 //! the server name of a TLS ClientHello (passthrough: the gateway never
 //! holds the services' keys).
 
-use super::{ConfigError, HostPattern, Millis, Source, line_col, refuse_labelled};
+use super::{ConfigError, HostPattern, Millis, Source, refuse_labelled};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,15 +61,7 @@ pub(super) fn validate(routes: &[TcpRouteConfig], src: &Source<'_>) -> Result<()
                 format!("a tcp_route's id `{id}` is not a plain name; use letters, digits, `-` and `_`, like \"postgres\"")
             },
         )?;
-        if let Some(first) = seen.insert(id, id_at) {
-            let (line, _) = line_col(src.text, first);
-            return Err(src.error_at(
-                id_at,
-                format!(
-                    "tcp_route id `{id}` is already used on line {line}; give each route its own id"
-                ),
-            ));
-        }
+        src.unique_id(&mut seen, "tcp_route", id, id_at)?;
         src.require(r.listen.port() != 0, &["tcp_route", &index, "listen"], || {
             format!("tcp_route `{id}` listens on port 0, which clients could not find; give it a port")
         })?;

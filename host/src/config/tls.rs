@@ -6,7 +6,7 @@
 //! `gateway check` and by a reload alike, and the running configuration
 //! keeps serving its own certificates.
 
-use super::{ConfigError, HostPattern, Source};
+use super::{ConfigError, HostPattern, ServerNames, Source};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -14,7 +14,6 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -305,46 +304,29 @@ fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
 /// certificate covers), else the default.
 #[derive(Debug)]
 struct Resolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    /// Keyed by the parent domain with its leading dot: `.example.com`.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    names: ServerNames<Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
 }
 
 impl Resolver {
     fn new(default: &LoadedCertificate, sni: &[Arc<LoadedCertificate>]) -> Resolver {
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut names = ServerNames::default();
         for c in sni {
             for name in &c.names {
-                let map = match name {
-                    HostPattern::Exact(h) => exact.entry(h.clone()),
-                    HostPattern::Suffix(s) => wildcard.entry(s.clone()),
-                };
-                map.or_insert_with(|| c.key.clone());
+                names.insert(name, c.key.clone());
             }
         }
         Resolver {
-            exact,
-            wildcard,
+            names,
             default: default.key.clone(),
         }
     }
 
     fn choose(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
-        let Some(name) = server_name.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
-            return self.default.clone();
-        };
-        if let Some(k) = self.exact.get(&name) {
-            return k.clone();
-        }
-        if let Some(k) = name
-            .find('.')
-            .and_then(|dot| self.wildcard.get(&name[dot..]))
-        {
-            return k.clone();
-        }
-        self.default.clone()
+        server_name
+            .and_then(|n| self.names.get(n))
+            .unwrap_or(&self.default)
+            .clone()
     }
 }
 
@@ -742,13 +724,12 @@ mod tests {
     }
 
     fn resolver() -> Resolver {
-        let mut exact = HashMap::new();
-        exact.insert("api.example.com".to_string(), key(1));
-        let mut wildcard = HashMap::new();
-        wildcard.insert(".example.com".to_string(), key(2));
+        let mut names = ServerNames::default();
+        let name = |s: &str| HostPattern::try_from(s.to_string()).unwrap();
+        names.insert(&name("api.example.com"), key(1));
+        names.insert(&name("*.example.com"), key(2));
         Resolver {
-            exact,
-            wildcard,
+            names,
             default: key(0),
         }
     }

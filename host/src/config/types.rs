@@ -348,6 +348,51 @@ impl TryFrom<String> for HostPattern {
     }
 }
 
+/// Values by server name (certificates on the TLS listener, TCP routes on
+/// a passthrough listener): exact names first, then `*.example.com` for
+/// one more label, as a certificate's names match.
+#[derive(Debug)]
+pub struct ServerNames<T> {
+    exact: std::collections::HashMap<String, T>,
+    /// By the suffix after the wildcard, `.example.com`.
+    wildcard: std::collections::HashMap<String, T>,
+}
+
+impl<T> Default for ServerNames<T> {
+    fn default() -> Self {
+        ServerNames {
+            exact: Default::default(),
+            wildcard: Default::default(),
+        }
+    }
+}
+
+impl<T> ServerNames<T> {
+    /// Adds `value` for `name`; the first value given a name keeps it.
+    pub fn insert(&mut self, name: &HostPattern, value: T) {
+        let map = match name {
+            HostPattern::Exact(h) => self.exact.entry(h.clone()),
+            HostPattern::Suffix(s) => self.wildcard.entry(s.clone()),
+        };
+        map.or_insert(value);
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.exact.values().chain(self.wildcard.values())
+    }
+
+    /// The value for a server name as a client sent it (any case, maybe a
+    /// trailing dot).
+    pub fn get(&self, name: &str) -> Option<&T> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(v) = self.exact.get(&name) {
+            return Some(v);
+        }
+        name.find('.')
+            .and_then(|dot| self.wildcard.get(&name[dot..]))
+    }
+}
+
 /// A share from 0 to 1.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Ratio(f64);
@@ -462,5 +507,21 @@ mod tests {
         assert!(Ratio::try_from(-0.1).is_err());
         assert!(MemoryMib::try_from(257).is_err());
         assert!(MemoryMib::try_from(0).is_err());
+    }
+
+    fn server_name_pattern(s: &str) -> HostPattern {
+        HostPattern::try_from(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn exact_names_win_over_wildcards_and_a_wildcard_covers_one_label() {
+        let mut names = ServerNames::default();
+        names.insert(&server_name_pattern("*.example.com"), "wild");
+        names.insert(&server_name_pattern("api.example.com"), "api");
+        assert_eq!(names.get("api.example.com"), Some(&"api"));
+        assert_eq!(names.get("API.Example.com."), Some(&"api"));
+        assert_eq!(names.get("www.example.com"), Some(&"wild"));
+        assert_eq!(names.get("a.b.example.com"), None);
+        assert_eq!(names.get("example.com"), None);
     }
 }

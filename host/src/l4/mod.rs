@@ -12,14 +12,13 @@ pub mod proxy_protocol;
 pub mod relay;
 pub mod sni;
 
-use crate::config::{ProxyProtocol, TcpRouteConfig};
+use crate::config::{ProxyProtocol, ServerNames, TcpRouteConfig};
 use crate::telemetry::Metrics;
 use crate::telemetry::access_log::{TcpEntry, now_rfc3339};
 use crate::telemetry::tcp::{End, Refusal, RouteInstruments};
 use crate::upstream::Upstream;
 use crate::upstream::stream::NotConnected;
 use opentelemetry::metrics::BoundCounter;
-use sni::ServerNames;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -305,7 +304,7 @@ pub(crate) async fn connection(
                     } else {
                         Refusal::NoSni
                     };
-                    let _ = relay::send_first(&client, &sni::UNRECOGNIZED_NAME_ALERT).await;
+                    let _ = relay::write_all(&client, &sni::UNRECOGNIZED_NAME_ALERT).await;
                     return record.refused(metrics, None, why);
                 }
             }
@@ -335,7 +334,9 @@ pub(crate) async fn connection(
         None => Vec::new(),
     };
     first.extend_from_slice(&hello);
-    let end = match relay::send_first(upstream, &first).await {
+    // What must reach the upstream before the client's bytes: the PROXY
+    // header, the ClientHello already read.
+    let end = match relay::write_all(upstream, &first).await {
         Ok(()) => {
             inbound.moved(hello.len());
             relay::relay(

@@ -120,7 +120,8 @@ async fn one_way(
     }
 }
 
-async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+/// Writes all of `bytes`, waiting whenever the socket's buffer is full.
+pub async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
     while !bytes.is_empty() {
         to.writable().await?;
         match to.try_write(bytes) {
@@ -130,10 +131,4 @@ async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Writes what must reach the upstream before the client's bytes (a PROXY
-/// header, the ClientHello already read).
-pub async fn send_first(to: &TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    write_all(to, bytes).await
 }

@@ -3,58 +3,13 @@
 //! only reads it), kept, and sent on to the chosen service first, so the
 //! service completes the handshake with the client itself.
 
-use crate::config::HostPattern;
 use crate::telemetry::tcp::Refusal;
-use std::collections::HashMap;
 use tokio::net::TcpStream;
 
 /// The most a ClientHello may take: a hello with post-quantum key shares
 /// and many extensions is a few KiB; this leaves room and still bounds
 /// what an idle client makes the gateway hold.
 const MAX_HELLO_BYTES: usize = 64 * 1024;
-
-/// Values by server name: exact names first, then `*.example.com` for one
-/// more label, as a certificate's names match.
-pub struct ServerNames<T> {
-    exact: HashMap<String, T>,
-    /// By the suffix after the wildcard, `.example.com`.
-    wildcard: HashMap<String, T>,
-}
-
-impl<T> Default for ServerNames<T> {
-    fn default() -> Self {
-        ServerNames {
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
-        }
-    }
-}
-
-impl<T> ServerNames<T> {
-    /// Adds `value` for `name`; the first value given a name keeps it.
-    pub fn insert(&mut self, name: &HostPattern, value: T) {
-        let map = match name {
-            HostPattern::Exact(h) => self.exact.entry(h.clone()),
-            HostPattern::Suffix(s) => self.wildcard.entry(s.clone()),
-        };
-        map.or_insert(value);
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.exact.values().chain(self.wildcard.values())
-    }
-
-    /// The value for a server name as a client sent it (any case, maybe a
-    /// trailing dot).
-    pub fn get(&self, name: &str) -> Option<&T> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(v) = self.exact.get(&name) {
-            return Some(v);
-        }
-        name.find('.')
-            .and_then(|dot| self.wildcard.get(&name[dot..]))
-    }
-}
 
 /// Reads the client's ClientHello into `hello` and returns the server name
 /// it asks for (None when it names none). Every byte read is left in
@@ -99,24 +54,3 @@ pub async fn read_client_hello(
 /// takes, so the client reads why rather than a bare close; a TLS 1.0
 /// record version, which every client accepts before the handshake.
 pub const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 112];
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pattern(s: &str) -> HostPattern {
-        HostPattern::try_from(s.to_string()).unwrap()
-    }
-
-    #[test]
-    fn exact_names_win_over_wildcards_and_a_wildcard_covers_one_label() {
-        let mut names = ServerNames::default();
-        names.insert(&pattern("*.example.com"), "wild");
-        names.insert(&pattern("api.example.com"), "api");
-        assert_eq!(names.get("api.example.com"), Some(&"api"));
-        assert_eq!(names.get("API.Example.com."), Some(&"api"));
-        assert_eq!(names.get("www.example.com"), Some(&"wild"));
-        assert_eq!(names.get("a.b.example.com"), None);
-        assert_eq!(names.get("example.com"), None);
-    }
-}

@@ -88,23 +88,26 @@ impl Endpoint {
 
     /// Like `start`, but only while fewer than `max` are in flight.
     pub fn try_start(&self, max: u32) -> Option<InFlight<'_>> {
-        self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| InFlight(self))
+        self.take_slot(max).then(|| InFlight(self))
     }
 
     /// Like `try_start`, for a guard that outlives the borrow (a TCP
     /// connection's task holds it).
     pub fn try_start_owned(self: &Arc<Self>, max: u32) -> Option<OwnedInFlight> {
+        self.take_slot(max).then(|| OwnedInFlight(self.clone()))
+    }
+
+    /// Counts one more in flight if fewer than `max` are; `release` undoes it.
+    fn take_slot(&self, max: u32) -> bool {
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| OwnedInFlight(self.clone()))
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -116,13 +119,13 @@ pub struct OwnedInFlight(Arc<Endpoint>);
 
 impl Drop for OwnedInFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.release();
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.release();
     }
 }
 

@@ -618,6 +618,35 @@ impl Upstream {
             && self.balancer.endpoints()[i].in_flight() < self.max_in_flight
     }
 
+    /// Why no instance can be picked now, as `gateway_upstream_unavailable_total`
+    /// labels it (and counts it).
+    fn unavailable(&self, now: Instant) -> &'static str {
+        let reason = if !(0..self.health.len())
+            .any(|i| self.health[i].is_healthy() && !self.outliers[i].ejected(now))
+        {
+            "no-healthy-instance"
+        } else if (0..self.breakers.len()).all(|i| !self.breakers[i].pickable(now)) {
+            "all-breakers-open"
+        } else if self
+            .balancer
+            .endpoints()
+            .iter()
+            .all(|e| e.in_flight() >= self.max_in_flight)
+        {
+            "pool-exhausted"
+        } else {
+            "no-instance"
+        };
+        self.metrics.upstream_unavailable.add(
+            1,
+            &[
+                KeyValue::new("upstream", crate::telemetry::shared(&self.name)),
+                KeyValue::new("reason", reason),
+            ],
+        );
+        reason
+    }
+
     /// Each instance's `upstream` and `endpoint` labels.
     pub fn instance_labels(&self) -> &[[KeyValue; 2]] {
         &self.labels

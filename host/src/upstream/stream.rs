@@ -7,7 +7,6 @@
 
 use super::{TryOutcome, Upstream};
 use crate::upstream::balancer::OwnedInFlight;
-use opentelemetry::KeyValue;
 use std::time::Instant;
 use tokio::net::TcpStream;
 
@@ -63,78 +62,39 @@ impl Upstream {
                 tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*endpoint.addr))
                     .await;
             let took = started.elapsed();
-            let outcome = match &connected {
-                Ok(Ok(_)) => None,
-                Ok(Err(_)) => Some(TryOutcome::Connect),
-                Err(_) => Some(TryOutcome::Timeout),
-            };
-            match outcome {
-                None => {
+            let (outcome, why) = match connected {
+                Ok(Ok(stream)) => {
                     // A connection made is an answered try for the outlier
                     // record, which starts its failure counts over.
                     self.note_outlier(i, TryOutcome::Status(200));
                     let t = permit.record(Instant::now(), true);
                     self.note(i, t);
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Connected {
+                        stream,
+                        instance: i,
+                        _slot: slot,
+                    });
                 }
-                Some(outcome) => {
-                    failed = true;
-                    self.instruments[i].tried(outcome.kind(), took);
-                    self.note_outlier(i, outcome);
-                    let t = permit.record(Instant::now(), !self.failure_on.matches(outcome));
-                    self.note(i, t);
-                    if let Some(suppressed) = self.logs[i].try_failed(outcome).admit() {
-                        let why = match connected {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("no connection within {:?}", self.connect_timeout),
-                        };
-                        tracing::warn!(
-                            upstream = &*self.name,
-                            instance = &*endpoint.addr,
-                            "TCP connection failed: {why}{suppressed}"
-                        );
-                    }
-                    continue;
-                }
-            }
-            let Ok(Ok(stream)) = connected else {
-                unreachable!("a connection without an outcome was made")
+                Ok(Err(e)) => (TryOutcome::Connect, e.to_string()),
+                Err(_) => (
+                    TryOutcome::Timeout,
+                    format!("no connection within {:?}", self.connect_timeout),
+                ),
             };
-            let _ = stream.set_nodelay(true);
-            return Ok(Connected {
-                stream,
-                instance: i,
-                _slot: slot,
-            });
+            failed = true;
+            self.instruments[i].tried(outcome.kind(), took);
+            self.note_outlier(i, outcome);
+            let t = permit.record(Instant::now(), !self.failure_on.matches(outcome));
+            self.note(i, t);
+            if let Some(suppressed) = self.logs[i].try_failed(outcome).admit() {
+                tracing::warn!(
+                    upstream = &*self.name,
+                    instance = &*endpoint.addr,
+                    "TCP connection failed: {why}{suppressed}"
+                );
+            }
         }
         Err(NotConnected::Failed)
-    }
-
-    /// Why no instance can be picked now, as `gateway_upstream_unavailable_total`
-    /// labels it (and counts it).
-    pub(super) fn unavailable(&self, now: Instant) -> &'static str {
-        let reason = if !(0..self.health.len())
-            .any(|i| self.health[i].is_healthy() && !self.outliers[i].ejected(now))
-        {
-            "no-healthy-instance"
-        } else if (0..self.breakers.len()).all(|i| !self.breakers[i].pickable(now)) {
-            "all-breakers-open"
-        } else if self
-            .balancer
-            .endpoints()
-            .iter()
-            .all(|e| e.in_flight() >= self.max_in_flight)
-        {
-            "pool-exhausted"
-        } else {
-            "no-instance"
-        };
-        self.metrics.upstream_unavailable.add(
-            1,
-            &[
-                KeyValue::new("upstream", crate::telemetry::shared(&self.name)),
-                KeyValue::new("reason", reason),
-            ],
-        );
-        reason
     }
 }
