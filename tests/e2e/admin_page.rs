@@ -2,9 +2,9 @@
 //! chromedriver over W3C WebDriver, loads the page from a real gateway's
 //! admin listener under its Content-Security-Policy, and is held to what
 //! an operator relies on: no console errors, every configured route
-//! listed with its filter chain, a breaker that opens shown open within
-//! seconds, live numbers that move under traffic, and "disconnected" once
-//! the gateway is gone. A full-page screenshot is left in
+//! listed with its filter chain, TCP routes with their open connections,
+//! a breaker that opens shown open within seconds, live numbers that move
+//! under traffic, and "disconnected" once the gateway is gone. A full-page screenshot is left in
 //! target/admin-page.png.
 //!
 //! WebDriver is JSON over HTTP; the few calls these tests make are sent
@@ -409,6 +409,68 @@ fn the_admin_page_loads_cleanly_and_lists_every_default_route() {
         );
         assert_eq!(row, json!(true), "plugin row for filter {filter}");
     }
+    // The default config has no TCP route, and says so.
+    let tcp = browser.eval(
+        "const s = document.querySelector('section#tcp-routes');\n\
+         return [s.querySelectorAll('tbody tr').length, s.querySelector('.empty').classList.contains('hidden')];",
+        json!([]),
+    );
+    assert_eq!(tcp, json!([0, false]), "the TCP routes section");
+    assert_quiet_console(&browser);
+}
+
+#[test]
+fn a_tcp_route_is_listed_with_its_names_and_its_open_connections() {
+    let echo = crate::tcp::Service::echo();
+    let gw = crate::tcp::gateway(2, |p| {
+        format!(
+            "[upstreams.echo]\ninstances = [\"{}\"]\n\n\
+             [[tcp_route]]\nid = \"db\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nmax_connections = 5\n\n\
+             [[tcp_route]]\nid = \"web\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nsni = [\"a.test\", \"*.b.test\"]\nproxy_protocol = \"v1\"\n\n\
+             [[tcp_route]]\nid = \"rest\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\n",
+            echo.addr, p[0], p[1], p[1]
+        )
+    });
+    let browser = Browser::start();
+    open_page(&browser, gw.admin);
+    let cells = |id: &str| {
+        browser.eval(
+            "const tr = document.querySelector('section#tcp-routes tr[data-route=\"' + CSS.escape(arguments[0]) + '\"]');\n\
+             return tr && Array.from(tr.cells, td => td.textContent);",
+            json!([id]),
+        )
+    };
+    let (db, shared) = (gw.extra[0].to_string(), gw.extra[1].to_string());
+    assert_eq!(
+        cells("web"),
+        json!(["web", shared, "a.test, *.b.test", "echo", "v1", "0 / 10000"])
+    );
+    assert_eq!(
+        cells("rest"),
+        json!(["rest", shared, "any other", "echo", "none", "0 / 10000"])
+    );
+    assert_eq!(
+        cells("db"),
+        json!(["db", db, "any", "echo", "none", "0 / 5"])
+    );
+
+    let mut held = crate::tcp::connect(gw.extra[0]);
+    held.write_all(b"ping").unwrap();
+    held.read_exact(&mut [0u8; 4]).unwrap();
+    let open = route_cell("tcp-routes", "open");
+    browser.wait_for(
+        "the held connection shown open",
+        Duration::from_secs(10),
+        &until(&open, "v === '1 / 5'"),
+        json!(["db"]),
+    );
+    drop(held);
+    browser.wait_for(
+        "the closed connection gone",
+        Duration::from_secs(10),
+        &until(&open, "v === '0 / 5'"),
+        json!(["db"]),
+    );
     assert_quiet_console(&browser);
 }
 

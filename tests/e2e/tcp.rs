@@ -847,3 +847,58 @@ fn a_graceful_shutdown_stops_accepting_and_lets_open_connections_finish() {
         "{lines:?}"
     );
 }
+
+/// `/admin/state`'s TCP routes, by id.
+fn admin_tcp_routes(gw: &Gateway) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let r = gw.admin("GET", "/admin/state");
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let state: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    state["tcp_routes"]
+        .as_array()
+        .expect("tcp_routes is a list")
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+#[test]
+fn the_admin_state_lists_each_tcp_route_with_its_open_connections() {
+    let echo = Service::echo();
+    let gw = gateway(2, |p| {
+        format!(
+            "[upstreams.echo]\ninstances = [\"{}\"]\n\n\
+             [[tcp_route]]\nid = \"db\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nmax_connections = 5\nidle_timeout = \"90s\"\n\n\
+             [[tcp_route]]\nid = \"web\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nsni = [\"a.test\", \"*.B.test.\"]\n\n\
+             [[tcp_route]]\nid = \"rest\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nproxy_protocol = \"v2\"\n",
+            echo.addr, p[0], p[1], p[1]
+        )
+    });
+    let db = gw.extra[0];
+    let shared = gw.extra[1].to_string();
+    let mut c = connect(db);
+    c.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).unwrap();
+    let routes = admin_tcp_routes(&gw);
+    let want = serde_json::json!({
+        "db": {"id": "db", "listen": db.to_string(), "upstream": "echo", "sni": [],
+               "default": false, "proxy_protocol": null, "idle_timeout_seconds": 90.0,
+               "max_connections": 5, "open": 1},
+        "rest": {"id": "rest", "listen": shared, "upstream": "echo", "sni": [],
+                 "default": true, "proxy_protocol": "v2", "idle_timeout_seconds": 3600.0,
+                 "max_connections": 10000, "open": 0},
+        "web": {"id": "web", "listen": shared, "upstream": "echo",
+                "sni": ["a.test", "*.b.test"], "default": false, "proxy_protocol": null,
+                "idle_timeout_seconds": 3600.0, "max_connections": 10000, "open": 0},
+    });
+    assert_eq!(serde_json::to_value(&routes).unwrap(), want);
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while admin_tcp_routes(&gw)["db"]["open"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection is still counted open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -161,7 +161,7 @@ impl Admin {
         }
     }
 
-    /// `/admin/state`: routes with their chains, upstream instances,
+    /// `/admin/state`: routes with their chains, TCP routes, upstream instances,
     /// filters and their plugins, recent reloads and live traffic.
     fn state(&self) -> serde_json::Value {
         let gw = self.reloader.shared.current();
@@ -211,6 +211,7 @@ impl Admin {
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
             "admin": {"token_required": self.access.required()},
             "routes": routes,
+            "tcp_routes": gw.tcp.describe(),
             "upstreams": upstreams.iter().map(|(_, u)| u.describe()).collect::<Vec<_>>(),
             "plugins": plugins,
             "reloads": self.reloader.history(),

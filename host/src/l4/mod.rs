@@ -62,6 +62,8 @@ pub struct Route {
     idle_timeout: Duration,
     max_connections: u32,
     proxy_protocol: Option<ProxyProtocol>,
+    /// The server names it takes, as configured, for the admin page.
+    sni: Vec<String>,
     /// Connections open on the route, carried over reloads that keep the
     /// route's id, so `max_connections` counts the old ones too.
     open: Arc<AtomicU32>,
@@ -116,6 +118,7 @@ impl Routes {
                         idle_timeout: c.idle_timeout.0,
                         max_connections: c.max_connections,
                         proxy_protocol: c.proxy_protocol,
+                        sni: c.sni.iter().map(crate::config::host_pattern_text).collect(),
                         open: previous_open
                             .get(c.id.as_str())
                             .cloned()
@@ -162,6 +165,37 @@ impl Routes {
 
     pub fn addresses(&self) -> impl Iterator<Item = &SocketAddr> {
         self.listeners.keys()
+    }
+
+    /// Each route with its listener, cluster, limits and open
+    /// connections, by listener and id, for `/admin/state`.
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        let mut all: Vec<(&Listener, &Arc<Route>)> = self
+            .listeners
+            .values()
+            .flat_map(|l| l.routes().into_iter().map(move |r| (&**l, r)))
+            .collect();
+        all.sort_by(|a, b| (&a.0.label, &a.1.id).cmp(&(&b.0.label, &b.1.id)));
+        // A route with several names is in the name map once per name.
+        all.dedup_by(|a, b| Arc::ptr_eq(a.1, b.1));
+        all.into_iter()
+            .map(|(listener, r)| {
+                serde_json::json!({
+                    "id": r.id,
+                    "listen": listener.label,
+                    "upstream": &*r.upstream.name,
+                    "sni": r.sni,
+                    "default": matches!(&listener.choice, Choice::ByName { .. }) && r.sni.is_empty(),
+                    "proxy_protocol": r.proxy_protocol.map(|p| match p {
+                        ProxyProtocol::V1 => "v1",
+                        ProxyProtocol::V2 => "v2",
+                    }),
+                    "idle_timeout_seconds": r.idle_timeout.as_secs_f64(),
+                    "max_connections": r.max_connections,
+                    "open": r.open.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
     }
 }
 

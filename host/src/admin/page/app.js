@@ -311,6 +311,27 @@ function renderRoutes(routes) {
   );
 }
 
+function renderTcpRoutes(routes) {
+  syncRows(
+    document.getElementById("tcp-routes"),
+    routes,
+    (r) => `${text(r.listen)}\u0000${text(r.id)}`,
+    (r) => ({ route: text(r.id) }),
+    [
+      cell("id mono", (r) => text(r.id)),
+      cell("listen mono", (r) => text(r.listen)),
+      cell("sni mono", (r) => {
+        if (Array.isArray(r.sni) && r.sni.length > 0) return r.sni.join(", ");
+        // The default takes the names no other route on its listener does.
+        return r.default === true ? "any other" : "any";
+      }),
+      cell("upstream mono", (r) => text(r.upstream)),
+      cell("proxy-protocol", (r) => (r.proxy_protocol ? r.proxy_protocol : "none")),
+      cell("open num", (r) => `${text(r.open)} / ${text(r.max_connections)}`),
+    ],
+  );
+}
+
 const BREAKER_STATES = ["closed", "open", "half-open"];
 
 function renderUpstreams(state) {
@@ -516,6 +537,7 @@ function render(state) {
   renderHeader(state);
   renderLive(state, routes);
   renderRoutes(routes);
+  renderTcpRoutes(Array.isArray(state.tcp_routes) ? state.tcp_routes : []);
   renderUpstreams(state);
   renderPlugins(state);
   renderReloads(state);
