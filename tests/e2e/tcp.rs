@@ -867,7 +867,7 @@ fn the_admin_state_lists_each_tcp_route_with_its_open_connections() {
     let gw = gateway(2, |p| {
         format!(
             "[upstreams.echo]\ninstances = [\"{}\"]\n\n\
-             [[tcp_route]]\nid = \"db\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nmax_connections = 5\nidle_timeout = \"90s\"\n\n\
+             [[tcp_route]]\nid = \"db\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nmax_connections = 5\nmax_connections_per_client = 2\nidle_timeout = \"90s\"\n\n\
              [[tcp_route]]\nid = \"web\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nsni = [\"a.test\", \"*.B.test.\"]\n\n\
              [[tcp_route]]\nid = \"rest\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nproxy_protocol = \"v2\"\n",
             echo.addr, p[0], p[1], p[1]
@@ -883,13 +883,14 @@ fn the_admin_state_lists_each_tcp_route_with_its_open_connections() {
     let want = serde_json::json!({
         "db": {"id": "db", "listen": db.to_string(), "upstream": "echo", "sni": [],
                "default": false, "proxy_protocol": null, "idle_timeout_seconds": 90.0,
-               "max_connections": 5, "open": 1},
+               "max_connections": 5, "max_connections_per_client": 2, "open": 1},
         "rest": {"id": "rest", "listen": shared, "upstream": "echo", "sni": [],
                  "default": true, "proxy_protocol": "v2", "idle_timeout_seconds": 3600.0,
-                 "max_connections": 10000, "open": 0},
+                 "max_connections": 10000, "max_connections_per_client": null, "open": 0},
         "web": {"id": "web", "listen": shared, "upstream": "echo",
                 "sni": ["a.test", "*.b.test"], "default": false, "proxy_protocol": null,
-                "idle_timeout_seconds": 3600.0, "max_connections": 10000, "open": 0},
+                "idle_timeout_seconds": 3600.0, "max_connections": 10000,
+                "max_connections_per_client": null, "open": 0},
     });
     assert_eq!(serde_json::to_value(&routes).unwrap(), want);
     drop(c);
@@ -901,4 +902,93 @@ fn the_admin_state_lists_each_tcp_route_with_its_open_connections() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A connection to `addr` from the loopback address `from` (any of
+/// 127.0.0.0/8), so one test can be several clients.
+pub fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+#[test]
+fn one_client_address_is_held_to_its_share_of_a_route() {
+    let echo = Service::echo();
+    let gw = gateway(1, |p| {
+        format!(
+            "[upstreams.echo]\ninstances = [\"{}\"]\n\n\
+             [[tcp_route]]\nid = \"db\"\nlisten = \"127.0.0.1:{}\"\nupstream = \"echo\"\nmax_connections = 10\nmax_connections_per_client = 2\n",
+            echo.addr, p[0]
+        )
+    });
+    let addr = gw.extra[0];
+    let echoed = |c: &mut TcpStream| {
+        c.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).is_ok() && buf == *b"ping"
+    };
+    let refused = || {
+        tcp_metric(
+            &gw,
+            "gateway_tcp_connections_refused_total",
+            &[("route", "db"), ("reason", "max-connections-per-client")],
+        )
+    };
+    assert_eq!(refused(), 0.0, "declared at zero");
+    let mut first = connect_from([127, 0, 0, 1], addr);
+    let mut second = connect_from([127, 0, 0, 1], addr);
+    assert!(echoed(&mut first) && echoed(&mut second));
+    let mut third = connect_from([127, 0, 0, 1], addr);
+    assert!(
+        !echoed(&mut third),
+        "a third connection from one address is refused"
+    );
+    wait_metric(
+        &gw,
+        "gateway_tcp_connections_refused_total",
+        &[("route", "db"), ("reason", "max-connections-per-client")],
+        1.0,
+    );
+    // Another client is not held to the first one's share.
+    let mut other = connect_from([127, 0, 0, 2], addr);
+    assert!(echoed(&mut other));
+    // A closed connection gives its place back to its own client.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = connect_from([127, 0, 0, 1], addr);
+        if echoed(&mut again) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was not given back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        tcp_metric(
+            &gw,
+            "gateway_tcp_connections_refused_total",
+            &[("route", "db"), ("reason", "max-connections")]
+        ),
+        0.0
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = tcp_log_lines(&gw);
+        let logged = lines
+            .iter()
+            .any(|l| l["route"] == "db" && l["outcome"] == "max-connections-per-client");
+        if logged {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{lines:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop((second, other));
 }

@@ -285,3 +285,61 @@ fn clients_that_never_finish_a_hello_hold_no_more_sockets_than_the_routes_take()
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn one_client_cannot_hold_every_hello_slot_when_the_routes_limit_each_client() {
+    let dir = tempdir::Dir::new();
+    let (cert, key) = certificate(dir.path(), "a.test");
+    let a = TlsService::start(&cert, &key);
+    let gw = crate::tcp::gateway(1, |p| {
+        let port = p[0];
+        format!(
+            "[upstreams.a]\ninstances = [\"{}\"]\n\n\
+             [[tcp_route]]\nid = \"a\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\nsni = [\"a.test\"]\nmax_connections_per_client = 1\n\n\
+             [[tcp_route]]\nid = \"rest\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\nmax_connections_per_client = 1\n",
+            a.addr
+        )
+    });
+    let addr = gw.extra[0];
+    // The routes take one connection each from a client: two hellos.
+    let stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = crate::tcp::connect_from([127, 0, 0, 1], addr);
+            s.write_all(&[0x16, 0x03]).unwrap();
+            s
+        })
+        .collect();
+    let refused = |reason: &str| refused_before_route(&gw, addr, reason);
+    assert_eq!(refused("max-connections-per-client"), Some(0.0));
+    let mut third = crate::tcp::connect_from([127, 0, 0, 1], addr);
+    assert!(
+        matches!(
+            std::io::Read::read(&mut third, &mut [0u8; 16]),
+            Ok(0) | Err(_)
+        ),
+        "a third hello from the same address is closed at once"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused("max-connections-per-client") != Some(1.0) {
+        assert!(Instant::now() < deadline, "{}", gw.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Another client's handshake goes through meanwhile.
+    let mut other = Command::new("openssl");
+    other
+        .args(["s_client", "-bind", "127.0.0.2:0", "-connect"])
+        .arg(addr.to_string())
+        .args([
+            "-CAfile",
+            &cert,
+            "-verify_return_error",
+            "-brief",
+            "-ign_eof",
+        ])
+        .args(["-verify_hostname", "a.test", "-servername", "a.test"]);
+    let (ok, out) = run_with_input(&mut other, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(ok, "{out}");
+    assert_eq!(peer_subject(&out).as_deref(), Some("CN=a.test"), "{out}");
+    assert_eq!(refused("max-connections"), Some(0.0));
+    drop(stalled);
+}

@@ -25,6 +25,9 @@ pub struct TcpRouteConfig {
     /// Connections open on this route at once; more are refused.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
+    /// Connections open on this route at once from one client address;
+    /// more are refused. No per-client limit when absent.
+    pub max_connections_per_client: Option<u32>,
     /// A PROXY protocol header sent to the upstream before the client's
     /// bytes, so it learns the client's address.
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -81,6 +84,12 @@ pub(super) fn validate(routes: &[TcpRouteConfig], src: &Source<'_>) -> Result<()
                     r.max_connections == 0,
                     "would refuse every connection",
                     "use 1 or more, like 10000",
+                ),
+                (
+                    "max_connections_per_client",
+                    r.max_connections_per_client == Some(0),
+                    "would refuse every connection",
+                    "use 1 or more, like 100, or leave it out for no per-client limit",
                 ),
             ],
         )?;

@@ -19,8 +19,9 @@ use crate::telemetry::tcp::{End, Refusal, RouteInstruments};
 use crate::upstream::Upstream;
 use crate::upstream::stream::NotConnected;
 use opentelemetry::metrics::BoundCounter;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -49,10 +50,12 @@ enum Choice {
         names: ServerNames<Arc<Route>>,
         default: Option<Arc<Route>>,
         /// Connections whose hello is still being read, at most as many
-        /// as the routes together take: a client cannot hold more sockets
-        /// by never finishing its hello than by finishing it.
-        reading: AtomicU32,
+        /// as the routes together take, in all and per client: a client
+        /// cannot hold more sockets by never finishing its hello than by
+        /// finishing it.
+        reading: Open,
         max_reading: u32,
+        max_reading_per_client: Option<u32>,
     },
 }
 
@@ -61,12 +64,13 @@ pub struct Route {
     upstream: Arc<Upstream>,
     idle_timeout: Duration,
     max_connections: u32,
+    max_connections_per_client: Option<u32>,
     proxy_protocol: Option<ProxyProtocol>,
     /// The server names it takes, as configured, for the admin page.
     sni: Vec<String>,
     /// Connections open on the route, carried over reloads that keep the
-    /// route's id, so `max_connections` counts the old ones too.
-    open: Arc<AtomicU32>,
+    /// route's id, so the limits count the old ones too.
+    open: Arc<Open>,
     instruments: RouteInstruments,
     /// Bytes from and to the client, per instance of the cluster, bound
     /// once here rather than per connection.
@@ -83,7 +87,7 @@ impl Routes {
         metrics: &Metrics,
         previous: Option<&Routes>,
     ) -> Routes {
-        let previous_open: HashMap<&str, Arc<AtomicU32>> = previous
+        let previous_open: HashMap<&str, Arc<Open>> = previous
             .into_iter()
             .flat_map(|p| p.listeners.values())
             .flat_map(|l| l.routes())
@@ -117,6 +121,7 @@ impl Routes {
                         upstream,
                         idle_timeout: c.idle_timeout.0,
                         max_connections: c.max_connections,
+                        max_connections_per_client: c.max_connections_per_client,
                         proxy_protocol: c.proxy_protocol,
                         sni: c.sni.iter().map(crate::config::host_pattern_text).collect(),
                         open: previous_open
@@ -134,6 +139,10 @@ impl Routes {
                     let max_reading = members
                         .iter()
                         .fold(0u32, |n, c| n.saturating_add(c.max_connections));
+                    // Only when every route limits each client.
+                    let max_reading_per_client = members.iter().try_fold(0u32, |n, c| {
+                        c.max_connections_per_client.map(|m| n.saturating_add(m))
+                    });
                     for c in &members {
                         let r = route(c);
                         if c.sni.is_empty() {
@@ -147,8 +156,9 @@ impl Routes {
                     Choice::ByName {
                         names,
                         default,
-                        reading: AtomicU32::new(0),
+                        reading: Open::default(),
                         max_reading,
+                        max_reading_per_client,
                     }
                 } else {
                     Choice::Plain(route(members[0]))
@@ -192,7 +202,8 @@ impl Routes {
                     }),
                     "idle_timeout_seconds": r.idle_timeout.as_secs_f64(),
                     "max_connections": r.max_connections,
-                    "open": r.open.load(Ordering::Relaxed),
+                    "max_connections_per_client": r.max_connections_per_client,
+                    "open": r.open.all.load(Ordering::Relaxed),
                 })
             })
             .collect()
@@ -264,28 +275,70 @@ impl Record<'_> {
 }
 
 /// One of a counted number of connections, given back on drop.
-struct Slot<'a>(&'a AtomicU32);
+/// Connections open, in all and per client address.
+#[derive(Default)]
+struct Open {
+    all: AtomicU32,
+    per_client: Mutex<HashMap<IpAddr, u32>>,
+}
 
-impl Slot<'_> {
-    fn take(count: &AtomicU32, max: u32) -> Option<Slot<'_>> {
-        count
+impl Open {
+    /// A place for a connection from `client`, or the limit it is over.
+    fn take(
+        &self,
+        client: IpAddr,
+        max: u32,
+        max_per_client: Option<u32>,
+    ) -> Result<Slot<'_>, Refusal> {
+        self.all
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Slot(count))
+            .map_err(|_| Refusal::MaxConnections)?;
+        // Counted even without a per-client limit, so a reload that adds
+        // one knows the connections already open.
+        let mut per_client = self.per_client.lock();
+        let from_client = per_client.entry(client).or_default();
+        if max_per_client.is_some_and(|most| *from_client >= most) {
+            if *from_client == 0 {
+                per_client.remove(&client);
+            }
+            drop(per_client);
+            self.all.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::MaxConnectionsPerClient);
+        }
+        *from_client += 1;
+        Ok(Slot { open: self, client })
     }
+}
+
+/// A connection's place in an [`Open`], given back when it drops.
+struct Slot<'a> {
+    open: &'a Open,
+    client: IpAddr,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let mut per_client = self.open.per_client.lock();
+        if let Some(n) = per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                per_client.remove(&self.client);
+            }
+        }
+        drop(per_client);
+        self.open.all.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Route {
-    fn try_open(&self) -> Option<Slot<'_>> {
-        Slot::take(&self.open, self.max_connections)
+    fn try_open(&self, client: IpAddr) -> Result<Slot<'_>, Refusal> {
+        self.open.take(
+            client,
+            self.max_connections,
+            self.max_connections_per_client,
+        )
     }
 }
 
@@ -311,9 +364,11 @@ pub(crate) async fn connection(
             default,
             reading,
             max_reading,
+            max_reading_per_client,
         } => {
-            let Some(_reading) = Slot::take(reading, *max_reading) else {
-                return record.refused(metrics, None, Refusal::MaxConnections);
+            let _reading = match reading.take(peer.ip(), *max_reading, *max_reading_per_client) {
+                Ok(slot) => slot,
+                Err(why) => return record.refused(metrics, None, why),
             };
             let read = tokio::time::timeout(
                 crate::config::CLIENT_HELLO_TIMEOUT,
@@ -344,8 +399,9 @@ pub(crate) async fn connection(
             }
         }
     };
-    let Some(_slot) = route.try_open() else {
-        return record.refused(metrics, Some(route), Refusal::MaxConnections);
+    let _slot = match route.try_open(peer.ip()) {
+        Ok(slot) => slot,
+        Err(why) => return record.refused(metrics, Some(route), why),
     };
     let connected = match route.upstream.connect_stream().await {
         Ok(c) => c,

@@ -18,6 +18,9 @@ pub const NO_ROUTE: &str = "-";
 pub enum Refusal {
     /// The route has `max_connections` open.
     MaxConnections,
+    /// The route has `max_connections_per_client` open from this client's
+    /// address.
+    MaxConnectionsPerClient,
     /// The ClientHello names a server no route on the listener takes.
     UnknownSni,
     /// The ClientHello names no server and the listener has no default.
@@ -33,8 +36,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::MaxConnections,
+        Refusal::MaxConnectionsPerClient,
         Refusal::UnknownSni,
         Refusal::NoSni,
         Refusal::BadClientHello,
@@ -43,10 +47,12 @@ impl Refusal {
         Refusal::ConnectFailed,
     ];
 
-    /// Refusals that happen before a route is known (`max-connections`:
-    /// as many hellos being read as the listener's routes take).
-    pub const BEFORE_ROUTE: [Refusal; 5] = [
+    /// Refusals that happen before a route is known (`max-connections`
+    /// and `max-connections-per-client`: as many hellos being read as the
+    /// listener's routes take, in all or from one client).
+    pub const BEFORE_ROUTE: [Refusal; 6] = [
         Refusal::MaxConnections,
+        Refusal::MaxConnectionsPerClient,
         Refusal::UnknownSni,
         Refusal::NoSni,
         Refusal::BadClientHello,
@@ -56,6 +62,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::MaxConnections => "max-connections",
+            Refusal::MaxConnectionsPerClient => "max-connections-per-client",
             Refusal::UnknownSni => "unknown-sni",
             Refusal::NoSni => "no-sni",
             Refusal::BadClientHello => "bad-client-hello",
