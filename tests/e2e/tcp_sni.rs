@@ -223,8 +223,10 @@ fn one_port_passes_tls_through_to_the_service_each_server_name_chooses() {
     );
 }
 
-#[test]
-fn clients_that_never_finish_a_hello_hold_no_more_sockets_than_the_routes_take() {
+/// A TLS service for `a.test` behind two routes sharing one listener, the
+/// `a.test` one and the default, each with `limit` (a TOML line), and the
+/// certificate's path. The directory holds the certificate and key.
+fn shared_listener_with_limits(limit: &str) -> (tempdir::Dir, String, TlsService, Gateway) {
     let dir = tempdir::Dir::new();
     let (cert, key) = certificate(dir.path(), "a.test");
     let a = TlsService::start(&cert, &key);
@@ -232,20 +234,30 @@ fn clients_that_never_finish_a_hello_hold_no_more_sockets_than_the_routes_take()
         let port = p[0];
         format!(
             "[upstreams.a]\ninstances = [\"{}\"]\n\n\
-             [[tcp_route]]\nid = \"a\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\nsni = [\"a.test\"]\nmax_connections = 1\n\n\
-             [[tcp_route]]\nid = \"rest\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\nmax_connections = 1\n",
+             [[tcp_route]]\nid = \"a\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\nsni = [\"a.test\"]\n{limit}\n\n\
+             [[tcp_route]]\nid = \"rest\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\n{limit}\n",
             a.addr
         )
     });
-    let addr = gw.extra[0];
-    // Two connections that send half a record header and stop.
-    let stalled: Vec<TcpStream> = (0..2)
+    (dir, cert, a, gw)
+}
+
+/// `n` connections from `from` that send half a record header and stop.
+fn stalled_hellos(n: usize, from: [u8; 4], addr: SocketAddr) -> Vec<TcpStream> {
+    (0..n)
         .map(|_| {
-            let mut s = connect(addr);
+            let mut s = crate::tcp::connect_from(from, addr);
             s.write_all(&[0x16, 0x03]).unwrap();
             s
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn clients_that_never_finish_a_hello_hold_no_more_sockets_than_the_routes_take() {
+    let (_dir, cert, _a, gw) = shared_listener_with_limits("max_connections = 1");
+    let addr = gw.extra[0];
+    let stalled = stalled_hellos(2, [127, 0, 0, 1], addr);
     let refused = |reason: &str| refused_before_route(&gw, addr, reason);
     assert_eq!(refused("max-connections"), Some(0.0));
     assert!(
@@ -288,27 +300,10 @@ fn clients_that_never_finish_a_hello_hold_no_more_sockets_than_the_routes_take()
 
 #[test]
 fn one_client_cannot_hold_every_hello_slot_when_the_routes_limit_each_client() {
-    let dir = tempdir::Dir::new();
-    let (cert, key) = certificate(dir.path(), "a.test");
-    let a = TlsService::start(&cert, &key);
-    let gw = crate::tcp::gateway(1, |p| {
-        let port = p[0];
-        format!(
-            "[upstreams.a]\ninstances = [\"{}\"]\n\n\
-             [[tcp_route]]\nid = \"a\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\nsni = [\"a.test\"]\nmax_connections_per_client = 1\n\n\
-             [[tcp_route]]\nid = \"rest\"\nlisten = \"127.0.0.1:{port}\"\nupstream = \"a\"\nmax_connections_per_client = 1\n",
-            a.addr
-        )
-    });
+    let (_dir, cert, _a, gw) = shared_listener_with_limits("max_connections_per_client = 1");
     let addr = gw.extra[0];
     // The routes take one connection each from a client: two hellos.
-    let stalled: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut s = crate::tcp::connect_from([127, 0, 0, 1], addr);
-            s.write_all(&[0x16, 0x03]).unwrap();
-            s
-        })
-        .collect();
+    let stalled = stalled_hellos(2, [127, 0, 0, 1], addr);
     let refused = |reason: &str| refused_before_route(&gw, addr, reason);
     assert_eq!(refused("max-connections-per-client"), Some(0.0));
     let mut third = crate::tcp::connect_from([127, 0, 0, 1], addr);
