@@ -274,7 +274,6 @@ impl Record<'_> {
     }
 }
 
-/// One of a counted number of connections, given back on drop.
 /// Connections open, in all and per client address.
 #[derive(Default)]
 struct Open {
