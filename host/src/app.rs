@@ -176,7 +176,7 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     // The echo upstream starts first so the gateway never forwards to a
     // port nobody has opened yet.
     if let Some(addr) = echo_listen {
-        let l = listen(inherited.echo, addr, "[echo]").await?;
+        let l = listen(inherited.echo, addr, "[echo]")?;
         tracing::info!("echo upstream on {}", l.local_addr()?);
         tokio::spawn(crate::echo::serve(l));
     }
@@ -185,7 +185,7 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
     let (loaded, loading) = tokio::sync::oneshot::channel();
     let early_admin = match admin_listen {
         Some(addr) => {
-            let l = listen(inherited.admin, addr, "[admin]").await?;
+            let l = listen(inherited.admin, addr, "[admin]")?;
             tracing::info!("admin listening on {}", l.local_addr()?);
             let server = config.server.clone();
             Some(tokio::spawn(async move {
@@ -216,12 +216,12 @@ pub async fn run(source: ConfigSource, inherited: Inherited) -> anyhow::Result<(
         ));
     }
 
-    let listener = listen(inherited.server, server_listen, "[server]").await?;
+    let listener = listen(inherited.server, server_listen, "[server]")?;
     let https_port = listener.local_addr()?.port();
     tracing::info!("gateway listening on {}", listener.local_addr()?);
     let redirects = match redirect_listen {
         Some(addr) => {
-            let l = listen(inherited.redirect, addr, "[server.tls] redirect_listen").await?;
+            let l = listen(inherited.redirect, addr, "[server.tls] redirect_listen")?;
             tracing::info!("redirecting to https on {}", l.local_addr()?);
             Some(l)
         }

@@ -64,30 +64,44 @@ impl Inherited {
 
 /// The inherited socket for a section, made async, or a fresh one bound on
 /// `addr`; `what` names the section in errors.
-pub async fn listen(
+pub fn listen(
     inherited: Option<TcpListener>,
     addr: std::net::SocketAddr,
     what: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
     use anyhow::Context;
     match inherited {
-        Some(l) => {
-            l.set_nonblocking(true)
-                .with_context(|| format!("cannot use the inherited socket for {what}"))?;
-            tokio::net::TcpListener::from_std(l)
-                .with_context(|| format!("cannot use the inherited socket for {what}"))
-        }
-        None => tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} for {what}")),
+        Some(l) => adopt(l).with_context(|| format!("cannot use the inherited socket for {what}")),
+        None => bind(addr).with_context(|| format!("cannot listen on {addr} for {what}")),
     }
+}
+
+/// A socket handed over at start, made async.
+pub fn adopt(listener: TcpListener) -> std::io::Result<tokio::net::TcpListener> {
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
+/// A fresh listening socket on `addr`: `SO_REUSEADDR`, so a restart binds
+/// while the last run's connections wait out TIME_WAIT, and a backlog of
+/// 1024 (the kernel caps it at `net.core.somaxconn`), so a burst of
+/// connections queues rather than is dropped. tokio's own `bind` would
+/// give 128.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// `TCP_NODELAY` on a listening socket: Linux gives it to every connection
 /// accepted there, which saves a system call per connection. Small writes
 /// (a database's requests, a TLS handshake's records) go out at once
 /// rather than wait for the previous one's acknowledgement.
-pub fn no_delay(listener: &std::net::TcpListener) -> std::io::Result<()> {
+pub fn no_delay(listener: &impl std::os::fd::AsFd) -> std::io::Result<()> {
     socket2::SockRef::from(listener).set_tcp_nodelay(true)
 }
 

@@ -243,7 +243,7 @@ impl Route {
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "id": self.id,
-            "hosts": self.host.as_ref().map(crate::config::host_pattern_text).into_iter().collect::<Vec<_>>(),
+            "hosts": self.host.as_ref().map(ToString::to_string).into_iter().collect::<Vec<_>>(),
             "path_prefix": self.prefix,
             "methods": self.methods.as_ref().map(|ms| ms.iter().map(Method::as_str).collect::<Vec<_>>()),
         })

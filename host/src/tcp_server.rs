@@ -78,11 +78,11 @@ impl Server {
             let handed_over = self.inherited.lock().remove(addr);
             let inherited = handed_over.is_some();
             let listener = match handed_over {
-                Some(l) => crate::listeners::no_delay(&l)
-                    .and_then(|()| l.set_nonblocking(true))
-                    .and_then(|()| TcpListener::from_std(l)),
-                None => bind(*addr),
-            };
+                Some(l) => crate::listeners::adopt(l),
+                None => crate::listeners::bind(*addr),
+            }
+            // Each accepted connection inherits it.
+            .and_then(|l| crate::listeners::no_delay(&l).map(|()| l));
             match listener {
                 Ok(l) => bound.push((*addr, l, inherited)),
                 Err(e) => {
@@ -177,18 +177,4 @@ impl Server {
             });
         }
     }
-}
-
-/// A listening socket with the backlog the HTTP listeners get, so bursts
-/// of connections queue rather than fail, and `TCP_NODELAY` for the
-/// connections it accepts (see `listeners::no_delay`).
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }

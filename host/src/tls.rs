@@ -170,7 +170,7 @@ fn expiry_series(c: &LoadedCertificate) -> Vec<(String, i64)> {
     }
     c.names
         .iter()
-        .map(|n| (crate::config::host_pattern_text(n), c.not_after))
+        .map(|n| (n.to_string(), c.not_after))
         .collect()
 }
 

@@ -36,7 +36,7 @@ pub use tcp::{CLIENT_HELLO_TIMEOUT, ProxyProtocol, TcpRouteConfig};
 pub use telemetry::{AccessLogConfig, MetricsConfig, TracingConfig};
 pub use tls::{
     ClientAuth, LoadedCertificate, LoadedTls, LoadedUpstreamTls, SniCertificate, TlsConfig,
-    UpstreamTlsConfig, crypto_provider, host_pattern_text,
+    UpstreamTlsConfig, crypto_provider,
 };
 pub use types::{
     FailureOn, HostPattern, MAX_MEMORY_LIMIT_MIB, MemoryMib, Method, Millis, Outcome, PluginName,

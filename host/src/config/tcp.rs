@@ -130,7 +130,7 @@ pub(super) fn validate(routes: &[TcpRouteConfig], src: &Source<'_>) -> Result<()
                         format!(
                             "tcp_route `{}` lists server name `{}`, which tcp_route `{other}` on {addr} lists already; a name can lead to one route",
                             r.id,
-                            super::host_pattern_text(name)
+                            name
                         ),
                     ));
                 }

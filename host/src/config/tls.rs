@@ -197,7 +197,7 @@ impl TlsConfig {
                         &as_refs(&name_at),
                         format!(
                             "[[server.tls.sni]] entry {i} names {}, which entry {first} names already; each name gets one certificate",
-                            host_pattern_text(name)
+                            name
                         ),
                     ));
                 }
@@ -206,7 +206,7 @@ impl TlsConfig {
             sni.push(load_certificate(
                 src,
                 base_dir,
-                host_pattern_text(&entry.names[0]),
+                entry.names[0].to_string(),
                 entry.names.clone(),
                 (&entry.cert_file, &entry_at("cert_file")),
                 (&entry.key_file, &entry_at("key_file")),
@@ -564,14 +564,6 @@ fn trust_anchors(pem: &[u8]) -> Result<Arc<RootCertStore>, String> {
 
 fn as_refs(path: &[String]) -> Vec<&str> {
     path.iter().map(String::as_str).collect()
-}
-
-/// A host pattern as written: `api.example.com` or `*.example.com`.
-pub fn host_pattern_text(p: &HostPattern) -> String {
-    match p {
-        HostPattern::Exact(h) => h.clone(),
-        HostPattern::Suffix(s) => format!("*{s}"),
-    }
 }
 
 fn load_certificate(

@@ -348,6 +348,16 @@ impl TryFrom<String> for HostPattern {
     }
 }
 
+/// As written: `api.example.com` or `*.example.com`.
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
 /// Values by server name (certificates on the TLS listener, TCP routes on
 /// a passthrough listener): exact names first, then `*.example.com` for
 /// one more label, as a certificate's names match.

@@ -123,7 +123,7 @@ impl Routes {
                         max_connections: c.max_connections,
                         max_connections_per_client: c.max_connections_per_client,
                         proxy_protocol: c.proxy_protocol,
-                        sni: c.sni.iter().map(crate::config::host_pattern_text).collect(),
+                        sni: c.sni.iter().map(ToString::to_string).collect(),
                         open: previous_open
                             .get(c.id.as_str())
                             .cloned()

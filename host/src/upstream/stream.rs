@@ -76,11 +76,8 @@ impl Upstream {
                         _slot: slot,
                     });
                 }
-                Ok(Err(e)) => (TryOutcome::Connect, e.to_string()),
-                Err(_) => (
-                    TryOutcome::Timeout,
-                    format!("no connection within {:?}", self.connect_timeout),
-                ),
+                Ok(Err(e)) => (TryOutcome::Connect, Some(e)),
+                Err(_) => (TryOutcome::Timeout, None),
             };
             failed = true;
             self.instruments[i].tried(outcome.kind(), took);
@@ -88,6 +85,11 @@ impl Upstream {
             let t = permit.record(Instant::now(), !self.failure_on.matches(outcome));
             self.note(i, t);
             if let Some(suppressed) = self.logs[i].try_failed(outcome).admit() {
+                // Worded only for a line the rate limit lets through.
+                let why = match why {
+                    Some(e) => e.to_string(),
+                    None => format!("no connection within {:?}", self.connect_timeout),
+                };
                 tracing::warn!(
                     upstream = &*self.name,
                     instance = &*endpoint.addr,
