@@ -15,8 +15,9 @@
 //!    echo upstream).
 //! 2. `telemetry`: metrics, access log, traces; `tls`: handshakes on the
 //!    proxy listener.
-//! 3. `state` (plugins' shared counters) and `routing` (path normalisation
-//!    and route matching).
+//! 3. `state` (plugins' shared counters), `routing` (path normalisation
+//!    and route matching) and `slots` (connections open, in all and per
+//!    client, against their limits).
 //! 4. `upstream` (pools, balancing, breakers, health, retries) and
 //!    `tunnel` (upgraded connections copied both ways).
 //! 5. `plugin`: the wasm runtime and the host functions filters call,
@@ -62,6 +63,7 @@ pub mod routing;
 pub mod scenario;
 pub(crate) mod server;
 pub(crate) mod serving;
+pub(crate) mod slots;
 pub mod state;
 pub(crate) mod tcp_server;
 pub mod telemetry;

@@ -28,7 +28,7 @@ pub async fn serve(
     let mut current = CurrentSettings::new(&shared.current().server);
     // Held to the proxy listener's limits, counted apart from its own
     // connections: a flood here cannot take the proxy's slots.
-    let slots = Arc::new(server::Slots::default());
+    let slots = Arc::new(crate::slots::Slots::default());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = crate::listeners::accept(&listener) => accepted,

@@ -13,6 +13,7 @@
 
 use crate::config::ServerConfig;
 use crate::serving::{ConnectionHold, Shared};
+use crate::slots::Slots;
 use crate::telemetry::ConnectionRefusal;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -22,10 +23,9 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -33,7 +33,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// hyper refuses read buffers below this, so smaller header limits are
@@ -179,7 +179,7 @@ pub async fn serve(
     shutdown_asked(&mut shutdown, &mut all_ended).await?;
     tracing::info!("stopped accepting; waiting up to {grace:?} for in-flight requests");
     all_ended.recv().await;
-    if slots.counts.lock().open == 0 {
+    if slots.open() == 0 {
         tracing::info!("all connections closed");
     } else {
         tracing::warn!("grace period over; closing remaining connections");
@@ -702,81 +702,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     }
 }
 
-/// The listener's open connections, in all and per client address.
-#[derive(Default)]
-pub(crate) struct Slots {
-    counts: Mutex<SlotCounts>,
-    /// Woken when the last connection closes.
-    all_released: Notify,
-}
-
-#[derive(Default)]
-struct SlotCounts {
-    open: usize,
-    per_client: HashMap<IpAddr, usize>,
-}
-
-impl Slots {
-    /// A slot for a connection from `client`, or why there is none.
-    pub(crate) fn take(
-        self: &Arc<Self>,
-        client: IpAddr,
-        max: usize,
-        max_per_client: Option<usize>,
-    ) -> Result<Slot, ConnectionRefusal> {
-        let mut counts = self.counts.lock();
-        if counts.open >= max {
-            return Err(ConnectionRefusal::TooManyConnections);
-        }
-        let from_client = counts.per_client.get(&client).copied().unwrap_or(0);
-        if max_per_client.is_some_and(|most| from_client >= most) {
-            return Err(ConnectionRefusal::TooManyClientConnections);
-        }
-        counts.open += 1;
-        *counts.per_client.entry(client).or_default() += 1;
-        Ok(Slot {
-            slots: self.clone(),
-            client,
-        })
-    }
-
-    async fn all_released(&self) {
-        loop {
-            // Made before the count is read: `notify_waiters` wakes it even
-            // if the last slot goes in between.
-            let released = self.all_released.notified();
-            if self.counts.lock().open == 0 {
-                return;
-            }
-            released.await;
-        }
-    }
-}
-
-/// A connection's place in the limits, given back when it drops.
-pub(crate) struct Slot {
-    slots: Arc<Slots>,
-    client: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut counts = self.slots.counts.lock();
-        counts.open -= 1;
-        if let Some(n) = counts.per_client.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                counts.per_client.remove(&self.client);
-            }
-        }
-        let none_left = counts.open == 0;
-        drop(counts);
-        if none_left {
-            self.slots.all_released.notify_waiters();
-        }
-    }
-}
-
 /// Answers a connection over a limit with a 503 and closes it.
 async fn refuse(mut stream: TcpStream, reason: ConnectionRefusal, lingering: Arc<AtomicUsize>) {
     let body = match reason {
@@ -1014,25 +939,5 @@ mod tests {
             activity.deadline(&settings),
             Some((_, Expiry::Idle))
         ));
-    }
-
-    #[test]
-    fn slots_refuse_over_either_limit_and_come_back_on_drop() {
-        let slots = Arc::new(Slots::default());
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let first = slots.take(a, 3, Some(2)).unwrap();
-        let _second = slots.take(a, 3, Some(2)).unwrap();
-        assert_eq!(
-            slots.take(a, 3, Some(2)).err(),
-            Some(ConnectionRefusal::TooManyClientConnections)
-        );
-        let _third = slots.take(b, 3, Some(2)).unwrap();
-        assert_eq!(
-            slots.take(b, 3, Some(2)).err(),
-            Some(ConnectionRefusal::TooManyConnections)
-        );
-        drop(first);
-        assert!(slots.take(a, 3, Some(2)).is_ok());
-        assert!(slots.take(b, 3, None).is_ok());
     }
 }

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
         "grpc",
     ],
     &["telemetry", "tls"],
-    &["state", "routing"],
+    &["state", "routing", "slots"],
     &["upstream", "tunnel"],
     &["plugin", "l4"],
     &["serving"],

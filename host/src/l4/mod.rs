@@ -13,17 +13,17 @@ pub mod relay;
 pub mod sni;
 
 use crate::config::{ProxyProtocol, ServerNames, TcpRouteConfig};
-use crate::telemetry::Metrics;
+use crate::slots::{Slot, Slots};
 use crate::telemetry::access_log::{TcpEntry, now_rfc3339};
 use crate::telemetry::tcp::{End, Refusal, RouteInstruments};
+use crate::telemetry::{ConnectionRefusal, Metrics};
 use crate::upstream::Upstream;
 use crate::upstream::stream::NotConnected;
 use opentelemetry::metrics::BoundCounter;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -53,7 +53,7 @@ enum Choice {
         /// as the routes together take, in all and per client: a client
         /// cannot hold more sockets by never finishing its hello than by
         /// finishing it.
-        reading: Open,
+        reading: Arc<Slots>,
         max_reading: u32,
         max_reading_per_client: Option<u32>,
     },
@@ -70,7 +70,7 @@ pub struct Route {
     sni: Vec<String>,
     /// Connections open on the route, carried over reloads that keep the
     /// route's id, so the limits count the old ones too.
-    open: Arc<Open>,
+    open: Arc<Slots>,
     instruments: RouteInstruments,
     /// Bytes from and to the client, per instance of the cluster, bound
     /// once here rather than per connection.
@@ -87,7 +87,7 @@ impl Routes {
         metrics: &Metrics,
         previous: Option<&Routes>,
     ) -> Routes {
-        let previous_open: HashMap<&str, Arc<Open>> = previous
+        let previous_open: HashMap<&str, Arc<Slots>> = previous
             .into_iter()
             .flat_map(|p| p.listeners.values())
             .flat_map(|l| l.routes())
@@ -156,7 +156,7 @@ impl Routes {
                     Choice::ByName {
                         names,
                         default,
-                        reading: Open::default(),
+                        reading: Arc::default(),
                         max_reading,
                         max_reading_per_client,
                     }
@@ -203,7 +203,7 @@ impl Routes {
                     "idle_timeout_seconds": r.idle_timeout.as_secs_f64(),
                     "max_connections": r.max_connections,
                     "max_connections_per_client": r.max_connections_per_client,
-                    "open": r.open.all.load(Ordering::Relaxed),
+                    "open": r.open.open(),
                 })
             })
             .collect()
@@ -274,71 +274,30 @@ impl Record<'_> {
     }
 }
 
-/// Connections open, in all and per client address.
-#[derive(Default)]
-struct Open {
-    all: AtomicU32,
-    per_client: Mutex<HashMap<IpAddr, u32>>,
-}
-
-impl Open {
-    /// A place for a connection from `client`, or the limit it is over.
-    fn take(
-        &self,
-        client: IpAddr,
-        max: u32,
-        max_per_client: Option<u32>,
-    ) -> Result<Slot<'_>, Refusal> {
-        self.all
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .map_err(|_| Refusal::MaxConnections)?;
-        // Counted even without a per-client limit, so a reload that adds
-        // one knows the connections already open.
-        let mut per_client = self.per_client.lock();
-        let from_client = per_client.entry(client).or_default();
-        if max_per_client.is_some_and(|most| *from_client >= most) {
-            if *from_client == 0 {
-                per_client.remove(&client);
-            }
-            drop(per_client);
-            self.all.fetch_sub(1, Ordering::Relaxed);
-            return Err(Refusal::MaxConnectionsPerClient);
-        }
-        *from_client += 1;
-        Ok(Slot { open: self, client })
-    }
-}
-
-/// A connection's place in an [`Open`], given back when it drops.
-struct Slot<'a> {
-    open: &'a Open,
-    client: IpAddr,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut per_client = self.open.per_client.lock();
-        if let Some(n) = per_client.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                per_client.remove(&self.client);
-            }
-        }
-        drop(per_client);
-        self.open.all.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Route {
-    fn try_open(&self, client: IpAddr) -> Result<Slot<'_>, Refusal> {
-        self.open.take(
+    fn try_open(&self, client: IpAddr) -> Result<Slot, Refusal> {
+        take(
+            &self.open,
             client,
             self.max_connections,
             self.max_connections_per_client,
         )
     }
+}
+
+/// A slot in `slots` under a route's limits, or the refusal they make.
+fn take(
+    slots: &Arc<Slots>,
+    client: IpAddr,
+    max: u32,
+    max_per_client: Option<u32>,
+) -> Result<Slot, Refusal> {
+    slots
+        .take(client, max as usize, max_per_client.map(|m| m as usize))
+        .map_err(|over| match over {
+            ConnectionRefusal::TooManyConnections => Refusal::MaxConnections,
+            ConnectionRefusal::TooManyClientConnections => Refusal::MaxConnectionsPerClient,
+        })
 }
 
 pub(crate) async fn connection(
@@ -365,7 +324,7 @@ pub(crate) async fn connection(
             max_reading,
             max_reading_per_client,
         } => {
-            let _reading = match reading.take(peer.ip(), *max_reading, *max_reading_per_client) {
+            let _reading = match take(reading, peer.ip(), *max_reading, *max_reading_per_client) {
                 Ok(slot) => slot,
                 Err(why) => return record.refused(metrics, None, why),
             };
